@@ -1,0 +1,185 @@
+"""The ``hyperhive`` command line."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from hyperhive_core.boot import boot, config_schemas, configured_plugins
+from hyperhive_core.config import find_config, read_toml, render_default_config
+from hyperhive_core.errors import HyperhiveError, PluginError
+from hyperhive_core.plugins import (
+    HivePluginManager,
+    callers_by_plugin,
+    describe_plugins,
+    make_plugin_manager,
+    plugin_selection,
+)
+
+
+class HiveGroup(click.Group):
+    """Shows a user-caused error as one clear line and a non-zero exit, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HyperhiveError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class CliState:
+    """Options of the top-level group, shared with every command."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def boot(self) -> Any:
+        return boot(self.config_path)
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+@click.group(cls=HiveGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hyperhive", prog_name="hyperhive")
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    metavar="FILE",
+    help="Config file. Default: $HYPERHIVE_CONFIG, then ./hyperhive.toml.",
+)
+@click.option("-v", "--verbose", count=True, help="More log detail (-v debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) -> None:
+    """hyperhive: a swarm of Claude Code agents on one host, steered by an operator."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = CliState(config_path)
+
+
+@cli.command()
+@pass_state
+def up(state: CliState) -> None:
+    """Run the hive and its dashboard in the foreground."""
+    from hyperhive_core.daemon import run_daemon
+
+    booted = state.boot()
+    sys.exit(run_daemon(booted.config, booted.pm))
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@pass_state
+def init(state: CliState, force: bool) -> None:
+    """Write a commented default config (every installed plugin's sections)."""
+    path, _ = find_config(state.config_path)
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
+    pm = make_plugin_manager(None)
+    path.write_text(render_default_config(config_schemas(pm)))
+    click.echo(f"wrote {path}")
+
+
+@cli.command(name="plugins")
+@click.option("--all", "show_all", is_flag=True, help="Include core's builtin plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
+    """List loaded plugins, their versions and the hooks they implement."""
+    infos = [info for info in describe_plugins(state.boot().pm) if show_all or not info.builtin]
+    if as_json:
+        click.echo(json.dumps([asdict(info) for info in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no plugins loaded")
+        return
+    width = max(len(info.name) for info in infos)
+    for info in infos:
+        hooks = ", ".join(info.hooks) or "(no hooks)"
+        click.echo(f"{info.name:<{width}}  {info.distribution} {info.version}  {hooks}")
+
+
+@cli.group(hidden=True)
+def debug() -> None:
+    """Ops-only commands, hidden from --help."""
+
+
+@debug.command(name="config")
+@pass_state
+def debug_config(state: CliState) -> None:
+    """Print the effective config, defaults filled in, as JSON."""
+    config = state.boot().config
+    sections = {name: asdict(section) for name, section in config.sections.items()}
+    click.echo(json.dumps({"path": str(config.path), "sections": sections}, indent=2, default=str))
+
+
+def add_plugin_commands(group: click.Group, pm: HivePluginManager) -> None:
+    """Let each plugin add commands; a name two owners claim is an error naming both."""
+    owners = dict.fromkeys(group.commands, "hyperhive")
+    for owner, caller in callers_by_plugin(pm, "register_commands"):
+        before = dict(group.commands)
+        caller(cli=group)
+        for name, command in group.commands.items():
+            if before.get(name) is command:
+                continue
+            if name in owners:
+                raise PluginError(
+                    f"command {name!r} is registered by both {owners[name]!r} and {owner!r}; "
+                    "disable one of them, or rename the command."
+                )
+            owners[name] = owner
+
+
+def make_cli(pm: HivePluginManager) -> click.Group:
+    """The ``hyperhive`` group with core's commands plus those the plugins add."""
+    group = copy.copy(cli)
+    group.commands = dict(cli.commands)
+    add_plugin_commands(group, pm)
+    return group
+
+
+def plugins_for_commands(argv: list[str]) -> HivePluginManager:
+    """Load plugins early, before click parses ``argv``, so their commands exist.
+
+    A broken config must not hide ``init`` or ``--help``: fall back to every
+    installed plugin, and let the command itself report the problem.
+    """
+    explicit = _config_option(argv)
+    try:
+        path, required = find_config(explicit)
+        selection, source = plugin_selection(configured_plugins(path, read_toml(path, required)))
+        return make_plugin_manager(selection, source)
+    except HyperhiveError:
+        return make_plugin_manager(None)
+
+
+def _config_option(argv: list[str]) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        group = make_cli(plugins_for_commands(argv))
+    except HyperhiveError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    group.main(args=argv, prog_name="hyperhive")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""``hyperhive.toml``: finding it, validating it against typed sections, writing defaults.
+
+Core and every plugin declare their sections as dataclasses through the
+``register_config_sections`` hook. A section's fields are its keys: an unknown key
+or a value of the wrong type is an error naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hyperhive_core.errors import ConfigError
+
+CONFIG_ENV = "HYPERHIVE_CONFIG"
+DEFAULT_CONFIG_NAME = "hyperhive.toml"
+
+T = TypeVar("T")
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """Where the config lives: ``--config``, then ``$HYPERHIVE_CONFIG``, then ``./hyperhive.toml``.
+
+    :return: the path, and whether the user named it (a named file must exist).
+    """
+    if explicit:
+        return Path(explicit), True
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]), True
+    return Path(DEFAULT_CONFIG_NAME), False
+
+
+def read_toml(path: Path, required: bool) -> dict[str, Any]:
+    """Parse the file, or return ``{}`` when an unnamed default file is absent."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist; create one with `hyperhive init --config {path}`") from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def help_text(field: dataclasses.Field[Any]) -> str:
+    return field.metadata.get("help", "")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A documented config field: ``option(5, help="retries before giving up")``."""
+    if isinstance(default, list | dict):
+        kwargs["default_factory"] = lambda value=default: type(value)(value)
+        default = dataclasses.MISSING
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+class Config:
+    """The validated config: one dataclass instance per registered section."""
+
+    def __init__(self, path: Path, sections: dict[str, Any]) -> None:
+        self.path = path
+        self.sections = sections
+
+    def section(self, name: str, kind: type[T] | None = None) -> T:
+        """The section ``[name]``; ``kind`` only narrows the type for checkers."""
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise ConfigError(f"no config section [{name}] is registered; is its plugin loaded?") from None
+
+    @property
+    def hive(self) -> Any:
+        return self.sections["hive"]
+
+
+def load_config(
+    path: Path,
+    raw: Mapping[str, Any],
+    schemas: Mapping[str, type],
+    ignored: frozenset[str] = frozenset(),
+) -> Config:
+    """Validate ``raw`` against the registered section dataclasses.
+
+    :param ignored: sections that belong to installed but unloaded plugins; they are
+        left unchecked, so a deployment can switch a plugin off without editing
+        its config.
+    :raises ConfigError: an unknown section or key, or a value of the wrong type.
+    """
+    unknown = sorted(set(raw) - set(schemas) - ignored)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section [{unknown[0]}]. Known sections: "
+            f"{', '.join(f'[{name}]' for name in sorted(schemas))}. "
+            "If it belongs to a plugin, install and enable that plugin."
+        )
+    sections = {}
+    for name, schema in schemas.items():
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table, not {_type_name(type(value))}")
+        sections[name] = build_section(schema, value, f"{name}", path)
+    return Config(path, sections)
+
+
+def build_section(schema: type[T], values: Mapping[str, Any], where: str, path: Path) -> T:
+    """Build one dataclass from a TOML table, checking keys and types."""
+    fields = {field.name: field for field in dataclasses.fields(schema)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(schema)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {where}.{unknown[0]}. Valid keys in [{where}]: {', '.join(sorted(fields)) or 'none'}."
+        )
+    kwargs = {key: _coerce(value, hints[key], f"{where}.{key}", path) for key, value in values.items()}
+    return schema(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str, path: Path) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option_type in args:
+            if option_type is type(None):
+                continue
+            try:
+                return _coerce(value, option_type, key, path)
+            except ConfigError:
+                continue
+        raise _wrong_type(key, path, hint, value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _wrong_type(key, path, hint, value)
+        return [_coerce(item, args[0], f"{key}[{index}]", path) for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _wrong_type(key, path, hint, value)
+        return {name: _coerce(item, args[1], f"{key}.{name}", path) for name, item in value.items()}
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise _wrong_type(key, path, hint, value)
+        return build_section(hint, value, key, path)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise _wrong_type(key, path, hint, value)
+        return Path(value).expanduser()
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        return value
+    raise _wrong_type(key, path, hint, value)
+
+
+def _wrong_type(key: str, path: Path, hint: Any, value: Any) -> ConfigError:
+    return ConfigError(f"{path}: {key} must be {_type_name(hint)}, not {_type_name(type(value))} ({value!r})")
+
+
+def _type_name(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", Path: "a path string"}
+    if hint in names:
+        return names[hint]
+    if hint is list:
+        return "a list"
+    if hint is dict:
+        return "a table"
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a table"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint) if arg is not type(None))
+    return getattr(hint, "__name__", str(hint))
+
+
+# -- writing the commented default config (``hyperhive init``) ---------------------
+
+
+def render_default_config(schemas: Mapping[str, type]) -> str:
+    """A commented ``hyperhive.toml`` showing every key with its default."""
+    lines = [
+        "# hyperhive configuration. Every key is shown commented out with its default;",
+        "# uncomment a key to change it. Reference: docs/configuration.md",
+    ]
+    for name in sorted(schemas, key=lambda section: (section != "hive", section)):
+        schema = schemas[name]
+        lines += ["", f"[{name}]"]
+        if schema.__doc__ and not schema.__doc__.startswith(schema.__name__ + "("):
+            lines.insert(len(lines) - 1, f"# {schema.__doc__.strip().splitlines()[0]}")
+        for field in dataclasses.fields(schema):
+            if help_text(field):
+                lines += [f"# {line}" for line in help_text(field).splitlines()]
+            default = _field_default(field)
+            if default is None:
+                lines.append(f"# {field.name} =")
+            else:
+                lines.append(f"# {field.name} = {toml_value(default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _field_default(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def toml_value(value: Any) -> str:
+    """Render a plain value (string, number, bool, path, list, table) as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")

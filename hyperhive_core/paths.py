@@ -1,0 +1,30 @@
+"""Where the hive keeps its files, under one state root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/hyperhive`` for root, else ``$XDG_DATA_HOME/hyperhive`` (``~/.local/share``)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/hyperhive")
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "hyperhive"
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """The layout of the state root."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "hive.db"
+
+    def ensure(self) -> None:
+        """Create the state root, private to the daemon's user."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,0 +1,108 @@
+"""The hive's one sqlite file: a single writer, concurrent readers, owned migrations.
+
+Every write runs on one connection, one at a time, in a worker thread, so trio tasks
+never block the event loop and never interleave transactions. Reads use their own
+connection; in WAL mode they never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import sqlite_utils
+import trio
+
+from hyperhive_core.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Migration = Callable[[sqlite_utils.Database], None]
+
+MIGRATIONS_TABLE = "_migrations"
+CORE_OWNER = "core"
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """Open ``path`` in WAL mode with ``synchronous=FULL``: a commit that returned is on disk."""
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}; check the state dir's permissions") from None
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return sqlite_utils.Database(conn)
+
+
+class Store:
+    """The hive database at ``path``; use ``write`` and ``read`` from trio tasks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = connect(path)
+        self._reader = connect(path)
+        self._write_lock = trio.CapacityLimiter(1)
+        self._read_lock = trio.CapacityLimiter(1)
+
+    async def write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run ``fn(db)`` in one transaction on the writer; return its result."""
+        return await trio.to_thread.run_sync(self.write_sync, fn, limiter=self._write_lock)
+
+    async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run ``fn(db)`` on the read connection; it sees the last committed state."""
+        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_lock)
+
+    def write_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """``write`` for code already off the event loop (startup, the writer thread)."""
+        with self._writer.atomic():
+            return fn(self._writer)
+
+    def migrate(self, migrations: Mapping[str, Iterable[Migration]]) -> list[str]:
+        """Apply each owner's pending migrations in order; return what ran.
+
+        Each migration runs in its own transaction with its record, so a failure
+        leaves the database at the last good step. Tables an owner other than core
+        creates must be prefixed with the owner's name.
+        """
+        self.write_sync(
+            lambda db: db[MIGRATIONS_TABLE].create(
+                {"owner": str, "name": str, "applied_at": float}, pk=("owner", "name"), if_not_exists=True
+            )
+        )
+        applied = {(row["owner"], row["name"]) for row in self._writer[MIGRATIONS_TABLE].rows}
+        ran = []
+        for owner, steps in migrations.items():
+            for step in steps:
+                if (owner, step.__name__) in applied:
+                    continue
+                self.write_sync(lambda db, owner=owner, step=step: self._apply(db, owner, step))
+                ran.append(f"{owner}:{step.__name__}")
+                log.info("applied migration %s:%s", owner, step.__name__)
+        return ran
+
+    @staticmethod
+    def _apply(db: sqlite_utils.Database, owner: str, step: Migration) -> None:
+        before = set(db.table_names())
+        try:
+            step(db)
+        except Exception as exc:
+            raise StoreError(f"migration {owner}:{step.__name__} failed: {exc}") from exc
+        foreign = sorted(
+            name for name in set(db.table_names()) - before if owner != CORE_OWNER and not name.startswith(f"{owner}_")
+        )
+        if foreign:
+            raise StoreError(
+                f"migration {owner}:{step.__name__} created table {foreign[0]!r}; "
+                f"tables owned by {owner!r} must be named {owner}_..."
+            )
+        db[MIGRATIONS_TABLE].insert({"owner": owner, "name": step.__name__, "applied_at": time.time()})
+
+    def close(self) -> None:
+        self._reader.conn.close()
+        self._writer.conn.close()

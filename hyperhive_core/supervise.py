@@ -1,0 +1,59 @@
+"""Explicit supervision: restart a crashed task with backoff, never its siblings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backoff:
+    """Exponential delay between restarts, reset after a long enough healthy run."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    healthy_after: float = 60.0
+
+    def delay(self, consecutive_crashes: int) -> float:
+        return min(self.maximum, self.initial * 2 ** max(0, consecutive_crashes - 1))
+
+
+async def supervise(
+    name: str,
+    service: Callable[..., Awaitable[Any]],
+    backoff: Backoff | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``service(task_status=...)`` until it returns, restarting it when it raises.
+
+    Reports started once the service first reports started, or once it first
+    crashes, so one broken service never holds up the daemon's startup.
+    """
+    backoff = backoff or Backoff()
+    reported = False
+    crashes = 0
+    while True:
+        began = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service)
+                if not reported:
+                    task_status.started()
+                    reported = True
+            log.info("service %s finished", name)
+            return
+        except Exception:
+            crashes = 1 if trio.current_time() - began > backoff.healthy_after else crashes + 1
+            delay = backoff.delay(crashes)
+            log.exception("service %s crashed (%d in a row); restarting in %.1fs", name, crashes, delay)
+            if not reported:
+                task_status.started()
+                reported = True
+            await trio.sleep(delay)

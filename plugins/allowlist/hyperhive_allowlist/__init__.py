@@ -1,0 +1,1 @@
+"""hyperhive-allowlist: An enforced allow-list for each agent's Bash commands."""

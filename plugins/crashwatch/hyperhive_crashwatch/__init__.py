@@ -1,0 +1,1 @@
+"""hyperhive-crashwatch: Reports container crashes to the manager's inbox."""

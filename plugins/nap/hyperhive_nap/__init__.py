@@ -1,0 +1,1 @@
+"""hyperhive-nap: An agent parks itself until a chosen time; messages queue meanwhile."""

@@ -1,0 +1,1 @@
+"""hyperhive-telemetry: Per-agent turn statistics, charts and Prometheus /metrics."""

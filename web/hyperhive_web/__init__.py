@@ -1,0 +1,1 @@
+"""hyperhive-web: the operator dashboard, a QuartTrio app served inside the daemon."""
