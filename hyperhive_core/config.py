@@ -43,7 +43,9 @@ def read_toml(path: Path, required: bool) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         if required:
-            raise ConfigError(f"config file {path} does not exist; create one with `hyperhive init --config {path}`") from None
+            raise ConfigError(
+                f"config file {path} does not exist; create one with `hyperhive init --config {path}`"
+            ) from None
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None

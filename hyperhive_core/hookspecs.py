@@ -79,17 +79,6 @@ def on_shutdown(hive: Hive) -> None:
     """
 
 
-@hookspec
-def validate_agent_config(agent: str, config: dict[str, Any]) -> Iterable[str] | None:
-    """Check an agent's ``agent.toml`` before it can be applied.
-
-    :param agent: the agent's name.
-    :param config: the parsed ``agent.toml``.
-    :return: problems found, as readable sentences; nothing when it is valid.
-        Each plugin checks its own section.
-    """
-
-
 # -- tools ------------------------------------------------------------------
 
 

@@ -126,7 +126,7 @@ def callers_by_plugin(pm: pluggy.PluginManager, hook_name: str) -> Iterator[tupl
     Each caller goes through pluggy's own machinery, so tracing still applies.
     """
     hook = getattr(pm.hook, hook_name)
-    owners = dict.fromkeys(pm.get_name(impl.plugin) for impl in reversed(hook.get_hookimpls()))
+    owners = dict.fromkeys(pm.get_name(impl.plugin) for impl in hook.get_hookimpls())
     for owner in owners:
         others = [plugin for name, plugin in pm.list_name_plugin() if name != owner]
         yield owner, pm.subset_hook_caller(hook_name, remove_plugins=others)

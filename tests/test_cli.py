@@ -1,0 +1,161 @@
+"""The command line, including a third-party plugin installed with pip."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from hyperhive_core import hookimpl
+from hyperhive_core.cli import make_cli
+from hyperhive_core.errors import PluginError
+
+THIRD_PARTY = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools>=68"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "hyperhive-hello"
+        version = "1.2.3"
+
+        [project.entry-points.hyperhive]
+        hello = "hyperhive_hello"
+    """,
+    "hyperhive_hello.py": """
+        import click
+        import trio
+        from hyperhive_core import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            def hello():
+                "Greet from a third-party plugin."
+                click.echo("hello from a plugin")
+
+        @hookimpl
+        def hive_services(hive):
+            async def unlucky(*, task_status=trio.TASK_STATUS_IGNORED):
+                task_status.started()
+                raise RuntimeError("unlucky service")
+            return [unlucky]
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def third_party_site(tmp_path_factory):
+    """The hello plugin, pip-installed from a temp dir into its own site dir."""
+    source = tmp_path_factory.mktemp("hello-src")
+    for name, text in THIRD_PARTY.items():
+        (source / name).write_text(textwrap.dedent(text))
+    site = tmp_path_factory.mktemp("hello-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    return site
+
+
+@pytest.mark.slow
+def test_third_party_plugin_is_discovered(third_party_site, clean_env, hyperhive):
+    env = clean_env | {"PYTHONPATH": str(third_party_site)}
+    help_text = subprocess.run([hyperhive, "--help"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "Greet from a third-party plugin." in help_text
+    ran = subprocess.run([hyperhive, "hello"], env=env, capture_output=True, text=True, check=True)
+    assert ran.stdout == "hello from a plugin\n"
+    listed = subprocess.run([hyperhive, "plugins"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "hello       hyperhive-hello 1.2.3  hive_services, register_commands" in listed
+
+
+@pytest.mark.slow
+def test_crashing_plugin_service_restarts_and_daemon_stays_up(third_party_site, clean_env, tmp_path, hyperhive):
+    (tmp_path / "hyperhive.toml").write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\n')
+    env = clean_env | {"PYTHONPATH": str(third_party_site)}
+    daemon = subprocess.Popen([hyperhive, "up"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        crashes = []
+        deadline = time.monotonic() + 30
+        while len(crashes) < 3 and time.monotonic() < deadline:
+            line = daemon.stderr.readline()
+            if "service hello:unlucky crashed" in line:
+                crashes.append(line)
+        assert len(crashes) == 3, "the service was not restarted"
+        assert daemon.poll() is None, "the daemon died with its service"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    finally:
+        daemon.kill()
+        daemon.stderr.close()
+
+
+def test_hook_register_commands(make_pm):
+    class Hello:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def hello():
+                click.echo("hi")
+
+    result = CliRunner().invoke(make_cli(make_pm(hello=Hello())), ["hello"])
+    assert result.output == "hi\n"
+
+
+@pytest.mark.parametrize("taken", ["up", "greet"])
+def test_command_name_clash_names_both(make_pm, taken):
+    def plugin(name):
+        class Plugin:
+            @hookimpl
+            def register_commands(self, cli):
+                cli.command(name=taken)(lambda: None)
+
+        return Plugin()
+
+    with pytest.raises(PluginError, match=f"command '{taken}' is registered by both '(hyperhive|one)' and 'two'"):
+        make_cli(make_pm(**({"one": plugin("one")} if taken == "greet" else {}), two=plugin("two")))
+
+
+def test_debug_commands_are_hidden(make_pm):
+    cli = make_cli(make_pm())
+    help_text = CliRunner().invoke(cli, ["--help"]).output
+    commands = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines() if line.strip()]
+    assert commands == ["init", "plugins", "up"]
+    assert CliRunner().invoke(cli, ["debug", "--help"]).exit_code == 0
+
+
+def test_init_writes_config_and_refuses_to_overwrite(clean_env, tmp_path, hyperhive):
+    first = subprocess.run([hyperhive, "init"], env=clean_env, capture_output=True, text=True)
+    assert first.returncode == 0
+    assert first.stdout == "wrote hyperhive.toml\n"
+    assert "[hive]" in (tmp_path / "hyperhive.toml").read_text()
+    again = subprocess.run([hyperhive, "init"], env=clean_env, capture_output=True, text=True)
+    assert again.returncode == 1
+    assert "hyperhive.toml already exists; pass --force to overwrite it" in again.stderr
+
+
+def test_plugins_lists_bundled_and_honours_env(clean_env, hyperhive):
+    listed = subprocess.run([hyperhive, "plugins"], env=clean_env, capture_output=True, text=True, check=True).stdout
+    names = [line.split()[0] for line in listed.splitlines()]
+    assert names == ["allowlist", "compaction", "crashwatch", "nap", "questions", "telemetry", "web"]
+    only_nap = subprocess.run(
+        [hyperhive, "plugins"], env=clean_env | {"HYPERHIVE_LOAD_PLUGINS": "nap"}, capture_output=True, text=True
+    )
+    assert [line.split()[0] for line in only_nap.stdout.splitlines()] == ["nap"]
+
+
+def test_bad_config_is_one_clear_line(clean_env, tmp_path, hyperhive):
+    (tmp_path / "hyperhive.toml").write_text("[hive]\nstate_dri = '/x'\n")
+    result = subprocess.run([hyperhive, "plugins"], env=clean_env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: hyperhive.toml: unknown key hive.state_dri. Valid keys in [hive]: plugins, state_dir.\n"
+    )
