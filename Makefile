@@ -7,7 +7,12 @@ STAMP   := $(VENV)/.installed
 PYPROJECTS := pyproject.toml web/pyproject.toml $(wildcard plugins/*/pyproject.toml)
 
 # command=package pairs: a package is installed when its command is missing.
-SYSTEM_PACKAGES := git=git
+SYSTEM_PACKAGES := git=git node=nodejs npm=npm
+
+# The Claude Code CLI, pinned; installed into the tree from npm (it ships a native binary).
+CLAUDE_CODE_VERSION := 2.1.330
+CLAUDE_PREFIX := .tools/claude
+CLAUDE_STAMP  := $(CLAUDE_PREFIX)/.installed-$(CLAUDE_CODE_VERSION)
 
 .PHONY: up test lint install system-packages clean
 
@@ -21,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-install: system-packages $(STAMP)
+install: system-packages $(STAMP) $(CLAUDE_STAMP)
 
 system-packages:
 	@scripts/ensure-system-packages $(SYSTEM_PACKAGES)
@@ -33,5 +38,11 @@ $(STAMP): requirements-dev.txt $(PYPROJECTS)
 	$(PYTHON) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(CLAUDE_STAMP):
+	rm -rf $(CLAUDE_PREFIX) && mkdir -p $(CLAUDE_PREFIX)
+	npm install --prefix $(CLAUDE_PREFIX) --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	$(CLAUDE_PREFIX)/node_modules/.bin/claude --version
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
