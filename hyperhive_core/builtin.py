@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
+from hyperhive_core.broker import BrokerSection, Message, m001_messages
 from hyperhive_core.daemon import HiveSection
-from hyperhive_core.hookspecs import hookimpl
+from hyperhive_core.events import EventsSection, m002_events
+from hyperhive_core.hookspecs import Migration, Service, hookimpl
+
+if TYPE_CHECKING:
+    from hyperhive_core.daemon import Hive
+
+# Core's schema, in order; append new steps, never rename a shipped one.
+CORE_MIGRATIONS = [m001_messages, m002_events]
+
+# Enough of a body for the sender's live tail; the message itself has all of it.
+PREVIEW_CHARS = 280
 
 
 @hookimpl(trylast=True)
 def register_config_sections(register: Callable[[str, type], None]) -> None:
     register("hive", HiveSection)
+    register("broker", BrokerSection)
+    register("events", EventsSection)
+
+
+@hookimpl(trylast=True)
+def register_migrations(register: Callable[[str, Iterable[Migration]], None]) -> None:
+    register("core", CORE_MIGRATIONS)
+
+
+@hookimpl(trylast=True)
+def hive_services(hive: Hive) -> Iterable[Service]:
+    return [hive.broker.run_retention]
+
+
+@hookimpl(trylast=True)
+def on_message(hive: Hive, message: Message) -> None:
+    hive.events.publish(
+        message.sender,
+        "message_sent",
+        id=message.id,
+        to=message.recipient,
+        kind=message.kind,
+        preview=message.body[:PREVIEW_CHARS],
+    )

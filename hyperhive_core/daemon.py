@@ -9,7 +9,10 @@ from pathlib import Path
 
 import trio
 
+from hyperhive_core.broker import Broker, BrokerSection, Message
 from hyperhive_core.config import Config, option
+from hyperhive_core.events import EventBus, EventsSection
+from hyperhive_core.names import SYSTEM
 from hyperhive_core.paths import StatePaths, default_state_dir
 from hyperhive_core.plugins import HivePluginManager, await_all, call_each, collect
 from hyperhive_core.store import Store
@@ -35,13 +38,23 @@ class HiveSection:
 
 
 class Hive:
-    """What a running daemon hands to plugins: config, plugins, store, paths."""
+    """What a running daemon hands to plugins: config, plugins, store, paths, broker, events."""
 
     def __init__(self, config: Config, pm: HivePluginManager, store: Store, paths: StatePaths) -> None:
         self.config = config
         self.pm = pm
         self.store = store
         self.paths = paths
+        self.events = EventBus(store, config.section("events", EventsSection))
+        self.broker = Broker(store, config.section("broker", BrokerSection), on_commit=self._message_committed)
+
+    async def _message_committed(self, message: Message) -> None:
+        """Run the ``on_message`` hooks; a failing one is reported, the message stays sent."""
+        try:
+            await await_all(self.pm.hook.on_message(hive=self, message=message))
+        except Exception as exc:
+            log.exception("an on_message hook failed for message %d", message.id)
+            self.events.publish(SYSTEM, "error", where="on_message", message_id=message.id, error=repr(exc))
 
 
 def state_paths(config: Config) -> StatePaths:
@@ -66,19 +79,26 @@ async def run_hive(
     try:
         store.migrate(collect_migrations(pm))
         hive = Hive(config, pm, store, paths)
-        await await_all(pm.hook.on_startup(hive=hive))
-        try:
-            async with trio.open_nursery() as nursery:
-                for owner, services in call_each(pm, "hive_services", hive=hive):
-                    for service in services or ():
-                        name = f"{owner}:{getattr(service, '__name__', repr(service))}"
-                        await nursery.start(supervise, name, service)
-                log.info("hive up: state dir %s", paths.root)
-                task_status.started(hive)
-                await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await await_all(pm.hook.on_shutdown(hive=hive))
+        # No turn survives a restart: whatever was leased goes back to the queue.
+        dead = await hive.broker.requeue_leased()
+        if dead:
+            log.warning("messages %s reached [broker] max_attempts and moved to dead-letter", dead)
+        async with trio.open_nursery() as core:
+            await core.start(hive.events.serve)
+            await core.start(hive.broker.serve)
+            await await_all(pm.hook.on_startup(hive=hive))
+            try:
+                async with trio.open_nursery() as nursery:
+                    for owner, services in call_each(pm, "hive_services", hive=hive):
+                        for service in services or ():
+                            name = f"{owner}:{getattr(service, '__name__', repr(service))}"
+                            await nursery.start(supervise, name, service)
+                    log.info("hive up: state dir %s", paths.root)
+                    task_status.started(hive)
+                    await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await await_all(pm.hook.on_shutdown(hive=hive))
     finally:
         store.close()
 

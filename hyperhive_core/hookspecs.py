@@ -17,6 +17,7 @@ import pluggy
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
+    from hyperhive_core.broker import Message
     from hyperhive_core.daemon import Hive
 
 hookspec = pluggy.HookspecMarker("hyperhive")
@@ -76,6 +77,20 @@ def on_shutdown(hive: Hive) -> None:
 
     :param hive: the hive being stopped. Runs shielded from cancellation, so keep
         it short.
+    """
+
+
+# -- messages -------------------------------------------------------------------
+
+
+@hookspec
+def on_message(hive: Hive, message: Message) -> None:
+    """Called after a message is stored durably, before its ``send`` returns.
+
+    :param hive: the running hive.
+    :param message: the stored ``hyperhive_core.broker.Message``, with its id.
+        Runs in the sender's task, so keep it quick. An exception is logged and
+        reported as an ``error`` event; the message stays sent.
     """
 
 

@@ -50,18 +50,40 @@ class Store:
         self._write_lock = trio.CapacityLimiter(1)
         self._read_lock = trio.CapacityLimiter(1)
 
-    async def write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run ``fn(db)`` in one transaction on the writer; return its result."""
-        return await trio.to_thread.run_sync(self.write_sync, fn, limiter=self._write_lock)
+    async def write(self, fn: Callable[[sqlite_utils.Database], T], *, durable: bool = True) -> T:
+        """Run ``fn(db)`` in one transaction on the writer; return its result.
+
+        :param durable: ``False`` skips the fsync for a write that may be lost in a
+            power cut without harm (a lease, event history); it still commits in
+            order, and the next durable commit makes it durable too.
+        """
+        return await trio.to_thread.run_sync(self.write_sync, fn, durable, limiter=self._write_lock)
 
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run ``fn(db)`` on the read connection; it sees the last committed state."""
         return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_lock)
 
-    def write_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    def write_sync(self, fn: Callable[[sqlite_utils.Database], T], durable: bool = True) -> T:
         """``write`` for code already off the event loop (startup, the writer thread)."""
-        with self._writer.atomic():
-            return fn(self._writer)
+        if durable:
+            with self._writer.atomic():
+                return fn(self._writer)
+        self._writer.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._writer.atomic():
+                return fn(self._writer)
+        finally:
+            self._writer.execute("PRAGMA synchronous=FULL")
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it, so the WAL file stays small.
+
+        Runs on the writer, outside any transaction (a checkpoint cannot run inside one).
+        """
+        await trio.to_thread.run_sync(self._checkpoint, limiter=self._write_lock)
+
+    def _checkpoint(self) -> None:
+        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def migrate(self, migrations: Mapping[str, Iterable[Migration]]) -> list[str]:
         """Apply each owner's pending migrations in order; return what ran.

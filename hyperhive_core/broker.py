@@ -1,0 +1,592 @@
+"""The message broker: durable sends, wake on commit, at-least-once delivery.
+
+A message is stored before ``send`` returns (``synchronous=FULL``). Concurrent
+sends share one transaction (group commit): a single writer task drains every
+pending send, writes them together, then wakes each sender and each waiting
+recipient. A recipient's turn leases a batch and acks it when the turn succeeds;
+a failed or abandoned lease goes back to the queue, and after ``max_attempts`` to
+dead-letter, where the operator can see and requeue it. Ids never change and are
+never reused, so a consumer can dedupe by id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal, NamedTuple, Protocol, get_args
+
+import sqlite_utils
+import trio
+
+from hyperhive_core.config import option
+from hyperhive_core.errors import ConfigError, HyperhiveError, StoreError
+from hyperhive_core.names import OPERATOR, RESERVED, SYSTEM, InvalidName, check_agent_name
+from hyperhive_core.store import Store
+
+log = logging.getLogger(__name__)
+
+MessageKind = Literal["text", "event"]
+MessageState = Literal["queued", "leased", "acked", "dead"]
+MESSAGE_KINDS: frozenset[str] = frozenset(get_args(MessageKind))
+
+# Sends waiting for the writer; a full queue makes senders wait (backpressure).
+SEND_QUEUE_SIZE = 4096
+# Retention deletes in chunks, so senders get the writer between chunks.
+PRUNE_CHUNK = 5000
+
+
+@dataclass
+class BrokerSection:
+    """The message broker: limits, delivery attempts, retention."""
+
+    max_body_bytes: int = option(65536, help="Largest message body accepted, in bytes of UTF-8.")
+    max_attempts: int = option(5, help="Deliveries of a message without an ack before it moves to dead-letter.")
+    batch_limit: int = option(50, help="Most messages handed to one turn.")
+    retention_days: float = option(7.0, help="Delete acked messages older than this many days.")
+    retention_per_recipient: int = option(
+        1000, help="Keep at most this many acked messages per recipient; older ones are deleted."
+    )
+    retention_interval_seconds: float = option(300.0, help="How often retention runs.")
+
+    def __post_init__(self) -> None:
+        for key in ("max_body_bytes", "max_attempts", "batch_limit", "retention_per_recipient"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"[broker] {key} must be at least 1, not {getattr(self, key)}")
+        for key in ("retention_days", "retention_interval_seconds"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"[broker] {key} must be positive, not {getattr(self, key)}")
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+class BrokerError(HyperhiveError):
+    """A message was refused; nothing was stored."""
+
+
+class InvalidAddress(BrokerError):
+    """A sender or recipient that is not a valid name."""
+
+
+class UnknownRecipient(BrokerError):
+    """No agent by that name exists."""
+
+
+class RecipientNotAllowed(BrokerError):
+    """The sender may not message that recipient."""
+
+
+class InvalidBody(BrokerError):
+    """A body that is empty, too large, or not UTF-8 text."""
+
+
+# -- messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message. ``id`` is stable: use it to dedupe a redelivery."""
+
+    id: int
+    sender: str
+    recipient: str
+    kind: MessageKind
+    body: str
+    created_at: float
+    state: MessageState
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Messages leased to one turn; ``ack`` or ``release`` it with its token."""
+
+    recipient: str
+    token: str
+    messages: tuple[Message, ...]
+
+    @property
+    def ids(self) -> list[int]:
+        return [message.id for message in self.messages]
+
+
+class _Draft(NamedTuple):
+    sender: str
+    recipient: str
+    kind: str
+    body: str
+    created_at: float
+
+
+@dataclass(eq=False)
+class _PendingSend:
+    """A validated send waiting for the group-commit writer."""
+
+    draft: _Draft
+    done: trio.Event = field(default_factory=trio.Event)
+    message: Message | None = None
+    error: Exception | None = None
+
+
+def _take_all(channel: trio.MemoryReceiveChannel[_PendingSend]) -> list[_PendingSend]:
+    """Everything already buffered in ``channel``, without waiting."""
+    taken = []
+    while True:
+        try:
+            taken.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return taken
+
+
+# -- checks -----------------------------------------------------------------------
+
+
+class RecipientPolicy(Protocol):
+    """Decides who exists and who may message whom; the broker asks before storing."""
+
+    def check(self, sender: str, recipient: str) -> None:
+        """Return if ``sender`` may message ``recipient``.
+
+        :raises UnknownRecipient: no such recipient.
+        :raises RecipientNotAllowed: the sender may not message it.
+        """
+
+
+class RecipientDirectory:
+    """The default policy: known recipients, and optional allow-lists per sender.
+
+    The operator always receives. An agent receives once added; a sender added
+    with ``may_message`` can only message those names (plus the operator).
+    """
+
+    def __init__(self) -> None:
+        self._allowed: dict[str, frozenset[str] | None] = {}
+
+    def add(self, name: str, *, may_message: Iterable[str] | None = None) -> None:
+        self._allowed[check_agent_name(name)] = None if may_message is None else frozenset(may_message)
+
+    def remove(self, name: str) -> None:
+        self._allowed.pop(name, None)
+
+    def check(self, sender: str, recipient: str) -> None:
+        if recipient != OPERATOR and recipient not in self._allowed:
+            raise UnknownRecipient(
+                f"no agent named {recipient!r} can receive messages; check the name against the agent list"
+            )
+        allowed = self._allowed.get(sender)
+        if allowed is not None and recipient != OPERATOR and recipient not in allowed:
+            raise RecipientNotAllowed(
+                f"{sender!r} may not message {recipient!r}; it may message: "
+                f"{', '.join(sorted({OPERATOR, *allowed}))}. Add {recipient!r} to its allowed recipients"
+            )
+
+
+def check_address(name: object, role: str) -> str:
+    """Return ``name`` if it can send or receive: an agent name, ``operator`` or ``hive``."""
+    if isinstance(name, str) and name in RESERVED:
+        return name
+    try:
+        return check_agent_name(name)
+    except InvalidName as exc:
+        raise InvalidAddress(f"{role}: {exc}") from None
+
+
+def check_body(body: str | bytes, limit: int) -> str:
+    """Return ``body`` as text if it is non-empty UTF-8 without NUL, at most ``limit`` bytes."""
+    if isinstance(body, bytes):
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidBody(f"message body is not valid UTF-8 (bad byte at offset {exc.start}); send text") from None
+    elif not isinstance(body, str):
+        raise InvalidBody(f"message body must be text, not {type(body).__name__}")
+    if len(body) > limit:  # every character is at least one byte: too large without encoding it
+        raise _too_large(len(body), limit)
+    try:
+        size = len(body.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidBody(
+            f"message body is not valid UTF-8 (a lone surrogate at character {exc.start}); send text"
+        ) from None
+    if size > limit:
+        raise _too_large(size, limit)
+    if not body:
+        raise InvalidBody("message body is empty; write something to send")
+    if "\x00" in body:
+        raise InvalidBody(f"message body contains a NUL character at {body.index(chr(0))}; remove it and resend")
+    return body
+
+
+def _too_large(size: int, limit: int) -> InvalidBody:
+    return InvalidBody(
+        f"message body is {size} bytes, over the {limit}-byte limit ([broker] max_body_bytes); "
+        "send less, or write it to a file and send the path"
+    )
+
+
+# -- the broker -------------------------------------------------------------------
+
+
+@dataclass
+class BrokerStats:
+    """Counters since start; ``transactions`` < ``messages`` shows group commit at work."""
+
+    messages: int = 0
+    transactions: int = 0
+
+
+class Broker:
+    """The hive's mailboxes. Run ``serve`` in a nursery for group commit.
+
+    :param policy: who may message whom; the default is an empty
+        ``RecipientDirectory`` (only the operator receives). Replace or fill it as
+        agents come and go.
+    :param on_commit: awaited with each message after it is durable, in the
+        sender's task, before ``send`` returns.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: BrokerSection | None = None,
+        *,
+        policy: RecipientPolicy | None = None,
+        on_commit: Callable[[Message], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or BrokerSection()
+        self.policy: RecipientPolicy = policy if policy is not None else RecipientDirectory()
+        self.stats = BrokerStats()
+        self._on_commit = on_commit
+        self._queue: trio.MemorySendChannel[_PendingSend] | None = None
+        self._arrivals: dict[str, trio.Event] = {}
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send(self, sender: str, recipient: str, body: str | bytes, kind: MessageKind = "text") -> Message:
+        """Store a message for ``recipient``; return it once it is on disk.
+
+        :raises BrokerError: an invalid sender or recipient, an unknown or
+            disallowed recipient, or a bad body. Nothing is stored.
+        """
+        draft = self._draft(sender, recipient, body, kind)
+        pending = _PendingSend(draft)
+        if self._queue is not None:
+            try:
+                await self._queue.send(pending)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the writer stopped meanwhile; commit below
+            else:
+                await pending.done.wait()
+        if pending.message is None and pending.error is None:
+            # No writer (not started, or stopped during shutdown): commit alone.
+            await self._commit([pending])
+        if pending.error is not None:
+            raise StoreError(f"message to {recipient!r} was not stored: {pending.error}") from pending.error
+        assert pending.message is not None
+        if self._on_commit is not None:
+            await self._on_commit(pending.message)
+        return pending.message
+
+    def _draft(self, sender: str, recipient: str, body: str | bytes, kind: str) -> _Draft:
+        sender = check_address(sender, "sender")
+        recipient = check_address(recipient, "recipient")
+        if recipient == SYSTEM:
+            raise InvalidAddress(f"recipient: {SYSTEM!r} is the hive itself and receives no messages")
+        if kind not in MESSAGE_KINDS:
+            raise BrokerError(f"message kind must be one of {', '.join(sorted(MESSAGE_KINDS))}, not {kind!r}")
+        text = check_body(body, self.settings.max_body_bytes)
+        self.policy.check(sender, recipient)
+        return _Draft(sender, recipient, kind, text, time.time())
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the group-commit writer until cancelled."""
+        send_channel, receive_channel = trio.open_memory_channel[_PendingSend](SEND_QUEUE_SIZE)
+        self._queue = send_channel
+        try:
+            task_status.started()
+            async for first in receive_channel:
+                group = [first, *_take_all(receive_channel)]
+                await self._commit(group)
+        finally:
+            self._queue = None
+            send_channel.close()
+            # Senders still queued commit their own messages (see ``send``).
+            for pending in _take_all(receive_channel):
+                pending.done.set()
+            receive_channel.close()
+
+    async def _commit(self, group: list[_PendingSend]) -> None:
+        """Write ``group`` in one durable transaction, then wake senders and recipients."""
+        try:
+            ids = await self.store.write(partial(_insert_messages, [pending.draft for pending in group]))
+        except trio.Cancelled:
+            for pending in group:  # cancelled before the write began: nothing stored
+                pending.done.set()
+            raise
+        except Exception as exc:
+            log.exception("could not store %d message(s)", len(group))
+            for pending in group:
+                pending.error = exc
+                pending.done.set()
+            return
+        self.stats.messages += len(group)
+        self.stats.transactions += 1
+        for pending, message_id in zip(group, ids, strict=True):
+            pending.message = Message(message_id, *pending.draft, state="queued", attempts=0, last_error=None)
+            pending.done.set()
+        self._wake(pending.draft.recipient for pending in group)
+
+    def _wake(self, recipients: Iterable[str]) -> None:
+        """Wake whoever waits for these recipients; waiters re-arm a fresh event."""
+        for recipient in set(recipients):
+            arrived = self._arrivals.pop(recipient, None)
+            if arrived is not None:
+                arrived.set()
+
+    # -- delivery -----------------------------------------------------------
+
+    async def wait_for_messages(self, recipient: str, *, limit: int | None = None) -> Batch:
+        """Wait until ``recipient`` has queued messages; lease and return them.
+
+        Wakes when a send for ``recipient`` commits, without polling.
+        """
+        recipient = check_address(recipient, "recipient")
+        while True:
+            # Take the wake-up event before looking, so a commit in between is not missed.
+            arrived = self._arrivals.setdefault(recipient, trio.Event())
+            batch = await self.lease(recipient, limit=limit)
+            if batch is not None:
+                return batch
+            await arrived.wait()
+
+    async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
+        """Lease ``recipient``'s oldest queued messages now, or return ``None`` if none."""
+        token = secrets.token_hex(8)
+        lease = partial(_lease, recipient, token, limit or self.settings.batch_limit, time.time())
+        # Not fsynced: a lease lost in a crash leaves the message queued, which is
+        # what restart makes of every lease anyway.
+        messages = await self.store.write(lease, durable=False)
+        return Batch(recipient, token, messages) if messages else None
+
+    async def ack(self, batch: Batch) -> int:
+        """Mark ``batch`` delivered, durably; return how many were still leased to it.
+
+        Fewer than the batch size means its lease was given up meanwhile (see
+        ``requeue_leased``) and those messages will be delivered again.
+        """
+        acked = await self.store.write(partial(_ack, batch.token, batch.ids, time.time()))
+        if acked < len(batch.messages):
+            log.warning("ack for %s: %d of %d messages were no longer leased", batch.recipient, acked, len(batch.ids))
+        return acked
+
+    async def release(self, batch: Batch, *, error: str | None = None) -> list[int]:
+        """Give ``batch`` back after a failed turn; return the ids moved to dead-letter.
+
+        Each message returns to the queue, or to dead-letter once it has been
+        leased ``max_attempts`` times.
+        """
+        ids_json = json.dumps(batch.ids)
+        where = "id IN (SELECT value FROM json_each(?)) AND lease_token = ? AND state = 'leased'"
+        return await self._unlease(where, (ids_json, batch.token), error)
+
+    async def requeue_leased(self, recipient: str | None = None) -> list[int]:
+        """Give back every lease (of ``recipient``, or all); return the ids moved to dead-letter.
+
+        The daemon calls this at start, since no turn survives a restart; a
+        harness calls it for its agent before its first wait.
+        """
+        if recipient is None:
+            return await self._unlease("state = 'leased'", (), "lease abandoned: restarted mid-turn")
+        where = "state = 'leased' AND recipient = ?"
+        return await self._unlease(where, (recipient,), "lease abandoned: restarted mid-turn")
+
+    async def _unlease(self, where: str, params: tuple, error: str | None) -> list[int]:
+        changed = await self.store.write(partial(_unlease, where, params, error, self.settings.max_attempts))
+        self._wake(recipient for _, recipient, state in changed if state == "queued")
+        dead = [message_id for message_id, _, state in changed if state == "dead"]
+        if dead:
+            log.warning("moved %d message(s) to dead-letter after %d attempts", len(dead), self.settings.max_attempts)
+        return dead
+
+    async def dead_letters(self, recipient: str | None = None, *, limit: int = 100) -> list[Message]:
+        """Messages in dead-letter, newest first."""
+        if recipient is None:
+            return await self._select("state = 'dead'", (), limit)
+        return await self._select("state = 'dead' AND recipient = ?", (recipient,), limit)
+
+    async def requeue_dead(self, ids: Iterable[int]) -> int:
+        """Put dead-lettered messages back in the queue with fresh attempts; return how many."""
+        recipients = await self.store.write(partial(_requeue_dead, json.dumps(list(ids))))
+        self._wake(recipients)
+        return len(recipients)
+
+    # -- reads ----------------------------------------------------------------
+
+    async def recent_for(self, recipient: str, limit: int = 50) -> list[Message]:
+        """The newest ``limit`` messages to ``recipient``, any state, newest first."""
+        return await self._select("recipient = ?", (recipient,), limit)
+
+    async def recent_from(self, sender: str, limit: int = 50) -> list[Message]:
+        """The newest ``limit`` messages from ``sender``, any state, newest first."""
+        return await self._select("sender = ?", (sender,), limit)
+
+    async def inbox_depth(self, recipient: str) -> int:
+        """How many messages to ``recipient`` await delivery (queued or leased)."""
+        sql = "SELECT count(*) FROM messages WHERE state IN ('queued', 'leased') AND recipient = ?"
+        return await self.store.read(lambda db: db.execute(sql, (recipient,)).fetchone()[0])
+
+    async def _select(self, where: str, params: tuple, limit: int) -> list[Message]:
+        sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - fixed fragments
+        return await self.store.read(lambda db: [Message(*row) for row in db.execute(sql, (*params, limit))])
+
+    # -- retention ------------------------------------------------------------
+
+    async def prune(self, *, now: float | None = None) -> int:
+        """Delete acked messages past the age limit or the per-recipient cap; return how many.
+
+        Never touches a message that is queued, leased or dead.
+        """
+        now = time.time() if now is None else now
+        cutoff = now - self.settings.retention_days * 86400
+        deleted = await self._delete_in_chunks(
+            "SELECT id FROM messages WHERE state = 'acked' AND created_at < ? LIMIT ?", (cutoff,)
+        )
+        keep = self.settings.retention_per_recipient
+        for recipient in await self.store.read(_recipients):
+            deleted += await self._delete_in_chunks(
+                "SELECT id FROM messages WHERE state = 'acked' AND recipient = ? AND id <= ("
+                "  SELECT id FROM messages WHERE state = 'acked' AND recipient = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
+                ") LIMIT ?",
+                (recipient, recipient, keep),
+            )
+        return deleted
+
+    async def _delete_in_chunks(self, select: str, params: tuple) -> int:
+        deleted = 0
+        while True:
+            sql = f"DELETE FROM messages WHERE id IN ({select})"  # noqa: S608 - fixed fragments
+            count = await self.store.write(lambda db, sql=sql: db.execute(sql, (*params, PRUNE_CHUNK)).rowcount)
+            deleted += count
+            if count < PRUNE_CHUNK:
+                return deleted
+
+    async def run_retention(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Prune and checkpoint the WAL every ``retention_interval_seconds``, forever."""
+        task_status.started()
+        while True:
+            deleted = await self.prune()
+            await self.store.checkpoint()
+            if deleted:
+                log.info("retention deleted %d acked message(s)", deleted)
+            await trio.sleep(self.settings.retention_interval_seconds)
+
+
+# -- SQL, run on the store's threads ---------------------------------------------
+
+_COLUMNS = "id, sender, recipient, kind, body, created_at, state, attempts, last_error"
+
+
+def m001_messages(db: sqlite_utils.Database) -> None:
+    """The broker's table. AUTOINCREMENT so an id is never reused after retention."""
+    db.execute(
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('text', 'event')),
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'leased', 'acked', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_token TEXT,
+            leased_at REAL,
+            acked_at REAL,
+            last_error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX messages_by_recipient ON messages (recipient, id)")
+    db.execute("CREATE INDEX messages_by_sender ON messages (sender, id)")
+    db.execute("CREATE INDEX messages_by_state ON messages (state, recipient, id)")
+    db.execute("CREATE INDEX messages_acked_age ON messages (created_at) WHERE state = 'acked'")
+
+
+def _insert_messages(drafts: list[_Draft], db: sqlite_utils.Database) -> list[int]:
+    sql = "INSERT INTO messages (sender, recipient, kind, body, created_at) VALUES (?, ?, ?, ?, ?)"
+    return [db.conn.execute(sql, draft).lastrowid for draft in drafts]
+
+
+def _lease(recipient: str, token: str, limit: int, now: float, db: sqlite_utils.Database) -> tuple[Message, ...]:
+    rows = db.execute(
+        f"""
+        UPDATE messages SET state = 'leased', lease_token = ?, leased_at = ?, attempts = attempts + 1
+        WHERE id IN (
+            SELECT id FROM messages WHERE state = 'queued' AND recipient = ? ORDER BY id LIMIT ?
+        )
+        RETURNING {_COLUMNS}
+        """,  # noqa: S608 - fixed fragments
+        (token, now, recipient, limit),
+    ).fetchall()
+    return tuple(sorted((Message(*row) for row in rows), key=lambda message: message.id))
+
+
+def _ack(token: str, ids: list[int], now: float, db: sqlite_utils.Database) -> int:
+    return db.execute(
+        """
+        UPDATE messages SET state = 'acked', acked_at = ?, lease_token = NULL
+        WHERE id IN (SELECT value FROM json_each(?)) AND lease_token = ? AND state = 'leased'
+        """,
+        (now, json.dumps(ids), token),
+    ).rowcount
+
+
+def _unlease(
+    where: str, params: tuple, error: str | None, max_attempts: int, db: sqlite_utils.Database
+) -> list[tuple[int, str, str]]:
+    return db.execute(
+        f"""
+        UPDATE messages
+        SET state = CASE WHEN attempts >= ? THEN 'dead' ELSE 'queued' END,
+            last_error = coalesce(?, last_error), lease_token = NULL, leased_at = NULL
+        WHERE {where}
+        RETURNING id, recipient, state
+        """,  # noqa: S608 - fixed fragments
+        (max_attempts, error, *params),
+    ).fetchall()
+
+
+def _requeue_dead(ids_json: str, db: sqlite_utils.Database) -> list[str]:
+    rows = db.execute(
+        """
+        UPDATE messages SET state = 'queued', attempts = 0
+        WHERE id IN (SELECT value FROM json_each(?)) AND state = 'dead'
+        RETURNING recipient
+        """,
+        (ids_json,),
+    ).fetchall()
+    return [recipient for (recipient,) in rows]
+
+
+def _recipients(db: sqlite_utils.Database) -> list[str]:
+    """Every distinct recipient, hopping through the index instead of scanning it."""
+    rows = db.execute(
+        """
+        WITH RECURSIVE r(name) AS (
+            SELECT min(recipient) FROM messages
+            UNION ALL
+            SELECT (SELECT min(recipient) FROM messages WHERE recipient > r.name) FROM r WHERE r.name IS NOT NULL
+        )
+        SELECT name FROM r WHERE name IS NOT NULL
+        """
+    ).fetchall()
+    return [name for (name,) in rows]
