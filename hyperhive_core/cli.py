@@ -21,6 +21,7 @@ from hyperhive_core.plugins import (
     make_plugin_manager,
     plugin_selection,
 )
+from hyperhive_core.rehearsal.command import rehearse
 
 
 class HiveGroup(click.Group):
@@ -105,6 +106,9 @@ def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
     for info in infos:
         hooks = ", ".join(info.hooks) or "(no hooks)"
         click.echo(f"{info.name:<{width}}  {info.distribution} {info.version}  {hooks}")
+
+
+cli.add_command(rehearse)
 
 
 @cli.group(hidden=True)
