@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hyperhive_core.errors import PluginError
 from hyperhive_core.plugins import HivePluginManager, Registry, collect
 
+if TYPE_CHECKING:
+    from hyperhive_core.daemon import Hive
+
 ROLES = frozenset({"agent", "manager"})
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Who is calling: known from the socket the call came in on, never from an argument."""
+
+    hive: Hive
+    agent: str
+    role: str
 
 
 @dataclass(frozen=True)
