@@ -268,6 +268,10 @@ class Broker:
         self._on_commit = on_commit
         self._queue: trio.MemorySendChannel[_PendingSend] | None = None
         self._arrivals: dict[str, trio.Event] = {}
+        # Recipients blocked in wait_for_messages (with their batch limit), and
+        # batches the writer leased for them in the same transaction as the send.
+        self._waiting: dict[str, int] = {}
+        self._ready: dict[str, Batch] = {}
 
     # -- sending ---------------------------------------------------------------
 
@@ -325,9 +329,19 @@ class Broker:
             receive_channel.close()
 
     async def _commit(self, group: list[_PendingSend]) -> None:
-        """Write ``group`` in one durable transaction, then wake senders and recipients."""
+        """Write ``group`` in one durable transaction, then wake senders and recipients.
+
+        A recipient already waiting gets its batch leased in the same transaction,
+        so its wake-up needs no second write.
+        """
+        drafts = [pending.draft for pending in group]
+        hand_over = {
+            draft.recipient: (secrets.token_hex(8), self._waiting[draft.recipient])
+            for draft in drafts
+            if draft.recipient in self._waiting and draft.recipient not in self._ready
+        }
         try:
-            ids = await self.store.write(partial(_insert_messages, [pending.draft for pending in group]))
+            ids, leased = await self.store.write(partial(_insert_messages, drafts, hand_over, time.time()))
         except trio.Cancelled:
             for pending in group:  # cancelled before the write began: nothing stored
                 pending.done.set()
@@ -340,10 +354,16 @@ class Broker:
             return
         self.stats.messages += len(group)
         self.stats.transactions += 1
+        for recipient, messages in leased.items():
+            if messages:
+                self._ready[recipient] = Batch(recipient, hand_over[recipient][0], messages)
+        leased_now = {message.id: message for messages in leased.values() for message in messages}
         for pending, message_id in zip(group, ids, strict=True):
-            pending.message = Message(message_id, *pending.draft, state="queued", attempts=0, last_error=None)
+            pending.message = leased_now.get(message_id) or Message(
+                message_id, *pending.draft, state="queued", attempts=0, last_error=None
+            )
             pending.done.set()
-        self._wake(pending.draft.recipient for pending in group)
+        self._wake(draft.recipient for draft in drafts)
 
     def _wake(self, recipients: Iterable[str]) -> None:
         """Wake whoever waits for these recipients; waiters re-arm a fresh event."""
@@ -360,16 +380,26 @@ class Broker:
         Wakes when a send for ``recipient`` commits, without polling.
         """
         recipient = check_address(recipient, "recipient")
+        limit = limit or self.settings.batch_limit
         while True:
             # Take the wake-up event before looking, so a commit in between is not missed.
             arrived = self._arrivals.setdefault(recipient, trio.Event())
             batch = await self.lease(recipient, limit=limit)
             if batch is not None:
                 return batch
-            await arrived.wait()
+            self._waiting[recipient] = limit
+            try:
+                await arrived.wait()
+            finally:
+                self._waiting.pop(recipient, None)
 
     async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
         """Lease ``recipient``'s oldest queued messages now, or return ``None`` if none."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        ready = self._ready.pop(recipient, None)
+        if ready is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # never lose a batch to a cancel
+            return ready
         token = secrets.token_hex(8)
         lease = partial(_lease, recipient, token, limit or self.settings.batch_limit, time.time())
         # Not fsynced: a lease lost in a crash leaves the message queued, which is
@@ -404,8 +434,13 @@ class Broker:
         The daemon calls this at start, since no turn survives a restart; a
         harness calls it for its agent before its first wait.
         """
+        # A batch leased for a waiter that has not taken it yet is given back too.
+        # Forget it first: if it is handed out anyway, its turn's ack finds the
+        # lease gone and the messages come again (a duplicate, never a loss).
         if recipient is None:
+            self._ready.clear()
             return await self._unlease("state = 'leased'", (), "lease abandoned: restarted mid-turn")
+        self._ready.pop(recipient, None)
         where = "state = 'leased' AND recipient = ?"
         return await self._unlease(where, (recipient,), "lease abandoned: restarted mid-turn")
 
@@ -521,9 +556,14 @@ def m001_messages(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX messages_acked_age ON messages (created_at) WHERE state = 'acked'")
 
 
-def _insert_messages(drafts: list[_Draft], db: sqlite_utils.Database) -> list[int]:
+def _insert_messages(
+    drafts: list[_Draft], hand_over: dict[str, tuple[str, int]], now: float, db: sqlite_utils.Database
+) -> tuple[list[int], dict[str, tuple[Message, ...]]]:
+    """Insert ``drafts``; lease for each waiting recipient in ``hand_over`` (token, limit)."""
     sql = "INSERT INTO messages (sender, recipient, kind, body, created_at) VALUES (?, ?, ?, ?, ?)"
-    return [db.conn.execute(sql, draft).lastrowid for draft in drafts]
+    ids = [db.conn.execute(sql, draft).lastrowid for draft in drafts]
+    leased = {recipient: _lease(recipient, token, limit, now, db) for recipient, (token, limit) in hand_over.items()}
+    return ids, leased
 
 
 def _lease(recipient: str, token: str, limit: int, now: float, db: sqlite_utils.Database) -> tuple[Message, ...]:

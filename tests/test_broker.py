@@ -123,6 +123,31 @@ async def test_waiting_recipient_wakes_on_commit_without_polling(store, mock_clo
     assert batch.messages[0].attempts == 1
 
 
+async def test_batch_leased_for_a_waiter_that_gave_up_is_not_lost(broker):
+    got = []
+    async with trio.open_nursery() as nursery:
+        waiter = trio.CancelScope()
+
+        async def recipient():
+            with waiter:
+                got.append(await broker.wait_for_messages("bob"))
+
+        nursery.start_soon(recipient)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(broker.send, "alice", "bob", "for whoever waits")
+        await trio.testing.wait_all_tasks_blocked()  # the writer is committing (and leasing)
+        waiter.cancel()
+    assert await broker.inbox_depth("bob") == 1
+    # Whether the waiter took the batch before its cancel or not, exactly one
+    # copy is out, and giving leases back frees it for the next wait.
+    later = await broker.lease("bob")
+    assert len(got) + (later is not None) == 1
+    assert await broker.requeue_leased("bob") == []
+    again = await broker.wait_for_messages("bob")
+    assert [m.body for m in again.messages] == ["for whoever waits"]
+    assert again.messages[0].attempts == 2
+
+
 async def test_lease_ack_release_and_dead_letter(broker, store):
     ids = [(await broker.send("alice", "bob", f"m{n}")).id for n in range(3)]
     first = await broker.wait_for_messages("bob", limit=2)
