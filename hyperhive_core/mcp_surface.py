@@ -3,7 +3,8 @@
 The socket a connection arrives on is the caller's identity: each agent's socket
 gets its own MCP ``Server`` whose handlers hold that agent's ``ToolContext``, so no
 argument can claim to be someone else. Claude Code reaches the socket through
-``hyperhive relay`` (see ``relay.py``); ``docs/tools.md`` describes the design.
+``hyperhive relay`` (``relay.py``), started by the ``--mcp-config`` that
+:meth:`AgentSockets.mcp_config` renders. ``docs/tools.md`` describes the design.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,6 @@ from mcp.shared.message import SessionMessage
 
 import hyperhive_core
 from hyperhive_core.errors import HyperhiveError, PluginError
-from hyperhive_core.relay import SERVER_NAME
 from hyperhive_core.tool_schema import ToolSchema, tool_schema
 from hyperhive_core.tools import ROLES, ToolContext
 
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
     from hyperhive_core.plugins import Registry
 
 log = logging.getLogger(__name__)
+
+SERVER_NAME = "hyperhive"
+"""The MCP server's key in ``--mcp-config``; Claude Code names its tools ``mcp__hyperhive__<tool>``."""
+
+CONTAINER_SOCKET = "/run/hyperhive/agent.sock"
+"""Where an agent's socket is bind-mounted inside its container."""
 
 MAX_LINE_BYTES = 4 * 1024 * 1024
 """The largest JSON-RPC message accepted; a longer line drops the connection."""
@@ -75,12 +82,15 @@ class AgentSockets:
     Tool schemas are derived here, once, so a tool whose signature cannot be
     described is a startup error.
 
+    :param relay_command: the argv that runs ``hyperhive relay`` where Claude Code
+        runs, when a container sees it elsewhere; default :func:`default_relay_command`.
     :raises PluginError: a tool's signature cannot be described to the model.
     """
 
-    def __init__(self, hive: Hive, tools: Registry) -> None:
+    def __init__(self, hive: Hive, tools: Registry, *, relay_command: Sequence[str] | None = None) -> None:
         self.hive = hive
         self.tools = tools
+        self.relay_command = list(relay_command or default_relay_command())
         self._schemas = {name: _schema_of(tools, name) for name in tools}
         self._listings = {role: self._listing(role) for role in ROLES}
         self._sockets: dict[str, _AgentSocket] = {}
@@ -90,11 +100,29 @@ class AgentSockets:
         """The MCP tool descriptions ``role`` sees in ``tools/list``."""
         return list(self._listings[role])
 
+    def tool_names(self, role: str) -> list[str]:
+        """The names of the tools ``role`` may call, as plugins registered them."""
+        return [tool.name for tool in self._listings[role]]
+
+    def allowed_tools(self, role: str) -> list[str]:
+        """The ``--allowedTools`` entries for every hive tool ``role`` may call."""
+        return [claude_tool_name(name) for name in self.tool_names(role)]
+
+    def mcp_config(self, socket_path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The ``--mcp-config`` (as JSON data) that makes Claude Code start the relay.
+
+        :param socket_path: the agent's socket as Claude Code sees it; inside a
+            container, :data:`CONTAINER_SOCKET`.
+        """
+        program, *args = self.relay_command
+        server = {"type": "stdio", "command": program, "args": [*args, os.fspath(socket_path)]}
+        return {"mcpServers": {SERVER_NAME: server}}
+
     async def call_tool(self, ctx: ToolContext, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         """Run a tool for the caller in ``ctx``; every failure is an error result the model can read."""
         tool = self.tools.items.get(name)
         if tool is None:
-            callable_names = ", ".join(t.name for t in self._listings[ctx.role]) or "none"
+            callable_names = ", ".join(self.tool_names(ctx.role)) or "none"
             return _error(f"unknown tool {name!r}; the tools you can call are: {callable_names}")
         if not tool.allowed_for(ctx.role):
             roles = " and ".join(sorted(tool.roles))
@@ -212,6 +240,20 @@ class AgentSockets:
             return await self.call_tool(ctx, params.name, params.arguments or {})
 
         return Server(SERVER_NAME, version=hyperhive_core.__version__, on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+def claude_tool_name(tool: str) -> str:
+    """The name Claude Code gives a hive tool, as ``--allowedTools`` spells it."""
+    return f"mcp__{SERVER_NAME}__{tool}"
+
+
+def default_relay_command() -> list[str]:
+    """The argv that starts ``hyperhive relay`` with the daemon's own interpreter.
+
+    ``python -m`` rather than the console script: it works wherever the package is
+    importable, from an installed tree or a source checkout alike.
+    """
+    return [sys.executable, "-m", "hyperhive_core", "relay"]
 
 
 def _schema_of(tools: Registry, name: str) -> ToolSchema:

@@ -1,10 +1,10 @@
-"""The agent's end of the MCP connection, and how Claude Code is told to start it.
+"""``hyperhive relay SOCKET``: the agent's end of its MCP connection.
 
-Claude Code runs ``hyperhive relay SOCKET`` as its ``hyperhive`` MCP server: a dumb
-byte pipe between its stdio and the agent's unix socket, where the daemon serves
-the MCP session. Every agent session starts one, so this module imports only the
-interpreter's built-in C modules (``import socket`` alone costs ~8 ms: enum,
-selectors) and nothing of the hive.
+Claude Code runs the relay as its ``hyperhive`` MCP server (see
+``AgentSockets.mcp_config``): a dumb byte pipe between its stdio and the agent's
+unix socket, where the daemon serves the MCP session. Every agent session starts
+one, so this module imports only the interpreter's built-in C modules (``import
+socket`` alone costs ~8 ms: enum, selectors) and nothing of the hive.
 """
 
 from __future__ import annotations
@@ -12,56 +12,12 @@ from __future__ import annotations
 import _socket
 import _thread
 import os
-import sys
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from typing import NoReturn
 
-    from hyperhive_core.plugins import Registry
-
-SERVER_NAME = "hyperhive"
-"""The key in ``--mcp-config``; Claude Code names the tools ``mcp__hyperhive__<tool>``."""
-
-CONTAINER_SOCKET = "/run/hyperhive/agent.sock"
-"""Where an agent's socket is bind-mounted inside its container."""
-
 _CHUNK = 65536
-
-
-def claude_tool_name(tool: str) -> str:
-    """The name Claude Code gives a hive tool, as ``--allowedTools`` spells it."""
-    return f"mcp__{SERVER_NAME}__{tool}"
-
-
-def allowed_tools(tools: Registry, role: str) -> list[str]:
-    """The ``--allowedTools`` entries for every hive tool ``role`` may call."""
-    return [claude_tool_name(name) for name in tools if tools[name].allowed_for(role)]
-
-
-def relay_command() -> list[str]:
-    """The argv that starts ``hyperhive relay`` with the running interpreter.
-
-    ``python -m`` rather than the console script: it works wherever the package is
-    importable, from an installed tree or a source checkout alike.
-    """
-    return [sys.executable, "-m", "hyperhive_core", "relay"]
-
-
-def mcp_config(socket_path: str, command: Sequence[str] | None = None) -> str:
-    """The ``--mcp-config`` JSON that makes Claude Code start the relay.
-
-    :param socket_path: the agent's socket as seen where Claude Code runs (inside
-        a container: :data:`CONTAINER_SOCKET`).
-    :param command: the argv prefix that runs ``hyperhive relay``, when the
-        container sees it elsewhere; default :func:`relay_command`.
-    """
-    import json  # not at module level: it pulls in re, which the relay never needs
-
-    program, *args = command or relay_command()
-    server = {"type": "stdio", "command": program, "args": [*args, str(socket_path)]}
-    return json.dumps({"mcpServers": {SERVER_NAME: server}})
 
 
 def run(argv: list[str]) -> NoReturn:
