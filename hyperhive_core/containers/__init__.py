@@ -1,0 +1,153 @@
+"""Container backends: where an agent's Claude Code process, and what it runs, live.
+
+A backend is chosen by ``[hive] container_backend`` among those registered through
+the ``register_container_backends`` hook. The daemon is the only owner of restarts;
+backends report what happened through ``on_container_event``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from hyperhive_core.plugins import HivePluginManager, Registry, collect
+
+
+class ContainerState(enum.StrEnum):
+    ABSENT = "absent"
+    STOPPED = "stopped"
+    RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What a backend needs to know to build and run an agent's container (host paths)."""
+
+    agent: str
+    role: str
+    state_dir: Path
+    socket_dir: Path
+    extra_binds: Mapping[str, Path] = field(default_factory=dict)
+    """Container path → host path, mounted read-write (the manager's view of config repos)."""
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """Paths as the agent sees them from inside its container."""
+
+    state: Path
+    socket: Path
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    state: ContainerState
+    isolated: bool
+    detail: str = ""
+
+
+class ContainerProcess(Protocol):
+    """A process running inside a container; ``trio.Process`` is one.
+
+    With ``pty=True``, ``stdin`` and ``stdout`` are both the terminal's master side,
+    ``stderr`` is ``None``, and ``resize`` changes the terminal's size.
+    """
+
+    pid: int
+    stdin: trio.abc.SendStream | None
+    stdout: trio.abc.ReceiveStream | None
+    stderr: trio.abc.ReceiveStream | None
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+class ContainerEventKind(enum.StrEnum):
+    STARTED = "started"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """What ``on_container_event`` hooks receive."""
+
+    agent: str
+    kind: ContainerEventKind
+    detail: str = ""
+    """The exit status or unit result, in words."""
+    log_tail: tuple[str, ...] = ()
+    """The last lines the container wrote, oldest first (bounded)."""
+
+
+class ContainerBackend(abc.ABC):
+    """Lifecycle and execution for agents' containers."""
+
+    name: str
+    isolated: bool
+    """False when agents run with the daemon's own privileges; status shows it."""
+
+    @abc.abstractmethod
+    def view(self, spec: ContainerSpec) -> ContainerView:
+        """Where the agent sees its state dir and socket."""
+
+    @abc.abstractmethod
+    async def create(self, spec: ContainerSpec) -> None:
+        """Prepare the container; idempotent."""
+
+    @abc.abstractmethod
+    async def start(self, spec: ContainerSpec) -> None:
+        """Make the container ready to ``exec`` in."""
+
+    @abc.abstractmethod
+    async def stop(self, spec: ContainerSpec) -> None:
+        """Stop the container and every process in it."""
+
+    @abc.abstractmethod
+    async def destroy(self, spec: ContainerSpec, purge: bool) -> None:
+        """Remove the container; with ``purge`` the caller wipes its state too."""
+
+    @abc.abstractmethod
+    async def status(self, spec: ContainerSpec) -> ContainerStatus:
+        """The container's current state."""
+
+    @abc.abstractmethod
+    async def exec(
+        self, spec: ContainerSpec, argv: Sequence[str], env: Mapping[str, str], *, pty: bool = False
+    ) -> ContainerProcess:
+        """Start ``argv`` inside the container, as the agent.
+
+        With ``pty=False`` stdin, stdout and stderr are pipes; with ``pty=True`` the
+        process gets a fresh terminal (the operator's shell).
+        """
+
+
+def collect_backends(pm: HivePluginManager) -> Registry:
+    """Every backend factory from ``register_container_backends``, by name."""
+    return collect(pm, "register_container_backends", "container backend", lambda name, factory: (name, factory))
+
+
+async def open_piped_process(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> trio.Process:
+    """Start a process with all three standard streams piped, in its own session."""
+    return await trio.lowlevel.open_process(
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
