@@ -46,22 +46,25 @@ def fresh_store(directory: Path, name: str) -> Store:
     return store
 
 
-def raw_commits_per_second(directory: Path, count: int) -> float:
-    """Single-row FULL commits into the messages table, no broker, no threads."""
+def raw_commits(directory: Path, count: int) -> tuple[float, list[float]]:
+    """Single-row FULL commits into the messages table, no broker, no threads: rate and latencies."""
     path = directory / "raw.db"
     db = connect(path)
     m001_messages(db)
     sql = "INSERT INTO messages (sender, recipient, kind, body, created_at) VALUES (?, ?, ?, ?, ?)"
+    latencies = []
     began = time.perf_counter()
     for _ in range(count):
+        start = time.perf_counter()
         db.execute("BEGIN")
         db.execute(sql, ("alice", "bob", "text", BODY, time.time()))
         db.execute("COMMIT")
+        latencies.append(time.perf_counter() - start)
     elapsed = time.perf_counter() - began
     db.conn.close()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return count / elapsed
+    return count / elapsed, latencies
 
 
 def directory_of(*names: str) -> RecipientDirectory:
@@ -178,15 +181,20 @@ async def read_latencies(path: Path, calls: int, recipients: int) -> dict[str, l
 async def main(directory: Path, sends: int, rows: int, rounds: int) -> None:
     # Raw and broker runs alternate, and each ratio is taken within its round, so
     # a disk that speeds up or slows down mid-run skews no ratio.
-    raws, ones, eights, per_transaction = [], [], [], []
+    raws, ones, eights, per_transaction, commit_latencies = [], [], [], [], []
     for _ in range(rounds):
-        raws.append(raw_commits_per_second(directory, sends))
+        raw, latencies = raw_commits(directory, sends)
+        raws.append(raw)
+        commit_latencies += latencies
         ones.append((await durable_sends_per_second(directory, sends, 1))[0])
         eight, batch = await durable_sends_per_second(directory, sends, 8)
         eights.append(eight)
         per_transaction.append(batch)
     median = statistics.median
     emit("raw_full_commits_per_s", median(raws), "commits/s", rounds=[round(raw) for raw in raws])
+    # The floor under any durable send, and so under send→wake.
+    emit("raw_full_commit_p50", percentile(commit_latencies, 0.5) * 1000, "ms")
+    emit("raw_full_commit_p99", percentile(commit_latencies, 0.99) * 1000, "ms")
     emit(
         "durable_sends_per_s_1_sender",
         median(ones),

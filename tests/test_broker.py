@@ -21,7 +21,7 @@ from hyperhive_core.broker import (
 )
 from hyperhive_core.builtin import CORE_MIGRATIONS
 from hyperhive_core.daemon import run_hive
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.store import Store
 
 
@@ -365,3 +365,16 @@ async def test_daemon_start_requeues_leased_messages(make_pm, make_config):
         assert (message.id, message.state, message.attempts) == (sent.id, "queued", 1)
         assert message.last_error == "lease abandoned: restarted mid-turn"
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("max_attempts", 0, r"\[broker\] max_attempts must be at least 1, not 0"),
+        ("max_body_bytes", -1, r"\[broker\] max_body_bytes must be at least 1"),
+        ("retention_days", 0.0, r"\[broker\] retention_days must be positive"),
+    ],
+)
+def test_nonsense_broker_settings_are_a_config_error(make_pm, make_config, key, value, says):
+    with pytest.raises(ConfigError, match=says):
+        make_config(make_pm(), broker={key: value})
