@@ -22,6 +22,7 @@ from hyperhive_core.cli import cli
 from hyperhive_core.names import InvalidName
 from hyperhive_core.rehearsal import (
     Director,
+    RehearsalError,
     RehearsalServer,
     ScenarioError,
     base_url_for,
@@ -511,6 +512,13 @@ async def test_requests_are_logged_as_json_lines_and_kept_bounded(serve, tmp_pat
         (2, "manager", "call", 200),
         (3, "manager", "call", 200),
     ]
+
+
+async def test_a_taken_port_is_a_clear_error(serve, nursery):
+    server = await serve(TOOL_SCENARIO)
+    second = RehearsalServer(server.director.scenario, port=server.port)
+    with pytest.raises(RehearsalError, match=rf"cannot listen on 127.0.0.1:{server.port}: .*; choose another port"):
+        await nursery.start(second.serve)
 
 
 def test_agent_urls_and_environment():

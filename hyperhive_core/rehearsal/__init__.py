@@ -21,7 +21,13 @@ if TYPE_CHECKING:
         load_scenario,
         parse_scenario,
     )
-    from hyperhive_core.rehearsal.server import RecordedRequest, RehearsalServer, base_url_for, env_for
+    from hyperhive_core.rehearsal.server import (
+        RecordedRequest,
+        RehearsalError,
+        RehearsalServer,
+        base_url_for,
+        env_for,
+    )
 
 _EXPORTS = {
     "Decision": "director",
@@ -32,6 +38,7 @@ _EXPORTS = {
     "load_scenario": "scenario",
     "parse_scenario": "scenario",
     "RecordedRequest": "server",
+    "RehearsalError": "server",
     "RehearsalServer": "server",
     "base_url_for": "server",
     "env_for": "server",
@@ -40,6 +47,7 @@ __all__ = [
     "Decision",
     "Director",
     "RecordedRequest",
+    "RehearsalError",
     "RehearsalServer",
     "Scenario",
     "ScenarioError",

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hyperhive_core.errors import HyperhiveError
+
 if TYPE_CHECKING:
     from hyperhive_core.rehearsal.server import RehearsalServer
 
@@ -40,10 +42,9 @@ def rehearse(scenario: Path | None, host: str, port: int, log_path: Path | None)
     server = RehearsalServer(loaded, host=host, port=port, log_path=log_path)
     try:
         trio.run(_serve_until_signal, server)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port, or 0"
-        ) from None
+    except* HyperhiveError as group:
+        # The server runs in a nursery, which wraps what it raises.
+        raise click.ClickException(str(group.exceptions[0])) from None
 
 
 async def _serve_until_signal(server: RehearsalServer) -> None:

@@ -91,11 +91,6 @@ def text_blocks(content: Any) -> list[str]:
     return [block["text"] for block in content if _is_block(block, "text") and isinstance(block.get("text"), str)]
 
 
-def tool_result_text(block: Mapping[str, Any]) -> str:
-    """A ``tool_result`` block's text; its content is a string or a list of text blocks."""
-    return "\n".join(text_blocks(block.get("content")))
-
-
 def _starts_turn(message: Mapping[str, Any]) -> bool:
     return _is_prompt_message(message) and (bool(prompt_text(message.get("content"))) or _is_continuation(message))
 
@@ -111,8 +106,9 @@ def _is_prompt_message(message: Mapping[str, Any]) -> bool:
 
 
 def _tool_results(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    # A result's content is a string or a list of text blocks.
     return [
-        tool_result_text(block)
+        "\n".join(text_blocks(block.get("content")))
         for message in messages
         if message.get("role") == "user" and isinstance(message.get("content"), list)
         for block in message["content"]

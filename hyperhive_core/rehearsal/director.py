@@ -67,8 +67,8 @@ class Director:
     def decide(self, agent: str | None, body: Mapping[str, Any], session: str | None = None) -> Decision:
         """The reply to a ``/v1/messages`` request from ``agent`` (None: no agent in the URL)."""
         messages = body.get("messages")
-        if not isinstance(messages, list):
-            return Decision(Fault(400, "rehearsal model: the request body has no messages list"))
+        if not isinstance(messages, list) or not all(isinstance(message, Mapping) for message in messages):
+            return Decision(Fault(400, "rehearsal model: the request body needs a messages list of objects"))
         merged_prompt = compaction_prompt(messages)
         if merged_prompt is not None:
             if merged_prompt:

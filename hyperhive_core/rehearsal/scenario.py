@@ -59,7 +59,11 @@ class Step:
 
 @dataclass(frozen=True)
 class Rule:
-    """Which turns it answers (``pattern`` on the turn's prompt) and the steps that answer them."""
+    """Which turns it answers and the steps that answer them.
+
+    ``where`` is its place in the file (unique); ``when`` its condition as written,
+    None for a rule that answers every turn; ``pattern`` the condition compiled.
+    """
 
     where: str
     name: str
@@ -187,7 +191,7 @@ class _Reader:
                 if ref.root not in ("agent", "prompt", "digest"):
                     raise self.fail(
                         f"{where}.summary",
-                        f"{{{{{ref.text}}}}}: a summary can use {{{{agent}}}}, {{{{prompt}}}} and {{{{digest}}}}",
+                        f"{ref.placeholder}: a summary can use {{{{agent}}}}, {{{{prompt}}}} and {{{{digest}}}}",
                     )
         rules = [
             self.rule(item, f"{where}.rules[{index}]")
@@ -205,16 +209,16 @@ class _Reader:
         when_regex = self.get(table, where, "when_regex", str)
         if when is not None and when_regex is not None:
             raise self.fail(where, "use either when (a substring) or when_regex, not both")
-        if when == "" or when_regex == "":
-            raise self.fail(where, "an empty when matches every turn; leave it out instead")
+        if "" in (when, when_regex):
+            raise self.fail(where, "an empty condition matches every turn; leave it out instead")
+        condition = when or when_regex
         try:
-            pattern = re.compile(when_regex if when_regex is not None else re.escape(when or ""))
+            pattern = re.compile(re.escape(when) if when else when_regex or "")
         except re.error as exc:
             raise self.fail(f"{where}.when_regex", f"not a valid regular expression: {exc}") from None
         raw_steps = self.get(table, where, "steps", list)
         if not raw_steps:
             raise self.fail(f"{where}.steps", 'missing; give at least one step, e.g. steps = [{ text = "hello" }]')
-        when = when if when is not None else when_regex
         steps: list[Step] = []
         for index, item in enumerate(raw_steps):
             step_where = f"{where}.steps[{index}]"
@@ -225,11 +229,11 @@ class _Reader:
                     "give it a tool or remove the steps after it",
                 )
             tools_before = sum(step.tool is not None for step in steps)
-            steps.append(self.step(item, step_where, when, pattern, tools_before))
+            steps.append(self.step(item, step_where, condition, pattern, tools_before))
         return Rule(
             where=where,
             name=self.get(table, where, "name", str, where),
-            when=when,
+            when=condition,
             pattern=pattern,
             once=self.get(table, where, "once", bool, False),
             steps=tuple(steps),
@@ -286,7 +290,7 @@ class _Reader:
 
     def check_ref(self, ref: Ref, where: str, when: str | None, pattern: re.Pattern[str], tools_before: int) -> None:
         """Refuse a placeholder this step could never fill in."""
-        placeholder = f"{{{{{ref.text}}}}}"
+        placeholder = ref.placeholder
         if ref.root == "digest":
             raise self.fail(where, f"{placeholder} is only for summaries")
         if ref.root == "result" and tools_before == 0:

@@ -20,6 +20,7 @@ from typing import IO, Any
 import h11
 import trio
 
+from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.names import AGENT_NAME, check_agent_name
 from hyperhive_core.rehearsal.director import Decision, Director
 from hyperhive_core.rehearsal.http import HttpConnection, Incoming
@@ -48,6 +49,10 @@ def env_for(url: str, agent: str) -> dict[str, str]:
         "DISABLE_TELEMETRY": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }
+
+
+class RehearsalError(HyperhiveError):
+    """The rehearsal model cannot start: its port is taken, or its log cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -126,13 +131,23 @@ class RehearsalServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[RehearsalServer] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and answer until cancelled; reports started (with ``self``) once it accepts connections."""
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        try:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        except OSError as exc:
+            raise RehearsalError(
+                f"the rehearsal model cannot listen on {self.host}:{self.port}: {exc.strerror}; "
+                "choose another port, or 0 for any free one"
+            ) from None
         # One URL per server: when the host has several addresses, keep the first.
         for extra in listeners[1:]:
             await extra.aclose()
         self.port = listeners[0].socket.getsockname()[1]
-        log_file = open(self.log_path, "a", encoding="utf-8") if self.log_path else contextlib.nullcontext()  # noqa: SIM115
-        with log_file as self._log_file:
+        with contextlib.ExitStack() as stack:
+            if self.log_path:
+                try:
+                    self._log_file = stack.enter_context(self.log_path.open("a", encoding="utf-8"))
+                except OSError as exc:
+                    raise RehearsalError(f"cannot open the request log {self.log_path}: {exc.strerror}") from None
             log.info("rehearsal model on %s, scenario %s", self.url, self.director.scenario.source)
             task_status.started(self)
             await trio.serve_listeners(self._connection, listeners[:1])

@@ -17,10 +17,19 @@ from typing import Any
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 EXPRESSION = re.compile(r"(?P<root>[a-z_]+)(?:\[(?P<index>\d+)\])?(?:\.(?P<rest>[\w.-]+))?")
 PLAIN_ROOTS = frozenset({"agent", "prompt", "digest"})
+_ALLOWED = (
+    "use {{agent}}, {{prompt}}, {{result}}, {{results[N]}}, {{result.json.FIELD}}, "
+    "{{match[N]}}, {{match.NAME}} or, in a summary, {{digest}}"
+)
 
 
 class TemplateError(Exception):
     """A placeholder that is malformed, or that the turn cannot fill in."""
+
+
+def braced(expression: str) -> str:
+    """``expression`` as it is written in a template."""
+    return "{{" + expression + "}}"
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,10 @@ class Ref:
     index: int | None = None
     group: str | None = None
     json_path: tuple[str, ...] | None = None
+
+    @property
+    def placeholder(self) -> str:
+        return braced(self.text)
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,7 @@ def parse_ref(expression: str) -> Ref:
     """Parse what is between ``{{`` and ``}}``; raise ``TemplateError`` naming what is allowed."""
     found = EXPRESSION.fullmatch(expression)
     if not found:
-        raise TemplateError(f"cannot read placeholder {{{{{expression}}}}}; {_ALLOWED}")
+        raise TemplateError(f"cannot read placeholder {braced(expression)}; {_ALLOWED}")
     root, index, rest = found["root"], found["index"], found["rest"]
     if root in PLAIN_ROOTS and index is None and rest is None:
         return Ref(expression, root)
@@ -88,15 +101,9 @@ def parse_ref(expression: str) -> Ref:
         return Ref(expression, root, int(index) if index else None, json_path=_json_path(expression, rest))
     if root == "match" and (index is None) != (rest is None):
         if rest is not None and not rest.isidentifier():
-            raise TemplateError(f"{{{{{expression}}}}}: {rest!r} is not a regex group name")
+            raise TemplateError(f"{braced(expression)}: {rest!r} is not a regex group name")
         return Ref(expression, root, int(index) if index else None, group=rest)
-    raise TemplateError(f"unknown placeholder {{{{{expression}}}}}; {_ALLOWED}")
-
-
-_ALLOWED = (
-    "use {{agent}}, {{prompt}}, {{result}}, {{results[N]}}, {{result.json.FIELD}}, "
-    "{{match[N]}}, {{match.NAME}} or, in a summary, {{digest}}"
-)
+    raise TemplateError(f"unknown placeholder {braced(expression)}; {_ALLOWED}")
 
 
 def _json_path(expression: str, rest: str | None) -> tuple[str, ...] | None:
@@ -105,7 +112,7 @@ def _json_path(expression: str, rest: str | None) -> tuple[str, ...] | None:
     head, _, path = rest.partition(".")
     fields = tuple(path.split(".")) if path else ()
     if head != "json" or "" in fields:
-        raise TemplateError(f"{{{{{expression}}}}}: after a result only '.json' or '.json.FIELD.…' may follow")
+        raise TemplateError(f"{braced(expression)}: after a result only '.json' or '.json.FIELD.…' may follow")
     return fields
 
 
@@ -119,11 +126,11 @@ def resolve(ref: Ref, context: Context) -> Any:
         return context.digest
     if ref.root == "match":
         if context.match is None:
-            raise TemplateError(f"{{{{{ref.text}}}}}: the rule has no when_regex")
+            raise TemplateError(f"{ref.placeholder}: the rule has no when_regex")
         return context.match.group(ref.group if ref.group is not None else ref.index) or ""
     index = len(context.results) - 1 if ref.index is None else ref.index
     if not 0 <= index < len(context.results):
-        raise TemplateError(f"{{{{{ref.text}}}}}: this turn has {len(context.results)} tool result(s) so far")
+        raise TemplateError(f"{ref.placeholder}: this turn has {len(context.results)} tool result(s) so far")
     text = context.results[index]
     return text if ref.json_path is None else _json_field(ref, text)
 
@@ -132,14 +139,14 @@ def _json_field(ref: Ref, text: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        raise TemplateError(f"{{{{{ref.text}}}}}: the tool result is not JSON: {text[:200]!r}") from None
+        raise TemplateError(f"{ref.placeholder}: the tool result is not JSON: {text[:200]!r}") from None
     for field in ref.json_path or ():
         if isinstance(value, Mapping) and field in value:
             value = value[field]
         elif isinstance(value, list) and field.isdigit() and int(field) < len(value):
             value = value[int(field)]
         else:
-            raise TemplateError(f"{{{{{ref.text}}}}}: no field {field!r} in the tool result {text[:200]!r}")
+            raise TemplateError(f"{ref.placeholder}: no field {field!r} in the tool result {text[:200]!r}")
     return value
 
 
