@@ -96,10 +96,6 @@ class AgentSockets:
         self._sockets: dict[str, _AgentSocket] = {}
         self._nursery: trio.Nursery | None = None
 
-    def tools_for(self, role: str) -> list[types.Tool]:
-        """The MCP tool descriptions ``role`` sees in ``tools/list``."""
-        return list(self._listings[role])
-
     def tool_names(self, role: str) -> list[str]:
         """The names of the tools ``role`` may call, as plugins registered them."""
         return [tool.name for tool in self._listings[role]]
@@ -153,7 +149,7 @@ class AgentSockets:
                 self._nursery = None
                 self._sockets.clear()
 
-    async def open(self, agent: str, role: str, path: Path, *, owner_uid: int | None = None) -> None:
+    async def open(self, agent: str, role: str, path: str | os.PathLike[str], *, owner_uid: int | None = None) -> None:
         """Listen for ``agent`` at ``path``; returns once connections are accepted.
 
         The parent directory is created private (0700) and the socket is 0600, so
@@ -280,22 +276,28 @@ async def _listen(path: Path, owner_uid: int | None) -> AsyncIterator[trio.Socke
     if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.stat().st_mode)):
         raise AgentSocketError(f"{path} exists and is not a socket; move it away so the agent's socket can go there")
     path.unlink(missing_ok=True)  # a stale socket from a daemon that did not shut down cleanly
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    with trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM) as sock:
+        try:
+            await sock.bind(os.fspath(path))
+        except OSError as exc:
+            raise AgentSocketError(f"cannot listen on {path}: {exc}") from exc
+        try:
+            os.chmod(path, 0o600)
+            if owner_uid is not None:
+                _chown(path, owner_uid)
+            sock.listen(MAX_CONNECTIONS)
+            yield trio.SocketListener(sock)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _chown(path: Path, uid: int) -> None:
     try:
-        await sock.bind(os.fspath(path))
+        os.chown(path, uid, -1)
     except OSError as exc:
-        sock.close()
-        raise AgentSocketError(f"cannot listen on {path}: {exc}") from exc
-    try:
-        os.chmod(path, 0o600)
-        if owner_uid is not None:
-            os.chown(path, owner_uid, -1)
-        sock.listen(MAX_CONNECTIONS)
-        async with trio.SocketListener(sock) as listener:
-            yield listener
-    finally:
-        sock.close()
-        path.unlink(missing_ok=True)
+        raise AgentSocketError(
+            f"cannot give {path} to uid {uid}: {exc}; giving each agent its own uid needs a daemon running as root"
+        ) from exc
 
 
 async def _serve_connection(

@@ -325,6 +325,14 @@ async def test_the_socket_is_private_and_removed_on_close(sockets, tmp_path):
         await trio.open_unix_socket(os.fspath(path))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a socket to another uid needs root")
+async def test_the_socket_can_be_given_to_the_agents_own_uid(sockets, tmp_path):
+    path = tmp_path / "run" / "alice" / "agent.sock"
+    await sockets.open("alice", "agent", path, owner_uid=65534)
+    assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (65534, 0o600)
+    assert path.parent.stat().st_uid == os.geteuid()
+
+
 async def test_close_ends_the_agents_sessions(connect, sockets, plugin):
     client = await connect("alice")
     await client.send({"id": 7, "method": "tools/call", "params": {"name": "stall", "arguments": {}}})
