@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["relay"]:
         from hyperhive_core import relay
 
-        relay.run(argv[1:])
+        relay.run(argv[1:])  # exits; never returns
 
     from hyperhive_core import cli
 

@@ -17,6 +17,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
     from typing import NoReturn
 
+USAGE = "usage: hyperhive relay SOCKET\n\nPipe stdio to an agent's MCP socket in the hive; Claude Code starts this."
 _CHUNK = 65536
 
 
@@ -31,8 +32,11 @@ def run(argv: list[str]) -> NoReturn:
 
 def main(argv: list[str]) -> int:
     """Pipe stdin to the socket and the socket to stdout; return the exit status."""
+    if argv in (["-h"], ["--help"]):
+        os.write(1, f"{USAGE}\n".encode())
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
-        _say("usage: hyperhive relay SOCKET\n\nPipe stdio to the hive's MCP socket; Claude Code starts this.")
+        _say(USAGE)
         return 2
     path = argv[0]
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)

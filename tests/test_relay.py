@@ -145,8 +145,12 @@ def test_a_stale_socket_says_the_daemon_is_not_running(hyperhive, tmp_path):
 
 def test_the_relay_needs_exactly_one_socket(hyperhive):
     done = subprocess.run([hyperhive, "relay"], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2
+    assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith("usage: hyperhive relay SOCKET")
+
+    helped = subprocess.run([hyperhive, "relay", "--help"], capture_output=True, text=True, timeout=30)
+    assert (helped.returncode, helped.stderr) == (0, "")
+    assert helped.stdout.startswith("usage: hyperhive relay SOCKET")
 
 
 @pytest.mark.parametrize("entry", ["console script", "python -m"])
