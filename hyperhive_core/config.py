@@ -109,7 +109,7 @@ def load_config(
         value = raw.get(name, {})
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: [{name}] must be a table, not {_type_name(type(value))}")
-        sections[name] = build_section(schema, value, f"{name}", path)
+        sections[name] = _coerce(value, schema, name, path)
     return Config(path, sections)
 
 
@@ -123,7 +123,10 @@ def build_section(schema: type[T], values: Mapping[str, Any], where: str, path: 
             f"{path}: unknown key {where}.{unknown[0]}. Valid keys in [{where}]: {', '.join(sorted(fields)) or 'none'}."
         )
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}", path) for key, value in values.items()}
-    return schema(**kwargs)
+    try:
+        return schema(**kwargs)
+    except ConfigError as exc:  # a section's own range checks don't know the file
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str, path: Path) -> Any:
@@ -194,17 +197,19 @@ def render_default_config(schemas: Mapping[str, type]) -> str:
     ]
     for name in sorted(schemas, key=lambda section: (section != "hive", section)):
         schema = schemas[name]
-        lines += ["", f"[{name}]"]
+        # A table of named entries (``dict[str, Dataclass]``) is shown as one example entry.
+        entry = typing.get_args(schema)[1] if typing.get_origin(schema) is dict else None
+        header = f"[{name}.NAME]" if entry else f"[{name}]"
+        schema = entry or schema
+        lines.append("")
         if schema.__doc__ and not schema.__doc__.startswith(schema.__name__ + "("):
-            lines.insert(len(lines) - 1, f"# {schema.__doc__.strip().splitlines()[0]}")
+            lines.append(f"# {schema.__doc__.strip().splitlines()[0]}")
+        lines.append(f"# {header}" if entry else header)
         for field in dataclasses.fields(schema):
             if help_text(field):
                 lines += [f"# {line}" for line in help_text(field).splitlines()]
             default = _field_default(field)
-            if default is None:
-                lines.append(f"# {field.name} =")
-            else:
-                lines.append(f"# {field.name} = {toml_value(default)}")
+            lines.append(f"# {field.name} =" if default is None else f"# {field.name} = {toml_value(default)}")
     return "\n".join(lines) + "\n"
 
 

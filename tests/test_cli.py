@@ -128,7 +128,8 @@ def test_debug_commands_are_hidden(make_pm):
     cli = make_cli(make_pm())
     help_text = CliRunner().invoke(cli, ["--help"]).output
     commands = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines() if line.strip()]
-    assert commands == ["init", "plugins", "up"]
+    assert "debug" not in commands
+    assert {"init", "plugins", "up"} <= set(commands)
     assert CliRunner().invoke(cli, ["debug", "--help"]).exit_code == 0
 
 

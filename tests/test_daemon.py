@@ -74,7 +74,7 @@ async def test_hook_hive_services(make_pm, make_config, autojump_clock):
         nursery.cancel_scope.cancel()
 
 
-async def test_service_failing_before_ready_does_not_block_startup(make_pm, make_config, autojump_clock):
+async def test_service_failing_before_ready_does_not_block_startup(make_pm, make_config):
     class Broken:
         @hookimpl
         def hive_services(self, hive):
