@@ -32,6 +32,7 @@ from hyperhive_core.rehearsal import (
     parse_scenario,
 )
 from hyperhive_core.rehearsal.scenario import PROMPT_TOO_LONG
+from hyperhive_core.rehearsal.wire import Message
 
 REPO = Path(__file__).resolve().parent.parent
 CLAUDE = REPO / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
@@ -57,7 +58,7 @@ def scenario(text: str, source: str = "test.toml") -> Director:
 
 
 def user(*texts: str) -> dict[str, Any]:
-    """A user message; the first prompt of a session comes as blocks after a reminder."""
+    """A user message: a string, or text blocks when there are several."""
     if len(texts) == 1:
         return {"role": "user", "content": texts[0]}
     return {"role": "user", "content": [{"type": "text", "text": text} for text in texts]}
@@ -75,7 +76,7 @@ def results(*texts: str) -> dict[str, Any]:
 def reply(director: Director, messages: list[dict[str, Any]], agent: str | None = "manager", session: str = "s1"):
     """Ask the director, and append its reply to ``messages`` as the CLI would."""
     decision = director.decide(agent, {"messages": messages}, session)
-    if hasattr(decision.reply, "content"):
+    if isinstance(decision.reply, Message):
         messages.append({"role": "assistant", "content": list(decision.reply.content)})
     return decision
 
@@ -120,7 +121,10 @@ ERRORS = [
     ("[[agents.manager.rules]]\nsteps = [{ text = '{{bogus}}' }]", "unknown placeholder {{bogus}}"),
     ("[[agents.manager.rules]]\nsteps = [{ text = '{{agent' }]", "unclosed '{{'"),
     ("[[agents.manager.rules]]\nsteps = [{ text = '{{digest}}' }]", "{{digest}} is only for summaries"),
-    ("[[agents.manager.rules]]\nsteps = [{ tool = 't', input = { a = ['{{result}}'] } }]", "steps[0].input"),
+    (
+        "[[agents.manager.rules]]\nsteps = [{ tool = 't', input = { a = ['{{result}}'] } }]",
+        "steps[0].input: {{result}}: no earlier step",
+    ),
     ("[agents.manager]\nsummary = '{{result}}'", "agents.manager.summary: {{result}}: a summary can use"),
     (
         "[[agents.manager.rules]]\nname = 'n'\nsteps = [{ text = 'a' }]\n"
@@ -268,12 +272,12 @@ def test_a_template_that_cannot_be_filled_in_ends_the_turn_saying_why():
 
 def test_once_rules_answer_one_turn_and_survive_retries_within_it():
     director = scenario("""
-        [[agents.manager.rules]]
+        [[agents."*".rules]]
         when = "hi"
         once = true
         steps = [{ tool = "send" }, { text = "first time" }]
 
-        [[agents.manager.rules]]
+        [[agents."*".rules]]
         when = "hi"
         steps = [{ text = "again" }]
     """)
@@ -284,7 +288,8 @@ def test_once_rules_answer_one_turn_and_survive_retries_within_it():
     turn.append(results("sent"))
     assert texts_of(reply(director, turn)) == "first time"
     assert texts_of(reply(director, [*turn, user("hi")])) == "again"
-    assert texts_of(reply(director, [user("hi")], agent=None)) != "first time"
+    # Used up for the manager only.
+    assert tool_of(reply(director, [user("hi")], agent="worker"))[0] == "mcp__hyperhive__send"
 
 
 def test_faults_are_served_the_given_number_of_times_then_the_step():
@@ -358,15 +363,16 @@ def test_demo_scenario_hands_the_operator_message_to_worker():
         {"to": "worker", "body": "The operator asks: please tidy the notes"},
     )
     messages.append(results("sent message 13 to worker"))
-    to, body = tool_of(reply(director, messages))[1].values()
-    assert (to, "sent message 13 to worker" in body) == ("operator", True)
+    tell_operator = tool_of(reply(director, messages))[1]
+    assert tell_operator["to"] == "operator"
+    assert "sent message 13 to worker" in tell_operator["body"]
     messages.append(results("sent message 14 to operator"))
     assert reply(director, messages).reply.stop_reason == "end_turn"
 
     worker_prompt = "1 new message.\n\n--- message 13 from manager (text) ---\nThe operator asks: please tidy the notes"
-    to, body = tool_of(reply(director, [user(worker_prompt)], agent="worker"))[1].values()
-    assert to == "operator"
-    assert "The manager asked me: The operator asks: please tidy the notes" in body
+    answer = tool_of(reply(director, [user(worker_prompt)], agent="worker"))[1]
+    assert answer["to"] == "operator"
+    assert "The manager asked me: The operator asks: please tidy the notes" in answer["body"]
 
 
 # -- the HTTP server ------------------------------------------------------------------
@@ -386,7 +392,7 @@ def serve(nursery):
 async def http(url: str, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
     """One request on a fresh connection: status and body."""
     address = urlsplit(url)
-    data = b"" if body is None else json.dumps(body).encode() if not isinstance(body, bytes) else body
+    data = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
     connection = h11.Connection(h11.CLIENT)
     stream = await trio.open_tcp_stream(address.hostname, address.port)
     async with stream:
@@ -726,12 +732,14 @@ async def test_claude_code_retries_a_server_error_then_succeeds(serve, tmp_path)
 
 @needs_claude
 async def test_claude_code_reports_a_prompt_too_long_on_the_first_exchange(serve, tmp_path):
-    server = await serve('[[agents.manager.rules]]\nsteps = [{ text = "unreachable", status = 400 }]')
+    server = await serve('[[agents.manager.rules]]\nname = "big"\nsteps = [{ text = "fits now", status = 400 }]')
     with trio.fail_after(60):
         async with claude(server, tmp_path) as session:
-            events = await session.turn("hi")
-    result = events[-1]
-    assert (result["is_error"], result["terminal_reason"], result["api_error_status"]) == (True, "prompt_too_long", 400)
+            failed = (await session.turn("hi"))[-1]
+            retried = (await session.turn("hi"))[-1]
+    assert (failed["is_error"], failed["terminal_reason"], failed["api_error_status"]) == (True, "prompt_too_long", 400)
+    assert (retried["is_error"], retried["result"]) == (False, "fits now")
+    assert [(request.rule, request.status) for request in server.requests] == [("big", 400), ("big", 200)]
 
 
 @needs_claude
