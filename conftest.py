@@ -46,7 +46,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
     """A validated config whose state dir is inside ``tmp_path``."""
 
     def build(pm: HivePluginManager, **sections: dict) -> Config:
-        raw = {"hive": {"state_dir": str(tmp_path / "state")}} | sections
+        raw = {"hive": {"state_dir": str(tmp_path / "state"), "container_backend": "process"}} | sections
         return load_config(tmp_path / "hyperhive.toml", raw, config_schemas(pm))
 
     return build

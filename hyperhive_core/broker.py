@@ -393,6 +393,10 @@ class Broker:
             finally:
                 self._waiting.pop(recipient, None)
 
+    async def wait_for_arrival(self, recipient: str) -> None:
+        """Wait for the next message to ``recipient`` to commit, leasing nothing."""
+        await self._arrivals.setdefault(check_address(recipient, "recipient"), trio.Event()).wait()
+
     async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
         """Lease ``recipient``'s oldest queued messages now, or return ``None`` if none."""
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from hyperhive_core import core_tools, host_commands
+from hyperhive_core.agents import AgentConfig, m003_agents
 from hyperhive_core.broker import BrokerSection, Message, m001_messages
-from hyperhive_core.daemon import HiveSection
+from hyperhive_core.claude import ClaudeSection
+from hyperhive_core.containers.process import ProcessBackend
 from hyperhive_core.events import EventsSection, m002_events
+from hyperhive_core.harness import m004_turns
+from hyperhive_core.hive import HiveSection
 from hyperhive_core.hookspecs import Migration, Service, hookimpl
 
 if TYPE_CHECKING:
-    from hyperhive_core.daemon import Hive
+    from hyperhive_core.hive import Hive
 
 # Core's schema, in order; append new steps, never rename a shipped one.
-CORE_MIGRATIONS = [m001_messages, m002_events]
+CORE_MIGRATIONS = [m001_messages, m002_events, m003_agents, m004_turns]
 
 # Enough of a body for the sender's live tail; the message itself has all of it.
 PREVIEW_CHARS = 280
@@ -25,6 +30,8 @@ def register_config_sections(register: Callable[[str, type], None]) -> None:
     register("hive", HiveSection)
     register("broker", BrokerSection)
     register("events", EventsSection)
+    register("claude", ClaudeSection)
+    register("agents", dict[str, AgentConfig])
 
 
 @hookimpl(trylast=True)
@@ -47,3 +54,20 @@ def on_message(hive: Hive, message: Message) -> None:
         kind=message.kind,
         preview=message.body[:PREVIEW_CHARS],
     )
+
+
+@hookimpl(trylast=True)
+def register_tools(register: Callable[..., None]) -> None:
+    for tool, roles in core_tools.TOOLS:
+        register(tool, roles=roles)
+
+
+@hookimpl(trylast=True)
+def register_container_backends(register: Callable[[str, Callable[..., object]], None]) -> None:
+    register("process", lambda hive: ProcessBackend())
+
+
+@hookimpl(trylast=True)
+def register_host_commands(register: Callable[..., None]) -> None:
+    for name, handler in host_commands.COMMANDS.items():
+        register(name, handler)

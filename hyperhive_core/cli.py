@@ -111,9 +111,123 @@ def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
 cli.add_command(rehearse)
 
 
+# -- talking to the running daemon over the host socket -----------------------------
+
+
+def ask_daemon(state: CliState, cmd: str, **arguments: Any) -> Any:
+    """Send one command to the running daemon; errors become one clear line."""
+    from hyperhive_core.daemon import state_paths
+    from hyperhive_core.hostsock import request
+
+    return request(state_paths(state.boot().config).host_socket, cmd, **arguments)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def describe_state(agent: dict[str, Any]) -> str:
+    flags = [flag for flag in ("paused", "failed", "stopped") if agent.get(flag)]
+    state = agent["state"] + (f" ({agent['detail']})" if agent.get("detail") else "")
+    return ", ".join([state, *flags])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def status(state: CliState, as_json: bool) -> None:
+    """The running hive: backend, model endpoint, agents."""
+    result = ask_daemon(state, "status")
+    if as_json:
+        echo_json(result)
+        return
+    backend = result["backend"]
+    isolation = "" if backend["isolated"] else "  (NO ISOLATION: agents run with the daemon's privileges)"
+    click.echo(f"state dir  {result['state_dir']}")
+    click.echo(f"backend    {backend['name']}{isolation}")
+    if result["rehearsal"]:
+        click.echo(f"model      REHEARSAL MODEL at {result['rehearsal']} (no real Claude)")
+    for agent in result["agents"]:
+        click.echo(
+            f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} "
+            f"model {agent['model']:<10} inbox {agent['inbox_depth']}"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def agents(state: CliState, as_json: bool) -> None:
+    """List agents with their state, model and inbox depth."""
+    result = ask_daemon(state, "agents")
+    if as_json:
+        echo_json(result)
+        return
+    for agent in result:
+        click.echo(f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} model {agent['model']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("message")
+@pass_state
+def send(state: CliState, name: str, message: str) -> None:
+    """Send MESSAGE to agent NAME, as the operator."""
+    result = ask_daemon(state, "send", to=name, body=message)
+    click.echo(f"sent message {result['id']} to {name}")
+
+
+@cli.command()
+@click.argument("name")
+@pass_state
+def pause(state: CliState, name: str) -> None:
+    """Pause agent NAME after its current turn."""
+    ask_daemon(state, "pause", agent=name)
+    click.echo(f"paused {name}")
+
+
+@cli.command()
+@click.argument("name")
+@pass_state
+def resume(state: CliState, name: str) -> None:
+    """Resume a paused (or failed) agent NAME."""
+    ask_daemon(state, "resume", agent=name)
+    click.echo(f"resumed {name}")
+
+
+@cli.command()
+@click.argument("name")
+@pass_state
+def cancel(state: CliState, name: str) -> None:
+    """Interrupt agent NAME's current turn; its messages wait for the next one."""
+    cancelled = ask_daemon(state, "cancel", agent=name)["cancelled"]
+    click.echo(f"cancelled {name}'s turn" if cancelled else f"{name} was not in a turn")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("model")
+@pass_state
+def model(state: CliState, name: str, model: str) -> None:
+    """Switch agent NAME to MODEL once its current turn ends."""
+    result = ask_daemon(state, "model", agent=name, model=model)
+    queued = f" (queued: {result['queued']})" if result["queued"] else ""
+    click.echo(f"{name}: model {result['model']}{queued}")
+
+
 @cli.group(hidden=True)
 def debug() -> None:
     """Ops-only commands, hidden from --help."""
+
+
+@debug.command(name="recv")
+@click.argument("name", default="operator")
+@click.option("--limit", default=20, show_default=True)
+@pass_state
+def debug_recv(state: CliState, name: str, limit: int) -> None:
+    """The last messages addressed to NAME (default: the operator)."""
+    for message in reversed(ask_daemon(state, "recv", agent=name, limit=limit)):
+        click.echo(f"#{message['id']} {message['from']} → {message['to']} ({message['kind']}): {message['body']}")
 
 
 @debug.command(name="config")

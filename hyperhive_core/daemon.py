@@ -3,58 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
-from hyperhive_core.broker import Broker, BrokerSection, Message
-from hyperhive_core.config import Config, option
-from hyperhive_core.events import EventBus, EventsSection
-from hyperhive_core.names import SYSTEM
+from hyperhive_core.agents import AgentConfig
+from hyperhive_core.config import Config
+from hyperhive_core.hive import Hive
+from hyperhive_core.hostsock import serve_host_socket
 from hyperhive_core.paths import StatePaths, default_state_dir
 from hyperhive_core.plugins import HivePluginManager, await_all, call_each, collect
 from hyperhive_core.store import Store
 from hyperhive_core.supervise import supervise
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class HiveSection:
-    """The hive as a whole."""
-
-    state_dir: Path | None = option(
-        None,
-        help="Where the database, agent state and sockets live.\n"
-        "Default: /var/lib/hyperhive as root, else ~/.local/share/hyperhive.",
-    )
-    plugins: list[str] | None = option(
-        None,
-        help="Plugins to load, by entry-point name. Default: every installed plugin.\n"
-        "The HYPERHIVE_LOAD_PLUGINS environment variable overrides this.",
-    )
-
-
-class Hive:
-    """What a running daemon hands to plugins: config, plugins, store, paths, broker, events."""
-
-    def __init__(self, config: Config, pm: HivePluginManager, store: Store, paths: StatePaths) -> None:
-        self.config = config
-        self.pm = pm
-        self.store = store
-        self.paths = paths
-        self.events = EventBus(store, config.section("events", EventsSection))
-        self.broker = Broker(store, config.section("broker", BrokerSection), on_commit=self._message_committed)
-
-    async def _message_committed(self, message: Message) -> None:
-        """Run the ``on_message`` hooks; a failing one is reported, the message stays sent."""
-        try:
-            await await_all(self.pm.hook.on_message(hive=self, message=message))
-        except Exception as exc:
-            log.exception("an on_message hook failed for message %d", message.id)
-            self.events.publish(SYSTEM, "error", where="on_message", message_id=message.id, error=repr(exc))
 
 
 def state_paths(config: Config) -> StatePaths:
@@ -72,7 +35,7 @@ async def run_hive(
     *,
     task_status: trio.TaskStatus[Hive] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open the store, start every plugin service supervised, and run until cancelled."""
+    """Open the store, start the core and every plugin service, then the agents; run until cancelled."""
     paths = state_paths(config)
     paths.ensure()
     store = Store(paths.database)
@@ -86,21 +49,67 @@ async def run_hive(
         async with trio.open_nursery() as core:
             await core.start(hive.events.serve)
             await core.start(hive.broker.serve)
+            await core.start(hive.surface.serve)
+            await start_model_endpoint(hive, core)
             await await_all(pm.hook.on_startup(hive=hive))
             try:
                 async with trio.open_nursery() as nursery:
                     for owner, services in call_each(pm, "hive_services", hive=hive):
                         for service in services or ():
-                            name = f"{owner}:{getattr(service, '__name__', repr(service))}"
+                            name = f"service {owner}:{getattr(service, '__name__', repr(service))}"
                             await nursery.start(supervise, name, service)
-                    log.info("hive up: state dir %s", paths.root)
+                    hive.agent_nursery = nursery
+                    for name, agent_config in declared_agents(hive).items():
+                        await hive.add_agent(name, agent_config)
+                    await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
+                    log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))
                     task_status.started(hive)
                     await trio.sleep_forever()
             finally:
                 with trio.CancelScope(shield=True):
                     await await_all(pm.hook.on_shutdown(hive=hive))
+                core.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def declared_agents(hive: Hive) -> dict[str, AgentConfig]:
+    """The manager, the agents in ``[agents]``, and on the rehearsal model every agent it scripts."""
+    declared: dict[str, AgentConfig] = dict(hive.config.section("agents"))
+    if hive.rehearsal is not None:
+        for name in hive.rehearsal.director.scenario.agents:
+            if name != "*":
+                declared.setdefault(name, AgentConfig())
+    manager = hive.settings.manager
+    return {manager: declared.pop(manager, AgentConfig()), **dict(sorted(declared.items()))}
+
+
+async def start_model_endpoint(hive: Hive, nursery: trio.Nursery) -> None:
+    """Start the rehearsal model when it is asked for, or when there are no Claude credentials."""
+    from hyperhive_core.rehearsal import RehearsalServer, load_demo_scenario, load_scenario
+
+    scenario_path = hive.claude.rehearsal_scenario
+    credentials = hive.claude.base_url or any(
+        os.environ.get(key) for key in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL")
+    )
+    if scenario_path is None and credentials:
+        log.info("agents talk to %s", hive.claude.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "Anthropic")
+        return
+    scenario = load_scenario(scenario_path) if scenario_path else load_demo_scenario()
+    hive.rehearsal = RehearsalServer(scenario)
+    await nursery.start(hive.rehearsal.serve)
+    why = f"[claude] rehearsal_scenario = {scenario_path}" if scenario_path else "no Claude credentials configured"
+    for line in REHEARSAL_BANNER.format(why=why, source=scenario.source, url=hive.rehearsal.url).splitlines():
+        log.warning(line)
+
+
+REHEARSAL_BANNER = """************************************************************************
+*  REHEARSAL MODEL: agents talk to a scripted stand-in, not to Claude.  *
+************************************************************************
+  why:      {why}
+  scenario: {source}
+  endpoint: {url}
+  For real Claude, set ANTHROPIC_API_KEY (or [claude] base_url) and restart."""
 
 
 def run_daemon(config: Config, pm: HivePluginManager) -> int:

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from hyperhive_core.broker import Message
-    from hyperhive_core.daemon import Hive
+    from hyperhive_core.claude import SessionOptions
+    from hyperhive_core.harness import Turn
+    from hyperhive_core.hive import Hive
 
 hookspec = pluggy.HookspecMarker("hyperhive")
 hookimpl = pluggy.HookimplMarker("hyperhive")
@@ -94,6 +96,55 @@ def on_message(hive: Hive, message: Message) -> None:
     """
 
 
+# -- agents ---------------------------------------------------------------------
+
+
+@hookspec
+def before_recv(hive: Hive, agent: str) -> None:
+    """Called before an agent's loop waits for its next messages; may hold it there.
+
+    An implementation that awaits (a nap) parks the agent's loop until it returns.
+    It must be safe to cancel: the loop is cancelled when the agent stops.
+
+    :param hive: the running hive.
+    :param agent: the agent's name.
+    """
+
+
+@hookspec
+def on_turn_start(hive: Hive, agent: str, turn: Turn) -> None:
+    """Called when an agent's turn begins, before the model sees its messages.
+
+    :param hive: the running hive.
+    :param agent: the agent's name.
+    :param turn: the turn: ``messages``, ``prompt``, ``started_at``.
+    """
+
+
+@hookspec
+def on_turn_end(hive: Hive, agent: str, turn: Turn) -> None:
+    """Called when an agent's turn has ended and its messages are acked or released.
+
+    :param hive: the running hive.
+    :param agent: the agent's name.
+    :param turn: the turn, now with ``exit`` (``ok``, ``compact-retry``,
+        ``interrupted`` or ``failure``), ``duration_ms``, ``cost_usd`` and the
+        CLI's ``result`` (tool calls, usage, permission denials).
+    """
+
+
+@hookspec
+def configure_session(hive: Hive, agent: str, options: SessionOptions) -> None:
+    """Adjust how an agent's Claude Code process starts, before each (re)start.
+
+    :param hive: the running hive.
+    :param agent: the agent's name.
+    :param options: change it in place: ``allowed_tools``, ``settings`` (Claude Code
+        settings such as hooks), ``env``, ``system_prompt`` (text fragments),
+        ``extra_args``, ``model``.
+    """
+
+
 # -- tools ------------------------------------------------------------------
 
 
@@ -141,6 +192,16 @@ def register_slash_commands(register: Callable[..., None]) -> None:
 
 
 # -- cli ----------------------------------------------------------------------
+
+
+@hookspec
+def register_host_commands(register: Callable[..., None]) -> None:
+    """Add commands to the host control socket (what the ``hyperhive`` CLI calls).
+
+    :param register: ``register(name, handler)``; ``handler(hive, **arguments)``,
+        sync or async, returns a JSON-serialisable result or raises
+        ``HyperhiveError`` with a message for the operator.
+    """
 
 
 @hookspec

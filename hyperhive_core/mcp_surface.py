@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mcp.server.context import ServerRequestContext
     from mcp.server.models import InitializationOptions
 
-    from hyperhive_core.daemon import Hive
+    from hyperhive_core.hive import Hive
     from hyperhive_core.plugins import Registry
 
 log = logging.getLogger(__name__)

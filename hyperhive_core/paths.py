@@ -25,6 +25,19 @@ class StatePaths:
     def database(self) -> Path:
         return self.root / "hive.db"
 
+    @property
+    def host_socket(self) -> Path:
+        """The operator's control socket."""
+        return self.root / "host.sock"
+
+    def agent_state(self, name: str) -> Path:
+        """The agent's persistent ``/state``."""
+        return self.root / "agents" / name / "state"
+
+    def agent_run(self, name: str) -> Path:
+        """The directory holding the agent's own MCP socket."""
+        return self.root / "run" / name
+
     def ensure(self) -> None:
         """Create the state root, private to the daemon's user."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

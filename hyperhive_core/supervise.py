@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+CrashHandler = Callable[[BaseException], Awaitable[bool]]
+
 import trio
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,15 @@ async def supervise(
     service: Callable[..., Awaitable[Any]],
     backoff: Backoff | None = None,
     *,
+    on_crash: CrashHandler | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``service(task_status=...)`` until it returns, restarting it when it raises.
 
     Reports started once the service first reports started, or once it first
     crashes, so one broken service never holds up the daemon's startup.
+
+    :param on_crash: awaited with each crash; returning True gives up for good.
     """
     backoff = backoff or Backoff()
     reported = False
@@ -49,11 +54,14 @@ async def supervise(
                     reported = True
             log.info("service %s finished", name)
             return
-        except Exception:
+        except Exception as exc:
             crashes = 1 if trio.current_time() - began > backoff.healthy_after else crashes + 1
             delay = backoff.delay(crashes)
-            log.exception("service %s crashed (%d in a row); restarting in %.1fs", name, crashes, delay)
             if not reported:
                 task_status.started()
                 reported = True
+            if on_crash is not None and await on_crash(exc):
+                log.exception("%s crashed (%d in a row); giving up", name, crashes)
+                return
+            log.exception("%s crashed (%d in a row); restarting in %.1fs", name, crashes, delay)
             await trio.sleep(delay)

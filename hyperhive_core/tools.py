@@ -10,7 +10,7 @@ from hyperhive_core.errors import PluginError
 from hyperhive_core.plugins import HivePluginManager, Registry, collect
 
 if TYPE_CHECKING:
-    from hyperhive_core.daemon import Hive
+    from hyperhive_core.hive import Hive
 
 ROLES = frozenset({"agent", "manager"})
 

@@ -1,0 +1,184 @@
+"""The hive's agents: who exists, their config, and their authoritative live state.
+
+The daemon holds each agent's state machine (``idle``, ``thinking``, ``compacting``,
+``napping``, each with a detail, plus the flags ``paused``, ``failed`` and
+``stopped``). The dashboard and CLI render it; nothing derives it from events.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlite_utils
+
+from hyperhive_core.broker import RecipientDirectory
+from hyperhive_core.config import option
+from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.names import OPERATOR, check_agent_name
+
+if TYPE_CHECKING:
+    from hyperhive_core.events import EventBus
+    from hyperhive_core.store import Store
+
+MANAGER = "manager"
+AGENT = "agent"
+
+
+@dataclass
+class AgentConfig:
+    """One agent's settings, as ``[agents.NAME]`` in hyperhive.toml."""
+
+    model: str | None = option(None, help="Model for this agent. Default: [claude] model.")
+    instructions: str = option("", help="What this agent is for; added to its system prompt.")
+    allowed_recipients: list[str] = option(
+        [], help="Agents it may message, besides the operator and the manager (who may message anyone)."
+    )
+
+
+class State(enum.StrEnum):
+    IDLE = "idle"
+    THINKING = "thinking"
+    COMPACTING = "compacting"
+    NAPPING = "napping"
+
+
+class UnknownAgent(HyperhiveError):
+    """No agent has that name."""
+
+
+@dataclass
+class AgentStatus:
+    """An agent's live state: what the dashboard's badge and model status show."""
+
+    state: State = State.IDLE
+    detail: str = ""
+    since: float = field(default_factory=time.time)
+    paused: bool = False
+    pause_reason: str = ""
+    failed: bool = False
+    stopped: bool = False
+    model: str = ""
+    queued_model: str | None = None
+    model_switched_at: float | None = None
+    last_turn_ms: int | None = None
+    last_turn_at: float | None = None
+
+
+@dataclass
+class Agent:
+    name: str
+    role: str
+    config: AgentConfig
+    status: AgentStatus = field(default_factory=AgentStatus)
+    session_id: str | None = None
+
+    @property
+    def is_manager(self) -> bool:
+        return self.role == MANAGER
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON-able view served to the dashboard and the host socket."""
+        return {"name": self.name, "role": self.role, **asdict(self.status), "config": asdict(self.config)}
+
+
+class Agents:
+    """The registry of live agents; also the broker's recipient policy."""
+
+    def __init__(self, store: Store, events: EventBus, directory: RecipientDirectory, manager: str) -> None:
+        self.store = store
+        self.events = events
+        self.directory = directory
+        self.manager = check_agent_name(manager)
+        self._agents: dict[str, Agent] = {}
+
+    def __iter__(self) -> Iterator[Agent]:
+        return iter(sorted(self._agents.values(), key=lambda agent: (not agent.is_manager, agent.name)))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._agents
+
+    def get(self, name: str) -> Agent:
+        try:
+            return self._agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self._agents)) or "none"
+            raise UnknownAgent(f"no agent named {name!r}; known agents: {known}") from None
+
+    async def add(self, name: str, config: AgentConfig, default_model: str) -> Agent:
+        """Register an agent (and remember it in the store); it may now send and receive."""
+        check_agent_name(name)
+        role = MANAGER if name == self.manager else AGENT
+        row = await self.store.write(lambda db: _upsert(db, name, role))
+        agent = Agent(name, role, config, session_id=row.get("session_id"))
+        agent.status.paused = bool(row.get("paused"))
+        agent.status.model = row.get("model_override") or config.model or default_model
+        self._agents[name] = agent
+        # The manager may message anyone; others the operator, the manager and their list.
+        may_message = None if agent.is_manager else {self.manager, *config.allowed_recipients}
+        self.directory.add(name, may_message=may_message)
+        return agent
+
+    def peers(self, name: str) -> list[str]:
+        """Who ``name`` may message."""
+        agent = self.get(name)
+        if agent.is_manager:
+            return [OPERATOR, *(other for other in sorted(self._agents) if other != name)]
+        allowed = {self.manager, *agent.config.allowed_recipients} & set(self._agents)
+        return [OPERATOR, *sorted(allowed - {name})]
+
+    def set_state(self, name: str, state: State, detail: str = "") -> None:
+        """Move the state machine, and tell every subscriber."""
+        status = self.get(name).status
+        if (status.state, status.detail) == (state, detail):
+            return
+        status.state, status.detail, status.since = state, detail, time.time()
+        self.publish_status(name)
+
+    def publish_status(self, name: str) -> None:
+        status = self.get(name).status
+        self.events.publish(
+            name,
+            "state_change",
+            state=status.state.value,
+            detail=status.detail,
+            paused=status.paused,
+            pause_reason=status.pause_reason,
+            failed=status.failed,
+            stopped=status.stopped,
+        )
+
+    async def remember(self, name: str, **columns: Any) -> None:
+        """Persist per-agent facts that outlive the daemon (session id, model, paused)."""
+        await self.store.write(lambda db: db["agents"].update(name, columns))
+
+
+def _upsert(db: sqlite_utils.Database, name: str, role: str) -> dict[str, Any]:
+    table = db["agents"]
+    rows = list(table.rows_where("name = ?", [name]))
+    if rows:
+        table.update(name, {"role": role, "destroyed_at": None})
+        return rows[0]
+    table.insert({"name": name, "role": role, "created_at": time.time()})
+    return {}
+
+
+def m003_agents(db: sqlite_utils.Database) -> None:
+    db["agents"].create(
+        {
+            "name": str,
+            "role": str,
+            "created_at": float,
+            "destroyed_at": float,
+            "applied_sha": str,
+            "model_override": str,
+            "paused": int,
+            "session_id": str,
+        },
+        pk="name",
+        not_null={"role", "created_at"},
+        defaults={"paused": 0},
+    )

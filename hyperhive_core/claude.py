@@ -1,0 +1,403 @@
+"""ClaudeSession: one long-lived Claude Code process per agent, in stream-json mode.
+
+Each turn writes one user message to the process's stdin and reads its stdout
+events up to the ``result``. The process keeps the conversation warm between turns
+(tens of milliseconds to the first model request, against about half a second for
+a fresh ``claude -p``). It is restarted with ``--resume`` when it dies, when the
+model changes, or when the agent's config is re-applied.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hyperhive_core.config import option
+from hyperhive_core.containers import ContainerBackend, ContainerSpec
+from hyperhive_core.errors import HyperhiveError
+
+log = logging.getLogger(__name__)
+
+# The CLI pinned by the Makefile, installed into the source tree.
+BUNDLED_CLI = Path(__file__).resolve().parent.parent / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+STDERR_LINES = 50
+MAX_EVENT_LINE = 16 * 1024 * 1024
+CONTEXT_OVERFLOW = "prompt_too_long"
+INTERRUPTED = ("aborted_streaming", "aborted_tools", "interrupted")
+
+
+@dataclass
+class ClaudeSection:
+    """The Claude Code CLI and the model it talks to."""
+
+    cli: Path | None = option(
+        None,
+        help="The claude executable. Default: the pinned CLI that `make up` installs into\n"
+        ".tools/claude, else `claude` on PATH.",
+    )
+    model: str = option("haiku", help="The default model; an agent's config can override it.")
+    rehearsal_scenario: Path | None = option(
+        None,
+        help="Run every agent on the rehearsal model with this scenario file, even with\n"
+        "credentials. Default: the rehearsal model with the demo scenario only when there\n"
+        "are no Claude credentials. Format: docs/rehearsal.md.",
+    )
+    base_url: str | None = option(
+        None,
+        help="The Messages API endpoint (ANTHROPIC_BASE_URL). Without it and without\n"
+        "ANTHROPIC_API_KEY, the hive runs on the rehearsal model.",
+    )
+    allowed_tools: list[str] = option(
+        ["Bash", "Read", "Edit", "Write", "Glob", "Grep"],
+        help="Claude Code tools every agent may use without asking, besides the hive's own.",
+    )
+    daily_spend_cap_usd: float = option(
+        5.0, help="Pause an agent once its model spend today (UTC) reaches this; 0 means no cap."
+    )
+    api_retries: int = option(2, help="Retries the CLI itself makes on a failed model request.")
+    api_error_backoff_seconds: float = option(
+        5.0, help="First wait before the hive retries a turn that failed on the model API; doubles."
+    )
+    turn_attempts: int = option(5, help="Attempts at one turn (API errors, crashes) before its messages go back.")
+
+
+class MissingCli(HyperhiveError):
+    """The Claude Code CLI is not installed where config says."""
+
+
+def find_cli(configured: Path | None) -> Path:
+    """The claude executable to run; a clear error says how to install it."""
+    if configured is not None:
+        if os.access(configured, os.X_OK):
+            return configured
+        raise MissingCli(f"[claude] cli = {configured} is not an executable file; fix the path, or remove it")
+    if os.access(BUNDLED_CLI, os.X_OK):
+        return BUNDLED_CLI
+    found = shutil.which("claude")
+    if found:
+        return Path(found)
+    raise MissingCli(
+        "the Claude Code CLI is not installed. Run `make install` (it installs the pinned "
+        "@anthropic-ai/claude-code into .tools/claude), or set [claude] cli to its path"
+    )
+
+
+class TurnExit(enum.StrEnum):
+    OK = "ok"
+    CONTEXT_OVERFLOW = "context_overflow"
+    API_ERROR = "api_error"
+    INTERRUPTED = "interrupted"
+    FAILURE = "failure"
+
+
+@dataclass
+class TurnResult:
+    """What one turn came to, from the CLI's ``result`` event."""
+
+    exit: TurnExit
+    text: str
+    duration_ms: int
+    cost_usd: float
+    tool_calls: int
+    tools_used: list[str]
+    usage: dict[str, Any]
+    permission_denials: list[dict[str, Any]]
+    terminal_reason: str | None
+    session_id: str | None
+
+
+def classify(result: dict[str, Any]) -> TurnExit:
+    """Key on ``is_error`` and ``terminal_reason``; ``subtype`` says success even for API errors."""
+    reason = result.get("terminal_reason")
+    if not result.get("is_error"):
+        return TurnExit.OK
+    if reason == CONTEXT_OVERFLOW:
+        return TurnExit.CONTEXT_OVERFLOW
+    if reason == "api_error" or result.get("api_error_status"):
+        return TurnExit.API_ERROR
+    if reason in INTERRUPTED:
+        return TurnExit.INTERRUPTED
+    return TurnExit.FAILURE
+
+
+class SessionDied(HyperhiveError):
+    """The Claude Code process exited in the middle of a turn."""
+
+
+@dataclass
+class SessionOptions:
+    """How the CLI is started; ``configure_session`` hooks may change any of it."""
+
+    model: str
+    allowed_tools: list[str]
+    system_prompt: list[str]
+    mcp_config: dict[str, Any]
+    env: dict[str, str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+
+
+EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class ClaudeSession:
+    """The agent's Claude Code process, started on first use and kept warm.
+
+    :param on_event: awaited with ``(kind, data)`` for each live event:
+        ``assistant_text``, ``tool_use``, ``tool_result``, ``permission_denied``,
+        ``note`` and ``error``.
+    """
+
+    def __init__(
+        self,
+        cli: Path,
+        backend: ContainerBackend,
+        spec: ContainerSpec,
+        on_event: EventSink,
+        session_id: str | None = None,
+    ) -> None:
+        self.cli = cli
+        self.backend = backend
+        self.spec = spec
+        self.on_event = on_event
+        self.session_id = session_id
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self._process: trio.Process | None = None
+        self._options: SessionOptions | None = None
+        self._buffer = bytearray()
+        self._cost_so_far = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process else None
+
+    def command(self, options: SessionOptions, settings_path: Path | None) -> list[str]:
+        """The CLI's argument list for these options."""
+        argv = [
+            str(self.cli),
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--model",
+            options.model,
+            "--mcp-config",
+            json.dumps(options.mcp_config),
+            "--strict-mcp-config",
+            "--allowedTools",
+            ",".join(options.allowed_tools),
+        ]
+        if options.system_prompt:
+            argv += ["--append-system-prompt", "\n\n".join(options.system_prompt)]
+        if settings_path is not None:
+            argv += ["--settings", str(settings_path)]
+        if self.session_id:
+            argv += ["--resume", self.session_id]
+        else:
+            self.session_id = str(uuid.uuid4())
+            argv += ["--session-id", self.session_id]
+        return argv + options.extra_args
+
+    async def start(self, nursery: trio.Nursery, options: SessionOptions) -> None:
+        """Start the process (resuming the session if there is one)."""
+        await self.stop()
+        settings_path = None
+        if options.settings:
+            # Written to the agent's own state dir, which the container can read.
+            settings_path = self.spec.state_dir / ".hyperhive-settings.json"
+            settings_path.write_text(json.dumps(options.settings, indent=2))
+            settings_path = self.backend.view(self.spec).state / settings_path.name
+        argv = self.command(options, settings_path)
+        log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
+        self._process = await self.backend.exec(self.spec, argv, options.env)
+        self._options = options
+        self._buffer.clear()
+        self._cost_so_far = 0.0
+        nursery.start_soon(self._drain_stderr, self._process)
+
+    async def stop(self) -> None:
+        """End the process; the conversation stays on disk for ``--resume``."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        with trio.move_on_after(5) as cleanup:
+            cleanup.shield = True
+            assert process.stdin is not None
+            await process.stdin.aclose()  # EOF: the CLI exits once idle
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+    async def run_turn(self, prompt: str) -> TurnResult:
+        """Send ``prompt`` as one user message and follow the turn to its result.
+
+        :raises SessionDied: the process exited before the result.
+        """
+        await self._write({"type": "user", "message": {"role": "user", "content": prompt}})
+        return await self._follow_turn()
+
+    async def compact(self) -> TurnResult:
+        """Ask the CLI to compact its own context (``/compact``)."""
+        await self._write({"type": "user", "message": {"role": "user", "content": "/compact"}})
+        return await self._follow_turn()
+
+    async def interrupt(self) -> None:
+        """Stop the current turn; its result arrives as ``interrupted``."""
+        request = {"type": "control_request", "request_id": uuid.uuid4().hex, "request": {"subtype": "interrupt"}}
+        await self._write(request)
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        if not self.running:
+            raise SessionDied("the Claude Code process is not running")
+        assert self._process is not None and self._process.stdin is not None
+        try:
+            await self._process.stdin.send_all(json.dumps(message).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise SessionDied(f"the Claude Code process stopped reading its input: {exc}") from None
+
+    async def _follow_turn(self) -> TurnResult:
+        tools_used: list[str] = []
+        while (event := await self._next_event()) is not None:
+            kind = event.get("type")
+            if kind == "assistant":
+                await self._publish_assistant(event, tools_used)
+            elif kind == "user":
+                await self._publish_tool_results(event)
+            elif kind == "system":
+                await self._publish_system(event)
+            elif kind == "result":
+                return self._result(event, tools_used)
+        status = self._process.returncode if self._process else None
+        tail = " | ".join(list(self.stderr_tail)[-5:])
+        raise SessionDied(f"Claude Code exited (status {status}) in the middle of a turn: {tail or 'no output'}")
+
+    async def _next_event(self) -> dict[str, Any] | None:
+        """The next parsed stdout event, or ``None`` once the process has exited."""
+        assert self._process is not None and self._process.stdout is not None
+        stdout = self._process.stdout
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                if len(self._buffer) > MAX_EVENT_LINE:
+                    raise SessionDied("Claude Code printed an event line over 16 MiB")
+                chunk = await stdout.receive_some(65536)
+                if not chunk:
+                    await self._process.wait()
+                    return None
+                self._buffer += chunk
+                continue
+            line = bytes(self._buffer[:newline])
+            del self._buffer[: newline + 1]
+            if line.strip():
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s: unparseable line from claude: %r", self.spec.agent, line[:200])
+
+    async def _publish_assistant(self, event: dict[str, Any], tools_used: list[str]) -> None:
+        for block in event.get("message", {}).get("content", []):
+            if block.get("type") == "text" and block.get("text"):
+                await self.on_event("assistant_text", {"text": block["text"]})
+            elif block.get("type") == "tool_use":
+                tools_used.append(short_tool_name(block.get("name", "")))
+                await self.on_event(
+                    "tool_use", {"id": block.get("id"), "name": block.get("name"), "input": block.get("input", {})}
+                )
+
+    async def _publish_tool_results(self, event: dict[str, Any]) -> None:
+        content = event.get("message", {}).get("content", [])
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") == "tool_result":
+                await self.on_event(
+                    "tool_result",
+                    {
+                        "tool_use_id": block.get("tool_use_id"),
+                        "is_error": bool(block.get("is_error")),
+                        "content": result_text(block.get("content")),
+                    },
+                )
+
+    async def _publish_system(self, event: dict[str, Any]) -> None:
+        subtype = event.get("subtype")
+        if subtype == "permission_denied":
+            await self.on_event(
+                "permission_denied",
+                {
+                    "tool": event.get("tool_name"),
+                    "tool_use_id": event.get("tool_use_id"),
+                    "reason": event.get("message"),
+                },
+            )
+        elif subtype == "api_retry":
+            await self.on_event(
+                "note",
+                {
+                    "text": f"model API error {event.get('error_status')} ({event.get('error')}); "
+                    f"the CLI retries in {event.get('retry_delay_ms', 0) / 1000:.1f}s "
+                    f"(attempt {event.get('attempt')} of {event.get('max_retries')})"
+                },
+            )
+        elif subtype == "init":
+            failed = [s["name"] for s in event.get("mcp_servers", []) if s.get("status") == "failed"]
+            if failed:
+                await self.on_event("error", {"text": f"MCP server {', '.join(failed)} failed to start"})
+
+    def _result(self, event: dict[str, Any], tools_used: list[str]) -> TurnResult:
+        # total_cost_usd is cumulative for the process; a turn costs the difference.
+        total = float(event.get("total_cost_usd") or 0.0)
+        cost, self._cost_so_far = max(0.0, total - self._cost_so_far), total
+        self.session_id = event.get("session_id") or self.session_id
+        return TurnResult(
+            exit=classify(event),
+            text=str(event.get("result") or ""),
+            duration_ms=int(event.get("duration_ms") or 0),
+            cost_usd=cost,
+            tool_calls=len(tools_used),
+            tools_used=tools_used,
+            usage=event.get("usage") or {},
+            permission_denials=event.get("permission_denials") or [],
+            terminal_reason=event.get("terminal_reason"),
+            session_id=self.session_id,
+        )
+
+    async def _drain_stderr(self, process: trio.Process) -> None:
+        """Keep the last lines of stderr (for crash reports) so the pipe never fills."""
+        assert process.stderr is not None
+        pending = b""
+        async with process.stderr:
+            while chunk := await process.stderr.receive_some(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                self.stderr_tail.extend(line.decode(errors="replace") for line in lines if line.strip())
+
+
+def short_tool_name(name: str) -> str:
+    """``mcp__hyperhive__send`` → ``send``; built-in names stay as they are."""
+    return name.rsplit("__", 1)[-1] if name.startswith("mcp__") else name
+
+
+def result_text(content: Any) -> str:
+    """A tool result's text, whether the CLI sent a string or a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "\n".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return ""

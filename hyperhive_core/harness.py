@@ -1,0 +1,399 @@
+"""The turn loop: one per agent, driving its Claude Code session from its inbox.
+
+```
+loop:
+    before_recv hooks            (a nap parks here)
+    batch = wait for messages    (wakes on commit; leased)
+    thinking → run the turn      (context overflow → /compact and retry once;
+                                  API error → back off, batch stays leased)
+    ack on success, else release → idle, turn_end, on_turn_end hooks
+```
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlite_utils
+import trio
+
+from hyperhive_core.agents import State
+from hyperhive_core.broker import Batch, Message
+from hyperhive_core.claude import ClaudeSession, SessionDied, SessionOptions, TurnExit, TurnResult
+from hyperhive_core.names import OPERATOR
+from hyperhive_core.plugins import await_all
+from hyperhive_core.supervise import supervise
+
+if TYPE_CHECKING:
+    from hyperhive_core.hive import Hive
+
+log = logging.getLogger(__name__)
+
+NOTES_FILE = "notes.md"
+SPEND_CAP = "daily spend cap reached"
+
+
+@dataclass
+class Turn:
+    """One turn, as ``on_turn_start`` and ``on_turn_end`` hooks see it."""
+
+    agent: str
+    messages: tuple[Message, ...]
+    prompt: str
+    started_at: float = field(default_factory=time.time)
+    result: TurnResult | None = None
+    exit: str = ""
+    """``ok``, ``compact-retry`` (ok after compacting), ``interrupted`` or ``failure``."""
+    duration_ms: int = 0
+    cost_usd: float = 0.0
+
+
+class Harness:
+    """Runs one agent's turns. The daemon supervises ``run`` and restarts it on a crash."""
+
+    def __init__(self, hive: Hive, name: str) -> None:
+        self.hive = hive
+        self.name = name
+        self.session: ClaudeSession | None = None
+        self._nursery: trio.Nursery | None = None
+        self._resumed = trio.Event()
+        self._cancel_requested = False
+        self._hold_after_cancel = False
+        self.cap_lifted_on: datetime.date | None = None
+
+    @property
+    def agent(self) -> Any:
+        return self.hive.agents.get(self.name)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The loop, until cancelled; any exception is a crash for the supervisor."""
+        hive = self.hive
+        spec = hive.container_spec(self.name)
+        await hive.backend.start(spec)
+        # A lease from a previous run of this loop was never finished: deliver it again.
+        await hive.broker.requeue_leased(self.name)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.session = ClaudeSession(hive.claude_cli, hive.backend, spec, self._publish, self.agent.session_id)
+            task_status.started()
+            try:
+                while True:
+                    await self._wait_until_runnable()
+                    await await_all(hive.pm.hook.before_recv(hive=hive, agent=self.name))
+                    if self._hold_after_cancel:
+                        # The cancelled turn's messages are queued again; run them with the next one.
+                        await hive.broker.wait_for_arrival(self.name)
+                        self._hold_after_cancel = False
+                    batch = await hive.broker.wait_for_messages(self.name)
+                    await self._take_turn(batch)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.session.stop()
+                nursery.cancel_scope.cancel()
+
+    # -- operator controls --------------------------------------------------------
+
+    async def cancel(self) -> bool:
+        """Interrupt the current turn; its messages go back to the queue. False if idle."""
+        if self.session is None or not self.session.running or self.agent.status.state is not State.THINKING:
+            return False
+        self._cancel_requested = True
+        await self.session.interrupt()
+        return True
+
+    def resume(self) -> None:
+        """Wake a paused loop (the caller clears the flag). Resuming lifts the spend cap for today."""
+        if self.agent.status.pause_reason.startswith(SPEND_CAP):
+            self.cap_lifted_on = _utc_today()
+        self._resumed.set()
+
+    # -- the turn -------------------------------------------------------------------
+
+    async def _wait_until_runnable(self) -> None:
+        """Hold while paused; pause when today's spend reaches the cap."""
+        status = self.agent.status
+        while True:
+            if status.paused:
+                self._resumed = trio.Event()
+                # A spend-cap pause lifts itself when the UTC day turns.
+                deadline = _next_utc_midnight() if status.pause_reason.startswith(SPEND_CAP) else math.inf
+                with trio.move_on_at(deadline):
+                    await self._resumed.wait()
+                if status.paused:
+                    await self.hive.resume(self.name)
+                continue
+            cap = self.hive.claude.daily_spend_cap_usd
+            if cap and self.cap_lifted_on != _utc_today():
+                spent = await self.hive.store.read(lambda db: spent_today(db, self.name))
+                if spent >= cap:
+                    await self.hive.pause(self.name, f"{SPEND_CAP}: ${spent:.2f} of ${cap:.2f} today")
+                    continue
+            return
+
+    async def _take_turn(self, batch: Batch) -> None:
+        hive = self.hive
+        turn = Turn(self.name, batch.messages, render_batch(batch.messages))
+        hive.agents.set_state(self.name, State.THINKING, f"{len(batch.messages)} message(s)")
+        hive.events.publish(self.name, "turn_start", message_ids=batch.ids)
+        await await_all(hive.pm.hook.on_turn_start(hive=hive, agent=self.name, turn=turn))
+        started = trio.current_time()
+        try:
+            turn.result, turn.exit = await self._run_with_retries(turn.prompt)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await hive.broker.release(batch, error="the daemon stopped mid-turn")
+            raise
+        except Exception as exc:
+            with trio.CancelScope(shield=True):
+                await hive.broker.release(batch, error=f"{type(exc).__name__}: {exc}")
+                self._end_turn_state()
+            raise
+        turn.duration_ms = round((trio.current_time() - started) * 1000)
+        turn.cost_usd = turn.result.cost_usd if turn.result else 0.0
+        if turn.exit in ("ok", "compact-retry"):
+            await hive.broker.ack(batch)
+        elif turn.exit == "interrupted":
+            await hive.broker.release(batch, error="turn cancelled by the operator")
+            self._hold_after_cancel = True
+            hive.events.publish(self.name, "note", text="turn cancelled; its messages wait for the next one")
+        else:
+            reason = turn.result.terminal_reason if turn.result else "no result"
+            await hive.broker.release(batch, error=f"turn {turn.exit}: {reason}")
+        await hive.store.write(lambda db: record_turn(db, turn))
+        status = self.agent.status
+        status.last_turn_ms, status.last_turn_at = turn.duration_ms, time.time()
+        self._end_turn_state()
+        hive.events.publish(
+            self.name,
+            "turn_end",
+            duration_ms=turn.duration_ms,
+            exit=turn.exit,
+            tool_calls=turn.result.tool_calls if turn.result else 0,
+            tools=turn.result.tools_used if turn.result else [],
+            cost_usd=turn.cost_usd,
+            usage=turn.result.usage if turn.result else {},
+        )
+        await await_all(hive.pm.hook.on_turn_end(hive=hive, agent=self.name, turn=turn))
+        await self.apply_queued_model()
+
+    def _end_turn_state(self) -> None:
+        if self.agent.status.state in (State.THINKING, State.COMPACTING):
+            self.hive.agents.set_state(self.name, State.IDLE)
+
+    async def _run_with_retries(self, prompt: str) -> tuple[TurnResult | None, str]:
+        """Run the turn, recovering from what can be recovered; return the result and exit kind."""
+        settings = self.hive.claude
+        compacted = False
+        api_errors = 0
+        for _attempt in range(settings.turn_attempts):
+            self._cancel_requested = False
+            try:
+                await self._ensure_session()
+                assert self.session is not None
+                result = await self.session.run_turn(prompt)
+            except SessionDied as exc:
+                self.hive.events.publish(self.name, "error", text=f"{exc}; restarting it with --resume")
+                await self._persist_session_id()
+                continue
+            await self._persist_session_id()
+            if result.exit is TurnExit.CONTEXT_OVERFLOW and not compacted:
+                compacted = True
+                self.hive.agents.set_state(self.name, State.COMPACTING, "context overflow: /compact, then retry")
+                self.hive.events.publish(self.name, "note", text="context overflow: compacting and retrying once")
+                await self.session.compact()
+                self.hive.agents.set_state(self.name, State.THINKING, "retrying after /compact")
+                continue
+            if result.exit is TurnExit.API_ERROR:
+                api_errors += 1
+                delay = settings.api_error_backoff_seconds * 2 ** (api_errors - 1)
+                self.hive.events.publish(
+                    self.name, "error", text=f"model API error ({result.text[:200]}); retrying the turn in {delay:.0f}s"
+                )
+                await trio.sleep(delay)
+                continue
+            if result.exit is TurnExit.OK:
+                return result, "compact-retry" if compacted else "ok"
+            if result.exit is TurnExit.INTERRUPTED and self._cancel_requested:
+                return result, "interrupted"
+            return result, "failure"
+        return None, "failure"
+
+    async def _ensure_session(self) -> None:
+        assert self.session is not None and self._nursery is not None
+        if not self.session.running:
+            await self.session.start(self._nursery, await self.session_options())
+
+    async def session_options(self) -> SessionOptions:
+        """The CLI's options for this agent, after ``configure_session`` hooks."""
+        hive = self.hive
+        agent = self.agent
+        view = hive.backend.view(hive.container_spec(self.name))
+        options = SessionOptions(
+            model=agent.status.model,
+            allowed_tools=[*hive.claude.allowed_tools, *hive.surface.allowed_tools(agent.role)],
+            system_prompt=[system_prompt(hive, agent, str(view.state / NOTES_FILE))],
+            mcp_config=hive.surface.mcp_config(view.socket),
+            env=hive.session_env(self.name, view.state),
+        )
+        await await_all(hive.pm.hook.configure_session(hive=hive, agent=self.name, options=options))
+        return options
+
+    async def _persist_session_id(self) -> None:
+        assert self.session is not None
+        if self.session.session_id and self.session.session_id != self.agent.session_id:
+            self.agent.session_id = self.session.session_id
+            await self.hive.agents.remember(self.name, session_id=self.session.session_id)
+
+    async def apply_queued_model(self) -> None:
+        """Switch to the queued model: the next turn resumes the session with the new ``--model``."""
+        status = self.agent.status
+        if status.queued_model is None:
+            return
+        status.model, status.queued_model, status.model_switched_at = status.queued_model, None, time.time()
+        if self.session is not None:
+            await self.session.stop()  # the next turn starts it with --resume and the new --model
+        self.hive.events.publish(self.name, "note", text=f"model switched to {status.model}")
+        self.hive.agents.publish_status(self.name)
+
+    async def _publish(self, kind: str, data: dict[str, Any]) -> None:
+        self.hive.events.publish(self.name, kind, **data)  # type: ignore[arg-type]
+
+
+CRASH_LIMIT = 5
+CRASH_WINDOW = 60.0
+
+
+async def supervise_agent(
+    hive: Hive, harness: Harness, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run an agent's loop, restarting it with backoff; five crashes in a minute mark it failed.
+
+    One agent's crash never cancels another's loop: each runs under its own supervisor.
+    """
+    crashes: list[float] = []
+
+    async def crashed(exc: BaseException) -> bool:
+        now = trio.current_time()
+        crashes[:] = [at for at in crashes if now - at < CRASH_WINDOW] + [now]
+        hive.events.publish(harness.name, "error", text=f"turn loop crashed: {type(exc).__name__}: {exc}")
+        if len(crashes) < CRASH_LIMIT:
+            return False
+        status = hive.agents.get(harness.name).status
+        status.failed = True
+        hive.agents.publish_status(harness.name)
+        reason = f"{CRASH_LIMIT} crashes within {CRASH_WINDOW:.0f}s; last: {type(exc).__name__}: {exc}"
+        if harness.name != hive.agents.manager:
+            await hive.notify(hive.agents.manager, "agent_failed", agent=harness.name, reason=reason)
+        return True
+
+    await supervise(f"agent {harness.name}", harness.run, on_crash=crashed, task_status=task_status)
+
+
+def _utc_today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+def _next_utc_midnight() -> float:
+    """The trio clock time of the next UTC midnight."""
+    now = datetime.datetime.now(datetime.UTC)
+    midnight = (now + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return trio.current_time() + (midnight - now).total_seconds()
+
+
+# -- prompts ----------------------------------------------------------------------
+
+
+def render_batch(messages: tuple[Message, ...]) -> str:
+    """The turn's prompt: each message with its id, sender and kind."""
+    count = f"{len(messages)} new message{'s' if len(messages) != 1 else ''}"
+    parts = [f"{count}. Reply with the send tool; to reach the human, send to {OPERATOR!r}."]
+    for message in messages:
+        body = render_event(message.body) if message.kind == "event" else message.body
+        parts.append(f"--- message {message.id} from {message.sender} ({message.kind}) ---\n{body}")
+    return "\n\n".join(parts)
+
+
+def render_event(body: str) -> str:
+    """A hive event as readable text: its type, then one line per field."""
+    try:
+        fields = json.loads(body)
+        event = fields.pop("event")
+    except (ValueError, KeyError, AttributeError):
+        return body
+    lines = [f"hive event: {event}"]
+    lines += [f"{key}: {value if isinstance(value, str) else json.dumps(value)}" for key, value in fields.items()]
+    return "\n".join(lines)
+
+
+def system_prompt(hive: Hive, agent: Any, notes_path: str) -> str:
+    """Who the agent is, whom it may talk to, and how to keep notes."""
+    role = (
+        "the manager of this hive: you coordinate the other agents and may ask the operator to approve changes"
+        if agent.is_manager
+        else "an agent in this hive"
+    )
+    peers = ", ".join(hive.agents.peers(agent.name))
+    tools = ", ".join(sorted(hive.surface.tool_names(agent.role)))
+    text = (
+        f"You are {agent.name}, {role}. A hyperhive is a swarm of Claude Code agents on one host, "
+        "steered by a human operator through a dashboard.\n"
+        "Messages reach you in turns. Whatever you want someone to read, send it with the send tool; "
+        "plain replies only appear in your live log.\n"
+        f"You may message: {peers}. The peers tool lists them again if that changes.\n"
+        f"Your hive tools: {tools}.\n"
+        f"Keep durable knowledge (decisions, facts, open work) in {notes_path}: it survives restarts, "
+        "and your conversation may not. Read it when you start; keep it short and current."
+    )
+    if agent.config.instructions:
+        text += f"\n\nYour instructions:\n{agent.config.instructions}"
+    return text
+
+
+# -- turn records -------------------------------------------------------------------
+
+
+def record_turn(db: sqlite_utils.Database, turn: Turn) -> None:
+    db["turns"].insert(
+        {
+            "agent": turn.agent,
+            "started_at": turn.started_at,
+            "duration_ms": turn.duration_ms,
+            "exit": turn.exit,
+            "cost_usd": turn.cost_usd,
+            "tool_calls": turn.result.tool_calls if turn.result else 0,
+            "message_ids": json.dumps([message.id for message in turn.messages]),
+        }
+    )
+
+
+def spent_today(db: sqlite_utils.Database, agent: str) -> float:
+    """Model spend of ``agent`` since UTC midnight, in USD."""
+    midnight = datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    row = db.execute(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM turns WHERE agent = ? AND started_at >= ?",
+        [agent, midnight.timestamp()],
+    ).fetchone()
+    return float(row[0])
+
+
+def m004_turns(db: sqlite_utils.Database) -> None:
+    db["turns"].create(
+        {
+            "id": int,
+            "agent": str,
+            "started_at": float,
+            "duration_ms": int,
+            "exit": str,
+            "cost_usd": float,
+            "tool_calls": int,
+            "message_ids": str,
+        },
+        pk="id",
+    )
+    db["turns"].create_index(["agent", "started_at"])

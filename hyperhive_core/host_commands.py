@@ -1,0 +1,79 @@
+"""Core's host-socket commands: what ``hyperhive status``, ``send``, ``pause`` … ask the daemon."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hyperhive_core.names import OPERATOR
+
+if TYPE_CHECKING:
+    from hyperhive_core.hive import Hive
+
+
+async def status(hive: Hive) -> dict[str, Any]:
+    """The hive at a glance: backend, model endpoint, and every agent's state."""
+    backend_status = {
+        "name": hive.backend.name,
+        "isolated": hive.backend.isolated,
+    }
+    return {
+        "state_dir": str(hive.paths.root),
+        "backend": backend_status,
+        "rehearsal": hive.rehearsal.url if hive.rehearsal else None,
+        "agents": await agents(hive),
+    }
+
+
+async def agents(hive: Hive) -> list[dict[str, Any]]:
+    """Every agent with its live state and inbox depth."""
+    return [{**agent.snapshot(), "inbox_depth": await hive.broker.inbox_depth(agent.name)} for agent in hive.agents]
+
+
+async def send(hive: Hive, to: str, body: str, sender: str = OPERATOR) -> dict[str, Any]:
+    """Send a message as the operator (``sender`` is fixed: the socket belongs to the operator)."""
+    if sender != OPERATOR:
+        raise PermissionError("the host socket sends as the operator only")
+    hive.agents.get(to)
+    message = await hive.broker.send(OPERATOR, to, body)
+    return {"id": message.id, "to": to}
+
+
+async def recv(hive: Hive, agent: str = OPERATOR, limit: int = 20) -> list[dict[str, Any]]:
+    """The last messages addressed to ``agent`` (the operator's inbox by default)."""
+    messages = await hive.broker.recent_for(agent, limit)
+    return [
+        {"id": m.id, "from": m.sender, "to": m.recipient, "kind": m.kind, "body": m.body, "at": m.created_at}
+        for m in messages
+    ]
+
+
+async def pause(hive: Hive, agent: str) -> dict[str, Any]:
+    hive.agents.get(agent)
+    await hive.pause(agent)
+    return hive.agents.get(agent).snapshot()
+
+
+async def resume(hive: Hive, agent: str) -> dict[str, Any]:
+    hive.agents.get(agent)
+    await hive.resume(agent)
+    return hive.agents.get(agent).snapshot()
+
+
+async def cancel(hive: Hive, agent: str) -> dict[str, Any]:
+    return {"cancelled": await hive.cancel(agent)}
+
+
+async def model(hive: Hive, agent: str, model: str) -> dict[str, Any]:
+    return await hive.set_model(agent, model)
+
+
+COMMANDS = {
+    "status": status,
+    "agents": agents,
+    "send": send,
+    "recv": recv,
+    "pause": pause,
+    "resume": resume,
+    "cancel": cancel,
+    "model": model,
+}
