@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +53,11 @@ class ContainerStatus:
 
 
 class ContainerProcess(Protocol):
-    """A process running inside a container; ``trio.Process`` is one.
+    """A process running inside a container; ``spawn.SpawnedProcess`` is one.
 
-    With ``pty=True``, ``stdin`` and ``stdout`` are both the terminal's master side,
-    ``stderr`` is ``None``, and ``resize`` changes the terminal's size.
+    With ``pty=True``, ``stdin`` and ``stdout`` are both the terminal's master side
+    (a read returns ``b""`` once the process is gone), ``stderr`` is ``None``, and
+    ``resize`` changes the terminal's size.
     """
 
     pid: int
@@ -73,6 +73,8 @@ class ContainerProcess(Protocol):
     def kill(self) -> None: ...
 
     def send_signal(self, sig: int) -> None: ...
+
+    def resize(self, rows: int, cols: int) -> None: ...
 
 
 class ContainerEventKind(enum.StrEnum):
@@ -138,16 +140,3 @@ class ContainerBackend(abc.ABC):
 def collect_backends(pm: HivePluginManager) -> Registry:
     """Every backend factory from ``register_container_backends``, by name."""
     return collect(pm, "register_container_backends", "container backend", lambda name, factory: (name, factory))
-
-
-async def open_piped_process(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> trio.Process:
-    """Start a process with all three standard streams piped, in its own session."""
-    return await trio.lowlevel.open_process(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env),
-        cwd=cwd,
-        start_new_session=True,
-    )

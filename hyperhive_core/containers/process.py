@@ -21,8 +21,8 @@ from hyperhive_core.containers import (
     ContainerState,
     ContainerStatus,
     ContainerView,
-    open_piped_process,
 )
+from hyperhive_core.containers.spawn import SpawnedProcess
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ProcessBackend(ContainerBackend):
 
     def __init__(self) -> None:
         self._running: set[str] = set()
-        self._processes: dict[str, set[trio.Process]] = {}
+        self._processes: dict[str, set[SpawnedProcess]] = {}
         log.warning("container backend 'process': %s", NO_ISOLATION)
 
     def view(self, spec: ContainerSpec) -> ContainerView:
@@ -68,9 +68,9 @@ class ProcessBackend(ContainerBackend):
     ) -> ContainerProcess:
         if spec.agent not in self._running:
             raise RuntimeError(f"container of {spec.agent!r} is not running")
-        process = await open_piped_process(argv, env, spec.state_dir)
+        await trio.lowlevel.checkpoint()
+        process = SpawnedProcess.start(argv, env=env, cwd=spec.state_dir, pty=pty)
         live = self._processes.setdefault(spec.agent, set())
         live.difference_update({p for p in live if p.returncode is not None})
         live.add(process)
         return process
-
