@@ -30,10 +30,15 @@ def hyperhive() -> str:
 
 @pytest.fixture
 def make_pm() -> Callable[..., HivePluginManager]:
-    """A plugin manager with core's builtins and the given test plugins, by name."""
+    """A plugin manager with core's builtins and the given test plugins, by name.
 
-    def build(**plugins: object) -> HivePluginManager:
+    ``builtin=False`` leaves core's own hook implementations out (its tools, say).
+    """
+
+    def build(*, builtin: bool = True, **plugins: object) -> HivePluginManager:
         pm = make_plugin_manager([])
+        if not builtin:
+            pm.unregister(name="core")
         for name, plugin in plugins.items():
             pm.register(plugin, name=name)
         return pm

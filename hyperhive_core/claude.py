@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from hyperhive_core.config import option
-from hyperhive_core.containers import ContainerBackend, ContainerSpec
+from hyperhive_core.containers import ContainerBackend, ContainerProcess, ContainerSpec
 from hyperhive_core.errors import HyperhiveError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ BUNDLED_CLI = Path(__file__).resolve().parent.parent / ".tools" / "claude" / "no
 STDERR_LINES = 50
 MAX_EVENT_LINE = 16 * 1024 * 1024
 CONTEXT_OVERFLOW = "prompt_too_long"
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 INTERRUPTED = ("aborted_streaming", "aborted_tools", "interrupted")
 
 
@@ -173,7 +174,8 @@ class ClaudeSession:
         self.on_event = on_event
         self.session_id = session_id
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
-        self._process: trio.Process | None = None
+        self._process: ContainerProcess | None = None
+        self._stderr_done = trio.Event()
         self._options: SessionOptions | None = None
         self._buffer = bytearray()
         self._cost_so_far = 0.0
@@ -208,12 +210,21 @@ class ClaudeSession:
             argv += ["--append-system-prompt", "\n\n".join(options.system_prompt)]
         if settings_path is not None:
             argv += ["--settings", str(settings_path)]
-        if self.session_id:
+        if self.session_id and self.transcript_exists():
             argv += ["--resume", self.session_id]
         else:
             self.session_id = str(uuid.uuid4())
             argv += ["--session-id", self.session_id]
         return argv + options.extra_args
+
+    def transcript_exists(self) -> bool:
+        """Whether the CLI saved this session (under ``$HOME/.claude/projects``) and can resume it.
+
+        A process killed before its first write leaves nothing to resume; it then
+        starts a fresh session instead of failing on ``--resume``.
+        """
+        projects = self.spec.state_dir / ".claude" / "projects"
+        return any(projects.glob(f"*/{self.session_id}.jsonl"))
 
     async def start(self, nursery: trio.Nursery, options: SessionOptions) -> None:
         """Start the process (resuming the session if there is one)."""
@@ -230,7 +241,9 @@ class ClaudeSession:
         self._options = options
         self._buffer.clear()
         self._cost_so_far = 0.0
-        nursery.start_soon(self._drain_stderr, self._process)
+        self.stderr_tail.clear()
+        self._stderr_done = trio.Event()
+        nursery.start_soon(self._drain_stderr, self._process, self._stderr_done)
 
     async def stop(self) -> None:
         """End the process; the conversation stays on disk for ``--resume``."""
@@ -268,7 +281,8 @@ class ClaudeSession:
     async def _write(self, message: dict[str, Any]) -> None:
         if not self.running:
             raise SessionDied("the Claude Code process is not running")
-        assert self._process is not None and self._process.stdin is not None
+        assert self._process is not None
+        assert self._process.stdin is not None
         try:
             await self._process.stdin.send_all(json.dumps(message).encode() + b"\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -286,13 +300,18 @@ class ClaudeSession:
                 await self._publish_system(event)
             elif kind == "result":
                 return self._result(event, tools_used)
+        with trio.move_on_after(2):
+            await self._stderr_done.wait()  # so the reason is in the tail
         status = self._process.returncode if self._process else None
-        tail = " | ".join(list(self.stderr_tail)[-5:])
-        raise SessionDied(f"Claude Code exited (status {status}) in the middle of a turn: {tail or 'no output'}")
+        tail = list(self.stderr_tail)[-3:]
+        raise SessionDied(
+            f"Claude Code exited (status {status}) in the middle of a turn: {' | '.join(tail) or 'no output'}"
+        )
 
     async def _next_event(self) -> dict[str, Any] | None:
         """The next parsed stdout event, or ``None`` once the process has exited."""
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdout is not None
         stdout = self._process.stdout
         while True:
             newline = self._buffer.find(b"\n")
@@ -373,20 +392,23 @@ class ClaudeSession:
             cost_usd=cost,
             tool_calls=len(tools_used),
             tools_used=tools_used,
-            usage=event.get("usage") or {},
+            usage={key: value for key, value in (event.get("usage") or {}).items() if key in USAGE_KEYS},
             permission_denials=event.get("permission_denials") or [],
             terminal_reason=event.get("terminal_reason"),
             session_id=self.session_id,
         )
 
-    async def _drain_stderr(self, process: trio.Process) -> None:
+    async def _drain_stderr(self, process: ContainerProcess, done: trio.Event) -> None:
         """Keep the last lines of stderr (for crash reports) so the pipe never fills."""
         assert process.stderr is not None
         pending = b""
-        async with process.stderr:
-            while chunk := await process.stderr.receive_some(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                self.stderr_tail.extend(line.decode(errors="replace") for line in lines if line.strip())
+        try:
+            async with process.stderr:
+                while chunk := await process.stderr.receive_some(65536):
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    self.stderr_tail.extend(line.decode(errors="replace") for line in lines if line.strip())
+        finally:
+            done.set()
 
 
 def short_tool_name(name: str) -> str:

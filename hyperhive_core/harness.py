@@ -28,7 +28,7 @@ from hyperhive_core.broker import Batch, Message
 from hyperhive_core.claude import ClaudeSession, SessionDied, SessionOptions, TurnExit, TurnResult
 from hyperhive_core.names import OPERATOR
 from hyperhive_core.plugins import await_all
-from hyperhive_core.supervise import supervise
+from hyperhive_core.supervise import root_cause, supervise
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -225,7 +225,8 @@ class Harness:
         return None, "failure"
 
     async def _ensure_session(self) -> None:
-        assert self.session is not None and self._nursery is not None
+        assert self.session is not None
+        assert self._nursery is not None
         if not self.session.running:
             await self.session.start(self._nursery, await self.session_options())
 
@@ -278,7 +279,8 @@ async def supervise_agent(
     """
     crashes: list[float] = []
 
-    async def crashed(exc: BaseException) -> bool:
+    async def crashed(crash: BaseException) -> bool:
+        exc = root_cause(crash)
         now = trio.current_time()
         crashes[:] = [at for at in crashes if now - at < CRASH_WINDOW] + [now]
         hive.events.publish(harness.name, "error", text=f"turn loop crashed: {type(exc).__name__}: {exc}")

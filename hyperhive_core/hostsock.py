@@ -9,6 +9,7 @@ connection into a stream of ``{"version", "event"}`` lines. The socket is mode
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import logging
@@ -164,10 +165,8 @@ async def _stream_events(hive: Hive, stream: trio.SocketStream, request: dict[st
 
 async def _reply(stream: trio.SocketStream, response: dict[str, Any]) -> None:
     line = json.dumps({"version": PROTOCOL_VERSION, **response}, default=str).encode() + b"\n"
-    try:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):  # the client left
         await stream.send_all(line)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
 
 
 # -- the client side (the CLI): plain blocking sockets ------------------------------

@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-CrashHandler = Callable[[BaseException], Awaitable[bool]]
-
 import trio
 
 log = logging.getLogger(__name__)
+
+CrashHandler = Callable[[BaseException], Awaitable[bool]]
 
 
 @dataclass
@@ -65,3 +65,10 @@ async def supervise(
                 return
             log.exception("%s crashed (%d in a row); restarting in %.1fs", name, crashes, delay)
             await trio.sleep(delay)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception inside nested single-member exception groups (what a nursery adds)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

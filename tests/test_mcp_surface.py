@@ -142,7 +142,7 @@ def plugin() -> SampleTools:
 
 @pytest.fixture
 async def sockets(make_pm, plugin, nursery) -> AgentSockets:
-    surface = AgentSockets(HIVE, collect_tools(make_pm(test_tools=plugin)))
+    surface = AgentSockets(HIVE, collect_tools(make_pm(builtin=False, test_tools=plugin)))
     await nursery.start(surface.serve)
     return surface
 
@@ -470,4 +470,4 @@ def test_a_tool_the_model_cannot_call_is_a_startup_error_naming_its_plugin(make_
 
     expected = r"tool 'tally' from plugin 'odd': parameter 'seen' has type set\[str\], which a tool cannot take"
     with pytest.raises(PluginError, match=expected):
-        AgentSockets(HIVE, collect_tools(make_pm(odd=Odd())))
+        AgentSockets(HIVE, collect_tools(make_pm(builtin=False, odd=Odd())))

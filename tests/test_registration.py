@@ -20,7 +20,7 @@ def test_hook_register_tools(make_pm):
             register(greet)
             register(greet, name="manager_greet", roles=["manager"])
 
-    tools = collect_tools(make_pm(tools=Tools()))
+    tools = collect_tools(make_pm(builtin=False, tools=Tools()))
     assert sorted(tools) == ["greet", "manager_greet"]
     assert tools["greet"].allowed_for("agent")
     assert not tools["manager_greet"].allowed_for("agent")

@@ -43,7 +43,7 @@ class Tools:
 
 @pytest.fixture
 def tools(make_pm):
-    return collect_tools(make_pm(tools=Tools()))
+    return collect_tools(make_pm(builtin=False, tools=Tools()))
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""Running a whole hive inside a test: real store, real Claude Code CLI, rehearsal model."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from hyperhive_core.boot import config_schemas
+from hyperhive_core.claude import BUNDLED_CLI
+from hyperhive_core.config import load_config
+from hyperhive_core.daemon import run_hive
+from hyperhive_core.events import Event
+from hyperhive_core.hive import Hive
+from hyperhive_core.plugins import HivePluginManager
+
+needs_claude = pytest.mark.skipif(
+    not BUNDLED_CLI.exists(), reason="the pinned Claude Code CLI is not installed; run `make install`"
+)
+
+
+@asynccontextmanager
+async def running_hive(
+    tmp_path: Path,
+    pm: HivePluginManager,
+    scenario: str,
+    *,
+    agents: dict[str, dict[str, Any]] | None = None,
+    claude: dict[str, Any] | None = None,
+    hive: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
+) -> AsyncIterator[Hive]:
+    """A hive on the process backend, its agents on the rehearsal model with ``scenario``."""
+    scenario_path = tmp_path / "scenario.toml"
+    scenario_path.write_text(textwrap.dedent(scenario))
+    raw = {
+        "hive": {"state_dir": str(tmp_path / "state"), "container_backend": "process", **(hive or {})},
+        "claude": {"rehearsal_scenario": str(scenario_path), "api_error_backoff_seconds": 0.2, **(claude or {})},
+        "agents": agents or {},
+        **sections,
+    }
+    config = load_config(tmp_path / "hyperhive.toml", raw, config_schemas(pm))
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(run_hive, config, pm)
+        try:
+            yield running
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def next_event(
+    hive: Hive, agent: str | None, type_: str, predicate: Callable[[Event], bool] = lambda event: True, after: int = 0
+) -> Event:
+    """The first event of ``type_`` after event id ``after`` (history included) that matches."""
+    async with hive.events.subscribe(agent, after_id=after) as events:
+        async for event in events:
+            if event.type == type_ and predicate(event):
+                return event
+    raise AssertionError("the event stream ended")
+
+
+async def operator_reply(hive: Hive, sender: str) -> str:
+    """Wait for the first message ``sender`` sends the operator; return its body."""
+    while True:
+        for message in await hive.broker.recent_for("operator", 50):
+            if message.sender == sender:
+                return message.body
+        await next_event(hive, sender, "message_sent", lambda event: event.data["to"] == "operator")

@@ -1,0 +1,126 @@
+"""The host control socket: JSON lines, versioned replies, plugin commands, the CLI on top."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+
+import pytest
+import trio
+from hivekit import running_hive
+
+from hyperhive_core import hookimpl
+from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.hostsock import PROTOCOL_VERSION, DaemonNotRunning, HostCommandError, request
+
+QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
+
+
+async def exchange(path, *lines: bytes) -> list[dict]:
+    stream = await trio.open_unix_socket(str(path))
+    async with stream:
+        replies = []
+        for line in lines:
+            await stream.send_all(line)
+            data = b""
+            while not data.endswith(b"\n"):
+                data += await stream.receive_some(65536)
+            replies.append(json.loads(data))
+        return replies
+
+
+async def test_hook_register_host_commands(make_pm, tmp_path):
+    class Echo:
+        @hookimpl
+        def register_host_commands(self, register):
+            async def echo(hive, text: str):
+                if not text:
+                    raise HyperhiveError("say something")
+                return {"echo": text, "agents": [agent.name for agent in hive.agents]}
+
+            register("echo", echo)
+
+    async with running_hive(tmp_path, make_pm(echo=Echo()), QUIET) as hive:
+        replies = await exchange(
+            hive.paths.host_socket,
+            b'{"cmd": "echo", "text": "hi"}\n',
+            b'{"cmd": "echo", "text": ""}\n',
+            b'{"cmd": "echo"}\n',
+        )
+    assert replies[0] == {"version": PROTOCOL_VERSION, "ok": {"echo": "hi", "agents": ["manager"]}}
+    assert replies[1] == {"version": PROTOCOL_VERSION, "error": "say something"}
+    assert replies[2]["error"].startswith("bad arguments for 'echo'")
+
+
+async def test_bad_requests_get_clear_errors_and_the_connection_survives(make_pm, tmp_path):
+    async with running_hive(tmp_path, make_pm(), QUIET) as hive:
+        assert stat.S_IMODE(hive.paths.host_socket.stat().st_mode) == 0o660
+        replies = await exchange(
+            hive.paths.host_socket,
+            b"not json\n",
+            b'["cmd"]\n',
+            b'{"cmd": "warp"}\n',
+            b'{"cmd": "send", "to": "nobody", "body": "x"}\n',
+            b'{"cmd": "send", "to": "manager", "body": "hello"}\n',
+        )
+    assert all(reply["version"] == PROTOCOL_VERSION for reply in replies)
+    assert "not valid JSON" in replies[0]["error"]
+    assert 'a "cmd" string' in replies[1]["error"]
+    assert replies[2]["error"].startswith("unknown command 'warp'; known commands: agents, cancel,")
+    assert replies[3]["error"] == "no agent named 'nobody'; known agents: manager"
+    assert replies[4]["ok"]["to"] == "manager"
+
+
+async def test_subscribe_streams_live_events(make_pm, tmp_path):
+    async with running_hive(tmp_path, make_pm(), QUIET) as hive:
+        stream = await trio.open_unix_socket(str(hive.paths.host_socket))
+        async with stream:
+            await stream.send_all(b'{"cmd": "subscribe", "agent": "manager"}\n')
+            buffered = b""
+            while b"\n" not in buffered:
+                buffered += await stream.receive_some(65536)
+            assert json.loads(buffered.split(b"\n")[0])["ok"] == "subscribed"
+            await hive.pause("manager")
+            with trio.fail_after(10):
+                while True:
+                    lines = buffered.split(b"\n")
+                    events = [json.loads(line)["event"] for line in lines[1:] if line.strip()]
+                    if any(event["type"] == "state_change" and event["data"]["paused"] for event in events):
+                        break
+                    buffered += await stream.receive_some(65536)
+
+
+async def test_cli_talks_to_the_daemon(make_pm, tmp_path, hyperhive, clean_env):
+    config = tmp_path / "hyperhive.toml"
+    async with running_hive(tmp_path, make_pm(), QUIET) as hive:
+        config.write_text(f'[hive]\nstate_dir = "{hive.paths.root}"\n')
+
+        def cli(*args):
+            return subprocess.run([hyperhive, "-c", str(config), *args], capture_output=True, text=True, env=clean_env)
+
+        status = await trio.to_thread.run_sync(cli, "status")
+        assert status.returncode == 0, status.stderr
+        assert "backend    process  (NO ISOLATION" in status.stdout
+        assert "REHEARSAL MODEL" in status.stdout
+        assert "manager" in status.stdout
+        sent = await trio.to_thread.run_sync(cli, "send", "manager", "hello there")
+        assert sent.stdout.startswith("sent message ")
+        paused = await trio.to_thread.run_sync(cli, "pause", "manager")
+        assert paused.stdout == "paused manager\n"
+        assert hive.agents.get("manager").status.paused
+        unknown = await trio.to_thread.run_sync(cli, "pause", "ghost")
+        assert unknown.returncode == 1
+        assert unknown.stderr == "Error: no agent named 'ghost'; known agents: manager\n"
+
+
+def test_cli_without_a_daemon_says_so(tmp_path, hyperhive, clean_env):
+    (tmp_path / "hyperhive.toml").write_text(f'[hive]\nstate_dir = "{tmp_path}"\n')
+    result = subprocess.run([hyperhive, "status"], capture_output=True, text=True, env=clean_env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"Error: the hive is not running (no socket at {tmp_path}/host.sock); start it with `hyperhive up`\n"
+    )
+    with pytest.raises(DaemonNotRunning):
+        request(tmp_path / "host.sock", "status")
+    assert issubclass(HostCommandError, HyperhiveError)
