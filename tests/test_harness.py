@@ -11,6 +11,8 @@ from hivekit import needs_claude, next_event, operator_reply, running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.broker import Message
+from hyperhive_core import claude
+from hyperhive_core.claude import MissingCli
 from hyperhive_core.harness import render_batch, render_event
 from hyperhive_core.rehearsal import Director, load_demo_scenario
 
@@ -309,3 +311,47 @@ async def test_five_crashes_in_a_minute_mark_the_agent_failed(make_pm, tmp_path)
         assert '"event": "agent_failed"' in inbox[0].body
         assert "boom" in inbox[0].body
         assert event.data["message_ids"] == [inbox[0].id]
+
+
+async def test_cancel_interrupts_the_turn_and_keeps_its_messages(make_pm, tmp_path):
+    scenario = """
+    [[agents.manager.rules]]
+    when = "second"
+    steps = [{ text = "both seen" }]
+
+    [[agents.manager.rules]]
+    steps = [{ tool = "stall", input = {} }, { text = "never" }]
+    """
+    stall = Stall()
+    async with running_hive(tmp_path, make_pm(stall=stall), scenario) as hive:
+        first = await hive.broker.send("operator", "manager", "first")
+        with trio.fail_after(60):
+            await stall.entered.wait()
+            assert await hive.cancel("manager")
+            end = await next_event(hive, "manager", "turn_end")
+        assert end.data["exit"] == "interrupted"
+        assert await hive.cancel("manager") is False  # nothing left to cancel
+        assert hive.agents.get("manager").status.state.value == "idle"
+        assert await hive.broker.inbox_depth("manager") == 1  # kept, not lost
+        second = await hive.broker.send("operator", "manager", "second")
+        with trio.fail_after(60):
+            start = await next_event(hive, "manager", "turn_start", after=end.id)
+            done = await next_event(hive, "manager", "turn_end", after=end.id)
+        assert start.data["message_ids"] == [first.id, second.id]
+        assert done.data["exit"] == "ok"
+
+
+async def test_a_missing_cli_says_how_to_install_it(make_pm, tmp_path, monkeypatch):
+    scenario = '[[agents.manager.rules]]\nsteps = [{ text = "ok" }]\n'
+    missing = tmp_path / "no-claude"
+    async with running_hive(tmp_path, make_pm(), scenario, claude={"cli": str(missing)}) as hive:
+        await hive.broker.send("operator", "manager", "hi")
+        with trio.fail_after(30):
+            error = await next_event(hive, "manager", "error")
+    assert error.data["text"] == (
+        f"turn loop crashed: MissingCli: [claude] cli = {missing} is not an executable file; fix the path, or remove it"
+    )
+    monkeypatch.setattr(claude, "BUNDLED_CLI", tmp_path / "absent")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MissingCli, match="Run `make install`"):
+        claude.find_cli(None)
