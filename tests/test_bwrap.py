@@ -66,8 +66,9 @@ class Hive:
         spec = ContainerSpec(name, "agent", self.root / "agents" / name / "state", self.root / "run" / name)
         await self.backend.start(spec)
         spec.socket_dir.mkdir(parents=True, mode=0o700)
+        # As the daemon opens it: root's, private.
         self.listeners.append(listen(spec.socket_dir / "agent.sock"))
-        os.chown(spec.socket_dir / "agent.sock", await self.uid(name), -1)
+        (spec.socket_dir / "agent.sock").chmod(0o600)
         self.specs.append(spec)
         return spec
 
@@ -253,6 +254,8 @@ async def test_an_agent_reaches_its_own_socket_and_state(hive):
     rc, out, err = await hive.run(alice, f"echo kept > /state/note && python3 -c {shlex.quote(probe)}")
     assert (rc, out.strip(), err) == (0, "ok", "")
     assert (alice.state_dir / "note").read_text() == "kept\n"
+    owned = (alice.socket_dir / "agent.sock").stat()
+    assert (owned.st_uid, owned.st_mode & 0o777) == (await hive.uid("alice"), 0o600)  # exec gave it to her
     assert hive.backend.view(alice).socket == Path("/run/hyperhive/agent.sock")
 
 

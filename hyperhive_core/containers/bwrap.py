@@ -166,12 +166,13 @@ class BwrapBackend(ContainerBackend):
         self.bwrap = bwrap
         self.state_root = state_root.resolve()
         self.ro_paths = outermost([*hive_runtime_paths(), *section.ro_paths], covered=[Path("/usr")])
-        self.scope_sockets = landlock.abi_version() >= landlock.SCOPE_ABI
+        abi = landlock.abi_version()
+        self.scope_sockets = abi >= landlock.SCOPE_ABI
         if not self.scope_sockets:
             log.warning(
                 "Landlock ABI %d cannot scope abstract unix sockets (needs %d, Linux 6.12): "
                 "sandboxes get their own network namespace instead, so agents have no network",
-                landlock.abi_version(),
+                abi,
                 landlock.SCOPE_ABI,
             )
         self._running: dict[str, int] = {}
@@ -182,12 +183,10 @@ class BwrapBackend(ContainerBackend):
         return ContainerView(state=SANDBOX_STATE, socket=SANDBOX_SOCKET)
 
     async def create(self, spec: ContainerSpec) -> None:
-        uid = await self.uids.allocate(spec.agent)
-        _give_state_dir(spec.state_dir, uid)
+        await self._prepare(spec)
 
     async def start(self, spec: ContainerSpec) -> None:
-        await self.create(spec)
-        self._running[spec.agent] = await self.uids.allocate(spec.agent)
+        self._running[spec.agent] = await self._prepare(spec)
 
     async def stop(self, spec: ContainerSpec) -> None:
         self._running.pop(spec.agent, None)
@@ -220,6 +219,7 @@ class BwrapBackend(ContainerBackend):
         socket = spec.socket_dir / "agent.sock"
         if not socket.is_socket():
             raise RuntimeError(f"{socket} is not a socket: open {spec.agent!r}'s socket before exec")
+        os.chown(socket, uid, uid, follow_symlinks=False)  # connecting takes write permission on it
         for source in (*self.ro_paths, spec.state_dir, *spec.extra_binds.values(), socket):
             for directory in ensure_reachable(source, uid):
                 log.info("%s: uid %d may now pass through %s, to reach %s", spec.agent, uid, directory, source)
@@ -283,6 +283,11 @@ class BwrapBackend(ContainerBackend):
         args += ["--remount-ro", "/", "--chdir", str(SANDBOX_STATE), "--cap-drop", "ALL", "--", *argv]
         return args
 
+    async def _prepare(self, spec: ContainerSpec) -> int:
+        uid = await self.uids.allocate(spec.agent)
+        _give_state_dir(spec.state_dir, uid)
+        return uid
+
     async def _stop_sandbox(self, sandbox: Sandbox) -> None:
         sandbox.send_signal(signal.SIGTERM)
         with trio.move_on_after(self.section.stop_timeout_seconds):
@@ -296,6 +301,8 @@ def _give_state_dir(state_dir: Path, uid: int) -> None:
     """Create the agent's state dir, private to its uid; a tree from an earlier owner
     (another uid, the process backend) is handed over whole."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    # Only a tree the agent's uid does not own yet is walked: a uid cannot give its files
+    # away, so no sandbox of this agent can be swapping symlinks into it meanwhile.
     if state_dir.stat().st_uid != uid:
         for directory, dirs, files in os.walk(state_dir):
             for name in [directory, *(os.path.join(directory, entry) for entry in dirs + files)]:
