@@ -9,7 +9,9 @@ from hyperhive_core import core_tools, host_commands
 from hyperhive_core.agents import AgentConfig, m003_agents
 from hyperhive_core.broker import BrokerSection, Message, m001_messages
 from hyperhive_core.claude import ClaudeSection
+from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
 from hyperhive_core.containers.process import ProcessBackend
+from hyperhive_core.containers.uids import AgentUids, m005_agent_uids
 from hyperhive_core.events import EventsSection, m002_events
 from hyperhive_core.harness import m004_turns
 from hyperhive_core.hive import HiveSection
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
 
 # Core's schema, in order; append new steps, never rename a shipped one.
-CORE_MIGRATIONS = [m001_messages, m002_events, m003_agents, m004_turns]
+CORE_MIGRATIONS = [m001_messages, m002_events, m003_agents, m004_turns, m005_agent_uids]
 
 # Enough of a body for the sender's live tail; the message itself has all of it.
 PREVIEW_CHARS = 280
@@ -32,6 +34,7 @@ def register_config_sections(register: Callable[[str, type], None]) -> None:
     register("events", EventsSection)
     register("claude", ClaudeSection)
     register("agents", dict[str, AgentConfig])
+    register("bwrap", BwrapSection)
 
 
 @hookimpl(trylast=True)
@@ -65,6 +68,13 @@ def register_tools(register: Callable[..., None]) -> None:
 @hookimpl(trylast=True)
 def register_container_backends(register: Callable[[str, Callable[..., object]], None]) -> None:
     register("process", lambda hive: ProcessBackend())
+    register("bwrap", make_bwrap_backend)
+
+
+def make_bwrap_backend(hive: Hive) -> BwrapBackend:
+    section = hive.config.section("bwrap", BwrapSection)
+    uids = AgentUids(hive.store, section.uid_range_start, section.uid_range_size)
+    return BwrapBackend(section, uids, hive.paths.root)
 
 
 @hookimpl(trylast=True)

@@ -188,7 +188,7 @@ class ClaudeSession:
     def pid(self) -> int | None:
         return self._process.pid if self.running and self._process else None
 
-    def command(self, options: SessionOptions, settings_path: Path | None) -> list[str]:
+    def command(self, options: SessionOptions) -> list[str]:
         """The CLI's argument list for these options."""
         argv = [
             str(self.cli),
@@ -208,8 +208,9 @@ class ClaudeSession:
         ]
         if options.system_prompt:
             argv += ["--append-system-prompt", "\n\n".join(options.system_prompt)]
-        if settings_path is not None:
-            argv += ["--settings", str(settings_path)]
+        if options.settings:
+            # Inline, not a file: a file in the agent's own state dir could be swapped for a symlink.
+            argv += ["--settings", json.dumps(options.settings)]
         if self.session_id and self.transcript_exists():
             argv += ["--resume", self.session_id]
         else:
@@ -229,13 +230,7 @@ class ClaudeSession:
     async def start(self, nursery: trio.Nursery, options: SessionOptions) -> None:
         """Start the process (resuming the session if there is one)."""
         await self.stop()
-        settings_path = None
-        if options.settings:
-            # Written to the agent's own state dir, which the container can read.
-            settings_path = self.spec.state_dir / ".hyperhive-settings.json"
-            settings_path.write_text(json.dumps(options.settings, indent=2))
-            settings_path = self.backend.view(self.spec).state / settings_path.name
-        argv = self.command(options, settings_path)
+        argv = self.command(options)
         log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
         self._process = await self.backend.exec(self.spec, argv, options.env)
         self._options = options

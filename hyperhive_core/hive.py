@@ -105,6 +105,9 @@ class Hive:
             "ENABLE_TOOL_SEARCH": "false",
             "CLAUDE_CODE_MAX_RETRIES": str(self.claude.api_retries),
         }
+        # A TLS-intercepting proxy's CA, when the host needs one to reach the API.
+        if os.environ.get("NODE_EXTRA_CA_CERTS"):
+            env["NODE_EXTRA_CA_CERTS"] = os.environ["NODE_EXTRA_CA_CERTS"]
         if self.rehearsal is not None:
             env |= self.rehearsal.env_for(name)
         else:

@@ -1,0 +1,116 @@
+"""Turn latency, one JSON line per figure (ARCHITECTURE §12).
+
+Wake → first model request: from the moment a message to an agent is sent until
+the model endpoint (the rehearsal model) receives the agent's request. Measured
+in one run for the hive's warm, persistent Claude Code session and for a fresh
+``claude -p`` process per turn, with the same CLI, flags, MCP config and endpoint.
+Usage::
+
+    .venv/bin/python bench/turn.py [--turns 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hyperhive_core.boot import config_schemas
+from hyperhive_core.config import load_config
+from hyperhive_core.daemon import run_hive
+from hyperhive_core.hive import Hive
+from hyperhive_core.plugins import make_plugin_manager
+
+SCENARIO = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
+
+
+def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    line = {"bench": "turn", "figure": figure, "value": round(value, 2), "unit": unit, **extra}
+    print(json.dumps(line), flush=True)
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def warm_latencies(hive: Hive, turns: int) -> list[float]:
+    latencies = []
+    for index in range(turns + 1):
+        mark = hive.rehearsal.request_count
+        started = time.time()
+        await hive.broker.send("operator", "manager", f"turn {index}")
+        request = await hive.rehearsal.wait_for_request(lambda r: r.agent == "manager", after=mark)
+        async with hive.events.subscribe("manager", after_id=None) as events:
+            if hive.agents.get("manager").status.state.value != "idle":
+                async for event in events:
+                    if event.type == "turn_end":
+                        break
+        if index:  # the first turn also starts the process: reported separately
+            latencies.append((request.time - started) * 1000)
+        else:
+            emit("first_turn_with_process_start_ms", (request.time - started) * 1000, "ms")
+    return latencies
+
+
+async def fresh_latencies(hive: Hive, turns: int) -> list[float]:
+    harness = hive.harnesses["manager"]
+    options = await harness.session_options()
+    argv = [
+        str(hive.claude_cli),
+        "-p",
+        "--output-format",
+        "json",
+        "--model",
+        options.model,
+        "--mcp-config",
+        json.dumps(options.mcp_config),
+        "--strict-mcp-config",
+        "--allowedTools",
+        ",".join(options.allowed_tools),
+    ]
+    latencies = []
+    for index in range(turns):
+        mark = hive.rehearsal.request_count
+        started = time.time()
+        process = await trio.lowlevel.open_process(
+            [*argv, "--", f"fresh turn {index}"], env=options.env, stdout=subprocess.DEVNULL
+        )
+        request = await hive.rehearsal.wait_for_request(lambda r: r.agent == "manager", after=mark)
+        latencies.append((request.time - started) * 1000)
+        await process.wait()
+    return latencies
+
+
+async def main(turns: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "scenario.toml").write_text(SCENARIO)
+        pm = make_plugin_manager([])
+        raw = {
+            "hive": {"state_dir": str(root / "state"), "container_backend": "process"},
+            "claude": {"rehearsal_scenario": str(root / "scenario.toml")},
+        }
+        config = load_config(root / "hyperhive.toml", raw, config_schemas(pm))
+        async with trio.open_nursery() as nursery:
+            hive = await nursery.start(run_hive, config, pm)
+            warm = await warm_latencies(hive, turns)
+            fresh = await fresh_latencies(hive, turns)
+            nursery.cancel_scope.cancel()
+    for name, samples in (("warm", warm), ("fresh", fresh)):
+        emit(f"{name}_wake_to_request_p50_ms", statistics.median(samples), "ms", turns=len(samples))
+        emit(f"{name}_wake_to_request_p99_ms", percentile(samples, 0.99), "ms", turns=len(samples))
+    emit("fresh_over_warm_p50", statistics.median(fresh) / statistics.median(warm), "ratio")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=20)
+    trio.run(main, parser.parse_args().turns)
