@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from hyperhive_core.broker import Message
     from hyperhive_core.claude import SessionOptions
+    from hyperhive_core.containers import ContainerEvent
     from hyperhive_core.harness import Turn
     from hyperhive_core.hive import Hive
 
@@ -167,6 +168,19 @@ def register_container_backends(register: Callable[[str, Callable[..., Any]], No
 
     :param register: ``register(name, factory)``; ``factory(hive)`` returns the
         backend.
+    """
+
+
+@hookspec
+def on_container_event(hive: Hive, event: ContainerEvent) -> None:
+    """Called when an agent's container starts, stops or crashes.
+
+    :param hive: the running hive.
+    :param event: a ``hyperhive_core.containers.ContainerEvent``: ``agent``,
+        ``kind`` (``started``, ``stopped`` or ``crashed``), ``detail`` in words and
+        ``log_tail``. Only the daemon restarts a crashed container; hooks react
+        (report it, mark the agent). Events come from the backend's own watcher,
+        so keep the hook quick and hand slow work to a service.
     """
 
 

@@ -15,6 +15,7 @@ import re
 import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import trio
 from jeepney import DBusAddress, DBusErrorResponse, HeaderFields, MatchRule, Message, Properties, new_method_call
@@ -182,7 +183,7 @@ class UnitWatcher:
             ready()
             await trio.sleep(delay)
 
-    async def _session(self, router: DBusRouter, connected: Callable[[], None]) -> None:
+    async def _session(self, router: DBusRouter, reconciled: Callable[[], None]) -> NoReturn:
         """One connection: subscribe, reconcile, then follow signals until the bus goes away."""
         bus = Proxy(message_bus, router)
         owner_changes = MatchRule(
@@ -202,18 +203,19 @@ class UnitWatcher:
             path_namespace=UNIT_PATHS,
         )
         send, receive = trio.open_memory_channel[Message](self.buffer)
-        async with (
-            receive,
-            router.filter(owner_changes, channel=send.clone()),
-            router.filter(unit_changes, channel=send),
-        ):
+        # The filters live as long as the connection, and jeepney closes their
+        # channels when it ends. Closing them here as well would race with that
+        # teardown (jeepney 0.9 iterates its filters across a checkpoint).
+        router.filter(owner_changes, channel=send.clone())
+        router.filter(unit_changes, channel=send)
+        async with receive:
             await bus.AddMatch(owner_changes)
             await bus.AddMatch(from_systemd)
             (owner,) = await bus.GetNameOwner(SYSTEMD)
             unwrap_msg(await router.send_and_get_reply(new_method_call(MANAGER, "Subscribe")))
             await self._reconcile(router)
             log.info("D-Bus watcher on %s: following %s units of %s", self.address, UNIT_PATTERN, owner)
-            connected()
+            reconciled()
             async for message in receive:
                 fields = message.header.fields
                 if fields.get(HeaderFields.member) == "NameOwnerChanged":
