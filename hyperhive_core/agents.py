@@ -7,18 +7,21 @@ The daemon holds each agent's state machine (``idle``, ``thinking``, ``compactin
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from hyperhive_core.broker import RecipientDirectory
-from hyperhive_core.config import option
-from hyperhive_core.errors import HyperhiveError
-from hyperhive_core.names import OPERATOR, check_agent_name
+from hyperhive_core.config import build_section, extra_tables, option
+from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core.names import OPERATOR, InvalidName, check_agent_name
+from hyperhive_core.plugins import HivePluginManager, collect
 
 if TYPE_CHECKING:
     from hyperhive_core.events import EventBus
@@ -37,6 +40,42 @@ class AgentConfig:
     allowed_recipients: list[str] = option(
         [], help="Agents it may message, besides the operator and the manager (who may message anyone)."
     )
+    sections: dict[str, Any] = extra_tables(
+        help="Plugin sections follow as sub-tables, e.g. [agents.NAME.allowlist]; each plugin checks its own."
+    )
+
+    def section(self, name: str, default: Any = None) -> Any:
+        """A plugin's section of this agent's config (a dataclass once checked), or ``default``."""
+        return self.sections.get(name, default)
+
+
+def check_agent_config(pm: HivePluginManager, name: str, config: AgentConfig, where: str) -> AgentConfig:
+    """Type the plugin sections and run every ``validate_agent_config``; return the checked config.
+
+    :param where: the file (and table) the config came from, quoted in errors.
+    :raises ConfigError: one sentence per problem, all of them at once.
+    """
+    schemas = collect(pm, "register_agent_sections", "agent config section", lambda key, schema: (key, schema))
+    problems = []
+    for key in sorted(set(config.sections) - set(schemas)):
+        known = ", ".join(f"[{known}]" for known in sorted(schemas)) or "none"
+        problems.append(f"unknown section [{key}] (sections plugins read: {known})")
+    sections = {}
+    for key, raw in config.sections.items():
+        if key in schemas and not isinstance(raw, schemas[key]):
+            try:
+                sections[key] = build_section(schemas[key], raw, key, Path(where))
+            except ConfigError as exc:
+                problems.append(str(exc).removeprefix(f"{where}: "))
+        else:
+            sections[key] = raw
+    checked = dataclasses.replace(config, sections=sections)
+    if not problems:
+        for found in pm.hook.validate_agent_config(agent=name, config=checked):
+            problems.extend(found or ())
+    if problems:
+        raise ConfigError(f"{where}: agent {name!r} has an invalid config: " + "; ".join(problems))
+    return checked
 
 
 class State(enum.StrEnum):
@@ -83,6 +122,19 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         """The JSON-able view served to the dashboard and the host socket."""
         return {"name": self.name, "role": self.role, **asdict(self.status), "config": asdict(self.config)}
+
+
+def core_agent_checks(agent: str, config: AgentConfig) -> list[str]:
+    """Core's own checks of an agent config (registered as a ``validate_agent_config``)."""
+    problems = []
+    if config.model is not None and (not config.model.strip() or any(ch.isspace() for ch in config.model)):
+        problems.append(f"model {config.model!r} must be one word, like 'haiku' or 'sonnet'")
+    for recipient in config.allowed_recipients:
+        try:
+            check_agent_name(recipient)
+        except InvalidName as exc:
+            problems.append(f"allowed_recipients: {exc}")
+    return problems
 
 
 class Agents:

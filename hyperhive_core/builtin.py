@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from hyperhive_core import core_tools, host_commands
-from hyperhive_core.agents import AgentConfig, m003_agents
+from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents
 from hyperhive_core.broker import BrokerSection, Message, m001_messages
 from hyperhive_core.claude import ClaudeSection
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
@@ -81,3 +81,8 @@ def make_bwrap_backend(hive: Hive) -> BwrapBackend:
 def register_host_commands(register: Callable[..., None]) -> None:
     for name, handler in host_commands.COMMANDS.items():
         register(name, handler)
+
+
+@hookimpl(trylast=True)
+def validate_agent_config(agent: str, config: AgentConfig) -> list[str]:
+    return core_agent_checks(agent, config)

@@ -22,6 +22,7 @@ from hyperhive_core.plugins import (
     plugin_selection,
 )
 from hyperhive_core.rehearsal.command import rehearse
+from hyperhive_core.supervise import root_cause
 
 
 class HiveGroup(click.Group):
@@ -30,8 +31,11 @@ class HiveGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except HyperhiveError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (HyperhiveError, BaseExceptionGroup) as exc:
+            cause = root_cause(exc)  # a startup error raised inside the daemon's nurseries
+            if not isinstance(cause, HyperhiveError):
+                raise
+            raise click.ClickException(str(cause)) from None
 
 
 class CliState:

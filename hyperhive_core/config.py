@@ -57,6 +57,15 @@ def help_text(field: dataclasses.Field[Any]) -> str:
     return field.metadata.get("help", "")
 
 
+def extra_tables(help: str = "") -> Any:
+    """A field that collects the section's unknown sub-tables, unchecked, by name.
+
+    For tables owned by someone else: an agent's plugin sections, which the plugins
+    check themselves.
+    """
+    return dataclasses.field(default_factory=dict, metadata={"help": help, "extra_tables": True})
+
+
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
     """A documented config field: ``option(5, help="retries before giving up")``."""
     if isinstance(default, list | dict):
@@ -117,12 +126,19 @@ def build_section(schema: type[T], values: Mapping[str, Any], where: str, path: 
     """Build one dataclass from a TOML table, checking keys and types."""
     fields = {field.name: field for field in dataclasses.fields(schema)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(schema)
+    extra = next((name for name, field in fields.items() if field.metadata.get("extra_tables")), None)
+    tables = {key: value for key, value in values.items() if key not in fields and isinstance(value, dict)}
+    if extra and tables:
+        values = {key: value for key, value in values.items() if key not in tables} | {extra: tables}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(
             f"{path}: unknown key {where}.{unknown[0]}. Valid keys in [{where}]: {', '.join(sorted(fields)) or 'none'}."
         )
-    kwargs = {key: _coerce(value, hints[key], f"{where}.{key}", path) for key, value in values.items()}
+    kwargs = {
+        key: value if key == extra else _coerce(value, hints[key], f"{where}.{key}", path)
+        for key, value in values.items()
+    }
     try:
         return schema(**kwargs)
     except ConfigError as exc:  # a section's own range checks don't know the file
@@ -206,6 +222,9 @@ def render_default_config(schemas: Mapping[str, type]) -> str:
             lines.append(f"# {schema.__doc__.strip().splitlines()[0]}")
         lines.append(f"# {header}" if entry else header)
         for field in dataclasses.fields(schema):
+            if field.metadata.get("extra_tables"):
+                lines += [f"# {line}" for line in help_text(field).splitlines()]
+                continue
             if help_text(field):
                 lines += [f"# {line}" for line in help_text(field).splitlines()]
             default = _field_default(field)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 import trio
 
-from hyperhive_core.agents import AgentConfig
+from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.config import Config
 from hyperhive_core.hive import Hive
 from hyperhive_core.hostsock import serve_host_socket
@@ -16,6 +17,9 @@ from hyperhive_core.paths import StatePaths, default_state_dir
 from hyperhive_core.plugins import HivePluginManager, await_all, call_each, collect
 from hyperhive_core.store import Store
 from hyperhive_core.supervise import supervise
+
+if TYPE_CHECKING:
+    from hyperhive_core.rehearsal import RehearsalServer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,12 @@ async def run_hive(
     try:
         store.migrate(collect_migrations(pm))
         hive = Hive(config, pm, store, paths)
+        hive.rehearsal = rehearsal_server(hive)
+        # Every declared agent's config is checked before anything starts.
+        agents = {
+            name: check_agent_config(pm, name, agent_config, f"{config.path} [agents.{name}]")
+            for name, agent_config in declared_agents(hive).items()
+        }
         # No turn survives a restart: whatever was leased goes back to the queue.
         dead = await hive.broker.requeue_leased()
         if dead:
@@ -50,7 +60,8 @@ async def run_hive(
             await core.start(hive.events.serve)
             await core.start(hive.broker.serve)
             await core.start(hive.surface.serve)
-            await start_model_endpoint(hive, core)
+            if hive.rehearsal is not None:
+                await core.start(hive.rehearsal.serve)
             await await_all(pm.hook.on_startup(hive=hive))
             try:
                 async with trio.open_nursery() as nursery:
@@ -59,7 +70,7 @@ async def run_hive(
                             name = f"service {owner}:{getattr(service, '__name__', repr(service))}"
                             await nursery.start(supervise, name, service)
                     hive.agent_nursery = nursery
-                    for name, agent_config in declared_agents(hive).items():
+                    for name, agent_config in agents.items():
                         await hive.add_agent(name, agent_config)
                     await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
                     log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))
@@ -84,8 +95,8 @@ def declared_agents(hive: Hive) -> dict[str, AgentConfig]:
     return {manager: declared.pop(manager, AgentConfig()), **dict(sorted(declared.items()))}
 
 
-async def start_model_endpoint(hive: Hive, nursery: trio.Nursery) -> None:
-    """Start the rehearsal model when it is asked for, or when there are no Claude credentials."""
+def rehearsal_server(hive: Hive) -> RehearsalServer | None:
+    """The rehearsal model, when asked for or when there are no Claude credentials; else None."""
     from hyperhive_core.rehearsal import RehearsalServer, load_demo_scenario, load_scenario
 
     scenario_path = hive.claude.rehearsal_scenario
@@ -94,13 +105,12 @@ async def start_model_endpoint(hive: Hive, nursery: trio.Nursery) -> None:
     )
     if scenario_path is None and credentials:
         log.info("agents talk to %s", hive.claude.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "Anthropic")
-        return
+        return None
     scenario = load_scenario(scenario_path) if scenario_path else load_demo_scenario()
-    hive.rehearsal = RehearsalServer(scenario)
-    await nursery.start(hive.rehearsal.serve)
     why = f"[claude] rehearsal_scenario = {scenario_path}" if scenario_path else "no Claude credentials configured"
-    for line in REHEARSAL_BANNER.format(why=why, source=scenario.source, url=hive.rehearsal.url).splitlines():
+    for line in REHEARSAL_BANNER.format(why=why, source=scenario.source).splitlines():
         log.warning(line)
+    return RehearsalServer(scenario)
 
 
 REHEARSAL_BANNER = """************************************************************************
@@ -108,7 +118,6 @@ REHEARSAL_BANNER = """**********************************************************
 ************************************************************************
   why:      {why}
   scenario: {source}
-  endpoint: {url}
   For real Claude, set ANTHROPIC_API_KEY (or [claude] base_url) and restart."""
 
 

@@ -121,7 +121,10 @@ class Hive:
     # -- operator controls ---------------------------------------------------------
 
     async def add_agent(self, name: str, config: AgentConfig) -> None:
-        """Register an agent, open its socket, and start its supervised turn loop."""
+        """Register an agent, open its socket, and start its supervised turn loop.
+
+        ``config`` has been through ``check_agent_config``.
+        """
         from hyperhive_core.harness import Harness, supervise_agent
 
         agent = await self.agents.add(name, config, self.claude.model)
@@ -150,10 +153,15 @@ class Hive:
         self.agents.publish_status(name)
 
     async def cancel(self, name: str) -> bool:
-        """Interrupt ``name``'s current turn; False if it was not thinking."""
+        """Interrupt ``name``'s current turn, and let ``on_cancel`` plugins let go (end a nap).
+
+        :return: whether a turn was interrupted.
+        """
         self.agents.get(name)
         harness = self.harnesses.get(name)
-        return bool(harness and await harness.cancel())
+        interrupted = bool(harness and await harness.cancel())
+        await await_all(self.pm.hook.on_cancel(hive=self, agent=name))
+        return interrupted
 
     async def set_model(self, name: str, model: str) -> dict[str, Any]:
         """Switch ``name`` to ``model`` once its current turn ends; return its model status."""

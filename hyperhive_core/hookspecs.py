@@ -17,6 +17,7 @@ import pluggy
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
+    from hyperhive_core.agents import AgentConfig
     from hyperhive_core.broker import Message
     from hyperhive_core.claude import SessionOptions
     from hyperhive_core.containers import ContainerEvent
@@ -98,6 +99,40 @@ def on_message(hive: Hive, message: Message) -> None:
 
 
 # -- agents ---------------------------------------------------------------------
+
+
+@hookspec
+def register_agent_sections(register: Callable[[str, type], None]) -> None:
+    """Declare the sections a plugin reads in an agent's config.
+
+    :param register: ``register(name, dataclass_type)``; ``[name]`` in an agent's
+        ``agent.toml`` (or ``[agents.AGENT.name]`` in hyperhive.toml) is checked
+        against the dataclass, and ``config.section(name)`` returns the instance.
+        A section no plugin registered is an error, so a typo never goes unnoticed.
+    """
+
+
+@hookspec
+def validate_agent_config(agent: str, config: AgentConfig) -> Iterable[str] | None:
+    """Check an agent's config before it is applied.
+
+    :param agent: the agent's name.
+    :param config: the config, plugin sections already typed.
+    :return: problems, as readable sentences; nothing when it is valid. A config
+        with problems is never applied (nor approved).
+    """
+
+
+@hookspec
+def on_cancel(hive: Hive, agent: str) -> None:
+    """The operator asked to cancel what an agent is doing (``/cancel``, ``hyperhive cancel``).
+
+    Core interrupts a running turn itself; a plugin that holds the agent's loop
+    (a nap) should let go.
+
+    :param hive: the running hive.
+    :param agent: the agent's name.
+    """
 
 
 @hookspec

@@ -158,5 +158,6 @@ def test_bad_config_is_one_clear_line(clean_env, tmp_path, hyperhive):
     result = subprocess.run([hyperhive, "plugins"], env=clean_env, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr == (
-        "Error: hyperhive.toml: unknown key hive.state_dri. Valid keys in [hive]: plugins, state_dir.\n"
+        "Error: hyperhive.toml: unknown key hive.state_dri. Valid keys in [hive]: admin_group, "
+        "container_backend, manager, plugins, state_dir.\n"
     )

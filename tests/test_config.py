@@ -56,7 +56,7 @@ def test_hook_register_config_sections(make_pm, tmp_path):
         ({"greet": {"targets": ["a", 2]}}, "greet.targets[1] must be a string, not an integer"),
         ({"greet": {"targets": "a"}}, "greet.targets must be a list of strings, not a string"),
         ({"greet": 3}, "[greet] must be a table"),
-        ({"gret": {}}, "c.toml: unknown section [gret]. Known sections: [broker], [events], [greet], [hive]"),
+        ({"gret": {}}, "c.toml: unknown section [gret]. Known sections: [agents], [broker], [bwrap], [claude],"),
     ],
 )
 def test_bad_config_names_key_and_file(make_pm, tmp_path, raw, message):
