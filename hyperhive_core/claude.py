@@ -285,15 +285,18 @@ class ClaudeSession:
 
     async def _follow_turn(self) -> TurnResult:
         tools_used: list[str] = []
+        results: dict[str, str] = {}  # tool_use_id → what the tool answered
+        denied: set[str] = set()  # tool_use_ids already reported as permission_denied
         while (event := await self._next_event()) is not None:
             kind = event.get("type")
             if kind == "assistant":
                 await self._publish_assistant(event, tools_used)
             elif kind == "user":
-                await self._publish_tool_results(event)
+                await self._publish_tool_results(event, results)
             elif kind == "system":
-                await self._publish_system(event)
+                await self._publish_system(event, denied)
             elif kind == "result":
+                await self._publish_hook_denials(event, results, denied)
                 return self._result(event, tools_used)
         with trio.move_on_after(2):
             await self._stderr_done.wait()  # so the reason is in the tail
@@ -337,22 +340,36 @@ class ClaudeSession:
                     "tool_use", {"id": block.get("id"), "name": block.get("name"), "input": block.get("input", {})}
                 )
 
-    async def _publish_tool_results(self, event: dict[str, Any]) -> None:
+    async def _publish_tool_results(self, event: dict[str, Any], results: dict[str, str]) -> None:
         content = event.get("message", {}).get("content", [])
         for block in content if isinstance(content, list) else []:
             if block.get("type") == "tool_result":
+                text = result_text(block.get("content"))
+                results[block.get("tool_use_id", "")] = text
                 await self.on_event(
                     "tool_result",
+                    {"tool_use_id": block.get("tool_use_id"), "is_error": bool(block.get("is_error")), "content": text},
+                )
+
+    async def _publish_hook_denials(self, result: dict[str, Any], results: dict[str, str], denied: set[str]) -> None:
+        """Denials by a PreToolUse hook appear only in the result; report each like the CLI's own."""
+        for denial in result.get("permission_denials") or []:
+            tool_use_id = denial.get("tool_use_id", "")
+            if tool_use_id not in denied:
+                await self.on_event(
+                    "permission_denied",
                     {
-                        "tool_use_id": block.get("tool_use_id"),
-                        "is_error": bool(block.get("is_error")),
-                        "content": result_text(block.get("content")),
+                        "tool": denial.get("tool_name"),
+                        "tool_use_id": tool_use_id,
+                        "input": denial.get("tool_input", {}),
+                        "reason": results.get(tool_use_id, ""),
                     },
                 )
 
-    async def _publish_system(self, event: dict[str, Any]) -> None:
+    async def _publish_system(self, event: dict[str, Any], denied: set[str]) -> None:
         subtype = event.get("subtype")
         if subtype == "permission_denied":
+            denied.add(event.get("tool_use_id", ""))
             await self.on_event(
                 "permission_denied",
                 {

@@ -354,3 +354,20 @@ async def test_a_missing_cli_says_how_to_install_it(make_pm, tmp_path, monkeypat
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MissingCli, match="Run `make install`"):
         claude.find_cli(None)
+
+
+async def test_a_denied_tool_is_a_permission_denied_event(make_pm, tmp_path):
+    scenario = """
+    [[agents.manager.rules]]
+    steps = [{ tool = "Bash", input = { command = "rm -rf precious", description = "tidy" } }, { text = "ok" }]
+    """
+    async with running_hive(tmp_path, make_pm(), scenario, claude={"allowed_tools": ["Read"]}) as hive:
+        precious = hive.paths.agent_state("manager") / "precious"
+        precious.mkdir(parents=True)
+        await hive.broker.send("operator", "manager", "tidy up")
+        with trio.fail_after(60):
+            denied = await next_event(hive, "manager", "permission_denied")
+            await next_event(hive, "manager", "turn_end")
+    assert denied.data["tool"] == "Bash"
+    assert denied.data["reason"]
+    assert precious.exists()
