@@ -233,7 +233,7 @@ class ContainerEvents:
         await self.send.send((hive.paths.root.name, event.agent, event.kind))
 
 
-async def test_hook_on_container_event(bus, make_pm, make_config):
+async def test_hook_on_container_event(bus, make_pm, make_config, tmp_path):
     """A unit's crash, seen on D-Bus, reaches every plugin's hook with the hive."""
     plugin = ContainerEvents()
     pm = make_pm(container_events=plugin)
@@ -241,7 +241,8 @@ async def test_hook_on_container_event(bus, make_pm, make_config):
     await standin.set_unit("container@alice.service", "active", "running")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            hive = await nursery.start(run_hive, make_config(pm), pm)
+            config = make_config(pm, hive={"state_dir": str(tmp_path / "state"), "container_backend": "process"})
+            hive = await nursery.start(run_hive, config, pm)
 
             async def report(event: ContainerEvent) -> None:
                 await await_all(hive.pm.hook.on_container_event(hive=hive, event=event))
