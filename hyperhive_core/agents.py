@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -160,11 +161,15 @@ class Agents:
             known = ", ".join(sorted(self._agents)) or "none"
             raise UnknownAgent(f"no agent named {name!r}; known agents: {known}") from None
 
-    async def add(self, name: str, config: AgentConfig, default_model: str) -> Agent:
-        """Register an agent (and remember it in the store); it may now send and receive."""
+    async def add(self, name: str, config: AgentConfig, default_model: str, origin: str) -> Agent:
+        """Register an agent (and remember it, with its config); it may now send and receive.
+
+        :param origin: ``config`` (declared in hyperhive.toml) or ``spawn`` (created
+            at run time, restarted from the store on the next start).
+        """
         check_agent_name(name)
         role = MANAGER if name == self.manager else AGENT
-        row = await self.store.write(lambda db: _upsert(db, name, role))
+        row = await self.store.write(lambda db: _upsert(db, name, role, origin, config))
         agent = Agent(name, role, config, session_id=row.get("session_id"))
         agent.status.paused = bool(row.get("paused"))
         agent.status.model = row.get("model_override") or config.model or default_model
@@ -173,6 +178,15 @@ class Agents:
         may_message = None if agent.is_manager else {self.manager, *config.allowed_recipients}
         self.directory.add(name, may_message=may_message)
         return agent
+
+    def remove(self, name: str) -> None:
+        """Forget a live agent: it no longer sends or receives."""
+        self._agents.pop(name, None)
+        self.directory.remove(name)
+
+    async def stored(self) -> dict[str, dict[str, Any]]:
+        """Every agent the store remembers, live or kept, by name."""
+        return await self.store.read(lambda db: {row["name"]: row for row in db["agents"].rows})
 
     def peers(self, name: str) -> list[str]:
         """Who ``name`` may message."""
@@ -208,14 +222,24 @@ class Agents:
         await self.store.write(lambda db: db["agents"].update(name, columns))
 
 
-def _upsert(db: sqlite_utils.Database, name: str, role: str) -> dict[str, Any]:
+def _upsert(db: sqlite_utils.Database, name: str, role: str, origin: str, config: AgentConfig) -> dict[str, Any]:
     table = db["agents"]
     rows = list(table.rows_where("name = ?", [name]))
+    columns = {"role": role, "origin": origin, "config_json": config_json(config), "destroyed_at": None}
     if rows:
-        table.update(name, {"role": role, "destroyed_at": None})
+        table.update(name, columns)
         return rows[0]
-    table.insert({"name": name, "role": role, "created_at": time.time()})
+    table.insert({"name": name, "created_at": time.time(), **columns})
     return {}
+
+
+def config_json(config: AgentConfig) -> str:
+    """An agent config as stored: plain JSON, plugin sections as their tables."""
+    return json.dumps(asdict(config))
+
+
+def config_from_json(text: str) -> AgentConfig:
+    return AgentConfig(**json.loads(text))
 
 
 def m003_agents(db: sqlite_utils.Database) -> None:
@@ -229,6 +253,8 @@ def m003_agents(db: sqlite_utils.Database) -> None:
             "model_override": str,
             "paused": int,
             "session_id": str,
+            "origin": str,
+            "config_json": str,
         },
         pk="name",
         not_null={"role", "created_at"},

@@ -158,6 +158,8 @@ class ClaudeSession:
     :param on_event: awaited with ``(kind, data)`` for each live event:
         ``assistant_text``, ``tool_use``, ``tool_result``, ``permission_denied``,
         ``note`` and ``error``.
+    :param on_exit: awaited with the exit status and the last stderr lines when
+        the process exits without ``stop`` (a crash, or killed from outside).
     """
 
     def __init__(
@@ -166,12 +168,15 @@ class ClaudeSession:
         backend: ContainerBackend,
         spec: ContainerSpec,
         on_event: EventSink,
+        on_exit: Callable[[int, tuple[str, ...]], Awaitable[None]],
+        *,
         session_id: str | None = None,
     ) -> None:
         self.cli = cli
         self.backend = backend
         self.spec = spec
         self.on_event = on_event
+        self.on_exit = on_exit
         self.session_id = session_id
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._process: ContainerProcess | None = None
@@ -239,6 +244,15 @@ class ClaudeSession:
         self.stderr_tail.clear()
         self._stderr_done = trio.Event()
         nursery.start_soon(self._drain_stderr, self._process, self._stderr_done)
+        nursery.start_soon(self._watch_exit, self._process)
+
+    async def _watch_exit(self, process: ContainerProcess) -> None:
+        """Report an exit nobody asked for; ``stop`` detaches the process first, so it is not one."""
+        status = await process.wait()
+        if process is self._process:
+            with trio.move_on_after(2):
+                await self._stderr_done.wait()  # so the report has the last words
+            await self.on_exit(status, tuple(self.stderr_tail))
 
     async def stop(self) -> None:
         """End the process; the conversation stays on disk for ``--resume``."""

@@ -219,6 +219,60 @@ def model(state: CliState, name: str, model: str) -> None:
     click.echo(f"{name}: model {result['model']}{queued}")
 
 
+@cli.command()
+@click.argument("name")
+@pass_state
+def spawn(state: CliState, name: str) -> None:
+    """Create and start a new agent NAME with a default config."""
+    ask_daemon(state, "spawn", agent=name)
+    click.echo(f"spawned {name}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Also wipe its state and config; this cannot be undone.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def destroy(state: CliState, name: str, purge: bool, yes: bool) -> None:
+    """Stop and remove agent NAME. Its state is kept for `restore` unless --purge."""
+    if not yes:
+        what = "destroy {0} and WIPE its state" if purge else "destroy {0} (its state is kept)"
+        if not sys.stdin.isatty():
+            raise click.ClickException(f"refusing to {what.format(name)} without confirmation; pass --yes")
+        click.confirm(f"{what.format(name)}?", abort=True)
+    ask_daemon(state, "destroy", agent=name, purge=purge)
+    click.echo(f"destroyed {name}" + ("; state purged" if purge else "; state kept (hyperhive restore to undo)"))
+
+
+@cli.command()
+@click.argument("name")
+@pass_state
+def restore(state: CliState, name: str) -> None:
+    """Bring back destroyed agent NAME from its kept state."""
+    ask_daemon(state, "restore", agent=name)
+    click.echo(f"restored {name}")
+
+
+@cli.command()
+@click.argument("name")
+@pass_state
+def rebuild(state: CliState, name: str) -> None:
+    """Restart agent NAME from scratch with its current config."""
+    ask_daemon(state, "rebuild", agent=name)
+    click.echo(f"rebuilt {name}")
+
+
+@cli.command()
+@pass_state
+def kept(state: CliState) -> None:
+    """List destroyed agents whose state is kept."""
+    rows = ask_daemon(state, "kept")
+    for row in rows:
+        click.echo(row["name"])
+    if not rows:
+        click.echo("no kept state")
+
+
 @cli.group(hidden=True)
 def debug() -> None:
     """Ops-only commands, hidden from --help."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import trio
 
-from hyperhive_core.agents import AgentConfig, check_agent_config
+from hyperhive_core.agents import AgentConfig, check_agent_config, config_from_json
 from hyperhive_core.config import Config
 from hyperhive_core.hive import Hive
 from hyperhive_core.hostsock import serve_host_socket
@@ -47,10 +48,10 @@ async def run_hive(
         store.migrate(collect_migrations(pm))
         hive = Hive(config, pm, store, paths)
         hive.rehearsal = rehearsal_server(hive)
-        # Every declared agent's config is checked before anything starts.
+        # Every agent's config is checked before anything starts.
         agents = {
-            name: check_agent_config(pm, name, agent_config, f"{config.path} [agents.{name}]")
-            for name, agent_config in declared_agents(hive).items()
+            name: (check_agent_config(pm, name, agent_config, where), origin)
+            for name, (agent_config, origin, where) in (await agents_to_start(hive)).items()
         }
         # No turn survives a restart: whatever was leased goes back to the queue.
         dead = await hive.broker.requeue_leased()
@@ -70,8 +71,8 @@ async def run_hive(
                             name = f"service {owner}:{getattr(service, '__name__', repr(service))}"
                             await nursery.start(supervise, name, service)
                     hive.agent_nursery = nursery
-                    for name, agent_config in agents.items():
-                        await hive.add_agent(name, agent_config)
+                    for name, (agent_config, origin) in agents.items():
+                        await hive.add_agent(name, agent_config, origin)
                     await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
                     log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))
                     task_status.started(hive)
@@ -84,15 +85,33 @@ async def run_hive(
         store.close()
 
 
-def declared_agents(hive: Hive) -> dict[str, AgentConfig]:
-    """The manager, the agents in ``[agents]``, and on the rehearsal model every agent it scripts."""
+async def agents_to_start(hive: Hive) -> dict[str, tuple[AgentConfig, str, str]]:
+    """The agents to run, with their config, origin and where the config came from.
+
+    The manager always; the agents in ``[agents]``; those spawned earlier and not
+    destroyed; and, on the rehearsal model, every agent the scenario scripts. An
+    agent once declared in config but no longer there becomes kept state.
+    """
+    path = hive.config.path
     declared: dict[str, AgentConfig] = dict(hive.config.section("agents"))
     if hive.rehearsal is not None:
         for name in hive.rehearsal.director.scenario.agents:
             if name != "*":
                 declared.setdefault(name, AgentConfig())
     manager = hive.settings.manager
-    return {manager: declared.pop(manager, AgentConfig()), **dict(sorted(declared.items()))}
+    declared.setdefault(manager, AgentConfig())
+    chosen = {name: (config, "config", f"{path} [agents.{name}]") for name, config in sorted(declared.items())}
+    for name, row in (await hive.agents.stored()).items():
+        if name in chosen or row["destroyed_at"]:
+            continue
+        if row["origin"] == "config":
+            log.warning("agent %s is no longer in %s; its state is kept (hyperhive kept)", name, path)
+            await hive.agents.remember(name, destroyed_at=time.time())
+            await hive.backend.stop(hive.container_spec_for(name, row["role"]))
+        else:
+            chosen[name] = (config_from_json(row["config_json"]), "spawn", f"the stored config of {name!r}")
+    # The manager first: the others may message it as soon as they start.
+    return {manager: chosen.pop(manager), **chosen}
 
 
 def rehearsal_server(hive: Hive) -> RehearsalServer | None:

@@ -26,9 +26,10 @@ import trio
 from hyperhive_core.agents import State
 from hyperhive_core.broker import Batch, Message
 from hyperhive_core.claude import ClaudeSession, SessionDied, SessionOptions, TurnExit, TurnResult
+from hyperhive_core.containers import ContainerEvent, ContainerEventKind
 from hyperhive_core.names import OPERATOR
 from hyperhive_core.plugins import await_all
-from hyperhive_core.supervise import root_cause, supervise
+from hyperhive_core.supervise import Backoff, root_cause, supervise
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -65,6 +66,7 @@ class Harness:
         self._resumed = trio.Event()
         self._cancel_requested = False
         self._hold_after_cancel = False
+        self._crashes: list[float] = []
         self.cap_lifted_on: datetime.date | None = None
 
     @property
@@ -80,7 +82,14 @@ class Harness:
         await hive.broker.requeue_leased(self.name)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.session = ClaudeSession(hive.claude_cli, hive.backend, spec, self._publish, self.agent.session_id)
+            self.session = ClaudeSession(
+                hive.claude_cli,
+                hive.backend,
+                spec,
+                self._publish,
+                self._session_exited,
+                session_id=self.agent.session_id,
+            )
             task_status.started()
             try:
                 while True:
@@ -261,6 +270,23 @@ class Harness:
             await self.session.stop()  # the next turn starts it with --resume and the new --model
         self.hive.events.publish(self.name, "note", text=f"model switched to {status.model}")
         self.hive.agents.publish_status(self.name)
+
+    async def _session_exited(self, status: int, log_tail: tuple[str, ...]) -> None:
+        """The agent's container process died unasked: report it, and restart it with backoff.
+
+        Mid-turn, the turn's own retry restarts it; between turns, this does.
+        """
+        detail = f"Claude Code exited with status {status}" if status >= 0 else f"killed by signal {-status}"
+        await self.hive.container_event(ContainerEvent(self.name, ContainerEventKind.CRASHED, detail, log_tail))
+        now = trio.current_time()
+        self._crashes = [at for at in self._crashes if now - at < CRASH_WINDOW] + [now]
+        if self.agent.status.state is State.THINKING:
+            return
+        delay = Backoff().delay(len(self._crashes))
+        self.hive.events.publish(self.name, "note", text=f"{detail}; restarting it in {delay:.1f}s")
+        await trio.sleep(delay)
+        if self.agent.status.state is not State.THINKING:
+            await self._ensure_session()
 
     async def _publish(self, kind: str, data: dict[str, Any]) -> None:
         self.hive.events.publish(self.name, kind, **data)  # type: ignore[arg-type]

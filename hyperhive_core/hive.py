@@ -5,21 +5,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from hyperhive_core.agents import AgentConfig, Agents, State
+from hyperhive_core.agents import (
+    AGENT,
+    AgentConfig,
+    Agents,
+    State,
+    UnknownAgent,
+    check_agent_config,
+    config_from_json,
+)
 from hyperhive_core.broker import Broker, BrokerSection, Message, RecipientDirectory
 from hyperhive_core.claude import ClaudeSection, find_cli
 from hyperhive_core.config import Config, option
-from hyperhive_core.containers import ContainerBackend, ContainerSpec, collect_backends
+from hyperhive_core.containers import (
+    ContainerBackend,
+    ContainerEvent,
+    ContainerEventKind,
+    ContainerSpec,
+    collect_backends,
+)
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.events import EventBus, EventsSection
 from hyperhive_core.mcp_surface import AgentSockets
-from hyperhive_core.names import SYSTEM
+from hyperhive_core.names import SYSTEM, check_agent_name
 from hyperhive_core.paths import StatePaths
 from hyperhive_core.plugins import HivePluginManager, await_all
 from hyperhive_core.store import Store
@@ -72,6 +88,7 @@ class Hive:
         self.surface = AgentSockets(self, collect_tools(pm))
         self.backend = make_backend(self)
         self.harnesses: dict[str, Harness] = {}
+        self._runs: dict[str, _AgentRun] = {}
         self.rehearsal: RehearsalServer | None = None
         self.agent_nursery: trio.Nursery | None = None
         """Where agents' turn loops run; set by the daemon once it serves."""
@@ -86,11 +103,11 @@ class Hive:
     # -- per-agent facts ---------------------------------------------------------
 
     def container_spec(self, name: str) -> ContainerSpec:
+        return self.container_spec_for(name, self.agents.get(name).role)
+
+    def container_spec_for(self, name: str, role: str) -> ContainerSpec:
         return ContainerSpec(
-            agent=name,
-            role=self.agents.get(name).role,
-            state_dir=self.paths.agent_state(name),
-            socket_dir=self.paths.agent_run(name),
+            agent=name, role=role, state_dir=self.paths.agent_state(name), socket_dir=self.paths.agent_run(name)
         )
 
     def session_env(self, name: str, home: Path) -> dict[str, str]:
@@ -120,21 +137,99 @@ class Hive:
 
     # -- operator controls ---------------------------------------------------------
 
-    async def add_agent(self, name: str, config: AgentConfig) -> None:
+    async def add_agent(self, name: str, config: AgentConfig, origin: str = "spawn") -> None:
         """Register an agent, open its socket, and start its supervised turn loop.
 
         ``config`` has been through ``check_agent_config``.
         """
-        from hyperhive_core.harness import Harness, supervise_agent
+        from hyperhive_core.harness import Harness
 
-        agent = await self.agents.add(name, config, self.claude.model)
+        agent = await self.agents.add(name, config, self.claude.model, origin)
         self.paths.agent_state(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         spec = self.container_spec(name)
         await self.backend.create(spec)
         await self.surface.open(name, agent.role, spec.socket_dir / "agent.sock")
         harness = self.harnesses[name] = Harness(self, name)
         assert self.agent_nursery is not None, "agents start once the daemon serves"
-        await self.agent_nursery.start(supervise_agent, self, harness)
+        run = self._runs[name] = _AgentRun()
+        await self.agent_nursery.start(run.supervise, self, harness)
+
+    async def _stop_agent(self, name: str) -> None:
+        """Stop the agent's loop and container, close its socket, and forget it as live."""
+        run = self._runs.pop(name, None)
+        if run is not None:
+            run.scope.cancel()
+            await run.finished.wait()
+        self.harnesses.pop(name, None)
+        await self.surface.close(name)
+        await self.backend.stop(self.container_spec(name))
+        self.agents.remove(name)
+
+    # -- lifecycle: spawn, destroy (keeping state), restore, rebuild ---------------------
+
+    async def spawn(self, name: str, config: AgentConfig | None = None) -> dict[str, Any]:
+        """Create and start a new agent: the operator's direct spawn, or an approved request."""
+        check_agent_name(name)
+        if name in self.agents:
+            raise HyperhiveError(f"an agent named {name!r} already exists")
+        if name in await self.kept_state():
+            raise HyperhiveError(
+                f"{name!r} has kept state from a destroyed agent; restore it (hyperhive restore {name}) "
+                f"or purge it first (hyperhive destroy {name} --purge)"
+            )
+        config = check_agent_config(self.pm, name, config or AgentConfig(), f"the config of {name!r}")
+        await self.add_agent(name, config)
+        self.events.publish(name, "note", text="spawned")
+        return self.agents.get(name).snapshot()
+
+    async def destroy(self, name: str, purge: bool = False) -> dict[str, Any]:
+        """Stop and remove an agent. Its state is kept (and restorable) unless ``purge``.
+
+        Purging also wipes ``agents/<name>/`` and ``applied/<name>/``, after checking
+        both resolve inside the state root.
+        """
+        check_agent_name(name)
+        if name == self.agents.manager:
+            raise HyperhiveError(f"{name!r} is the manager; the hive always has one, so it cannot be destroyed")
+        live = name in self.agents
+        if not live and name not in await self.kept_state():
+            raise UnknownAgent(f"no agent or kept state named {name!r}")
+        doomed = [self.paths.inside(path) for path in (self.paths.agent_dir(name), self.paths.applied(name))]
+        if live:
+            await self._stop_agent(name)
+        await self.backend.destroy(self.container_spec_for(name, AGENT), purge)
+        if purge:
+            for path in doomed:
+                if path.exists():
+                    await trio.to_thread.run_sync(shutil.rmtree, path)
+            await self.store.write(lambda db: db["agents"].delete_where("name = ?", [name]))
+        else:
+            await self.agents.remember(name, destroyed_at=time.time())
+        self.events.publish(name, "note", text="destroyed; state purged" if purge else "destroyed; state kept")
+        return {"agent": name, "purged": purge}
+
+    async def restore(self, name: str) -> dict[str, Any]:
+        """Bring back a destroyed agent from its kept state, with the config it had."""
+        row = (await self.kept_state()).get(name)
+        if row is None:
+            raise HyperhiveError(f"no kept state named {name!r}; `hyperhive kept` lists what can be restored")
+        config = check_agent_config(self.pm, name, config_from_json(row["config_json"]), f"the config of {name!r}")
+        await self.add_agent(name, config, row["origin"])
+        self.events.publish(name, "note", text="restored from kept state")
+        return self.agents.get(name).snapshot()
+
+    async def rebuild(self, name: str) -> dict[str, Any]:
+        """Restart an agent from scratch with its current config; clears ``failed``."""
+        agent = self.agents.get(name)
+        config, origin = agent.config, (await self.agents.stored())[name]["origin"]
+        await self._stop_agent(name)
+        await self.add_agent(name, config, origin)
+        self.events.publish(name, "note", text="rebuilt")
+        return self.agents.get(name).snapshot()
+
+    async def kept_state(self) -> dict[str, dict[str, Any]]:
+        """Destroyed agents whose state is kept, by name."""
+        return {name: row for name, row in (await self.agents.stored()).items() if row["destroyed_at"]}
 
     async def pause(self, name: str, reason: str = "paused by the operator") -> None:
         status = self.agents.get(name).status
@@ -182,6 +277,18 @@ class Hive:
         self.agents.publish_status(name)
         return {"model": status.model, "queued": status.queued_model, "switched_at": status.model_switched_at}
 
+    async def container_event(self, event: ContainerEvent) -> None:
+        """A container started, stopped or crashed: tell the live tail and the ``on_container_event`` hooks."""
+        if event.kind is ContainerEventKind.CRASHED:
+            self.events.publish(
+                event.agent, "error", text=f"container crashed: {event.detail}", log=list(event.log_tail)
+            )
+        try:
+            await await_all(self.pm.hook.on_container_event(hive=self, event=event))
+        except Exception as exc:
+            log.exception("an on_container_event hook failed for %s", event.agent)
+            self.events.publish(SYSTEM, "error", where="on_container_event", agent=event.agent, error=repr(exc))
+
     async def notify(self, recipient: str, event: str, **fields: Any) -> Message:
         """Send a hive event (``approval_resolved``, ``container_crash``, …) to an inbox."""
         return await self.broker.send(SYSTEM, recipient, json.dumps({"event": event, **fields}), kind="event")
@@ -193,6 +300,25 @@ class Hive:
         except Exception as exc:
             log.exception("an on_message hook failed for message %d", message.id)
             self.events.publish(SYSTEM, "error", where="on_message", message_id=message.id, error=repr(exc))
+
+
+class _AgentRun:
+    """One agent's supervised loop, cancellable on its own."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.finished = trio.Event()
+
+    async def supervise(
+        self, hive: Hive, harness: Harness, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from hyperhive_core.harness import supervise_agent
+
+        try:
+            with self.scope:
+                await supervise_agent(hive, harness, task_status=task_status)
+        finally:
+            self.finished.set()
 
 
 def make_backend(hive: Hive) -> ContainerBackend:

@@ -67,7 +67,36 @@ async def model(hive: Hive, agent: str, model: str) -> dict[str, Any]:
     return await hive.set_model(agent, model)
 
 
+async def spawn(hive: Hive, agent: str) -> dict[str, Any]:
+    return await hive.spawn(agent)
+
+
+async def destroy(hive: Hive, agent: str, purge: bool = False) -> dict[str, Any]:
+    return await hive.destroy(agent, purge=bool(purge))
+
+
+async def restore(hive: Hive, agent: str) -> dict[str, Any]:
+    return await hive.restore(agent)
+
+
+async def rebuild(hive: Hive, agent: str) -> dict[str, Any]:
+    return await hive.rebuild(agent)
+
+
+async def kept(hive: Hive) -> list[dict[str, Any]]:
+    """Destroyed agents whose state is kept, restorable or purgeable."""
+    return [
+        {"name": name, "destroyed_at": row["destroyed_at"], "created_at": row["created_at"]}
+        for name, row in (await hive.kept_state()).items()
+    ]
+
+
 COMMANDS = {
+    "spawn": spawn,
+    "destroy": destroy,
+    "restore": restore,
+    "rebuild": rebuild,
+    "kept": kept,
     "status": status,
     "agents": agents,
     "send": send,

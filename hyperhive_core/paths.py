@@ -30,9 +30,28 @@ class StatePaths:
         """The operator's control socket."""
         return self.root / "host.sock"
 
+    def agent_dir(self, name: str) -> Path:
+        """Everything of one agent: its ``state`` and its proposed ``config`` repo."""
+        return self.root / "agents" / name
+
     def agent_state(self, name: str) -> Path:
         """The agent's persistent ``/state``."""
-        return self.root / "agents" / name / "state"
+        return self.agent_dir(name) / "state"
+
+    def applied(self, name: str) -> Path:
+        """The agent's applied config: what runs."""
+        return self.root / "applied" / name
+
+    def inside(self, path: Path) -> Path:
+        """``path`` resolved, if it lies strictly inside the state root; else a ValueError.
+
+        Checked before anything is deleted, so no name or symlink can aim outside.
+        """
+        root = self.root.resolve()
+        resolved = path.resolve()
+        if resolved == root or not resolved.is_relative_to(root):
+            raise ValueError(f"{path} resolves to {resolved}, outside the state root {root}")
+        return resolved
 
     def agent_run(self, name: str) -> Path:
         """The directory holding the agent's own MCP socket."""
