@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -45,6 +46,8 @@ EventType = Literal[
     "error",
 ]
 EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
+# Plugins publish their own event types, namespaced: "questions.asked".
+PLUGIN_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
 
 # Events waiting to be persisted, at most; beyond it the oldest are only live.
 PENDING_LIMIT = 10_000
@@ -149,14 +152,18 @@ class EventBus:
         self._has_pending = trio.Event()
         self._behind = False
 
-    def publish(self, agent: str, type: EventType, **data: Any) -> Event:
+    def publish(self, agent: str, type: EventType | str, **data: Any) -> Event:
         """Send an event to subscribers now and queue it for history; never waits.
 
         :param agent: whose event it is (an agent, ``operator`` or ``hive``).
+        :param type: a core event type, or a plugin's own as ``<plugin>.<event>``.
         :param data: JSON-serializable details.
         """
-        if type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type!r}; use one of {', '.join(sorted(EVENT_TYPES))}")
+        if type not in EVENT_TYPES and not PLUGIN_EVENT_TYPE.fullmatch(type):
+            raise ValueError(
+                f"unknown event type {type!r}; use one of {', '.join(sorted(EVENT_TYPES))}, "
+                "or a plugin's own type named '<plugin>.<event>'"
+            )
         if agent not in RESERVED:
             check_agent_name(agent)
         text = json.dumps(data)  # fails here, in the publisher, if data can't be stored

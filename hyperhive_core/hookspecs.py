@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hyperhive_core.containers import ContainerEvent
     from hyperhive_core.harness import Turn
     from hyperhive_core.hive import Hive
+    from hyperhive_core.panels import Panel
 
 hookspec = pluggy.HookspecMarker("hyperhive")
 hookimpl = pluggy.HookimplMarker("hyperhive")
@@ -228,6 +229,26 @@ def register_routes(register: Callable[..., None]) -> None:
 
     :param register: ``register(rule, view, methods=("GET",))``. Plugin routes
         live under ``/-/<plugin>/`` unless the HTTP contract names them.
+    """
+
+
+@hookspec
+def dashboard_panels(hive: Hive) -> Iterable[Panel] | None:
+    """Contribute sections to the host dashboard ``/``.
+
+    :param hive: the running hive.
+    :return: ``hyperhive_core.panels.Panel`` objects, rendered on every page load;
+        their scripts keep them live.
+    """
+
+
+@hookspec
+def agent_panels(hive: Hive, agent: str) -> Iterable[Panel] | None:
+    """Contribute sections to an agent's page ``/agent/<name>/``.
+
+    :param hive: the running hive.
+    :param agent: the agent whose page it is.
+    :return: ``hyperhive_core.panels.Panel`` objects.
     """
 
 
