@@ -100,6 +100,9 @@ class SystemdStandin:
     def __init__(self) -> None:
         self.units: dict[str, Unit] = {}
         self.subscribers: set[str] = set()
+        self.answering = True
+        """While false, calls go unanswered, as from a systemd that hangs; ``ignored`` lists them."""
+        self.ignored: list[str] = []
         self._router: DBusRouter | None = None
         self._scope = trio.CancelScope()
         self._off_bus = trio.Event()
@@ -119,7 +122,10 @@ class SystemdStandin:
                     self._router = router
                     task_status.started()
                     async for call in calls:
-                        await router.send(self._answer(call))
+                        if self.answering:
+                            await router.send(self._answer(call))
+                        else:
+                            self.ignored.append(call.header.fields[HeaderFields.member])
         except* (trio.EndOfChannel, trio.BrokenResourceError):
             pass  # the bus went away, as a test wanted
         finally:

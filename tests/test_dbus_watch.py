@@ -183,6 +183,26 @@ async def test_a_bus_restart_triggers_a_reconcile(bus):
             assert await events.next() == ("bob", STOPPED)
 
 
+async def test_the_bus_going_away_mid_reconcile_is_survived(bus):
+    standin, events = SystemdStandin(), Events()
+    await standin.set_unit("container@alice.service", "active", "running")
+    standin.answering = False
+    watcher = UnitWatcher(events, address=bus.address, backoff=Backoff(initial=0.05, maximum=0.2))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(standin.serve, bus.address)
+            nursery.start_soon(watcher.run)
+            while "Subscribe" not in standin.ignored:  # the watcher now waits for a reply
+                await trio.sleep(0.01)
+            bus.stop()
+            await standin.wait_off_bus()
+            standin.answering = True
+            bus.start()
+            await nursery.start(standin.serve, bus.address)
+            assert await events.next() == ("alice", STARTED)
+            nursery.cancel_scope.cancel()
+
+
 async def test_systemd_reregistering_triggers_a_reconcile(bus):
     standin, events = SystemdStandin(), Events()
     await standin.set_unit("container@alice.service", "active", "running")

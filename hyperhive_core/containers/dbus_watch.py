@@ -20,6 +20,7 @@ from typing import NoReturn
 import trio
 from jeepney import DBusAddress, DBusErrorResponse, HeaderFields, MatchRule, Message, Properties, new_method_call
 from jeepney.bus_messages import message_bus
+from jeepney.io.common import RouterClosed
 from jeepney.io.trio import DBusRouter, Proxy, open_dbus_router
 from jeepney.wrappers import unwrap_msg
 
@@ -42,15 +43,19 @@ WATCHED = ("ActiveState", "SubState", "Result")
 # transition, so leave room for thousands.
 FILTER_BUFFER = 10_000
 
+
+class BusLost(Exception):
+    """The connection to systemd ended: the bus closed it, or systemd re-registered."""
+
+
+# What ends a connection to systemd, as opposed to a bug; each leads to a reconnect.
+BUS_ERRORS = (OSError, trio.EndOfChannel, trio.BrokenResourceError, RouterClosed, DBusErrorResponse, BusLost)
+
 _UNIT_NAME = re.compile(r"^container@(?P<agent>.+)\.service$")
 _LETTERS = frozenset(string.ascii_letters.encode())
 _DIGITS = frozenset(string.digits.encode())
 
 EventSink = Callable[[ContainerEvent], Awaitable[None]]
-
-
-class BusLost(Exception):
-    """The connection to systemd ended: the bus closed it, or systemd re-registered."""
 
 
 def unit_name(agent: str) -> str:
@@ -145,7 +150,7 @@ class UnitWatcher:
         self.backoff = backoff or Backoff(initial=0.2, maximum=10.0)
         # The last kind reported per agent; it outlives connections, so a
         # reconnect reports only what really changed.
-        self.reported: dict[str, ContainerEventKind] = {}
+        self._reported: dict[str, ContainerEventKind] = {}
         # Per connection: each property with the serial of the message that carried
         # it. Messages from one sender arrive in serial order, so a signal older than
         # the reconcile's reply never overwrites what the reconcile read.
@@ -175,7 +180,7 @@ class UnitWatcher:
             try:
                 async with open_dbus_router(self.address) as router:
                     await self._session(router, reconciled)
-            except* (OSError, trio.EndOfChannel, trio.BrokenResourceError, DBusErrorResponse, BusLost) as group:
+            except* BUS_ERRORS as group:
                 reason = _reason(group)
             failures += 1
             delay = self.backoff.delay(failures)
@@ -257,7 +262,7 @@ class UnitWatcher:
                 result = ""
             await self._update(agent, reply.header.serial, {"Result": result})
         # A unit that is no longer loaded is not running: systemd unloads stopped units.
-        for agent in sorted(set(self.reported) - listed):
+        for agent in sorted(set(self._reported) - listed):
             await self._report(agent, ContainerEventKind.STOPPED, "unit not loaded")
         log.info("D-Bus watcher on %s: reconciled %d container units", self.address, len(listed))
 
@@ -279,15 +284,15 @@ class UnitWatcher:
             await self._report(agent, kind, state.describe())
 
     async def _report(self, agent: str, kind: ContainerEventKind, detail: str) -> None:
-        if self.reported.get(agent) == kind:
+        if self._reported.get(agent) == kind:
             return
-        self.reported[agent] = kind
+        self._reported[agent] = kind
         log.info("container of %s %s: %s", agent, kind, detail)
         await self.on_event(ContainerEvent(agent, kind, detail))
 
 
-def _reason(group: BaseExceptionGroup) -> str:
+def _reason(error: BaseException) -> str:
     """The first underlying error of a group, in words."""
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return f"{type(group).__name__}: {group}"
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {error}"
