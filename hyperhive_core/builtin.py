@@ -10,6 +10,7 @@ from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents
 from hyperhive_core.broker import BrokerSection, Message, m001_messages
 from hyperhive_core.claude import ClaudeSection
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
+from hyperhive_core.containers.nspawn import make_nspawn_backend
 from hyperhive_core.containers.process import ProcessBackend
 from hyperhive_core.containers.uids import AgentUids, m005_agent_uids
 from hyperhive_core.events import EventsSection, m002_events
@@ -69,6 +70,7 @@ def register_tools(register: Callable[..., None]) -> None:
 def register_container_backends(register: Callable[[str, Callable[..., object]], None]) -> None:
     register("process", lambda hive: ProcessBackend())
     register("bwrap", make_bwrap_backend)
+    register("nspawn", make_nspawn_backend)
 
 
 def make_bwrap_backend(hive: Hive) -> BwrapBackend:

@@ -33,7 +33,6 @@ from hyperhive_core.containers.nspawn import (
     nspawn_argv,
     parse_unit_state,
     render_agent_nix,
-    render_configuration_nix,
     root_uid,
     start_unit_argv,
     userns_base,
@@ -146,8 +145,9 @@ def test_the_generated_agent_nix():
         # The container of hyperhive agent 'alice'. Generated: every rebuild rewrites it.
         {
           privateUsers = "pick";
+          privateNetwork = false;
           extraFlags = [ "--private-users-ownership=auto" ];
-          tmpfs = [  ];
+          tmpfs = [ ];
           bindMounts = {
             "/state" = { hostPath = "/var/lib/hyperhive/agents/alice/state"; isReadOnly = false; };
             "/run/hyperhive" = { hostPath = "/var/lib/hyperhive/run/alice"; isReadOnly = false; };
@@ -183,21 +183,20 @@ def test_nix_strings_interpolate_nothing():
         render_agent_nix(SPEC, PROFILE, MOUNTS, packages=["git; rm -rf /"])
 
 
-def test_configuration_nix_imports_the_agent_nix_beside_it():
-    assert "(import ./agent.nix).config" in render_configuration_nix()
-
-
 def test_host_settings_for_an_imperative_nixos_container():
     settings = nixos_host_settings(MOUNTS)
     assert settings == {
+        "PRIVATE_NETWORK": "0",
+        "HOST_ADDRESS": "",
+        "LOCAL_ADDRESS": "",
         "PRIVATE_USERS": "pick",
         "EXTRA_NSPAWN_FLAGS": "--private-users-ownership=auto --bind-ro=/opt/hyperhive "
         "--bind=/var/lib/hyperhive/agents/alice/state:/state --bind=/var/lib/hyperhive/run/alice:/run/hyperhive",
     }
     written_by_create = "PRIVATE_NETWORK=1\nHOST_ADDRESS=10.233.1.1\nLOCAL_ADDRESS=10.233.1.2\nAUTO_START=0\n"
     merged = merge_env_file(written_by_create, settings)
-    assert merged.startswith(written_by_create)
-    assert 'PRIVATE_USERS="pick"\n' in merged
+    assert merged.startswith("AUTO_START=0\n")  # what create wrote, but the network we set
+    assert 'PRIVATE_NETWORK="0"\nHOST_ADDRESS=""\nLOCAL_ADDRESS=""\nPRIVATE_USERS="pick"\n' in merged
     assert merge_env_file(merged, settings) == merged  # an update replaces, never repeats
 
     spaced = container_mounts(SPEC, [Path("/opt/my hive")], Path("/var/lib/hyperhive"))
