@@ -34,7 +34,7 @@ AGENT = "agent"
 
 @dataclass
 class AgentConfig:
-    """One agent's settings, as ``[agents.NAME]`` in hyperhive.toml."""
+    """One agent's settings: [agents.NAME] in hyperhive.toml, or its agent.toml."""
 
     model: str | None = option(None, help="Model for this agent. Default: [claude] model.")
     instructions: str = option("", help="What this agent is for; added to its system prompt.")
