@@ -8,9 +8,8 @@ Elsewhere a minimal root (the host's ``/usr`` read-only) runs under plain
 has its own user namespace (``--private-users=pick``): its root is an unprivileged
 uid range on the host, and the agent's state dir and socket are handed to that uid.
 
-systemd owns the containers' lifetimes. Their crashes reach ``on_container_event``
-through the D-Bus watcher in ``dbus_watch``, which the daemon runs beside this
-backend.
+systemd owns the containers' lifetimes; the D-Bus watcher in ``dbus_watch`` turns
+their units' transitions into ``ContainerEvent``s.
 """
 
 from __future__ import annotations
