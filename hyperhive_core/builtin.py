@@ -10,7 +10,8 @@ from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents
 from hyperhive_core.broker import BrokerSection, Message, m001_messages
 from hyperhive_core.claude import ClaudeSection
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
-from hyperhive_core.containers.nspawn import make_nspawn_backend
+from hyperhive_core.containers.dbus_watch import UnitWatcher
+from hyperhive_core.containers.nspawn import NspawnBackend, make_nspawn_backend
 from hyperhive_core.containers.process import ProcessBackend
 from hyperhive_core.containers.uids import AgentUids, m005_agent_uids
 from hyperhive_core.events import EventsSection, m002_events
@@ -45,7 +46,11 @@ def register_migrations(register: Callable[[str, Iterable[Migration]], None]) ->
 
 @hookimpl(trylast=True)
 def hive_services(hive: Hive) -> Iterable[Service]:
-    return [hive.broker.run_retention]
+    services: list[Service] = [hive.broker.run_retention]
+    if isinstance(hive.backend, NspawnBackend):
+        # systemd owns the containers there: their unit states come over D-Bus.
+        services.append(UnitWatcher(hive.container_event, is_agent=lambda name: name in hive.agents).run)
+    return services
 
 
 @hookimpl(trylast=True)

@@ -285,7 +285,7 @@ class BwrapBackend(ContainerBackend):
 
     async def _prepare(self, spec: ContainerSpec) -> int:
         uid = await self.uids.allocate(spec.agent)
-        _give_state_dir(spec.state_dir, uid)
+        give_state_dir(spec.state_dir, uid)
         return uid
 
     async def _stop_sandbox(self, sandbox: Sandbox) -> None:
@@ -297,7 +297,7 @@ class BwrapBackend(ContainerBackend):
         await sandbox.wait()
 
 
-def _give_state_dir(state_dir: Path, uid: int) -> None:
+def give_state_dir(state_dir: Path, uid: int) -> None:
     """Create the agent's state dir, private to its uid; a tree from an earlier owner
     (another uid, the process backend) is handed over whole."""
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from hyperhive_core.containers import (
     ContainerStatus,
     ContainerView,
 )
-from hyperhive_core.containers.bwrap import ETC_FILES, _give_state_dir, hive_runtime_paths, outermost
+from hyperhive_core.containers.bwrap import ETC_FILES, give_state_dir, hive_runtime_paths, outermost
 from hyperhive_core.containers.dbus_watch import UnitState, event_kind, unit_name
 from hyperhive_core.containers.spawn import SpawnedProcess
 from hyperhive_core.errors import HyperhiveError
@@ -296,7 +296,7 @@ def hand_over(spec: ContainerSpec, uid: int) -> None:
     """
     if uid == 0:
         raise NspawnError(f"the container of {spec.agent!r} maps its root to host root; refusing to hand it state")
-    _give_state_dir(spec.state_dir, uid)
+    give_state_dir(spec.state_dir, uid)
     for path in (spec.socket_dir, spec.socket_dir / "agent.sock"):
         if path.exists() and path.stat(follow_symlinks=False).st_uid != uid:
             os.chown(path, uid, uid, follow_symlinks=False)
