@@ -18,6 +18,7 @@ from hyperhive_core.daemon import run_hive
 from hyperhive_core.events import Event
 from hyperhive_core.hive import Hive
 from hyperhive_core.plugins import HivePluginManager
+from hyperhive_core.tools import ToolContext
 
 needs_claude = pytest.mark.skipif(
     not BUNDLED_CLI.exists(), reason="the pinned Claude Code CLI is not installed; run `make install`"
@@ -71,3 +72,34 @@ async def operator_reply(hive: Hive, sender: str) -> str:
             if message.sender == sender:
                 return message.body
         await next_event(hive, sender, "message_sent", lambda event: event.data["to"] == "operator")
+
+
+async def call_tool(hive: Hive, agent: str, tool: str, **arguments: Any) -> tuple[str, bool]:
+    """Call a hive tool as ``agent`` would over its socket: its text, and whether it is an error."""
+    ctx = ToolContext(hive, agent, hive.agents.get(agent).role)
+    result = await hive.surface.call_tool(ctx, tool, arguments)
+    return result.content[0].text, result.is_error
+
+
+class HeldClock:
+    """An autojump clock that jumps only while a test lets time pass.
+
+    Real work (sqlite threads, sockets, child processes) takes real time, during which
+    every task waits; a clock that jumps then would run out deadlines mid-step. Held,
+    it jumps only after ``STALL`` real seconds of idleness, so a hang still ends the
+    test at its ``fail_after``; :meth:`advance` lets virtual time run.
+    """
+
+    STALL = 5.0
+
+    def __init__(self, clock: trio.testing.MockClock) -> None:
+        self.clock = clock
+        clock.autojump_threshold = self.STALL
+
+    async def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass, firing every deadline on the way."""
+        self.clock.autojump_threshold = 0
+        try:
+            await trio.sleep(seconds)
+        finally:
+            self.clock.autojump_threshold = self.STALL
