@@ -1,0 +1,177 @@
+"""Telemetry with real parts: the sqlite tables, and series from scripted turns with the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import hyperhive_telemetry
+import pytest
+import trio
+from hivekit import needs_claude, next_event, operator_reply, running_hive
+from hyperhive_telemetry import store
+from hyperhive_telemetry.api import metrics_text, stats_body
+from hyperhive_telemetry.collect import Telemetry
+from hyperhive_telemetry.config import TelemetrySection
+from hyperhive_telemetry.store import Sample
+from prometheus_client.parser import text_string_to_metric_families
+
+from hyperhive_core.errors import ConfigError
+from hyperhive_core.store import Store
+
+
+@pytest.fixture
+def db_store(tmp_path):
+    opened = Store(tmp_path / "hive.db")
+    opened.migrate({"telemetry": store.MIGRATIONS})
+    yield opened
+    opened.close()
+
+
+def test_query_filters_by_since_agent_and_key(db_store):
+    samples = [
+        Sample("worker", 100, "tool:list_agents", 1),
+        Sample("worker", 200, "tool:listXagents", 1),
+        Sample("worker", 300, "tool_calls", 2),
+        Sample("manager", 300, "tool:send", 1),
+        Sample("worker", 400, "inbox_depth", 3),
+    ]
+    db_store.write_sync(lambda db: store.record(db, samples))
+
+    def query(**kwargs):
+        return db_store.write_sync(lambda db: store.query(db, **kwargs))
+
+    assert query(since=200) == samples[1:]
+    assert query(since=200, until=300) == samples[1:4]
+    assert query(since=0, agents=["manager"]) == [samples[3]]
+    # A prefix is a prefix: '_' in it is no wildcard.
+    assert query(since=0, keys=["tool:list_*"]) == [samples[0]]
+    assert query(since=0, keys=["tool:*"]) == [*samples[:2], samples[3]]
+    assert query(since=0, keys=["tool_calls", "inbox_depth"], agents=["worker"]) == samples[2:3] + samples[4:]
+    assert query(since=401) == []
+
+
+def test_totals_add_up_and_outlive_retention(db_store, tmp_path):
+    old, new = time.time() - 10 * 86400, time.time()
+    for at in (old, new):
+        turn = [Sample("worker", at, "exit:ok", 1), Sample("worker", at, "cost_usd", 0.25)]
+        db_store.write_sync(lambda db, turn=turn: store.record(db, turn, add_to_totals=True))
+    db_store.write_sync(lambda db: store.record(db, [Sample("worker", old, "inbox_depth", 4)]))
+
+    class FakeHive:  # only what Telemetry.prune touches
+        store = db_store
+
+    telemetry = Telemetry(FakeHive(), TelemetrySection(retention_days=7))
+    assert trio.run(telemetry.prune) == 3
+    remaining = db_store.write_sync(lambda db: store.query(db, since=0))
+    assert [(s.key, s.ts) for s in remaining] == [("exit:ok", new), ("cost_usd", new)]
+    assert db_store.write_sync(store.totals) == [("worker", "cost_usd", 0.5), ("worker", "exit:ok", 2)]
+
+
+@pytest.mark.parametrize(
+    "key", ["sample_interval_seconds", "window_seconds", "retention_days", "retention_interval_seconds"]
+)
+def test_config_ranges(make_pm, make_config, key):
+    with pytest.raises(ConfigError) as caught:
+        make_config(make_pm(telemetry=hyperhive_telemetry), telemetry={key: 0})
+    assert f"[telemetry] {key} must be positive, not 0" in str(caught.value)
+
+
+# -- with the real CLI ------------------------------------------------------------------------
+
+NOTES_TEXT = "# notes\n- the build runs with make test\n"
+
+
+def scenario(notes_path) -> str:
+    return f"""
+[[agents.manager.rules]]
+when = "from operator"
+steps = [
+  {{ tool = "send", input = {{ to = "worker", body = "please report" }} }},
+  {{ text = "asked the worker" }},
+]
+
+[[agents.worker.rules]]
+when = "please report"
+steps = [
+  {{ tool = "Write", input = {{ file_path = "{notes_path}", content = {json.dumps(NOTES_TEXT)} }} }},
+  {{ tool = "WebFetch", input = {{ url = "http://127.0.0.1:9/", prompt = "read it" }} }},
+  {{ tool = "send", input = {{ to = "operator", body = "report: all quiet" }} }},
+  {{ text = "done" }},
+]
+"""
+
+
+@needs_claude
+@pytest.mark.slow
+async def test_series_from_scripted_turns(make_pm, tmp_path, hyperhive, clean_env):
+    notes = tmp_path / "state" / "agents" / "worker" / "state" / "notes.md"
+    pm = make_pm(telemetry=hyperhive_telemetry)
+    began = time.time()
+    async with running_hive(
+        tmp_path, pm, scenario(notes), agents={"worker": {}}, telemetry={"sample_interval_seconds": 0.2}
+    ) as hive:
+        await hive.broker.send("operator", "manager", "status please")
+        with trio.fail_after(60):
+            await operator_reply(hive, "worker")
+            end = await next_event(hive, "worker", "turn_end")
+            # A sampler tick after the worker's turn.
+            while True:
+                body = await stats_body(hive, {"agent": ["worker"], "key": ["notes_bytes"]})
+                points = body["series"][0]["points"] if body["series"] else []
+                if points and points[-1][0] > end.at:
+                    break
+                await trio.sleep(0.1)
+
+        body = await stats_body(hive, {"since": [str(began)]})
+        worker, manager = body["summary"]["worker"], body["summary"]["manager"]
+        assert worker["turns"] == 1
+        assert worker["exits"] == {"ok": 1}
+        assert worker["tools"] == {"Write": 1, "WebFetch": 1, "send": 1}
+        assert worker["tool_calls_per_turn"] == 3
+        assert worker["permission_denials"] == 1  # WebFetch is not an allowed tool
+        assert worker["messages_per_turn"]["sent"]["operator"] == 1
+        assert worker["messages_per_turn"]["received"]["manager"] == 1
+        assert worker["turn_duration_ms"]["p50"] == end.data["duration_ms"]
+        assert worker["cost_usd"] == pytest.approx(end.data["cost_usd"])
+        assert worker["notes_bytes"] == len(NOTES_TEXT)
+        assert worker["inbox_depth"]["current"] == 0
+        assert worker["seconds_since_last_turn"] >= 0
+        assert manager["messages_per_turn"]["sent"]["peer"] == 1
+        assert manager["messages_per_turn"]["received"]["operator"] == 1
+        assert manager["tools"] == {"send": 1}
+        assert body["summary"]["hive"]["approval_queue"]["current"] == 0
+        keys = {(s["agent"], s["key"]) for s in body["series"]}
+        assert ("worker", "sent:operator") in keys
+        assert ("manager", "exit:ok") in keys
+
+        # since: nothing of the turns after they ended; a key filter keeps to its family.
+        later = await stats_body(hive, {"since": [str(end.at + 0.001)], "key": ["exit:*", "turn_duration_ms"]})
+        assert later["series"] == []
+        tools = await stats_body(hive, {"since": [str(began)], "key": ["tool:*"], "agent": ["worker"]})
+        assert {s["key"] for s in tools["series"]} == {"tool:Write", "tool:WebFetch", "tool:send"}
+
+        await hive.approvals.request_spawn("manager", "helper", "a second pair of hands")
+        families = {f.name: f for f in text_string_to_metric_families(await metrics_text(hive))}
+        assert families["hyperhive_approval_queue_length"].samples[0].value == 1
+        turns = {(s.labels["agent"], s.labels["exit"]): s.value for s in families["hyperhive_turns"].samples}
+        assert turns == {("manager", "ok"): 1, ("worker", "ok"): 1}
+        notes_gauge = {s.labels["agent"]: s.value for s in families["hyperhive_notes_bytes"].samples}
+        assert notes_gauge["worker"] == len(NOTES_TEXT)
+
+        # The operator's command line.
+        config = tmp_path / "hyperhive.toml"
+        config.write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\n')
+        env = {**clean_env, "HYPERHIVE_CONFIG": str(config), "HYPERHIVE_LOAD_PLUGINS": "telemetry"}
+
+        def cli(*args):
+            return subprocess.run([hyperhive, "stats", *args], env=env, capture_output=True, text=True, timeout=30)
+
+        with trio.fail_after(30):
+            table = await trio.to_thread.run_sync(cli, "worker", "--since", "1h")
+            bad = await trio.to_thread.run_sync(cli, "--since", "yesterday")
+        assert table.returncode == 0, table.stderr
+        assert table.stdout.splitlines()[1].split()[:2] == ["worker", "1"]
+        assert bad.returncode == 1
+        assert "since='yesterday' is not a time" in bad.stderr
