@@ -1,0 +1,106 @@
+"""The allowlist plugin's hooks: the agent section, its checks, the session, the panel."""
+
+from __future__ import annotations
+
+import html
+import json
+import shlex
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hyperhive_allowlist.patterns import MAX_PATTERNS, pattern_problem
+from hyperhive_core import hookimpl
+from hyperhive_core.config import option
+from hyperhive_core.panels import Panel
+
+if TYPE_CHECKING:
+    from hyperhive_core.agents import AgentConfig
+    from hyperhive_core.claude import SessionOptions
+    from hyperhive_core.hive import Hive
+
+SECTION = "allowlist"
+TMP = "/tmp"  # noqa: S108 - the agent's own /tmp (private per sandbox under bwrap)
+HOOK_TIMEOUT_SECONDS = 30
+
+
+@dataclass
+class AllowlistSection:
+    """The Bash commands an agent may run, enforced by a Claude Code PreToolUse hook."""
+
+    bash: list[str] = option(
+        [],
+        help='Patterns in Claude Code\'s Bash(…) grammar, e.g. "git *", "pytest*". Every part of a\n'
+        "command (split on &&, ||, ;, |, & and newlines) must match one. Empty: no shell at all.",
+    )
+
+
+def section_of(hive: Hive, agent: str) -> AllowlistSection | None:
+    return hive.agents.get(agent).config.section(SECTION)
+
+
+def agent_dirs(hive: Hive, agent: str) -> list[str]:
+    """Where the agent's redirections may write: its state dir and /tmp, as it sees them."""
+    return [str(hive.backend.view(hive.container_spec(agent)).state), TMP]
+
+
+def hook_command(patterns: list[str], dirs: list[str]) -> str:
+    """The shell command Claude Code runs before each Bash call.
+
+    ``-I`` keeps the agent's working directory and environment out of Python's
+    import path. If the checker cannot even start, exit status 2 denies the call:
+    a hook that fails any other way would let it through.
+    """
+    config = json.dumps({"bash": patterns, "dirs": dirs}, separators=(",", ":"))
+    checker = shlex.join([sys.executable, "-I", "-m", "hyperhive_allowlist.check", config])
+    failed = "hyperhive allow-list: the checker could not run, so Bash is blocked; tell the operator"
+    return f"{checker} || {{ echo {shlex.quote(failed)} >&2; exit 2; }}"
+
+
+@hookimpl
+def register_agent_sections(register: Callable[[str, type], None]) -> None:
+    register(SECTION, AllowlistSection)
+
+
+@hookimpl
+def validate_agent_config(agent: str, config: AgentConfig) -> Iterable[str] | None:
+    section = config.section(SECTION)
+    if section is None:
+        return None
+    if len(section.bash) > MAX_PATTERNS:
+        return [f"[allowlist] bash has {len(section.bash)} patterns; at most {MAX_PATTERNS} are allowed"]
+    return [f"[allowlist] bash: {problem}" for pattern in section.bash if (problem := pattern_problem(pattern))]
+
+
+@hookimpl
+def configure_session(hive: Hive, agent: str, options: SessionOptions) -> None:
+    section = section_of(hive, agent)
+    if section is None:
+        return
+    kept = [tool for tool in options.allowed_tools if tool != "Bash" and not tool.startswith("Bash(")]
+    options.allowed_tools = kept + [f"Bash({pattern})" for pattern in section.bash]
+    hook = {"type": "command", "command": hook_command(section.bash, agent_dirs(hive, agent))}
+    hook["timeout"] = HOOK_TIMEOUT_SECONDS
+    hooks = options.settings.setdefault("hooks", {})
+    hooks.setdefault("PreToolUse", []).append({"matcher": "Bash", "hooks": [hook]})
+    # Only --settings: the agent's home is its state dir, and a settings file there
+    # ({"disableAllHooks": true}) would switch this hook off.
+    options.extra_args += ["--setting-sources", ""]
+
+
+@hookimpl
+def agent_panels(hive: Hive, agent: str) -> Iterable[Panel]:
+    section = section_of(hive, agent)
+    if section is None:
+        body = "<p>No allow-list: this agent's Bash follows <code>[claude] allowed_tools</code>.</p>"
+    elif not section.bash:
+        body = "<p>Empty allow-list: this agent may run no shell commands.</p>"
+    else:
+        items = "".join(f"<li><code>{html.escape(pattern)}</code></li>" for pattern in section.bash)
+        body = (
+            "<p>Every part of a Bash command must match one of these; "
+            "denials show as <code>permission_denied</code> in the live tail.</p>"
+            f'<ul class="allowlist">{items}</ul>'
+        )
+    return [Panel(key="allowlist", title="SH3LL 4LL0W-L1ST", label="shell allow-list", html=body)]

@@ -1,0 +1,391 @@
+"""The allow-list's judgement of one Bash command: every part must match a pattern.
+
+Each simple command of the line (see :mod:`shell`) is matched on its own. Some
+commands are riskier than their pattern suggests — ``bash -c``, ``git -c``,
+``find -exec``, ``xargs``, a program run by path, a ``NAME=value`` prefix — so they
+pass only when a matching pattern spells the risky word out: ``python3 -c *``
+allows ``python3 -c 'print(1)'``, ``python3 *`` does not. Redirections may write
+only inside the agent's own directories. Anything not understood is refused.
+
+Stdlib only: the checker imports it inside the agent's sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from hyperhive_allowlist.patterns import Pattern
+from hyperhive_allowlist.shell import Part, Redirect, Refused, Word, split_commands
+
+MAX_COMMAND = 64 * 1024
+HARMLESS_DEVICES = ("/dev/null", "/dev/stdout", "/dev/stderr")
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+CHANGES_DIRECTORY = _names("cd pushd popd")
+# Shell keywords: a compound command (if, for, { …; }, [[ … ]]) is not judged part by part.
+KEYWORDS = _names("! [[ ]] { } case coproc do done elif else esac fi for function if in select then time until while")
+# Commands that run other commands, or change how the shell runs what follows.
+RUNS_OTHERS = {
+    **dict.fromkeys(
+        _names(
+            "eval exec source . command builtin xargs env sudo doas su runuser pkexec chroot nsenter unshare setsid "
+            "stdbuf flock watch strace ltrace gdb script ionice chrt taskset parallel fakeroot busybox systemd-run"
+        ),
+        "runs another command",
+    ),
+    **dict.fromkeys(
+        _names(
+            "alias unalias hash enable trap set shopt bind complete compgen fc declare typeset local export readonly "
+            "unset let read mapfile readarray"
+        ),
+        "changes how the shell runs what follows",
+    ),
+}
+
+# Interpreters: the option letters that take a program on the command line, and
+# those whose value is the rest of the cluster (-Werror, -Ilib), which hide no option.
+INLINE_CODE = {"shell": "c", "python": "c", "node": "ep", "perl": "eEmM", "ruby": "e", "php": "rRBE", "lua": "e"}
+VALUE_LETTERS = {"shell": "oO", "python": "WX", "perl": "Iix", "ruby": "IrCEFKTWx0", "php": "cdfzt", "lua": "l"}
+INLINE_LONG = {"shell": ("--command", "--init-command"), "node": ("--eval", "--print")}
+OPTION_ARGUMENTS = {  # options whose value is the next word, so it is not the script
+    "shell": ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"),
+    "python": ("-W", "-X", "--check-hash-based-pycs"),
+    "node": ("-r", "--require", "--import", "--loader", "--experimental-loader", "-C", "--conditions", "--title"),
+}
+INTERPRETER = re.compile(
+    r"(?P<family>sh|bash|dash|zsh|ksh|mksh|ash|fish|python|pypy|node|nodejs|bun|perl|ruby|php|lua|luajit)"
+    r"[0-9.]*"
+)
+FAMILIES = {
+    **dict.fromkeys(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish"), "shell"),
+    **dict.fromkeys(("python", "pypy"), "python"),
+    **dict.fromkeys(("node", "nodejs", "bun"), "node"),
+    "perl": "perl",
+    "ruby": "ruby",
+    "php": "php",
+    "lua": "lua",
+    "luajit": "lua",
+}
+
+GIT_GLOBAL_FLAGS = _names(
+    "-p --paginate -P --no-pager --bare --no-replace-objects --no-lazy-fetch --no-optional-locks --no-advice "
+    "--literal-pathspecs --glob-pathspecs --noglob-pathspecs --icase-pathspecs --version -v --help -h "
+    "--html-path --man-path --info-path --exec-path"
+)
+GIT_GLOBAL_VALUES = _names("-C --git-dir --work-tree --namespace --super-prefix --list-cmds --attr-source")
+GIT_RISKY_SUBCOMMANDS = {
+    "config": "changes git's configuration, which can make git run any program",
+    "filter-branch": "runs shell code",
+    "submodule": "can run commands (`foreach`)",
+    "bisect": "can run commands (`bisect run`)",
+    "difftool": "runs external programs",
+    "mergetool": "runs external programs",
+    "send-email": "runs external programs",
+    "hook": "runs hooks",
+    "instaweb": "runs a web server program",
+}
+GIT_RISKY_OPTIONS = {
+    "clone": ("--upload-pack", "-u", "--template", "--config", "-c"),
+    "fetch": ("--upload-pack",),
+    "pull": ("--upload-pack",),
+    "ls-remote": ("--upload-pack",),
+    "push": ("--receive-pack", "--exec"),
+    "archive": ("--exec",),
+    "init": ("--template",),
+    "rebase": ("--exec", "-x"),
+    "grep": ("--open-files-in-pager", "-O"),
+    "diff": ("--ext-diff",),
+    "log": ("--ext-diff",),
+    "show": ("--ext-diff",),
+}
+FIND_ACTIONS = _names("-exec -execdir -ok -okdir -delete -fprint -fprint0 -fprintf -fls")
+TIMEOUT_FLAGS = frozenset({"--preserve-status", "--foreground", "-v", "--verbose"})
+TIMEOUT_VALUES = frozenset({"-k", "--kill-after", "-s", "--signal"})
+DURATION = re.compile(r"(\d+(\.\d*)?|\.\d+)[smhd]?")
+
+
+@dataclass(frozen=True)
+class Risk:
+    """Something in a command that a pattern must spell out to allow."""
+
+    token: str
+    why: str
+    as_command: bool = False
+
+
+class Denied(Exception):
+    """The command is not allowed; the message is the reason the agent reads."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What one agent may run."""
+
+    patterns: Sequence[Pattern]
+    dirs: Sequence[str]
+    """Directories (absolute) that redirections may write into."""
+
+    def check(self, command: str, cwd: str | None) -> None:
+        """Raise :class:`Denied` unless every part of ``command`` is allowed.
+
+        :param cwd: the directory the command starts in, for relative redirections.
+        """
+        if len(command) > MAX_COMMAND:
+            raise Denied(f"the command is longer than {MAX_COMMAND} characters")
+        if any(ord(char) < 32 and char not in "\t\n" for char in command):
+            raise Denied("the command contains a control character (NUL, carriage return, escape…)")
+        try:
+            parts = split_commands(command)
+        except Refused as exc:
+            raise Denied(f"cannot check this command: {exc}") from None
+        if not parts:
+            raise Denied("the command is empty")
+        for number, part in enumerate(parts, 1):
+            try:
+                self._check_part(part, cwd)
+            except Refused as exc:
+                where = f"part {number} (`{part.text}`)" if len(parts) > 1 else f"`{part.text}`"
+                raise Denied(f"{where}: {exc}") from None
+            if part.words and part.words[0].text in CHANGES_DIRECTORY:
+                cwd = None  # relative paths after a `cd` could be anywhere
+
+    def _check_part(self, part: Part, cwd: str | None) -> None:
+        for redirect in part.redirects:
+            self._check_redirect(redirect, cwd)
+        if not part.words:
+            raise Refused("a redirection without a command is not allowed")
+        assignments = part.words[: next((i for i, w in enumerate(part.words) if not w.assignment), len(part.words))]
+        risks = [Risk(word.text, "sets a variable for the command (a NAME=value prefix)") for word in assignments]
+        command = unwrap(part.words[len(assignments) :])
+        if not command:
+            raise Refused("only sets shell variables, which is not allowed")
+        risks += command_risks(command)
+        text = " ".join(word.text for word in [*assignments, *command])
+        matching = [pattern for pattern in self.patterns if pattern.matches(text)]
+        if any(all(pattern.names(r.token, as_command=r.as_command) for r in risks) for pattern in matching):
+            return
+        unnamed = [r for r in risks if not any(p.names(r.token, as_command=r.as_command) for p in matching)]
+        if not unnamed:  # no pattern matches, and nothing risky to explain why
+            raise Refused(f"`{text}` matches none of the allowed patterns")
+        risk = unnamed[0]
+        raise Refused(f"`{risk.token}` {risk.why}; only a pattern that spells out `{risk.token}` allows it")
+
+    def _check_redirect(self, redirect: Redirect, cwd: str | None) -> None:
+        target = redirect.target
+        if redirect.op in ("<<", "<<-"):
+            return
+        if redirect.op in (">&", "<&"):
+            if not re.fullmatch(r"\d+-?|-", target.text):
+                raise Refused(f"`{redirect.op}{target.text}`: only file descriptors (2>&1) may follow `{redirect.op}`")
+            return
+        if redirect.op == "<<<":
+            return
+        if not target.literal:
+            raise Refused(f"the redirection target `{target.text}` has wildcards, braces or `~`; write the path out")
+        if target.text.startswith(("/dev/tcp/", "/dev/udp/")):
+            raise Refused(f"`{target.text}` opens a network connection")
+        if redirect.writes:
+            self._check_write(target.text, cwd)
+
+    def _check_write(self, path: str, cwd: str | None) -> None:
+        if path in HARMLESS_DEVICES:
+            return
+        if not os.path.isabs(path):
+            if cwd is None:
+                raise Refused(f"writes to `{path}` after a `cd`; use an absolute path")
+            path = os.path.join(cwd, path)
+        resolved = os.path.realpath(path)
+        for directory in self.dirs:
+            root = os.path.realpath(directory)
+            if resolved == root or resolved.startswith(root.rstrip("/") + "/"):
+                hidden = [name for name in resolved[len(root) :].split("/") if name.startswith(".")]
+                if hidden:
+                    raise Refused(
+                        f"writes to `{path}`, inside `{hidden[0]}`: hidden files and directories configure "
+                        "programs (the shell, git, Claude Code) and are not writable this way"
+                    )
+                return
+        raise Refused(f"writes to `{path}`, outside the agent's directories ({', '.join(self.dirs)})")
+
+
+def unwrap(words: list[Word]) -> list[Word]:
+    """The command a ``timeout``, ``nice`` or ``nohup`` wrapper runs (as Claude Code matches it)."""
+    while words and words[0].text in ("timeout", "nice", "nohup"):
+        name, rest = words[0].text, words[1:]
+        if name == "timeout":
+            rest = _skip_options(rest, TIMEOUT_FLAGS, TIMEOUT_VALUES, name)
+            if not rest or not rest[0].literal or not DURATION.fullmatch(rest[0].text):
+                raise Refused("could not tell which command `timeout` runs: write it as `timeout 60 command …`")
+            rest = rest[1:]
+        elif name == "nice":
+            if rest and rest[0].literal and re.fullmatch(r"-\d+", rest[0].text):
+                rest = rest[1:]
+            else:
+                rest = _skip_options(rest, frozenset(), frozenset({"-n", "--adjustment"}), name)
+        elif rest and rest[0].text == "--":
+            rest = rest[1:]
+        if not rest:
+            raise Refused(f"`{name}` without a command to run")
+        if rest[0].text.startswith("-"):
+            raise Refused(f"could not tell which command `{name}` runs: unfamiliar option `{rest[0].text}`")
+        words = rest
+    return words
+
+
+def _skip_options(words: list[Word], flags: frozenset[str], values: frozenset[str], name: str) -> list[Word]:
+    """``words`` after a wrapper's options; :class:`Refused` for an option it does not know."""
+    index = 0
+    while index < len(words) and words[index].text.startswith("-") and words[index].text != "-":
+        option = words[index].text
+        if option == "--":
+            return words[index + 1 :]
+        if option in flags or (option.split("=", 1)[0] in values and "=" in option):
+            used = 1
+        elif option in values:
+            used = 2
+        elif any(option.startswith(value) and len(value) == 2 for value in values):
+            used = 1  # -k5, -sKILL, -n10
+        else:
+            raise Refused(f"could not tell which command `{name}` runs: unfamiliar option `{option}`")
+        if not all(word.literal for word in words[index : index + used]):
+            raise Refused(f"could not tell which command `{name}` runs: write its options out")
+        index += used
+    return words[index:]
+
+
+def command_risks(words: list[Word]) -> list[Risk]:
+    """What a pattern must spell out for this command (its name first, then its arguments)."""
+    name = words[0]
+    if name.text in KEYWORDS:
+        raise Refused(f"the shell keyword `{name.text}` starts a compound command; run simple commands only")
+    risks = []
+    if not name.text:
+        raise Refused("the command name is empty")
+    if "/" in name.text:
+        risks.append(Risk(name.text, "runs a program by its path", as_command=True))
+    if not name.literal or name.text.startswith("-"):
+        risks.append(Risk(name.text, "is not a plain command name", as_command=True))
+    if name.text in RUNS_OTHERS:
+        risks.append(Risk(name.text, RUNS_OTHERS[name.text], as_command=True))
+    program = os.path.basename(name.text)
+    interpreter = INTERPRETER.fullmatch(program)
+    if interpreter:
+        risks += interpreter_risks(FAMILIES[interpreter["family"]], words[1:])
+    elif program == "git":
+        risks += git_risks(words[1:])
+    elif program == "find":
+        risks += find_risks(words[1:])
+    elif program in ("test", "[", "printf"):
+        risks += [Risk(w.text, "evaluates a variable name, which can run code") for w in words[1:] if w.text == "-v"]
+    return risks
+
+
+def interpreter_risks(family: str, arguments: list[Word]) -> Iterator[Risk]:
+    """``-c``-style inline code, and a program read from standard input."""
+    letters = INLINE_CODE[family]
+    long_inline = INLINE_LONG.get(family, ())
+    takes_value = OPTION_ARGUMENTS.get(family, ())
+    index = 0
+    while index < len(arguments):
+        word = arguments[index]
+        text = word.text
+        if not word.literal:
+            yield Risk(text, "could expand into interpreter options")
+            return
+        if text == "--":
+            index += 1
+            break
+        if text == "-" or not text.startswith(("-", "+")):
+            break
+        if text.startswith("--"):
+            if text.split("=", 1)[0] in long_inline:
+                yield Risk(text.split("=", 1)[0], "runs code given on the command line")
+                return
+        elif any(letter in letters for letter in _cluster(text, VALUE_LETTERS.get(family, ""))):
+            yield Risk(text, "runs code given on the command line")
+            return
+        elif family == "python" and "m" in _cluster(text, VALUE_LETTERS["python"]):
+            return  # -m module: the rest are the module's arguments
+        if text in takes_value:
+            index += 1
+        index += 1
+    script = arguments[index].text if index < len(arguments) else None
+    if family == "shell" and any("s" in _cluster(word.text, VALUE_LETTERS["shell"]) for word in arguments[:index]):
+        script = None
+    if script in (None, "-", "/dev/stdin"):
+        yield Risk("-", "reads a program from its standard input")
+
+
+def git_risks(arguments: list[Word]) -> Iterator[Risk]:
+    """Git options and subcommands that make git run other programs."""
+    index = 0
+    while index < len(arguments) and arguments[index].text.startswith("-"):
+        word = arguments[index]
+        option = word.text.split("=", 1)[0]
+        if not word.literal:
+            yield Risk(word.text, "could expand into git options")
+        elif word.text.startswith("-c") or option == "--config-env":
+            yield Risk("-c" if word.text.startswith("-c") else option, "sets git configuration, which can run programs")
+        elif option == "--exec-path" and "=" in word.text:
+            yield Risk(option, "makes git run programs from another directory")
+        elif option in GIT_GLOBAL_VALUES:
+            if "=" not in word.text:
+                index += 1
+                if index < len(arguments) and not arguments[index].literal:
+                    yield Risk(arguments[index].text, "could expand into git options")
+        elif option not in GIT_GLOBAL_FLAGS:
+            yield Risk(option, "is a git option the allow-list does not know")
+        index += 1
+    if index == len(arguments):
+        return
+    subcommand = arguments[index]
+    if not subcommand.literal:
+        yield Risk(subcommand.text, "could expand into git options")
+        return
+    if subcommand.text in GIT_RISKY_SUBCOMMANDS:
+        yield Risk(subcommand.text, GIT_RISKY_SUBCOMMANDS[subcommand.text])
+    risky = GIT_RISKY_OPTIONS.get(subcommand.text, ())
+    for word in _before_double_dash(arguments[index + 1 :]):
+        if risky and not word.literal:
+            yield Risk(word.text, f"could expand into options of `git {subcommand.text}`")
+        elif word.text.startswith("--"):
+            option = word.text.split("=", 1)[0]
+            # git accepts any unambiguous prefix of a long option: --upload-p is --upload-pack.
+            found = next((r for r in risky if r.startswith("--") and len(option) > 2 and r.startswith(option)), None)
+            if found:
+                yield Risk(found, "makes git run another program")
+        elif word.text.startswith("-"):
+            found = next((r for r in risky if len(r) == 2 and r[1] in word.text[1:]), None)
+            if found:
+                yield Risk(found, "makes git run another program")
+
+
+def find_risks(arguments: list[Word]) -> Iterator[Risk]:
+    for word in arguments:
+        if not word.literal:
+            yield Risk(word.text, "could expand into find actions such as -exec; quote it")
+        elif word.text in FIND_ACTIONS:
+            yield Risk(word.text, "runs commands or changes files")
+
+
+def _cluster(option: str, value_letters: str) -> str:
+    """The option letters of a short-option cluster (``-lc`` → ``lc``), up to one that takes a value."""
+    if not option.startswith(("-", "+")) or option.startswith("--"):
+        return ""
+    letters = option[1:]
+    cut = min((letters.index(letter) for letter in value_letters if letter in letters), default=len(letters))
+    return letters[: cut + 1]
+
+
+def _before_double_dash(words: Iterable[Word]) -> Iterator[Word]:
+    for word in words:
+        if word.text == "--":
+            return
+        yield word

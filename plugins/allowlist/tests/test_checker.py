@@ -1,0 +1,147 @@
+"""The checker process: what it lets through, and how it fails closed on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+LEGITIMATE = [
+    "git status",
+    "git",
+    "git status && git diff --stat",
+    "git log --oneline -5 | grep fix",
+    'git commit -m "fix: the parser; handle && and | in messages"',
+    "git log --format='%H $x' -3",
+    "git -C /state/repo --no-pager log -1",
+    "git push -u origin main",
+    "git clone --depth 1 https://example.com/repo.git /tmp/repo",
+    "git add *.py",
+    "git log @{u}..HEAD",
+    "pytest -q tests/ 2>&1 | grep -c passed",
+    "pytest-3 --version",
+    "nix build .#hyperhive",
+    "python3 script.py --verbose",
+    "python3 -m pytest -c pytest.ini",
+    "python3 -W ignore script.py",
+    "bash ./build.sh",
+    "perl -Ilib script.pl",
+    "ls -la /state; ls /tmp",
+    "ls *.md",
+    "echo done > /tmp/result.txt",
+    "echo done >> /state/notes/result.txt",
+    "echo done > result.txt",
+    "git status > /dev/null 2>&1",
+    "git status 2>/dev/null >&2",
+    "cat <<'EOF' > /tmp/plan.txt\n$HOME is literal here\nEOF",
+    "cat <<EOF\nplain text\nEOF",
+    "grep -n 'TODO' *.py < /etc/hostname",
+    "grep foo <<< 'a haystack'",
+    "timeout 60 pytest -x",
+    "timeout -k 5s --preserve-status 1m git fetch",
+    "nice -n 10 pytest",
+    "nohup git gc",
+    "find . -name '*.py' -newer setup.cfg",
+    "[ -f /state/notes.md ] && cat /state/notes.md",
+    "test -d /tmp || echo missing",
+    "printf '%s\\n' a b",
+    "echo a\\ b 'c d' \"e f\"",
+    "git status # why not",
+    "git status &&\n  git log -1",
+    "git fetch &",
+]
+
+
+@pytest.mark.parametrize("command", LEGITIMATE, ids=[command[:40] for command in LEGITIMATE])
+def test_legitimate_commands_pass(check, command):
+    assert check(command) is None
+
+
+def test_an_exact_pattern_allows_that_command_only(check):
+    patterns = ["git status", "npm run test:*"]
+    assert check("git status", patterns) is None
+    assert check('git "status"', patterns) is None  # quotes do not matter, words do
+    assert check("git status --short", patterns) is not None
+    assert check("npm run test", patterns) is None
+    assert check("npm run test unit", patterns) is None
+    assert check("npm run testing", patterns) is not None
+
+
+def test_word_boundaries_follow_claude_code(check):
+    assert check("ls", ["ls *"]) is None
+    assert check("lsof", ["ls *"]) is not None
+    assert check("lsof", ["ls*"]) is None
+
+
+def test_risky_words_pass_when_a_pattern_spells_them_out(check):
+    assert check("python3 -c 'print(1)'", ["python3 -c *"]) is None
+    assert check("git -c color.ui=never status", ["git -c color.ui=never status"]) is None
+    assert check("find . -name '*.pyc' -delete", ["find . -name * -delete"]) is None
+    assert check("./manage.py test", ["./manage.py test"]) is None
+    assert check("LANG=C sort x", ["LANG=C sort *"]) is None
+    assert check("xargs -n1 echo", ["xargs *"]) is None
+    # ... and not through a wildcard that happens to cover them
+    assert check("python3 -c 'print(1)'", ["python3 *"]) is not None
+    assert check("xargs -n1 echo", ["x*"]) is not None
+
+
+def test_denial_names_the_failing_part_and_the_allowed_patterns(check):
+    reason = check("git status && rm -rf x", ["git *", "pytest*"])
+    assert reason == (
+        "hyperhive allow-list: part 2 (`rm -rf x`): `rm -rf x` matches none of the allowed patterns. "
+        "Allowed commands: `git *`, `pytest*`; join them with &&, ||, ;, | or newlines."
+    )
+
+
+def test_an_empty_list_allows_no_command(check):
+    assert "Allowed commands: nothing" in check("ls", [])
+
+
+def test_relative_redirections_resolve_against_the_hook_cwd(check):
+    assert check("echo x > out.txt", cwd="/etc") is not None
+    assert check("echo x > out.txt", cwd="/tmp/work") is None
+
+
+def test_symlinks_out_of_the_agent_dirs_are_followed(check, tmp_path):
+    (tmp_path / "escape").symlink_to("/etc")
+    reason = check("echo x > escape/passwd", dirs=[str(tmp_path)], cwd=str(tmp_path))
+    assert "outside the agent's directories" in reason
+
+
+def test_other_tools_are_not_its_business(raw_check, event, default_config):
+    assert raw_check(event("rm -rf x", tool="Write"), default_config) is None
+
+
+@pytest.mark.parametrize(
+    ("stdin", "reason"),
+    [
+        ("not json", "the hook input is not valid JSON"),
+        ("[1, 2]", "the hook input is not a JSON object"),
+        (json.dumps({"tool_name": "Bash", "tool_input": {}}), "the Bash call has no command"),
+        (json.dumps({"tool_name": "Bash", "tool_input": {"command": 3}}), "the Bash call has no command"),
+        ("{" + " " * (1024 * 1024 + 1) + "}", "larger than 1048576 bytes"),
+        ("\udcff", "hyperhive allow-list: "),
+    ],
+    ids=["not-json", "not-object", "no-command", "command-not-string", "oversized", "not-utf8"],
+)
+def test_bad_hook_input_is_denied(raw_check, default_config, stdin, reason):
+    denial = raw_check(stdin, default_config)
+    assert denial is not None
+    assert reason in denial
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ("not json", "JSONDecodeError"),
+        ({"bash": "git *", "dirs": ["/state", "/tmp"]}, "needs the lists 'bash' and 'dirs'"),
+        ({"bash": ["git *"], "dirs": ["state"]}, "'dirs' must hold absolute paths"),
+        ({"bash": ["* --help"], "dirs": ["/state", "/tmp"]}, "must start with the command's name"),
+    ],
+    ids=["not-json", "bash-not-list", "relative-dir", "bad-pattern"],
+)
+def test_a_misconfigured_checker_denies_everything(raw_check, event, config, reason):
+    denial = raw_check(event("git status"), config)
+    assert denial is not None
+    assert "the checker is misconfigured or failed" in denial
+    assert reason in denial
