@@ -29,7 +29,7 @@ def question_id(value: Any) -> int:
 
 async def list_questions(hive: Hive, all: bool = False, limit: int = 50) -> list[dict[str, Any]]:
     """Host command ``questions``: the pending questions, or with ``all`` the newest of every status."""
-    found = await questions_of(hive).list(include_resolved=all, limit=limit)
+    found = await questions_of(hive).find(include_resolved=all, limit=limit)
     return [question.to_json() for question in found]
 
 

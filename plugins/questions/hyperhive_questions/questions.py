@@ -213,7 +213,7 @@ class Questions:
 
     # -- reading ---------------------------------------------------------------
 
-    async def list(self, *, include_resolved: bool = False, limit: int = 50) -> list[Question]:
+    async def find(self, *, include_resolved: bool = False, limit: int = 50) -> list[Question]:
         """Pending questions, oldest first; or, with ``include_resolved``, the newest of all."""
         rows = await self.hive.store.read(partial(_select, include_resolved, limit))
         return [Question.from_row(row) for row in rows]
