@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from hyperhive_core.backup import backup_command
 from hyperhive_core.boot import boot, config_schemas, configured_plugins
 from hyperhive_core.config import find_config, read_toml, render_default_config
 from hyperhive_core.errors import HyperhiveError, PluginError
@@ -22,6 +23,7 @@ from hyperhive_core.plugins import (
     plugin_selection,
 )
 from hyperhive_core.rehearsal.command import rehearse
+from hyperhive_core.service import install_service
 from hyperhive_core.supervise import root_cause
 
 
@@ -113,6 +115,8 @@ def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
 
 
 cli.add_command(rehearse)
+cli.add_command(install_service)
+cli.add_command(backup_command)
 
 
 # -- talking to the running daemon over the host socket -----------------------------

@@ -1,0 +1,71 @@
+# One hyperhive agent's NixOS container: the value of `containers.<name>`.
+#
+# The nspawn backend generates this shape for every agent it runs on NixOS
+# (hyperhive_core/containers/nspawn.py, render_agent_nix), with the arguments
+# below; tests/test_nix.py evaluates both and checks they agree. The defaults
+# here are the backend's.
+{
+  # The agent's name and role ("manager" or "agent").
+  name,
+  role,
+  # Its Claude model, e.g. "haiku".
+  model,
+  # Claude Code's --mcp-config: the hive's MCP server, reached through the agent's socket.
+  mcpConfig,
+  # Environment of its Claude Code process. Never secrets: the Nix store is world-readable.
+  env ? { },
+  # nixpkgs attribute paths, e.g. "git" or "python3Packages.requests".
+  packages ? [
+    "bashInteractive"
+    "coreutils"
+    "git"
+  ],
+  # Container path -> host path, read-write: its /state and its socket's directory.
+  binds ? { },
+  # Host paths shown read-only at the same place (the hive's own programs).
+  readOnly ? [ ],
+  # Covered by an empty tmpfs: the state root, where a read-only path holds it.
+  hidden ? [ ],
+  stateVersion ? "24.11",
+}:
+let
+  attrPath =
+    pkgs: path:
+    builtins.foldl' (set: attr: set.${attr}) pkgs (builtins.filter builtins.isString (builtins.split "\\." path));
+in
+{
+  # Container root is an unprivileged host uid range, never host root.
+  privateUsers = "pick";
+  extraFlags = [ "--private-users-ownership=auto" ];
+  # Like every backend: the agent reaches its model's API over the host's network.
+  privateNetwork = false;
+  tmpfs = hidden;
+  bindMounts =
+    builtins.mapAttrs (inside: source: {
+      hostPath = source;
+      isReadOnly = false;
+    }) binds
+    // builtins.listToAttrs (
+      map (path: {
+        name = path;
+        value = {
+          hostPath = path;
+          isReadOnly = true;
+        };
+      }) readOnly
+    );
+
+  config =
+    { pkgs, ... }:
+    {
+      boot.isContainer = true;
+      system.stateVersion = stateVersion;
+      environment.systemPackages = map (attrPath pkgs) packages;
+      environment.variables = env;
+      environment.etc."hyperhive/agent.json".text = builtins.toJSON {
+        agent = name;
+        inherit role model;
+      };
+      environment.etc."hyperhive/mcp.json".text = builtins.toJSON mcpConfig;
+    };
+}

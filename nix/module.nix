@@ -1,0 +1,211 @@
+# services.hyperhive: the hive daemon as a hardened systemd service, its config
+# written from these options. docs/operations.md walks through it.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+  cfg = config.services.hyperhive;
+  toml = pkgs.formats.toml { };
+  generated = import ./settings.nix cfg;
+  configFile = toml.generate "hyperhive.toml" generated.toml;
+  configPath = "/etc/hyperhive/hyperhive.toml";
+
+  # Shared with `hyperhive install-service` (hyperhive_core/service.py), so the two
+  # units cannot drift: how to run the daemon, the hardening, and per container
+  # backend who runs it with which capabilities.
+  hardening = lib.importJSON ./hardening.json;
+  backend = generated.toml.hive.container_backend;
+  profile = hardening.backends.${backend} or { };
+  user = profile.User or "root";
+  nspawn = backend == "nspawn";
+  # nixos-container writes outside the state dir: the containers' settings and
+  # roots, their system profiles and gc roots, and its lock.
+  containerPaths = [
+    "/etc/nixos-containers"
+    "/var/lib/nixos-containers"
+    "/nix/var/nix/profiles/per-container"
+    "/nix/var/nix/gcroots/per-container"
+  ];
+in
+{
+  options.services.hyperhive = {
+    enable = lib.mkEnableOption "hyperhive, a swarm of Claude Code agents steered by an operator";
+
+    package = mkOption {
+      type = types.package;
+      description = ''
+        The hyperhive installation to run: a Python environment with the
+        `hyperhive` distribution and the plugins to load, providing
+        `bin/hyperhive`.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/hyperhive";
+      description = ''
+        [hive] state_dir: the database, agents' state, config repos and sockets.
+        The service may write here and nowhere else.
+      '';
+    };
+
+    dashboard.bind = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "127.0.0.1:8080";
+      description = "[dashboard] bind: where the web dashboard listens. Default: the dashboard plugin's.";
+    };
+
+    plugins = mkOption {
+      type = types.nullOr (types.listOf types.str);
+      default = null;
+      example = [
+        "web"
+        "nap"
+        "questions"
+      ];
+      description = "[hive] plugins: the plugins to load, by entry-point name. Default: every installed one.";
+    };
+
+    adminGroup = mkOption {
+      type = types.str;
+      default = "hive-admin";
+      description = ''
+        [hive] admin_group: members may use the host socket, and so the
+        `hyperhive` CLI. The module creates the group; add operators to it.
+      '';
+    };
+
+    agents = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          freeformType = toml.type;
+          options = {
+            model = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Model for this agent. Default: [claude] model.";
+            };
+            instructions = mkOption {
+              type = types.str;
+              default = "";
+              description = "What this agent is for; added to its system prompt.";
+            };
+            allowedRecipients = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              description = "Agents it may message, besides the operator and the manager.";
+            };
+          };
+        }
+      );
+      default = { };
+      example = {
+        scout = {
+          model = "sonnet";
+          instructions = "Watch the build and report failures.";
+          allowlist.bash = [ "git *" ];
+        };
+      };
+      description = "[agents.<name>]: agents declared in config. Plugin sections go in as sub-tables.";
+    };
+
+    settings = mkOption {
+      type = toml.type;
+      default = { };
+      example = {
+        claude.model = "sonnet";
+        broker.retention_days = 30;
+      };
+      description = ''
+        Every other hyperhive.toml key (docs/configuration.md), merged with the
+        typed options above, which must not be set here as well.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions =
+      map (key: {
+        assertion = !(lib.hasAttrByPath key cfg.settings);
+        message = "services.hyperhive.settings.${lib.concatStringsSep "." key} is set by a typed option of services.hyperhive; set it there instead.";
+      }) generated.typedKeys
+      ++ [
+        {
+          assertion = hardening.backends ? ${backend};
+          message = "services.hyperhive: container backend ${backend} has no service profile; known: ${lib.concatStringsSep ", " (lib.attrNames hardening.backends)}.";
+        }
+      ];
+
+    # On NixOS agents run in nixos-containers built from their agent.nix.
+    services.hyperhive.settings.hive.container_backend = lib.mkDefault "nspawn";
+
+    environment.etc."hyperhive/hyperhive.toml".source = configFile;
+    environment.systemPackages = [ cfg.package ];
+    # The CLI finds the daemon's config, and through it the host socket.
+    environment.variables.HYPERHIVE_CONFIG = configPath;
+
+    users.groups = lib.mkMerge [
+      (lib.mkIf (cfg.adminGroup != "") { ${cfg.adminGroup} = { }; })
+      (lib.mkIf (user != "root") { ${user} = { }; })
+    ];
+    users.users = lib.mkIf (user != "root") {
+      ${user} = {
+        isSystemUser = true;
+        group = user;
+        home = cfg.stateDir;
+      };
+    };
+
+    # ProtectSystem=strict: systemd-tmpfiles makes what the service cannot.
+    # The admin group may pass through the state dir to host.sock, never list it.
+    systemd.tmpfiles.rules =
+      [
+        "d ${cfg.stateDir} ${if cfg.adminGroup != "" then "0710" else "0700"} ${user} ${
+          if cfg.adminGroup != "" then cfg.adminGroup else "root"
+        } - -"
+      ]
+      ++ lib.optionals nspawn (map (path: "d ${path} 0755 root root - -") containerPaths);
+
+    systemd.services.hyperhive = {
+      description = "hyperhive: a swarm of Claude Code agents";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      restartTriggers = [ configFile ];
+      path =
+        [
+          pkgs.git
+          pkgs.bubblewrap
+          pkgs.util-linux
+          config.systemd.package
+        ]
+        ++ lib.optionals nspawn [
+          pkgs.nixos-container
+          config.nix.package
+        ];
+      environment = lib.optionalAttrs nspawn {
+        # nixos-container builds each agent's system from the host's nixpkgs.
+        NIX_PATH = "nixpkgs=${pkgs.path}";
+        NIX_REMOTE = "daemon";
+      };
+      serviceConfig =
+        hardening.service
+        // profile
+        // {
+          ExecStart = "${cfg.package}/bin/hyperhive --config ${configPath} up";
+          # Secrets (ANTHROPIC_API_KEY=...) stay out of the world-readable store.
+          EnvironmentFile = "-/etc/hyperhive/hyperhive.env";
+          ReadWritePaths = [ cfg.stateDir ] ++ lib.optionals nspawn (containerPaths ++ [ "/run/lock" ]);
+        }
+        // lib.optionalAttrs (user != "root" && cfg.adminGroup != "") {
+          # To give the host socket to the admin group.
+          SupplementaryGroups = [ cfg.adminGroup ];
+        };
+    };
+  };
+}

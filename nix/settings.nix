@@ -1,0 +1,45 @@
+# The hyperhive.toml the module writes, from its options: each typed option under
+# the config key it is named after (stateDir -> [hive] state_dir, dashboard.bind ->
+# [dashboard] bind, agents.<name>.allowedRecipients -> [agents.<name>]
+# allowed_recipients), over the freeform `settings`. tests/test_nix.py checks these
+# keys against the ones `hyperhive init` writes.
+#
+# Builtins only, so the tests can evaluate it without nixpkgs.
+cfg:
+let
+  # TOML has no null: an option left null keeps the daemon's default.
+  withoutNulls = attrs: removeAttrs attrs (builtins.filter (name: attrs.${name} == null) (builtins.attrNames attrs));
+  nonEmpty = attrs: removeAttrs attrs (builtins.filter (name: attrs.${name} == { }) (builtins.attrNames attrs));
+
+  # Plugin sections ([agents.<name>.allowlist], ...) pass through as they are.
+  agent =
+    entry:
+    withoutNulls (
+      removeAttrs entry [ "allowedRecipients" ]
+      // {
+        allowed_recipients = entry.allowedRecipients;
+      }
+    );
+
+  typed = nonEmpty {
+    hive = withoutNulls {
+      state_dir = toString cfg.stateDir;
+      plugins = cfg.plugins;
+      admin_group = cfg.adminGroup;
+    };
+    dashboard = withoutNulls { bind = cfg.dashboard.bind; };
+    agents = builtins.mapAttrs (name: agent) cfg.agents;
+  };
+in
+{
+  inherit typed;
+
+  # Keys a typed option sets, as [ section key ]: `settings` must leave them alone.
+  typedKeys = builtins.concatMap (
+    section: map (key: [ section key ]) (builtins.attrNames typed.${section})
+  ) (builtins.attrNames typed);
+
+  toml =
+    cfg.settings
+    // builtins.mapAttrs (section: values: (cfg.settings.${section} or { }) // values) typed;
+}
