@@ -151,8 +151,8 @@ def bus() -> Iterator[PrivateBus]:
 
 
 async def test_a_dbus_crash_signal_is_reported_to_the_manager_once(bus, make_pm, tmp_path):
-    """The nspawn backend's unit watcher, feeding ``hive.container_event`` as the daemon is to
-    (the daemon does not run the watcher yet, so the test does)."""
+    """The unit watcher, wired as core runs it for the nspawn backend; the test runs it on a
+    private bus, since that backend needs systemd-nspawn and the system bus."""
     standin = SystemdStandin()
     unit = "container@alice.service"
     await standin.set_unit(unit, "active", "running")
@@ -161,7 +161,8 @@ async def test_a_dbus_crash_signal_is_reported_to_the_manager_once(bus, make_pm,
         trio.open_nursery() as nursery,
     ):
         await nursery.start(standin.serve, bus.address)
-        await nursery.start(UnitWatcher(hive.container_event, address=bus.address).run)
+        watcher = UnitWatcher(hive.container_event, address=bus.address, is_agent=lambda name: name in hive.agents)
+        await nursery.start(watcher.run)
 
         await standin.set_unit(unit, "failed", "failed", "exit-code")
         with trio.fail_after(2):
@@ -180,8 +181,8 @@ async def test_a_dbus_crash_signal_is_reported_to_the_manager_once(bus, make_pm,
 
 
 async def test_a_burst_of_20_crashes_is_one_report_then_one_follow_up_with_the_count(make_pm, tmp_path, mock_clock):
-    # Real time, but the test moves the clock past the burst itself (autojump would jump
-    # while the store's thread writes, ending the burst before the test is done with it).
+    # Real time, but the test moves the clock past a burst itself. Autojump would jump while
+    # the store's threads write, ending bursts early; held, it would stall the polls below.
     mock_clock.rate = 1
     async with running_hive(tmp_path, plugins(make_pm), SCENARIO, agents={"scout": {}}) as hive:
         await hive.container_event(crash("scout", "Claude Code exited with status 1"))
