@@ -185,22 +185,24 @@ def send(state: CliState, name: str, message: str) -> None:
     click.echo(f"sent message {result['id']} to {name}")
 
 
-@cli.command()
-@click.argument("name")
-@pass_state
-def pause(state: CliState, name: str) -> None:
-    """Pause agent NAME after its current turn."""
-    ask_daemon(state, "pause", agent=name)
-    click.echo(f"paused {name}")
+def agent_action(name: str, done: str, help: str) -> click.Command:
+    """A command ``hyperhive NAME AGENT`` that asks the daemon to act on one agent."""
+
+    @cli.command(name=name, help=help)
+    @click.argument("agent")
+    @pass_state
+    def action(state: CliState, agent: str) -> None:
+        ask_daemon(state, name, agent=agent)
+        click.echo(f"{done} {agent}")
+
+    return action
 
 
-@cli.command()
-@click.argument("name")
-@pass_state
-def resume(state: CliState, name: str) -> None:
-    """Resume a paused (or failed) agent NAME."""
-    ask_daemon(state, "resume", agent=name)
-    click.echo(f"resumed {name}")
+agent_action("pause", "paused", "Pause agent AGENT after its current turn.")
+agent_action("resume", "resumed", "Resume a paused (or failed) agent AGENT.")
+agent_action("spawn", "spawned", "Create and start a new agent AGENT with a default config.")
+agent_action("restore", "restored", "Bring back destroyed agent AGENT from its kept state.")
+agent_action("rebuild", "rebuilt", "Restart agent AGENT from scratch with its current config.")
 
 
 @cli.command()
@@ -225,15 +227,6 @@ def model(state: CliState, name: str, model: str) -> None:
 
 @cli.command()
 @click.argument("name")
-@pass_state
-def spawn(state: CliState, name: str) -> None:
-    """Create and start a new agent NAME with a default config."""
-    ask_daemon(state, "spawn", agent=name)
-    click.echo(f"spawned {name}")
-
-
-@cli.command()
-@click.argument("name")
 @click.option("--purge", is_flag=True, help="Also wipe its state and config; this cannot be undone.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
@@ -246,24 +239,6 @@ def destroy(state: CliState, name: str, purge: bool, yes: bool) -> None:
         click.confirm(f"{what.format(name)}?", abort=True)
     ask_daemon(state, "destroy", agent=name, purge=purge)
     click.echo(f"destroyed {name}" + ("; state purged" if purge else "; state kept (hyperhive restore to undo)"))
-
-
-@cli.command()
-@click.argument("name")
-@pass_state
-def restore(state: CliState, name: str) -> None:
-    """Bring back destroyed agent NAME from its kept state."""
-    ask_daemon(state, "restore", agent=name)
-    click.echo(f"restored {name}")
-
-
-@cli.command()
-@click.argument("name")
-@pass_state
-def rebuild(state: CliState, name: str) -> None:
-    """Restart agent NAME from scratch with its current config."""
-    ask_daemon(state, "rebuild", agent=name)
-    click.echo(f"rebuilt {name}")
 
 
 @cli.command()
