@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hyperhive_core import hookimpl
-from hyperhive_telemetry import store
+from hyperhive_telemetry import store, web
 from hyperhive_telemetry.api import stats_body
 from hyperhive_telemetry.collect import Telemetry
 from hyperhive_telemetry.config import TelemetrySection
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hyperhive_core.broker import Message
     from hyperhive_core.harness import Turn
     from hyperhive_core.hive import Hive
+    from hyperhive_core.panels import Panel
 
 
 @hookimpl
@@ -52,6 +53,22 @@ def on_message(hive: Hive, message: Message) -> None:
 @hookimpl
 async def on_turn_end(hive: Hive, agent: str, turn: Turn) -> None:
     await hive.telemetry.turn_ended(agent, turn)
+
+
+@hookimpl
+def register_routes(register: Callable[..., None]) -> None:
+    for rule, view in web.ROUTES:
+        register(rule, view)
+
+
+@hookimpl
+def dashboard_panels(hive: Hive) -> list[Panel]:
+    return [web.hive_panel(hive)]
+
+
+@hookimpl
+def agent_panels(hive: Hive, agent: str) -> list[Panel]:
+    return [web.agent_panel(hive, agent)]
 
 
 async def stats(hive: Hive, since: str | None = None, agent: str | None = None, key: str | None = None) -> dict:

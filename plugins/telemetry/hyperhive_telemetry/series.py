@@ -77,23 +77,30 @@ class StatsQuery:
     until: float
     agents: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
+    with_series: bool = True
+    """``series=0`` leaves the points out: the summaries alone, for a live refresh."""
 
 
 def parse_query(args: Mapping[str, Sequence[str]], now: float, default_window: float) -> StatsQuery:
-    """``since``, ``agent`` and ``key`` from a query string (each list may repeat or be comma-separated).
+    """``since``, ``agent``, ``key`` and ``series`` from a query string.
+
+    ``agent`` and ``key`` may repeat, or list several values separated by commas.
 
     :raises BadQuery: a value that cannot be understood, saying what would be.
     """
-    unknown = sorted(set(args) - {"since", "agent", "key"})
+    unknown = sorted(set(args) - {"since", "agent", "key", "series"})
     if unknown:
-        raise BadQuery(f"unknown parameter {unknown[0]!r}; /api/stats takes since, agent and key")
+        raise BadQuery(f"unknown parameter {unknown[0]!r}; /api/stats takes since, agent, key and series")
+    with_series = (args.get("series") or ["1"])[-1]
+    if with_series not in ("0", "1"):
+        raise BadQuery(f"series={with_series!r}: give 1 for the points (the default) or 0 for the summaries alone")
     since = parse_since((args.get("since") or [None])[-1], now, default_window)
     agents = _split(args.get("agent", ()))
     keys = _split(args.get("key", ()))
     for key in keys:
         if not KEY.fullmatch(key):
             raise BadQuery(f"key={key!r} is not a series key: use names like turn_duration_ms, or tool:* for a family")
-    return StatsQuery(since, now, agents, tuple(key for key in keys if key != "*"))
+    return StatsQuery(since, now, agents, tuple(key for key in keys if key != "*"), with_series == "1")
 
 
 def _split(values: Iterable[str]) -> tuple[str, ...]:
@@ -159,6 +166,6 @@ def stats(samples: Sequence[Sample], query: StatsQuery) -> dict[str, Any]:
     return {
         "since": query.since,
         "until": query.until,
-        "series": series(samples),
+        "series": series(samples) if query.with_series else [],
         "summary": summarise(samples, query.since, query.until),
     }

@@ -85,8 +85,12 @@ def test_parse_query_filters():
     assert parse_query({"key": ["*"]}, NOW, 60).keys == ()
     with pytest.raises(BadQuery, match="key='a b' is not a series key"):
         parse_query({"key": ["a b"]}, NOW, 60)
-    with pytest.raises(BadQuery, match="unknown parameter 'agnet'; /api/stats takes since, agent and key"):
+    with pytest.raises(BadQuery, match="unknown parameter 'agnet'; /api/stats takes since, agent, key and series"):
         parse_query({"agnet": ["x"]}, NOW, 60)
+    assert parse_query({"series": ["0"]}, NOW, 60).with_series is False
+    assert query.with_series is True
+    with pytest.raises(BadQuery, match="series='no': give 1 for the points"):
+        parse_query({"series": ["no"]}, NOW, 60)
 
 
 def turn(agent, at, duration_ms, exit="ok", tools=(), sent=None, received=None, cost=0.01):
