@@ -75,4 +75,4 @@ async def agent_panels(hive: Hive, agent: str) -> list[Panel]:
 
 async def _panels(hive: Hive, agent: str | None) -> list[Panel]:
     rows = await hive.store.read(partial(records.recent, agent, SHOWN))
-    return [crash_panel(rows, crashwatch_of(hive).in_burst, agent=agent)] if rows else []
+    return [crash_panel(rows, crashwatch_of(hive).in_burst, agent=agent)]

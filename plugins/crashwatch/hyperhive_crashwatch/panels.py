@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from html import escape
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -15,12 +16,15 @@ TITLE = "CR4SH W4TCH"
 LABEL = "container crashes"
 SHOWN = 10
 """Bursts a panel lists, newest first."""
+SCRIPT = Path(__file__).parent / "static" / "crashwatch.js"
+"""Re-renders the panel on the ``crashwatch.*`` live events, through the dashboard's ``hyperhive`` API."""
 
 
 def crash_panel(rows: Sequence[dict[str, Any]], in_burst: Callable[[str], bool], *, agent: str | None) -> Panel:
     """The panel for ``rows`` (newest first): every agent's when ``agent`` is None, else that agent's.
 
-    It goes to the top of the page while a listed agent is crashing, so the operator sees it first.
+    Shown even with no rows, so its script is there for the first crash. It goes to the top
+    of the page while a listed agent is crashing, so the operator sees it first.
     """
     looping = any(in_burst(row["agent"]) for row in rows)
     header = "" if agent else '<th scope="col">agent</th>'
@@ -30,6 +34,8 @@ def crash_panel(rows: Sequence[dict[str, Any]], in_burst: Callable[[str], bool],
         f'<thead><tr>{header}<th scope="col">crashes</th><th scope="col">first</th>'
         '<th scope="col">last</th><th scope="col">last status</th></tr></thead>'
         f"<tbody>{body}</tbody></table>"
+        if rows
+        else '<p class="hint">no container crashes recorded.</p>'
     )
     return Panel(
         key="crashwatch" if agent is None else "crashwatch-agent",
@@ -37,6 +43,7 @@ def crash_panel(rows: Sequence[dict[str, Any]], in_burst: Callable[[str], bool],
         label=LABEL if agent is None else f"container crashes of {agent}",
         html=html,
         placement="top" if looping else "main",
+        scripts=(SCRIPT,),
     )
 
 
