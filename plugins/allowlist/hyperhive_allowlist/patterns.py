@@ -18,13 +18,11 @@ Stdlib only: the checker imports it inside the agent's sandbox.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 MAX_PATTERNS = 200
 MAX_PATTERN_LENGTH = 500
-STAR = object()  # a wildcard, among the literal pieces of a parsed pattern
-WILD = "\0"
+WILD = "\0"  # marks a wildcard while parsing; a pattern never contains NUL, so `\*` stays literal
 
 
 class BadPattern(ValueError):
@@ -36,13 +34,34 @@ class Pattern:
     """One compiled allow-list pattern."""
 
     source: str
-    regex: re.Pattern[str] = field(repr=False, compare=False)
-    literal_words: frozenset[str] = field(repr=False, compare=False)
-    name: str | None = field(compare=False)
+    segments: tuple[str, ...] = field(repr=False)
+    """The literal text around the wildcards: one more than there are ``*``."""
+    bare: str | None = field(repr=False)
+    """The command alone, which a final `` *`` also allows (``git`` for ``git *``)."""
+    literal_words: frozenset[str] = field(repr=False)
+    name: str | None
     """The command name when the pattern spells it out (its first word has no ``*``)."""
 
     def matches(self, command: str) -> bool:
-        return self.regex.fullmatch(command) is not None
+        """Whether ``command`` (words joined by single spaces) is allowed by this pattern.
+
+        Linear time whatever the pattern, so no command can make the checker hang.
+        """
+        if command == self.bare:
+            return True
+        if len(self.segments) == 1:
+            return command == self.segments[0]
+        first, *middle, last = self.segments
+        end = len(command) - len(last)
+        if end < len(first) or not command.startswith(first) or not command.endswith(last):
+            return False
+        position = len(first)
+        for segment in middle:  # leftmost matches are always safe with `*` as the only wildcard
+            found = command.find(segment, position, end)
+            if found < 0:
+                return False
+            position = found + len(segment)
+        return True
 
     def names(self, token: str, *, as_command: bool = False) -> bool:
         """Whether the pattern spells ``token`` out literally, not through a ``*``.
@@ -65,19 +84,18 @@ def compile_pattern(source: str) -> Pattern:
     if problem:
         raise BadPattern(f"pattern {source!r} {problem}")
     legacy = source.endswith(":*")
-    pieces = _pieces(source[:-2] if legacy else source)
+    marked = _mark_wildcards(source[:-2] if legacy else source, source)
     if legacy:
-        if STAR in pieces:
+        if WILD in marked:
             raise BadPattern(f"pattern {source!r} mixes the legacy ':*' suffix with other '*'; write it with ' *'")
-        pieces = [*pieces, " ", STAR]
-    regex = "".join(".*" if piece is STAR else re.escape(str(piece)) for piece in pieces)
-    if pieces[-2:] == [" ", STAR] and pieces.count(STAR) == 1:
-        regex = regex.removesuffix(re.escape(" ") + ".*") + "(?: .*)?"  # `git *` matches `git` too
-    # NUL never occurs in a pattern: it marks the wildcards, so an escaped `\*` stays literal.
-    words = "".join(WILD if piece is STAR else str(piece) for piece in pieces).split(" ")
+        marked += " " + WILD
+    segments = tuple(marked.split(WILD))
+    bare = segments[0][:-1] if len(segments) == 2 and segments[0].endswith(" ") and not segments[1] else None
+    words = marked.split(" ")
     return Pattern(
         source=source,
-        regex=re.compile(regex, re.DOTALL),
+        segments=segments,
+        bare=bare,
         literal_words=frozenset(word for word in words if WILD not in word),
         name=words[0] if WILD not in words[0] else None,
     )
@@ -114,38 +132,21 @@ def _text_problem(source: object) -> str | None:
     return None
 
 
-def _pieces(body: str) -> list[object]:
-    """Literal strings and ``STAR`` markers, escapes resolved."""
-    pieces: list[object] = []
-    literal: list[str] = []
+def _mark_wildcards(body: str, source: str) -> str:
+    """``body`` with each wildcard as ``WILD`` and the escapes ``\\*`` and ``\\\\`` resolved."""
+    marked: list[str] = []
     index = 0
     while index < len(body):
         char = body[index]
         if char == "\\":
             if index + 1 == len(body) or body[index + 1] not in "*\\":
-                raise BadPattern(f"pattern {body!r} has a backslash that escapes neither '*' nor '\\'")
-            literal.append(body[index + 1])
+                raise BadPattern(f"pattern {source!r} has a backslash that escapes neither '*' nor '\\'")
+            marked.append(body[index + 1])
             index += 2
             continue
-        if char == "*":
-            if literal:
-                pieces.append("".join(literal))
-                literal = []
-            pieces.append(STAR)
-        else:
-            literal.append(char)
+        marked.append(WILD if char == "*" else char)
         index += 1
-    if literal:
-        pieces.append("".join(literal))
-    return _split_trailing_space(pieces)
-
-
-def _split_trailing_space(pieces: list[object]) -> list[object]:
-    """Make a final `` *`` two pieces, ``" "`` and ``STAR``, so it is easy to recognise."""
-    if len(pieces) >= 2 and pieces[-1] is STAR and isinstance(pieces[-2], str) and pieces[-2].endswith(" "):
-        head = pieces[-2][:-1]
-        return [*pieces[:-2], *([head] if head else []), " ", STAR]
-    return pieces
+    return "".join(marked)
 
 
 def compile_patterns(sources: list[str]) -> list[Pattern]:

@@ -51,9 +51,10 @@ RUNS_OTHERS = {
 
 # Interpreters: the option letters that take a program on the command line, and
 # those whose value is the rest of the cluster (-Werror, -Ilib), which hide no option.
-INLINE_CODE = {"shell": "c", "python": "c", "node": "ep", "perl": "eEmM", "ruby": "e", "php": "rRBE", "lua": "e"}
+INLINE_CODE = {"shell": "c", "python": "ci", "node": "epi", "perl": "eEmM", "ruby": "e", "php": "rRBE", "lua": "e"}
 VALUE_LETTERS = {"shell": "oO", "python": "WX", "perl": "Iix", "ruby": "IrCEFKTWx0", "php": "cdfzt", "lua": "l"}
-INLINE_LONG = {"shell": ("--command", "--init-command"), "node": ("--eval", "--print")}
+INLINE_LONG = {"shell": ("--command", "--init-command"), "node": ("--eval", "--print", "--interactive")}
+STDIN_SCRIPTS = ("-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0")
 OPTION_ARGUMENTS = {  # options whose value is the next word, so it is not the script
     "shell": ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"),
     "python": ("-W", "-X", "--check-hash-based-pycs"),
@@ -296,7 +297,7 @@ def interpreter_risks(family: str, arguments: list[Word]) -> Iterator[Risk]:
     while index < len(arguments):
         word = arguments[index]
         text = word.text
-        if not word.literal:
+        if word.expands:
             yield Risk(text, "could expand into interpreter options")
             return
         if text == "--":
@@ -319,7 +320,7 @@ def interpreter_risks(family: str, arguments: list[Word]) -> Iterator[Risk]:
     script = arguments[index].text if index < len(arguments) else None
     if family == "shell" and any("s" in _cluster(word.text, VALUE_LETTERS["shell"]) for word in arguments[:index]):
         script = None
-    if script in (None, "-", "/dev/stdin"):
+    if script is None or script in STDIN_SCRIPTS:
         yield Risk("-", "reads a program from its standard input")
 
 
@@ -329,7 +330,7 @@ def git_risks(arguments: list[Word]) -> Iterator[Risk]:
     while index < len(arguments) and arguments[index].text.startswith("-"):
         word = arguments[index]
         option = word.text.split("=", 1)[0]
-        if not word.literal:
+        if word.expands:
             yield Risk(word.text, "could expand into git options")
         elif word.text.startswith("-c") or option == "--config-env":
             yield Risk("-c" if word.text.startswith("-c") else option, "sets git configuration, which can run programs")
@@ -338,7 +339,7 @@ def git_risks(arguments: list[Word]) -> Iterator[Risk]:
         elif option in GIT_GLOBAL_VALUES:
             if "=" not in word.text:
                 index += 1
-                if index < len(arguments) and not arguments[index].literal:
+                if index < len(arguments) and arguments[index].expands:
                     yield Risk(arguments[index].text, "could expand into git options")
         elif option not in GIT_GLOBAL_FLAGS:
             yield Risk(option, "is a git option the allow-list does not know")
@@ -346,14 +347,14 @@ def git_risks(arguments: list[Word]) -> Iterator[Risk]:
     if index == len(arguments):
         return
     subcommand = arguments[index]
-    if not subcommand.literal:
+    if subcommand.expands:
         yield Risk(subcommand.text, "could expand into git options")
         return
     if subcommand.text in GIT_RISKY_SUBCOMMANDS:
         yield Risk(subcommand.text, GIT_RISKY_SUBCOMMANDS[subcommand.text])
     risky = GIT_RISKY_OPTIONS.get(subcommand.text, ())
     for word in _before_double_dash(arguments[index + 1 :]):
-        if risky and not word.literal:
+        if risky and word.expands:
             yield Risk(word.text, f"could expand into options of `git {subcommand.text}`")
         elif word.text.startswith("--"):
             option = word.text.split("=", 1)[0]
@@ -369,7 +370,7 @@ def git_risks(arguments: list[Word]) -> Iterator[Risk]:
 
 def find_risks(arguments: list[Word]) -> Iterator[Risk]:
     for word in arguments:
-        if not word.literal:
+        if word.expands:
             yield Risk(word.text, "could expand into find actions such as -exec; quote it")
         elif word.text in FIND_ACTIONS:
             yield Risk(word.text, "runs commands or changes files")

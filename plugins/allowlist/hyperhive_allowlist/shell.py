@@ -49,16 +49,16 @@ class Word:
     @property
     def braces(self) -> bool:
         """Bash might brace-expand it (``{a,b}``, ``{1..3}``) into several words."""
-        opened = None
-        for index, (char, quoted) in enumerate(zip(self.text, self.chars_quoted, strict=True)):
-            if quoted:
-                continue
-            if char == "{":
-                opened = index if opened is None else opened
-            elif char == "}" and opened is not None:
-                inside = self.text[opened + 1 : index]
-                if "," in inside or ".." in inside:
-                    return True
+        opened = separated = False
+        previous = ""
+        for char, quoted in zip(self.text, self.chars_quoted, strict=True):
+            if not quoted and char == "{":
+                opened = True
+            elif opened and (char == "," or (char == "." and previous == ".")):
+                separated = True
+            elif not quoted and char == "}" and separated:
+                return True
+            previous = char
         return False
 
     @property
@@ -67,9 +67,14 @@ class Word:
         return self.text.startswith("~") and not self.chars_quoted[0]
 
     @property
+    def expands(self) -> bool:
+        """Bash may turn it into other words, several or none (so also into options)."""
+        return self.glob or self.braces
+
+    @property
     def literal(self) -> bool:
         """Bash passes it on exactly as :attr:`text`."""
-        return not (self.glob or self.braces or self.tilde)
+        return not (self.expands or self.tilde)
 
     @property
     def assignment(self) -> bool:

@@ -59,6 +59,8 @@ BYPASSES = [
     (f"echo '{CANARY}' | bash", "reads a program from its standard input"),
     ("bash -s < /state/evil.sh", "reads a program from its standard input"),
     ("python3 - <<'EOF'\nimport shutil\nshutil.rmtree('canary')\nEOF", "reads a program from its standard input"),
+    ("python3 /proc/self/fd/0 <<< 'import shutil; shutil.rmtree(\"canary\")'", "reads a program from its standard"),
+    ("python3 -i /dev/null <<< 'import shutil; shutil.rmtree(\"canary\")'", "`-i` runs code"),
     # commands that run other commands
     (f"eval '{CANARY}'", "`eval` runs another command"),
     (f"exec {CANARY}", "`exec` runs another command"),

@@ -24,6 +24,7 @@ LEGITIMATE = [
     "python3 script.py --verbose",
     "python3 -m pytest -c pytest.ini",
     "python3 -W ignore script.py",
+    "python3 ~/tools/report.py",
     "bash ./build.sh",
     "perl -Ilib script.pl",
     "ls -la /state; ls /tmp",
