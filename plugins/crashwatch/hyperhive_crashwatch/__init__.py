@@ -17,14 +17,14 @@ from hyperhive_core import hookimpl
 from hyperhive_core.containers import ContainerEvent, ContainerEventKind
 from hyperhive_core.panels import Panel
 from hyperhive_crashwatch import records
-from hyperhive_crashwatch.bursts import EVENT, Burst, Crashwatch
+from hyperhive_crashwatch.bursts import EVENT, Crashwatch
 from hyperhive_crashwatch.config import CrashwatchSection
 from hyperhive_crashwatch.panels import SHOWN, crash_panel
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
 
-__all__ = ["EVENT", "Burst", "Crashwatch", "CrashwatchSection"]
+__all__ = ["EVENT", "Crashwatch", "CrashwatchSection"]
 
 
 def crashwatch_of(hive: Hive) -> Crashwatch:
