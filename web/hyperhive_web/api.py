@@ -1,0 +1,208 @@
+"""The dashboard's JSON API: the contract of ARCHITECTURE §9, plus the page's own helpers under ``/-/web/``.
+
+Every handler is a thin shell over the same functions the host socket serves
+(``hyperhive_core.host_commands``), so the CLI and the dashboard never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from hyperhive_core import host_commands
+from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.hive import Hive
+from hyperhive_core.names import OPERATOR
+from hyperhive_web.dashboard import current_dashboard
+from hyperhive_web.slash import run_slash_command
+from hyperhive_web.stream import event_stream, sse_response
+
+api = Blueprint("api", __name__)
+
+INBOX_LIMIT = 50
+MAX_INBOX_LIMIT = 500
+
+
+def hive() -> Hive:
+    return current_dashboard().hive
+
+
+async def body() -> dict[str, Any]:
+    """The request's JSON object (an empty body is an empty object)."""
+    raw = await request.get_data(as_text=True)
+    if not raw.strip():
+        return {}
+    data = await request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise HyperhiveError('send a JSON object, for example {"body": "hello"}')
+    return data
+
+
+def text_field(data: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise HyperhiveError(f"{key!r} must be a string, not {type(value).__name__}")
+    if required and not value.strip():
+        raise HyperhiveError(f"give {key!r}: it is missing or empty")
+    return value
+
+
+def int_arg(name: str, default: int | None, *, low: int = 0, high: int | None = None) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HyperhiveError(f"?{name}= must be a whole number, not {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        raise HyperhiveError(f"?{name}= must be between {low} and {high}, not {value}")
+    return value
+
+
+async def agent_json(name: str) -> dict[str, Any]:
+    """One agent as ``/api/state`` lists it: live state, config and inbox depth."""
+    agent = hive().agents.get(name)
+    return {**agent.snapshot(), "inbox_depth": await hive().broker.inbox_depth(name)}
+
+
+# -- reads -----------------------------------------------------------------------
+
+
+@api.get("/api/state")
+async def state() -> dict[str, Any]:
+    dashboard = current_dashboard()
+    status = await host_commands.status(dashboard.hive)
+    return {**status, "manager": dashboard.hive.agents.manager, "dashboard_port": dashboard.port}
+
+
+@api.get("/api/agents/<name>/state")
+async def agent_state(name: str) -> dict[str, Any]:
+    return await agent_json(name)
+
+
+@api.get("/api/agents/<name>/inbox")
+async def agent_inbox(name: str) -> Response:
+    hive().agents.get(name)
+    limit = int_arg("limit", INBOX_LIMIT, low=1, high=MAX_INBOX_LIMIT)
+    return jsonify(await host_commands.recv(hive(), agent=name, limit=limit))
+
+
+@api.get("/api/inbox")
+async def operator_inbox() -> Response:
+    limit = int_arg("limit", INBOX_LIMIT, low=1, high=MAX_INBOX_LIMIT)
+    return jsonify(await host_commands.recv(hive(), agent=OPERATOR, limit=limit))
+
+
+@api.get("/api/approvals")
+async def approvals() -> Response:
+    return jsonify(await host_commands.approvals(hive(), status=request.args.get("status")))
+
+
+# -- changes -----------------------------------------------------------------------
+
+
+@api.post("/api/approvals/<int:approval_id>/approve")
+async def approve(approval_id: int) -> dict[str, Any]:
+    note = text_field(await body(), "note", required=False)
+    return await host_commands.approve(hive(), approval_id, note=note)
+
+
+@api.post("/api/approvals/<int:approval_id>/deny")
+async def deny(approval_id: int) -> dict[str, Any]:
+    note = text_field(await body(), "note", required=False)
+    return await host_commands.deny(hive(), approval_id, note=note)
+
+
+@api.post("/api/agents/<name>/messages")
+async def send(name: str) -> dict[str, Any]:
+    return await host_commands.send(hive(), to=name, body=text_field(await body(), "body"))
+
+
+@api.post("/api/agents/<name>/model")
+async def model(name: str) -> dict[str, Any]:
+    return await host_commands.model(hive(), agent=name, model=text_field(await body(), "model").strip())
+
+
+@api.post("/api/agents/<name>/cancel")
+async def cancel(name: str) -> dict[str, Any]:
+    return await host_commands.cancel(hive(), agent=name)
+
+
+@api.post("/api/agents/<name>/rebuild")
+async def rebuild(name: str) -> dict[str, Any]:
+    return await host_commands.rebuild(hive(), agent=name)
+
+
+@api.post("/api/spawn")
+async def spawn() -> dict[str, Any]:
+    return await host_commands.spawn(hive(), agent=text_field(await body(), "name").strip())
+
+
+@api.post("/api/agents/<name>/destroy")
+async def destroy(name: str) -> dict[str, Any]:
+    purge = (await body()).get("purge", False)
+    if not isinstance(purge, bool):
+        raise HyperhiveError(f"'purge' must be true or false, not {purge!r}")
+    return await host_commands.destroy(hive(), agent=name, purge=purge)
+
+
+# -- live events -----------------------------------------------------------------------
+
+
+def resume_point() -> int | None:
+    """Where a stream resumes: the browser's ``Last-Event-ID`` on reconnect, else ``?after=``."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        return int_arg("after", None)
+    try:
+        return int(raw)
+    except ValueError:
+        raise HyperhiveError(f"Last-Event-ID must be an event id, not {raw!r}") from None
+
+
+@api.get("/api/events")
+async def events() -> Response:
+    return await sse_response(event_stream(hive(), None, after_id=resume_point()))
+
+
+@api.get("/api/agents/<name>/events")
+async def agent_events(name: str) -> Response:
+    hive().agents.get(name)
+    tail = int_arg("tail", None, low=0, high=hive().events.settings.history_per_agent)
+    return await sse_response(event_stream(hive(), name, after_id=resume_point(), tail=tail))
+
+
+# -- the dashboard's own helpers ---------------------------------------------------
+
+
+@api.get("/-/web/kept")
+async def kept() -> Response:
+    return jsonify(await host_commands.kept(hive()))
+
+
+@api.post("/-/web/agents/<name>/restore")
+async def restore(name: str) -> dict[str, Any]:
+    return await host_commands.restore(hive(), agent=name)
+
+
+@api.post("/-/web/agents/<name>/pause")
+async def pause(name: str) -> dict[str, Any]:
+    return await host_commands.pause(hive(), agent=name)
+
+
+@api.post("/-/web/agents/<name>/resume")
+async def resume(name: str) -> dict[str, Any]:
+    return await host_commands.resume(hive(), agent=name)
+
+
+@api.post("/-/web/agents/<name>/slash")
+async def slash(name: str) -> dict[str, Any]:
+    line = text_field(await body(), "line")
+    return await run_slash_command(hive(), current_dashboard().slash_commands, name, line)
+
+
+@api.get("/-/web/drafts")
+async def drafts() -> Response:
+    return jsonify(await host_commands.drafts(hive()))

@@ -1,0 +1,177 @@
+"""The QuartTrio app: every request passes the guard, every error gets a clear answer."""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, g, has_websocket_context, jsonify, redirect, render_template, request, websocket
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from hyperhive_core.agents import UnknownAgent
+from hyperhive_core.errors import HyperhiveError
+from hyperhive_web.auth import CSRF_HEADER, Refused, bearer_token, check_host, check_origin
+from hyperhive_web.routes import PluginRoute
+
+if TYPE_CHECKING:
+    from hyperhive_web.dashboard import Dashboard
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PATHS = frozenset({"/login", "/favicon.ico"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# No inline script, nothing framed, nothing fetched from elsewhere.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def create_app(dashboard: Dashboard) -> QuartTrio:
+    from hyperhive_web.api import api
+    from hyperhive_web.pages import pages
+    from hyperhive_web.terminal import terminal
+
+    app = QuartTrio(__name__, static_folder=str(HERE / "static"), static_url_path="/static")
+    app.config["HYPERHIVE_DASHBOARD"] = dashboard
+    app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
+    app.before_request(guard_request)
+    app.before_websocket(guard_websocket)
+    app.after_request(add_security_headers)
+    for blueprint in (pages, api, terminal):
+        app.register_blueprint(blueprint)
+    for route in dashboard.routes:
+        app.add_url_rule(
+            route.rule,
+            endpoint=f"plugin {route.plugin} {' '.join(route.methods)} {route.rule}",
+            view_func=plugin_view(dashboard, route),
+            methods=list(route.methods),
+        )
+    app.register_error_handler(Exception, handle_error)
+    return app
+
+
+def plugin_view(dashboard: Dashboard, route: PluginRoute) -> Callable[..., Any]:
+    """Call a plugin's view with the hive first, then the rule's variables."""
+
+    @wraps(route.view)
+    async def view(**variables: Any) -> Any:
+        result = route.view(dashboard.hive, **variables)
+        return await result if inspect.isawaitable(result) else result
+
+    return view
+
+
+# -- the guard -------------------------------------------------------------------------
+
+
+def wants_json(path: str) -> bool:
+    return path.startswith(("/api/", "/-/", "/metrics"))
+
+
+async def guard_request() -> Response | None:
+    from hyperhive_web.dashboard import current_dashboard
+
+    dashboard = current_dashboard()
+    check_host(request.headers.get("Host"), dashboard.settings.hosts)
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
+        if request.method not in SAFE_METHODS:
+            check_origin(request.headers, request.host_url.rstrip("/"), state_changing=True)
+        return None
+    if authenticated_by_bearer(dashboard, request.headers.get("Authorization")):
+        return None
+    session = session_from_cookie(dashboard, request.cookies)
+    if session is None:
+        if request.method == "GET" and not wants_json(request.path):
+            return redirect(f"/login?next={request.full_path.rstrip('?')}", 303)
+        raise Refused(401, "log in first: open the /login?token=… address that `hyperhive up` printed")
+    own_origin = request.host_url.rstrip("/")
+    state_changing = request.method not in SAFE_METHODS
+    check_origin(request.headers, own_origin, state_changing=state_changing)
+    if state_changing:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent, g.csrf):
+            raise Refused(403, f"missing or wrong {CSRF_HEADER} header; reload the page")
+    return None
+
+
+async def guard_websocket() -> None:
+    """Websockets: the same host and login checks, and they must come from the dashboard's pages."""
+    from hyperhive_web.dashboard import current_dashboard
+
+    dashboard = current_dashboard()
+    check_host(websocket.headers.get("Host"), dashboard.settings.hosts)
+    if authenticated_by_bearer(dashboard, websocket.headers.get("Authorization")):
+        return
+    if session_from_cookie(dashboard, websocket.cookies) is None:
+        raise Refused(401, "log in first")
+    check_origin(websocket.headers, websocket.host_url.rstrip("/"), state_changing=True)
+    if not hmac.compare_digest(websocket.args.get("csrf", ""), g.csrf):
+        raise Refused(403, "missing or wrong csrf parameter; reload the page")
+
+
+def authenticated_by_bearer(dashboard: Dashboard, authorization: str | None) -> bool:
+    """Scripts send the operator token itself; a browser never adds it on its own."""
+    token = bearer_token(authorization)
+    if token is None:
+        return False
+    if not dashboard.sessions.token_matches(token):
+        raise Refused(401, "wrong bearer token")
+    g.csrf = ""
+    return True
+
+
+def session_from_cookie(dashboard: Dashboard, cookies: Any) -> Any:
+    from hyperhive_web.pages import session_cookie_name
+
+    session = dashboard.sessions.verify(cookies.get(session_cookie_name()))
+    if session is not None:
+        g.csrf = dashboard.sessions.csrf_token(session)
+    return session
+
+
+async def add_security_headers(response: Response) -> Response:
+    for header, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(header, value)
+    if wants_json(request.path):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+async def handle_error(error: Exception) -> Response:
+    """A refusal or a user's mistake in words; anything else is logged as a bug."""
+    if isinstance(error, Refused):
+        status, message = error.status, str(error)
+    elif isinstance(error, UnknownAgent):
+        status, message = 404, str(error)
+    elif isinstance(error, HyperhiveError):
+        status, message = 400, str(error)
+    elif isinstance(error, HTTPException):
+        status, message = error.code or 500, error.description or error.name
+    else:
+        where = websocket.path if has_websocket_context() else request.path
+        log.error("dashboard request %s failed", where, exc_info=error)
+        status, message = 500, f"the dashboard failed: {type(error).__name__}: {error}. the daemon log has details."
+    if has_websocket_context():
+        return Response(message, status=status)
+    if wants_json(request.path) or request.method not in SAFE_METHODS:
+        response = jsonify({"error": message})
+        response.status_code = status
+        return response
+    html = await render_template("error.html", status=status, message=message)
+    return Response(html, status=status, content_type="text/html; charset=utf-8")

@@ -1,0 +1,103 @@
+"""The dashboard of one hive: its settings, the operator token, and the server it runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import current_app
+
+from hyperhive_core.errors import HyperhiveError
+from hyperhive_web.auth import Sessions, load_or_create_token
+from hyperhive_web.panels import PanelAssets
+from hyperhive_web.routes import PluginRoutes, collect_routes
+from hyperhive_web.settings import WebSection
+from hyperhive_web.slash import SlashCommands, collect_slash_commands
+
+if TYPE_CHECKING:
+    from hyperhive_core.hive import Hive
+
+log = logging.getLogger(__name__)
+
+ADDRESS_FILE = "dashboard.json"
+
+
+def web_dir(state_root: Path) -> Path:
+    """The dashboard's own files in the state dir: the operator token and where it listens."""
+    return state_root / "web"
+
+
+class Dashboard:
+    """Created at startup (``hive.web``); its ``serve`` is the dashboard's supervised service."""
+
+    def __init__(self, hive: Hive) -> None:
+        self.hive = hive
+        self.settings: WebSection = hive.config.section("web", WebSection)
+        self.directory = web_dir(hive.paths.root)
+        self.token = load_or_create_token(self.directory)
+        self.sessions = Sessions(self.token, self.settings.session_days * 86400)
+        # Collected once, so a clash between plugins stops the daemon at startup.
+        self.routes: PluginRoutes = collect_routes(hive.pm)
+        self.slash_commands: SlashCommands = collect_slash_commands(hive.pm)
+        self.assets = PanelAssets()
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """Where this machine's browser reaches the dashboard."""
+        if self.port is None:
+            raise RuntimeError("the dashboard is not serving yet")
+        return f"http://{self.settings.url_host}:{self.port}"
+
+    @property
+    def login_url(self) -> str:
+        return f"{self.url}/login?token={self.token}"
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the dashboard until cancelled."""
+        from hyperhive_web.app import create_app
+
+        config = HypercornConfig()
+        host = f"[{self.settings.bind}]" if ":" in self.settings.bind else self.settings.bind
+        config.bind = [f"{host}:{self.settings.port}"]
+        config.accesslog = None
+        config.graceful_timeout = 1.0
+        # Live streams (SSE, the terminal) stay open for as long as the operator looks.
+        config.keep_alive_timeout = 75
+        app = create_app(self)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, app, config))
+            self.port = urlsplit(binds[0]).port
+            self._write_address()
+            log.info("dashboard at %s", self.url)
+            log.info("log in to the dashboard: %s", self.login_url)
+            task_status.started()
+
+    def _write_address(self) -> None:
+        """Tell local clients (``hyperhive attach``, ``hyperhive dashboard``) where to connect."""
+        path = self.directory / ADDRESS_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump({"url": self.url, "port": self.port, "pid": os.getpid()}, file)
+
+
+def read_address(state_root: Path) -> dict[str, Any]:
+    """Where the running dashboard listens, as it last wrote it."""
+    path = web_dir(state_root) / ADDRESS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HyperhiveError(f"{path} does not exist: is the hive running, with the web plugin?") from None
+
+
+def current_dashboard() -> Dashboard:
+    """The dashboard serving the current request."""
+    return current_app.config["HYPERHIVE_DASHBOARD"]

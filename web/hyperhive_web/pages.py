@@ -1,0 +1,177 @@
+"""The dashboard's HTML: login, the host page, agent pages, and plugin panels with their assets."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
+
+from hyperhive_core import host_commands
+from hyperhive_core.names import OPERATOR
+from hyperhive_web.api import INBOX_LIMIT, agent_json, state
+from hyperhive_web.auth import COOKIE
+from hyperhive_web.dashboard import current_dashboard
+from hyperhive_web.panels import PlacedPanel, collect_panels
+
+pages = Blueprint("pages", __name__)
+
+TAIL_EVENTS = 300
+RESOLVED_SHOWN = 10
+
+
+def session_cookie_name() -> str:
+    # Cookies ignore ports: name ours after the port, so two hives on one host never clash.
+    return f"{COOKIE}_{current_dashboard().port}"
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after login: a path on this dashboard only, never another site."""
+    parts = urlsplit(target or "/")
+    if parts.scheme or parts.netloc or not (target or "/").startswith("/") or (target or "").startswith("//"):
+        return "/"
+    return target or "/"
+
+
+@pages.route("/login", methods=["GET", "POST"])
+async def login() -> Any:
+    dashboard = current_dashboard()
+    if request.method == "POST":
+        form = await request.form
+        token, target = form.get("token", ""), form.get("next")
+    else:
+        token, target = request.args.get("token", ""), request.args.get("next")
+    if not token:
+        return await render_template("login.html", next=safe_next(target), error=None)
+    if not dashboard.sessions.token_matches(token):
+        html = await render_template("login.html", next=safe_next(target), error="that token is not this hive's")
+        return Response(html, status=401)
+    response = redirect(safe_next(target), 303)
+    response.set_cookie(
+        session_cookie_name(),
+        dashboard.sessions.issue(),
+        max_age=dashboard.sessions.max_age_seconds,
+        httponly=True,
+        samesite="Strict",
+        path="/",
+    )
+    return response
+
+
+@pages.post("/logout")
+async def logout() -> Response:
+    response = redirect("/login", 303)
+    response.delete_cookie(session_cookie_name(), path="/")
+    return response
+
+
+async def page_context() -> dict[str, Any]:
+    """What every page shows: the hive's warnings, the CSRF token, the slash commands."""
+    dashboard = current_dashboard()
+    hive = dashboard.hive
+    return {
+        "csrf": g.csrf,
+        "rehearsal": hive.rehearsal.url if hive.rehearsal else None,
+        "backend": {"name": hive.backend.name, "isolated": hive.backend.isolated},
+        "dashboard_port": dashboard.port,
+    }
+
+
+def split_panels(panels: list[PlacedPanel]) -> dict[str, list[PlacedPanel]]:
+    return {
+        "top": [placed for placed in panels if placed.panel.placement == "top"],
+        "main": [placed for placed in panels if placed.panel.placement != "top"],
+        "all": panels,
+    }
+
+
+async def newest_event_id() -> int:
+    newest = await current_dashboard().hive.events.history(None, limit=1)
+    return newest[-1].id if newest else 0
+
+
+def recent_approvals(approvals: list[dict[str, Any]], resolved: int = RESOLVED_SHOWN) -> list[dict[str, Any]]:
+    """Every pending approval, and the newest few resolved ones."""
+    pending = [approval for approval in approvals if approval["status"] == "pending"]
+    return pending + [approval for approval in approvals if approval["status"] != "pending"][:resolved]
+
+
+@pages.get("/")
+async def host_page() -> str:
+    hive = current_dashboard().hive
+    after = await newest_event_id()  # first, so the stream replays whatever the snapshot below misses
+    initial = {
+        "state": await state(),
+        "kept": await host_commands.kept(hive),
+        "inbox": await host_commands.recv(hive, agent=OPERATOR, limit=INBOX_LIMIT),
+        "approvals": recent_approvals(await host_commands.approvals(hive)),
+        "drafts": await host_commands.drafts(hive),
+    }
+    return await render_template(
+        "host.html",
+        initial=initial,
+        stream=f"/api/events?after={after}",
+        panels=split_panels(await collect_panels(hive, current_dashboard().assets)),
+        **await page_context(),
+    )
+
+
+@pages.get("/agent/<name>/")
+async def agent_page(name: str) -> str:
+    dashboard = current_dashboard()
+    hive = dashboard.hive
+    if name not in hive.agents:
+        abort(404, f"no agent named {name!r}")
+    initial = {
+        "agent": await agent_json(name),
+        "inbox": await host_commands.recv(hive, agent=name, limit=INBOX_LIMIT),
+        "commands": [
+            {"name": command.name, "help": command.help, "plugin": command.plugin}
+            for command in sorted(dashboard.slash_commands.values(), key=lambda command: command.name)
+        ],
+    }
+    return await render_template(
+        "agent.html",
+        agent=name,
+        initial=initial,
+        stream=f"/api/agents/{name}/events?tail={TAIL_EVENTS}",
+        panels=split_panels(await collect_panels(hive, current_dashboard().assets, agent=name)),
+        **await page_context(),
+    )
+
+
+async def one_panel(key: str, agent: str | None) -> dict[str, Any]:
+    """A panel re-rendered, for ``hyperhive.refreshPanel``; ``html`` is null once it is gone."""
+    hive = current_dashboard().hive
+    for placed in await collect_panels(hive, current_dashboard().assets, agent=agent):
+        if placed.panel.key == key:
+            html = await render_template("panel.html", placed=placed)
+            return {"key": key, "html": html, "placement": placed.panel.placement, "order": placed.panel.order}
+    return {"key": key, "html": None}
+
+
+@pages.get("/-/web/panels/<key>")
+async def host_panel(key: str) -> dict[str, Any]:
+    return await one_panel(key, None)
+
+
+@pages.get("/-/web/agents/<name>/panels/<key>")
+async def agent_panel(name: str, key: str) -> dict[str, Any]:
+    current_dashboard().hive.agents.get(name)
+    return await one_panel(key, name)
+
+
+@pages.get("/-/web/assets/<plugin>/<digest>/<filename>")
+async def panel_asset(plugin: str, digest: str, filename: str) -> Response:
+    key = f"{plugin}/{digest}/{filename}"
+    path = current_dashboard().assets.find(key)
+    if path is None:
+        # Not seen since this daemon started: render every page's panels once to learn them.
+        hive = current_dashboard().hive
+        await collect_panels(hive, current_dashboard().assets)
+        for agent in hive.agents:
+            await collect_panels(hive, current_dashboard().assets, agent=agent.name)
+        path = current_dashboard().assets.find(key)
+    if path is None or not path.is_file():
+        abort(404, f"no panel asset {key!r}")
+    return await send_file(path)
