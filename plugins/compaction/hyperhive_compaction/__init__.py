@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_compaction import records
+from hyperhive_compaction import records, web
 from hyperhive_compaction.compactor import Compactor
 from hyperhive_compaction.config import CompactionSection
 from hyperhive_core import hookimpl
@@ -15,6 +15,7 @@ from hyperhive_core import hookimpl
 if TYPE_CHECKING:
     from hyperhive_core.harness import Turn
     from hyperhive_core.hive import Hive
+    from hyperhive_core.panels import Panel
 
 
 @hookimpl
@@ -31,6 +32,11 @@ def register_migrations(register: Callable[[str, Iterable[Any]], None]) -> None:
 async def on_startup(hive: Hive) -> None:
     hive.compaction = Compactor(hive, hive.config.section("compaction"))
     await hive.store.write(records.mark_interrupted)
+
+
+@hookimpl
+def hive_services(hive: Hive) -> list[Callable[..., Any]]:
+    return [hive.compaction.serve]
 
 
 @hookimpl
@@ -59,17 +65,24 @@ def register_host_commands(register: Callable[..., None]) -> None:
     register("compactions", compactions)
 
 
-def describe_run(run: dict[str, Any]) -> str:
-    """One line about a compaction, for the CLI and the slash command."""
-    agent = run["agent"]
-    if run.get("queued"):
-        return f"{agent} is in a turn; its notes are compacted when the turn ends"
-    if run["outcome"] == records.OK:
-        return f"{agent}: notes.md compacted, {run['before_bytes']} → {run['after_bytes']} bytes"
-    if run["outcome"] == records.RUNNING:
-        return f"{agent}: compacting notes.md ({run['before_bytes']} bytes)"
-    kept = f"notes.md kept at {run['before_bytes']} bytes"
-    return f"{agent}: compaction undone ({run['outcome']}), {kept}: {run['reason']}"
+@hookimpl
+def register_slash_commands(register: Callable[..., None]) -> None:
+    register("compact-notes", web.compact_notes_command, help="compact this agent's notes.md now")
+
+
+@hookimpl
+def register_routes(register: Callable[..., None]) -> None:
+    register("/-/compaction/agents/<agent>/compact", web.compact_view, methods=("POST",))
+
+
+@hookimpl
+async def dashboard_panels(hive: Hive) -> list[Panel]:
+    return [await web.hive_panel(hive)]
+
+
+@hookimpl
+async def agent_panels(hive: Hive, agent: str) -> list[Panel]:
+    return [await web.agent_panel(hive, agent)]
 
 
 @hookimpl
@@ -83,7 +96,7 @@ def register_commands(cli: click.Group) -> None:
         """Compact agent NAME's notes.md now (or once its current turn ends)."""
         # No client timeout: the daemon bounds the session by [compaction] timeout_seconds.
         run = ask_daemon(state, "compact-notes", agent=name, timeout=None)
-        line = describe_run(run)
+        line = web.describe_run(run)
         if run.get("outcome") not in (None, records.OK):
             raise click.ClickException(line)
         click.echo(line)

@@ -37,6 +37,14 @@ class Compactor:
         self._running: dict[str, trio.Event] = {}
         self._in_turn: set[str] = set()
         self._queued: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the nursery that compactions started from the dashboard run in."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     def notes_path(self, agent: str) -> Path:
         """The agent's notes on the host."""
@@ -82,9 +90,11 @@ class Compactor:
 
     # -- the operator -----------------------------------------------------------------
 
-    async def request(self, agent: str) -> dict[str, Any]:
+    async def request(self, agent: str, *, wait: bool = True) -> dict[str, Any]:
         """Compact ``agent``'s notes now, or once its current turn ends.
 
+        :param wait: return the finished run; else return at once, with
+            ``{"started": True}``, and let the compaction run on its own.
         :return: the run, or ``{"queued": True}`` when it waits for the turn.
         :raises HyperhiveError: no such agent, already compacting, or no notes.
         """
@@ -94,7 +104,12 @@ class Compactor:
         if agent in self._in_turn or status.state is State.THINKING:
             self._queued.add(agent)
             return {"agent": agent, "queued": True}
-        return await self.compact(agent, "forced")
+        if wait:
+            return await self.compact(agent, "forced")
+        assert self._nursery is not None, "the compaction service runs while the hive does"
+        original = self._reserve(agent)
+        self._nursery.start_soon(self._compact_reserved, agent, "forced", original)
+        return {"agent": agent, "started": True, "before_bytes": len(original)}
 
     # -- one compaction ---------------------------------------------------------------
 
@@ -104,17 +119,26 @@ class Compactor:
         :return: the finished run's record.
         :raises HyperhiveError: there are no notes to compact.
         """
+        original = self._reserve(agent)
+        return await self._compact_reserved(agent, trigger, original)
+
+    def _reserve(self, agent: str) -> bytes:
+        """Claim ``agent`` for a compaction and return its notes; synchronous, so no turn slips in."""
         if agent in self._running:
             raise HyperhiveError(f"{agent} is already compacting its notes; wait for it to finish")
         path = self.notes_path(agent)
         original = read_notes(path)
         if not original or not original.strip():
             raise HyperhiveError(f"{agent} has no notes to compact: {path} is missing or empty")
-        self._running[agent] = done = trio.Event()
+        self._running[agent] = trio.Event()
+        return original
+
+    async def _compact_reserved(self, agent: str, trigger: str, original: bytes) -> dict[str, Any]:
+        done = self._running[agent]
         status = self.hive.agents.get(agent).status
         before = (status.state, status.detail)
         try:
-            return await self._compact(agent, trigger, path, original)
+            return await self._compact(agent, trigger, self.notes_path(agent), original)
         finally:
             # A turn waiting for this compaction sets its own state as it goes on.
             if status.state is State.COMPACTING and agent not in self._in_turn:
@@ -130,6 +154,7 @@ class Compactor:
         backup = self.backups(agent).save(original, run_id)
         hive.agents.set_state(agent, State.COMPACTING, f"notes.md: {size} bytes")
         hive.events.publish(agent, "note", text=f"compacting notes.md ({size} bytes, {trigger})")
+        hive.events.publish(agent, "compaction.started", id=run_id, trigger=trigger, before_bytes=size)
         try:
             result = await self._run_session(agent, model)
         except trio.Cancelled:
@@ -160,6 +185,7 @@ class Compactor:
             )
         )
         hive.events.publish(agent, "note", text=f"notes.md compacted: {size} → {len(after)} bytes")
+        self._finished(row)
         return row
 
     async def _run_session(self, agent: str, model: str) -> SessionResult:
@@ -190,7 +216,13 @@ class Compactor:
             )
         )
         self.hive.events.publish(agent, "error", text=f"notes compaction undone, notes.md restored: {reason}")
+        self._finished(row)
         return row
+
+    def _finished(self, row: dict[str, Any]) -> None:
+        """Tell the dashboard's panels (``compaction.finished``, the run's columns)."""
+        fields = {key: value for key, value in row.items() if key != "agent"}
+        self.hive.events.publish(row["agent"], "compaction.finished", **fields)
 
     async def last(self, agent: str | None = None, limit: int = 1) -> list[dict[str, Any]]:
         """The newest compactions: of ``agent``, or the latest of every agent."""

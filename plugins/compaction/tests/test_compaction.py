@@ -10,11 +10,12 @@ import hyperhive_compaction
 import pytest
 import trio
 from hivekit import needs_claude, next_event, running_hive
+from hyperhive_compaction import web
 from hyperhive_compaction.compactor import judge
 from hyperhive_compaction.notes import Backups, read_notes, write_notes
 from hyperhive_compaction.session import SessionResult, compaction_argv, parse_result
 
-from hyperhive_core.errors import ConfigError
+from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.hostsock import request
 
 LONG_NOTES = "# notes\n" + "".join(f"- fact {i}: the build runs with make test\n" for i in range(40))
@@ -300,6 +301,39 @@ async def test_a_turn_waits_for_a_forced_compaction(make_pm, tmp_path):
         session_end = max(r.time for r in hive.rehearsal.requests if r.rule == "agents.worker.rules[0]")
         turn_begin = min(r.time for r in hive.rehearsal.requests if r.rule == "agents.worker.rules[1]")
         assert turn_begin > session_end + 1.0  # after the delayed answer, not alongside it
+
+
+@needs_claude
+@pytest.mark.slow
+async def test_the_slash_command_starts_one_and_the_panels_show_it(make_pm, tmp_path):
+    notes = notes_path(tmp_path)
+    notes.parent.mkdir(parents=True)
+    notes.write_text(LONG_NOTES)
+    pm = make_pm(compaction=hyperhive_compaction)
+    async with running_hive(
+        tmp_path, pm, scenario(tmp_path, SHORT_NOTES), agents={"worker": {}}, **compaction_config(threshold_bytes=99999)
+    ) as hive:
+        before = await web.agent_panel(hive, "worker")
+        assert "last compaction: no compaction yet" in before.html
+        assert f"notes.md is {len(LONG_NOTES)} bytes; compacted past 99999" in before.html
+        with pytest.raises(HyperhiveError, match="/compact-notes takes no arguments"):
+            await web.compact_notes_command(hive, "worker", "now please")
+        answer = await web.compact_notes_command(hive, "worker", "")
+        assert answer == f"worker: compacting notes.md ({len(LONG_NOTES)} bytes); the live log tells how it went"
+        with pytest.raises(HyperhiveError, match="worker is already compacting its notes"):
+            await web.compact_notes_command(hive, "worker", "")
+        with trio.fail_after(60):
+            started = await next_event(hive, "worker", "compaction.started")
+            finished = await next_event(hive, "worker", "compaction.finished", after=started.id)
+        assert (started.data["trigger"], started.data["before_bytes"]) == ("forced", len(LONG_NOTES))
+        assert (finished.data["outcome"], finished.data["after_bytes"]) == ("ok", len(SHORT_NOTES))
+        after = await web.agent_panel(hive, "worker")
+        assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in after.html
+        assert [path.name for path in after.scripts if path.exists()] == ["compaction.js"]
+        host = await web.hive_panel(hive)
+        assert '<th scope="row">worker</th>' in host.html
+        assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in host.html
+        assert '<th scope="row">manager</th><td>-</td><td>no compaction yet</td>' in host.html
 
 
 def test_no_daemon_is_a_clear_error(tmp_path, hyperhive, clean_env):

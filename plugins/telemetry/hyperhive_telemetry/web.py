@@ -80,7 +80,7 @@ def hive_panel(hive: Hive) -> Panel:
         f'<div class="telemetry" data-telemetry="hive" {_timing(hive)}>'
         '<p class="telemetry-status" role="status" hidden></p>'
         f'<p class="telemetry-span">{span}; <span class="telemetry-approvals">approvals waiting: …</span></p>'
-        f'<table class="telemetry-table"><caption class="visually-hidden">turn statistics by agent, {span}</caption>'
+        f'<table class="telemetry-table"><caption class="sr">turn statistics by agent, {span}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody></tbody></table>"
         f'<div class="telemetry-charts">{charts}</div></div>'
     )

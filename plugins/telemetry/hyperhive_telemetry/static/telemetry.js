@@ -1,10 +1,12 @@
 /* hyperhive telemetry: uPlot charts on an agent's page and on the hive dashboard, kept live.
  *
  * Each panel root carries data-telemetry="agent" or "hive", the window to show
- * (data-telemetry-window, seconds) and how often to refresh (data-telemetry-refresh).
- * A refresh asks /api/stats for the points since the newest one it has (with a
- * small overlap, deduplicated per series) and for the summaries alone (series=0),
- * so the page stays light however many points the window holds.
+ * (data-telemetry-window, seconds) and how often to refresh (data-telemetry-refresh);
+ * a turn_end on the dashboard's live stream refreshes at once. A refresh asks
+ * /api/stats for the points since the newest one it has (with a small overlap,
+ * deduplicated per series) and for the summaries alone (series=0), so the page
+ * stays light however many points the window holds. window.hyperhive (the
+ * dashboard's runtime) does the fetching and the duration format.
  */
 (function () {
   "use strict";
@@ -14,30 +16,15 @@
   const AGENT_KEYS = ["turn_duration_ms", "inbox_depth", "notes_bytes"];
   const HIVE_KEYS = ["turn_duration_ms", "inbox_depth"];
 
-  // -- talking to the daemon ------------------------------------------------------
-
-  async function stats(params) {
-    const response = await fetch("/api/stats?" + new URLSearchParams(params).toString(), {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-    });
-    const body = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      throw new Error(body.error || response.status + " " + response.statusText);
-    }
-    return body;
+  function stats(params) {
+    return hyperhive.api("/api/stats?" + new URLSearchParams(params).toString());
   }
 
   // -- words for numbers ----------------------------------------------------------
 
   const format = {
     ms(value) {
-      if (value == null) return "–";
-      if (value < 1000) return Math.round(value) + "ms";
-      if (value < 60000) return (value / 1000).toFixed(1) + "s";
-      const minutes = Math.floor(value / 60000);
-      const seconds = Math.round((value % 60000) / 1000);
-      return minutes + "m " + String(seconds).padStart(2, "0") + "s";
+      return value == null ? "–" : hyperhive.formatDuration(value);
     },
     seconds(value) {
       return value == null ? "–" : format.ms(value * 1000);
@@ -176,14 +163,23 @@
     status.hidden = !error;
   }
 
-  function every(seconds, refresh) {
+  /** Run refresh now, then every `seconds`, and soon after any turn ends. */
+  function keepFresh(seconds, refresh) {
+    let timer = null;
     const loop = async () => {
+      clearTimeout(timer);
       try {
         await refresh();
       } finally {
-        setTimeout(loop, seconds * 1000);
+        timer = setTimeout(loop, seconds * 1000);
       }
     };
+    hyperhive.on("turn_end", (event) => {
+      if (!event.replay) {
+        clearTimeout(timer);
+        timer = setTimeout(loop, 500); // the turn's figures are written just after its event
+      }
+    });
     loop();
   }
 
@@ -234,7 +230,7 @@
         setStatus(root, error);
       }
     }
-    every(Number(root.dataset.telemetryRefresh), refresh);
+    keepFresh(Number(root.dataset.telemetryRefresh), refresh);
   }
 
   function describeAgent(list, figures) {
@@ -332,7 +328,7 @@
         setStatus(root, error);
       }
     }
-    every(Number(root.dataset.telemetryRefresh), refresh);
+    keepFresh(Number(root.dataset.telemetryRefresh), refresh);
   }
 
   function start() {
