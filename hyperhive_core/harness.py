@@ -67,6 +67,8 @@ class Harness:
         self._cancel_requested = False
         self._hold_after_cancel = False
         self._crashes: list[float] = []
+        self._waiting = trio.CancelScope()
+        self._container_changed = False
         self.cap_lifted_on: datetime.date | None = None
 
     @property
@@ -99,7 +101,11 @@ class Harness:
                         # The cancelled turn's messages are queued again; run them with the next one.
                         await hive.broker.wait_for_arrival(self.name)
                         self._hold_after_cancel = False
-                    batch = await hive.broker.wait_for_messages(self.name)
+                    # A pause while waiting cancels the wait; a batch already handed over stays ready.
+                    with trio.CancelScope() as self._waiting:
+                        batch = await hive.broker.wait_for_messages(self.name)
+                    if self._waiting.cancelled_caught:
+                        continue
                     await self._take_turn(batch)
             finally:
                 with trio.CancelScope(shield=True):
@@ -115,6 +121,10 @@ class Harness:
         self._cancel_requested = True
         await self.session.interrupt()
         return True
+
+    def pause(self) -> None:
+        """Stop waiting for messages; the loop then holds until resumed (a running turn finishes)."""
+        self._waiting.cancel()
 
     def resume(self) -> None:
         """Wake a paused loop (the caller clears the flag). Resuming lifts the spend cap for today."""
@@ -233,9 +243,19 @@ class Harness:
             return result, "failure"
         return None, "failure"
 
+    def container_changed(self) -> None:
+        """The agent's container spec changed: restart its container (and session) before the next turn."""
+        self._container_changed = True
+
     async def _ensure_session(self) -> None:
         assert self.session is not None
         assert self._nursery is not None
+        if self._container_changed:
+            self._container_changed = False
+            await self.session.stop()  # the next start resumes the conversation
+            await self.hive.backend.stop(self.session.spec)
+            self.session.spec = self.hive.container_spec(self.name)
+            await self.hive.backend.start(self.session.spec)
         if not self.session.running:
             await self.session.start(self._nursery, await self.session_options())
 

@@ -15,6 +15,7 @@ import trio
 
 from hyperhive_core.agents import (
     AGENT,
+    MANAGER,
     AgentConfig,
     Agents,
     State,
@@ -22,9 +23,11 @@ from hyperhive_core.agents import (
     check_agent_config,
     config_from_json,
 )
+from hyperhive_core.approvals import Approvals
 from hyperhive_core.broker import Broker, BrokerSection, Message, RecipientDirectory
 from hyperhive_core.claude import ClaudeSection, find_cli
 from hyperhive_core.config import Config, option
+from hyperhive_core.configrepo import ORIGIN_APPLIED, ConfigRepos
 from hyperhive_core.containers import (
     ContainerBackend,
     ContainerEvent,
@@ -86,6 +89,8 @@ class Hive:
         )
         self.agents = Agents(store, self.events, directory, self.settings.manager)
         self.surface = AgentSockets(self, collect_tools(pm))
+        self.repos = ConfigRepos(paths)
+        self.approvals = Approvals(self)
         self.backend = make_backend(self)
         self.harnesses: dict[str, Harness] = {}
         self._runs: dict[str, _AgentRun] = {}
@@ -106,9 +111,26 @@ class Hive:
         return self.container_spec_for(name, self.agents.get(name).role)
 
     def container_spec_for(self, name: str, role: str) -> ContainerSpec:
+        # The manager writes every agent's proposed config repo, each at /agents/<name>/config.
+        binds = {
+            f"/agents/{other}/config": self.repos.proposed(other)
+            for other in (self.repos.proposed_names() if role == MANAGER else ())
+            if other != name
+        }
         return ContainerSpec(
-            agent=name, role=role, state_dir=self.paths.agent_state(name), socket_dir=self.paths.agent_run(name)
+            agent=name,
+            role=role,
+            state_dir=self.paths.agent_state(name),
+            socket_dir=self.paths.agent_run(name),
+            extra_binds=binds,
         )
+
+    def container_changed(self, name: str) -> None:
+        """``name``'s container spec changed (a config repo appeared for the manager to see):
+        its container restarts with the new one before its next turn."""
+        harness = self.harnesses.get(name)
+        if harness is not None:
+            harness.container_changed()
 
     def session_env(self, name: str, home: Path) -> dict[str, str]:
         """The Claude Code process's environment: the model endpoint, and no phoning home."""
@@ -168,19 +190,61 @@ class Hive:
     # -- lifecycle: spawn, destroy (keeping state), restore, rebuild ---------------------
 
     async def spawn(self, name: str, config: AgentConfig | None = None) -> dict[str, Any]:
-        """Create and start a new agent: the operator's direct spawn, or an approved request."""
-        check_agent_name(name)
-        if name in self.agents:
-            raise HyperhiveError(f"an agent named {name!r} already exists")
-        if name in await self.kept_state():
-            raise HyperhiveError(
-                f"{name!r} has kept state from a destroyed agent; restore it (hyperhive restore {name}) "
-                f"or purge it first (hyperhive destroy {name} --purge)"
-            )
+        """Create and start a new agent: the operator's direct spawn, or an approved ``request_spawn``.
+
+        Its config repos are seeded from the template with ``config`` (default: the
+        defaults), and it runs from the applied one.
+        """
+        await self.approvals.check_free(check_agent_name(name))
         config = check_agent_config(self.pm, name, config or AgentConfig(), f"the config of {name!r}")
-        await self.add_agent(name, config)
-        self.events.publish(name, "note", text="spawned")
+        sha = await self.repos.create(name, config, self.approvals.agent_sections())
+        try:
+            await self.add_applied(name, config, sha)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.repos.remove(name)
+            raise
         return self.agents.get(name).snapshot()
+
+    async def add_applied(self, name: str, config: AgentConfig, sha: str) -> None:
+        """Start a new agent whose config is its applied repo at ``sha`` (checked out already).
+
+        If it cannot start, nothing of it stays registered.
+        """
+        try:
+            await self.add_agent(name, config, ORIGIN_APPLIED)
+            await self.agents.remember(name, applied_sha=sha)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if name in self.agents:
+                    await self._stop_agent(name)
+                await self.store.write(lambda db: db["agents"].delete_where("name = ?", [name]))
+            raise
+        self.container_changed(self.agents.manager)
+        self.events.publish(name, "note", text=f"spawned from config {sha[:12]}")
+
+    async def apply_config(self, name: str, config: AgentConfig, sha: str) -> None:
+        """Move ``name``'s applied repo to ``sha`` and rebuild it with ``config``, or put it back as it was.
+
+        A model the config changes replaces the operator's model override: the
+        operator approved the new one.
+        """
+        old_config, old = self.agents.get(name).config, (await self.agents.stored())[name]
+        await self.repos.checkout(name, sha)
+        await self.agents.remember(name, applied_sha=sha)
+        if config.model != old_config.model:
+            await self.agents.remember(name, model_override=None)
+        try:
+            await self.rebuild(name, config)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.repos.checkout(name, old["applied_sha"])
+                await self.agents.remember(name, applied_sha=old["applied_sha"], model_override=old["model_override"])
+                if name in self.agents:
+                    await self._stop_agent(name)
+                await self.add_agent(name, old_config, ORIGIN_APPLIED)
+            raise
+        self.events.publish(name, "note", text=f"config {sha[:12]} applied")
 
     async def destroy(self, name: str, purge: bool = False) -> dict[str, Any]:
         """Stop and remove an agent. Its state is kept (and restorable) unless ``purge``.
@@ -193,7 +257,10 @@ class Hive:
             raise HyperhiveError(f"{name!r} is the manager; the hive always has one, so it cannot be destroyed")
         live = name in self.agents
         if not live and name not in await self.kept_state():
-            raise UnknownAgent(f"no agent or kept state named {name!r}")
+            if not await self.approvals.is_draft(name):
+                raise UnknownAgent(f"no agent or kept state named {name!r}")
+            if not purge:
+                raise HyperhiveError(f"{name!r} is a draft, with nothing running; discard it with --purge")
         doomed = [self.paths.inside(path) for path in (self.paths.agent_dir(name), self.paths.applied(name))]
         if live:
             await self._stop_agent(name)
@@ -205,6 +272,7 @@ class Hive:
             await self.store.write(lambda db: db["agents"].delete_where("name = ?", [name]))
         else:
             await self.agents.remember(name, destroyed_at=time.time())
+        await self.approvals.agent_gone(name, purged=purge)
         self.events.publish(name, "note", text="destroyed; state purged" if purge else "destroyed; state kept")
         return {"agent": name, "purged": purge}
 
@@ -213,19 +281,33 @@ class Hive:
         row = (await self.kept_state()).get(name)
         if row is None:
             raise HyperhiveError(f"no kept state named {name!r}; `hyperhive kept` lists what can be restored")
-        config = check_agent_config(self.pm, name, config_from_json(row["config_json"]), f"the config of {name!r}")
+        config = check_agent_config(self.pm, name, *await self.stored_config(name, row))
         await self.add_agent(name, config, row["origin"])
         self.events.publish(name, "note", text="restored from kept state")
         return self.agents.get(name).snapshot()
 
-    async def rebuild(self, name: str) -> dict[str, Any]:
-        """Restart an agent from scratch with its current config; clears ``failed``."""
+    async def rebuild(self, name: str, config: AgentConfig | None = None) -> dict[str, Any]:
+        """Restart an agent from scratch with its current config (or ``config``); clears ``failed``."""
         agent = self.agents.get(name)
-        config, origin = agent.config, (await self.agents.stored())[name]["origin"]
+        config, origin = config or agent.config, (await self.agents.stored())[name]["origin"]
         await self._stop_agent(name)
         await self.add_agent(name, config, origin)
         self.events.publish(name, "note", text="rebuilt")
         return self.agents.get(name).snapshot()
+
+    async def stored_config(self, name: str, row: dict[str, Any]) -> tuple[AgentConfig, str]:
+        """An agent's config as last applied, unchecked, and where it came from.
+
+        An agent with config repos runs its applied repo's ``agent.toml`` at the
+        recorded sha; the others, the config stored with them.
+        """
+        sha = row["applied_sha"]
+        if row["origin"] == ORIGIN_APPLIED and sha:
+            try:
+                return await self.repos.read_config(name, sha), f"{name}'s agent.toml at {sha[:12]}"
+            except HyperhiveError as exc:
+                log.warning("%s: cannot read its applied config (%s); using the copy stored with it", name, exc)
+        return config_from_json(row["config_json"]), f"the stored config of {name!r}"
 
     async def kept_state(self) -> dict[str, dict[str, Any]]:
         """Destroyed agents whose state is kept, by name."""
@@ -234,6 +316,9 @@ class Hive:
     async def pause(self, name: str, reason: str = "paused by the operator") -> None:
         status = self.agents.get(name).status
         status.paused, status.pause_reason = True, reason
+        harness = self.harnesses.get(name)
+        if harness is not None:
+            harness.pause()
         await self.agents.remember(name, paused=1)
         self.events.publish(name, "note", text=f"paused: {reason}")
         self.agents.publish_status(name)

@@ -146,3 +146,15 @@ async def test_hook_on_container_event_for_a_crash_and_restart_with_backoff(make
         await hive.broker.send("operator", "manager", "still alive?")
         with trio.fail_after(60):
             await next_event(hive, "manager", "turn_end", lambda e: True, after=error.id)
+
+
+async def test_a_paused_idle_agent_takes_no_turn_until_resumed(make_pm, tmp_path):
+    async with running_hive(tmp_path, make_pm(), ECHO) as hive:
+        await hive.pause("manager")
+        await hive.broker.send("operator", "manager", "are you there?")
+        with trio.move_on_after(3):
+            await next_event(hive, "manager", "turn_start")
+            pytest.fail("a paused agent started a turn")
+        await hive.resume("manager")
+        with trio.fail_after(60):
+            assert await operator_reply(hive, "manager") == "manager heard: are you there?"
