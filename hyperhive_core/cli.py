@@ -252,6 +252,86 @@ def kept(state: CliState) -> None:
         click.echo("no kept state")
 
 
+# -- the manager's requests (docs/approvals.md) --------------------------------------
+
+
+def describe_approval(approval: dict[str, Any]) -> str:
+    sha = (approval["fetched_sha"] or "")[:12]
+    line = f"#{approval['id']:<4} {approval['status']:<9} {approval['kind']:<13} {approval['agent']:<16} {sha:<12}"
+    line += f"  {approval['description']}"
+    if approval["problems"]:
+        line += "  [INVALID: can only be denied]"
+    return line
+
+
+@cli.command()
+@click.argument("approval_id", metavar="[ID]", type=int, required=False)
+@click.option("--all", "show_all", is_flag=True, help="Include resolved requests, not only pending ones.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def approvals(state: CliState, approval_id: int | None, show_all: bool, as_json: bool) -> None:
+    """List the manager's pending requests; with ID, show one with its diff."""
+    if approval_id is not None:
+        approval = ask_daemon(state, "approval", approval_id=approval_id)
+        if as_json:
+            echo_json(approval)
+            return
+        click.echo(describe_approval(approval))
+        ref = f", ref {approval['commit_ref']}" if approval["commit_ref"] else ""
+        click.echo(f"requested by {approval['requested_by']}{ref}")
+        for field in ("note", "error"):
+            if approval[field]:
+                click.echo(f"{field}: {approval[field]}")
+        for problem in approval["problems"]:
+            click.echo(f"problem: {problem}")
+        if approval["diff"]:
+            click.echo("")
+            click.echo(approval["diff"], nl=False)
+        return
+    rows = ask_daemon(state, "approvals", status=None if show_all else "pending")
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(describe_approval(row))
+    if not rows:
+        click.echo("no approvals" if show_all else "no pending approvals")
+
+
+@cli.command()
+@click.argument("approval_id", metavar="ID", type=int)
+@click.option("--note", default="", help="A note for the manager.")
+@pass_state
+def approve(state: CliState, approval_id: int, note: str) -> None:
+    """Approve request ID and carry it out (`hyperhive approvals ID` shows its diff)."""
+    result = ask_daemon(state, "approve", approval_id=approval_id, note=note)
+    if result["status"] == "failed":
+        raise click.ClickException(f"approval {approval_id} failed: {result['error']}")
+    click.echo(f"approved #{approval_id}: {result['kind']} {result['agent']}")
+
+
+@cli.command()
+@click.argument("approval_id", metavar="ID", type=int)
+@click.option("--note", required=True, help="Why: the manager reads it.")
+@pass_state
+def deny(state: CliState, approval_id: int, note: str) -> None:
+    """Deny request ID, telling the manager why."""
+    result = ask_daemon(state, "deny", approval_id=approval_id, note=note)
+    click.echo(f"denied #{approval_id}: {result['kind']} {result['agent']}")
+
+
+@cli.command()
+@pass_state
+def drafts(state: CliState) -> None:
+    """List agents the manager drafted and has not had spawned yet."""
+    rows = ask_daemon(state, "drafts")
+    for row in rows:
+        pending = f"  (spawn_commit #{row['pending']} pending)" if row["pending"] else ""
+        click.echo(f"{row['name']:<16} by {row['created_by']}{pending}")
+    if not rows:
+        click.echo("no drafts")
+
+
 @cli.group(hidden=True)
 def debug() -> None:
     """Ops-only commands, hidden from --help."""

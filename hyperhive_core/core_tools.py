@@ -1,7 +1,8 @@
-"""The hive's own MCP tools: messaging for every agent, the agent list for the manager."""
+"""The hive's own MCP tools: messaging for every agent; the agent list and change requests for the manager."""
 
 from __future__ import annotations
 
+from hyperhive_core.approvals import Approval
 from hyperhive_core.harness import render_batch
 from hyperhive_core.tools import ToolContext
 
@@ -44,9 +45,88 @@ def list_agents(ctx: ToolContext) -> str:
     return "\n".join(lines) or "no agents"
 
 
+# -- the manager's requests to the operator (docs/approvals.md) --------------------------
+
+
+async def request_spawn(ctx: ToolContext, name: str, description: str) -> str:
+    """Ask the operator to create a new agent with the default config; it starts once approved.
+
+    :param name: the new agent's name: 1-31 lowercase letters, digits and '-', starting with a letter.
+    :param description: what the agent is for, for the operator to judge.
+    """
+    return _requested(await ctx.hive.approvals.request_spawn(ctx.agent, name, description))
+
+
+async def request_spawn_draft(ctx: ToolContext, name: str) -> str:
+    """Create a draft agent: its config repo and state dir, no container. No approval needed.
+
+    Edit agent.toml in the draft's config repo, commit, then call request_spawn_commit.
+
+    :param name: the new agent's name: 1-31 lowercase letters, digits and '-', starting with a letter.
+    """
+    approvals = ctx.hive.approvals
+    await approvals.request_spawn_draft(ctx.agent, name)
+    return (
+        f"draft {name} created; its config repo is {approvals.repo_path_for_manager(name)} "
+        "(a draft_created event follows, and the repo is there from that turn on). "
+        f"Edit agent.toml, commit, then call request_spawn_commit({name!r}, <branch or commit>)."
+    )
+
+
+async def request_spawn_commit(ctx: ToolContext, name: str, commit_ref: str) -> str:
+    """Ask the operator to start draft agent `name` from a commit of its config repo.
+
+    The commit is resolved now: moving the branch later changes nothing.
+
+    :param name: the draft's name.
+    :param commit_ref: a branch (main), a full ref, HEAD, or a commit id.
+    """
+    return _requested(await ctx.hive.approvals.request_spawn_commit(ctx.agent, name, commit_ref))
+
+
+async def request_apply_commit(ctx: ToolContext, name: str, commit_ref: str, description: str) -> str:
+    """Ask the operator to apply a commit of a running agent's config repo; it is rebuilt once approved.
+
+    The commit is resolved now: moving the branch later changes nothing.
+
+    :param name: the agent whose config changes.
+    :param commit_ref: a branch (main), a full ref, HEAD, or a commit id.
+    :param description: what the change does and why, for the operator to judge.
+    """
+    return _requested(await ctx.hive.approvals.request_apply_commit(ctx.agent, name, commit_ref, description))
+
+
+async def request_destroy(ctx: ToolContext, name: str, purge: bool = False) -> str:
+    """Ask the operator to destroy an agent. Its state is kept (restorable) unless purge.
+
+    :param name: the agent to destroy.
+    :param purge: also wipe its state and config repos; this cannot be undone.
+    """
+    return _requested(await ctx.hive.approvals.request_destroy(ctx.agent, name, purge))
+
+
+def _requested(approval: Approval) -> str:
+    commit = f" at {approval.fetched_sha[:12]}" if approval.fetched_sha else ""
+    text = (
+        f"approval {approval.id} ({approval.kind} {approval.agent}{commit}) is waiting for the operator; "
+        "the answer arrives in your inbox as an approval_resolved event."
+    )
+    if approval.problems:
+        text += (
+            f" Its config is invalid, so it can only be denied: {'; '.join(approval.problems)}. "
+            "Fix it in a new commit, and ask again once this one is resolved."
+        )
+    return text
+
+
 TOOLS = [
     (send, ("agent", "manager")),
     (recv, ("agent", "manager")),
     (peers, ("agent", "manager")),
     (list_agents, ("manager",)),
+    (request_spawn, ("manager",)),
+    (request_spawn_draft, ("manager",)),
+    (request_spawn_commit, ("manager",)),
+    (request_apply_commit, ("manager",)),
+    (request_destroy, ("manager",)),
 ]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from hyperhive_core.agents import AgentConfig, check_agent_config, config_from_json
+from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.config import Config
 from hyperhive_core.hive import Hive
 from hyperhive_core.hostsock import serve_host_socket
@@ -109,7 +109,8 @@ async def agents_to_start(hive: Hive) -> dict[str, tuple[AgentConfig, str, str]]
             await hive.agents.remember(name, destroyed_at=time.time())
             await hive.backend.stop(hive.container_spec_for(name, row["role"]))
         else:
-            chosen[name] = (config_from_json(row["config_json"]), "spawn", f"the stored config of {name!r}")
+            config, where = await hive.stored_config(name, row)
+            chosen[name] = (config, row["origin"], where)
     # The manager first: the others may message it as soon as they start.
     return {manager: chosen.pop(manager), **chosen}
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from hyperhive_core.agents import AgentConfig
+    from hyperhive_core.approvals import Approval
     from hyperhive_core.broker import Message
     from hyperhive_core.claude import SessionOptions
     from hyperhive_core.containers import ContainerEvent
@@ -217,6 +218,22 @@ def on_container_event(hive: Hive, event: ContainerEvent) -> None:
         ``log_tail``. Only the daemon restarts a crashed container; hooks react
         (report it, mark the agent). Events come from the backend's own watcher,
         so keep the hook quick and hand slow work to a service.
+    """
+
+
+# -- approvals ----------------------------------------------------------------
+
+
+@hookspec
+def on_approval_resolved(hive: Hive, approval: Approval) -> None:
+    """Called after the operator's answer to a manager's request is recorded and sent.
+
+    :param hive: the running hive.
+    :param approval: the ``hyperhive_core.approvals.Approval`` as resolved: ``status``
+        (``approved``, ``denied``, ``failed`` or ``cancelled``), ``note``, ``error``,
+        ``kind``, ``agent``, ``fetched_sha``. By then an approved change has been
+        carried out and the manager has its ``approval_resolved`` event. An
+        exception is logged and reported as an ``error`` event.
     """
 
 

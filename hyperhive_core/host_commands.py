@@ -91,6 +91,29 @@ async def kept(hive: Hive) -> list[dict[str, Any]]:
     ]
 
 
+async def approvals(hive: Hive, status: str | None = None) -> list[dict[str, Any]]:
+    """The manager's requests, newest first (only those with ``status`` if given)."""
+    return [approval.to_json() for approval in await hive.approvals.list(status)]
+
+
+async def approval(hive: Hive, approval_id: int) -> dict[str, Any]:
+    """One request, with its diff and problems."""
+    return (await hive.approvals.get(int(approval_id))).to_json()
+
+
+async def approve(hive: Hive, approval_id: int, note: str = "") -> dict[str, Any]:
+    return (await hive.approvals.approve(int(approval_id), note)).to_json()
+
+
+async def deny(hive: Hive, approval_id: int, note: str) -> dict[str, Any]:
+    return (await hive.approvals.deny(int(approval_id), note)).to_json()
+
+
+async def drafts(hive: Hive) -> list[dict[str, Any]]:
+    """Agents drafted by the manager and not spawned yet."""
+    return [draft.to_json() for draft in await hive.approvals.drafts()]
+
+
 COMMANDS = {
     "spawn": spawn,
     "destroy": destroy,
@@ -105,4 +128,9 @@ COMMANDS = {
     "resume": resume,
     "cancel": cancel,
     "model": model,
+    "approvals": approvals,
+    "approval": approval,
+    "approve": approve,
+    "deny": deny,
+    "drafts": drafts,
 }

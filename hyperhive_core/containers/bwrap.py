@@ -286,6 +286,9 @@ class BwrapBackend(ContainerBackend):
     async def _prepare(self, spec: ContainerSpec) -> int:
         uid = await self.uids.allocate(spec.agent)
         give_state_dir(spec.state_dir, uid)
+        # Read-write binds (the manager's config repos) are the agent's to write, too.
+        for source in spec.extra_binds.values():
+            give_state_dir(source, uid)
         return uid
 
     async def _stop_sandbox(self, sandbox: Sandbox) -> None:
