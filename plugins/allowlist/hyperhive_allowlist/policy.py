@@ -51,7 +51,14 @@ RUNS_OTHERS = {
 
 # Interpreters: the option letters that take a program on the command line, and
 # those whose value is the rest of the cluster (-Werror, -Ilib), which hide no option.
-INLINE_CODE = {"shell": "c", "python": "ci", "node": "epi", "perl": "eEmM", "ruby": "e", "php": "rRBE", "lua": "e"}
+INLINE_CODE = {
+    "shell": "c",
+    "python": "ci",
+    "node": "epi",
+    "perl": "eEmM",
+    "php": "rRBE",
+    **dict.fromkeys(("ruby", "lua", "julia", "r", "elixir"), "e"),
+}
 VALUE_LETTERS = {"shell": "oO", "python": "WX", "perl": "Iix", "ruby": "IrCEFKTWx0", "php": "cdfzt", "lua": "l"}
 INLINE_LONG = {"shell": ("--command", "--init-command"), "node": ("--eval", "--print", "--interactive")}
 STDIN_SCRIPTS = ("-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0")
@@ -61,11 +68,12 @@ OPTION_ARGUMENTS = {  # options whose value is the next word, so it is not the s
     "node": ("-r", "--require", "--import", "--loader", "--experimental-loader", "-C", "--conditions", "--title"),
 }
 INTERPRETER = re.compile(
-    r"(?P<family>sh|bash|dash|zsh|ksh|mksh|ash|fish|python|pypy|node|nodejs|bun|perl|ruby|php|lua|luajit)"
+    r"(?P<family>sh|bash|rbash|dash|zsh|ksh|mksh|ash|yash|posh|csh|tcsh|fish|python|pypy|node|nodejs|bun|"
+    r"perl|ruby|php|lua|luajit|julia|Rscript|R|elixir)"
     r"[0-9.]*"
 )
 FAMILIES = {
-    **dict.fromkeys(("sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish"), "shell"),
+    **dict.fromkeys(_names("sh bash rbash dash zsh ksh mksh ash yash posh csh tcsh fish"), "shell"),
     **dict.fromkeys(("python", "pypy"), "python"),
     **dict.fromkeys(("node", "nodejs", "bun"), "node"),
     "perl": "perl",
@@ -73,6 +81,10 @@ FAMILIES = {
     "php": "php",
     "lua": "lua",
     "luajit": "lua",
+    "julia": "julia",
+    "Rscript": "r",
+    "R": "r",
+    "elixir": "elixir",
 }
 
 GIT_GLOBAL_FLAGS = _names(
@@ -271,7 +283,7 @@ def command_risks(words: list[Word]) -> list[Risk]:
         raise Refused("the command name is empty")
     if "/" in name.text:
         risks.append(Risk(name.text, "runs a program by its path", as_command=True))
-    if not name.literal or name.text.startswith("-"):
+    if not name.literal or name.text.startswith("-") or any(char.isspace() for char in name.text):
         risks.append(Risk(name.text, "is not a plain command name", as_command=True))
     if name.text in RUNS_OTHERS:
         risks.append(Risk(name.text, RUNS_OTHERS[name.text], as_command=True))
@@ -283,6 +295,8 @@ def command_risks(words: list[Word]) -> list[Risk]:
         risks += git_risks(words[1:])
     elif program == "find":
         risks += find_risks(words[1:])
+    elif program == "deno" and len(words) > 1 and words[1].text in ("eval", "repl"):
+        risks.append(Risk(words[1].text, "runs code given on the command line"))
     elif program in ("test", "[", "printf"):
         risks += [Risk(w.text, "evaluates a variable name, which can run code") for w in words[1:] if w.text == "-v"]
     return risks

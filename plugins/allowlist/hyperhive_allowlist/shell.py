@@ -170,7 +170,8 @@ class _Parser:
 
     def _redirect(self, token: _Operator, target: Word, words: list[Word]) -> Redirect:
         fd = None
-        if words and words[-1].end == token.start and not words[-1].quoted:
+        # `2&>x` is the word 2 and then `&>x`: only the other operators take a descriptor.
+        if words and words[-1].end == token.start and not words[-1].quoted and token.op not in ("&>", "&>>"):
             if words[-1].text.isdigit():
                 fd = int(words.pop().text)
             elif words[-1].text.startswith("{") and words[-1].text.endswith("}"):

@@ -55,6 +55,8 @@ BYPASSES = [
     ("perl -e 'unlink \"canary\"'", "`-e` runs code"),
     ("perl -lne 'unlink \"canary\"' /dev/null", "`-lne` runs code"),
     ("perl -M'POSIX;unlink(\"canary\")' -v", "runs code"),
+    ("zsh -c 'rm -rf canary'", "`-c` runs code"),
+    ("ruby -e 'File.delete(\"canary\")'", "`-e` runs code"),
     (f"bash <<'EOF'\n{CANARY}\nEOF", "reads a program from its standard input"),
     (f"echo '{CANARY}' | bash", "reads a program from its standard input"),
     ("bash -s < /state/evil.sh", "reads a program from its standard input"),
@@ -107,6 +109,8 @@ BYPASSES = [
     ("/usr/bin/git -c core.fsmonitor=evil status", "runs a program by its path"),
     ("./git status", "`./git` runs a program by its path"),
     ("gi? status", "`gi?` is not a plain command name"),
+    ("{rm,-rf,canary}", "`{rm,-rf,canary}` is not a plain command name"),
+    ("'git status' && git\\ status", "`git status` is not a plain command name"),
     # redirections out of the agent's directories, or into its configuration
     ("git log > /etc/passwd", "writes to `/etc/passwd`, outside the agent's directories"),
     ("git log &> /etc/x", "outside the agent's directories"),

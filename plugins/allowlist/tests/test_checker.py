@@ -68,6 +68,11 @@ def test_an_exact_pattern_allows_that_command_only(check):
     assert check("npm run testing", patterns) is not None
 
 
+def test_a_descriptor_sticks_only_to_operators_that_take_one(check):
+    assert check("git 2>/dev/null", ["git"]) is None
+    assert check("git 2&>/dev/null", ["git"]) is not None  # bash runs `git 2`, with &> to /dev/null
+
+
 def test_word_boundaries_follow_claude_code(check):
     assert check("ls", ["ls *"]) is None
     assert check("lsof", ["ls *"]) is not None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 
+import hyperhive_web
 import pytest
 import trio
 from hivekit import needs_claude, running_hive
@@ -121,3 +123,17 @@ async def test_the_agent_page_shows_the_list(make_pm, tmp_path):
     assert "<li><code>echo &lt;b&gt;</code></li>" in worker.html
     assert "may run no shell commands" in shy.html
     assert "No allow-list" in manager.html
+
+
+@needs_claude
+async def test_the_dashboard_agent_page_shows_the_list(make_pm, tmp_path):
+    agents = {"worker": {"allowlist": {"bash": ["git *", "pytest*"]}}}
+    pm = make_pm(allowlist=plugin, web=hyperhive_web)
+    async with running_hive(tmp_path, pm, IDLE, agents=agents, web={"port": 0}) as hive:
+        page = urllib.request.Request(
+            f"{hive.web.url}/agent/worker/", headers={"Authorization": f"Bearer {hive.web.token}"}
+        )
+        with trio.fail_after(10):
+            html = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(page, timeout=10).read().decode())
+    assert "SH3LL 4LL0W-L1ST" in html
+    assert "<li><code>git *</code></li><li><code>pytest*</code></li>" in html
