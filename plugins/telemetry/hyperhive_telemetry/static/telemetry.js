@@ -15,6 +15,8 @@
   const OVERLAP_SECONDS = 10;
   const AGENT_KEYS = ["turn_duration_ms", "inbox_depth", "notes_bytes"];
   const HIVE_KEYS = ["turn_duration_ms", "inbox_depth"];
+  const COUNTED = new Set(["turns_per_min", "inbox_depth"]);
+  const COUNT_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
 
   function stats(params) {
     return hyperhive.api("/api/stats?" + new URLSearchParams(params).toString());
@@ -132,20 +134,24 @@
 
   // -- charts -----------------------------------------------------------------------
 
-  function chart(element, labels, valueFormat) {
+  /** A time chart with one line per label; counts are drawn as steps with whole-number ticks. */
+  function chart(element, labels, valueFormat, counts) {
     const axis = { stroke: "#9a9a9a", grid: { stroke: "#262626", width: 1 }, ticks: { stroke: "#333", width: 1 } };
+    const yAxis = { ...axis, size: 64, values: (u, values) => values.map(valueFormat) };
+    if (counts) yAxis.incrs = COUNT_STEPS;
     const options = {
       width: Math.max(240, element.clientWidth || 320),
       height: 150,
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true } },
-      axes: [axis, { ...axis, size: 64, values: (u, values) => values.map(valueFormat) }],
+      axes: [axis, yAxis],
       series: [
         {},
         ...labels.map((label, index) => ({
           label,
           stroke: COLORS[index % COLORS.length],
           width: 1.5,
+          paths: counts ? uPlot.paths.stepped({ align: 1 }) : undefined,
           value: (u, value) => valueFormat(value),
         })),
       ],
@@ -204,8 +210,8 @@
     const charts = {};
     for (const element of root.querySelectorAll(".telemetry-chart")) {
       const kind = element.dataset.chart;
-      const valueFormat = { turn_duration_ms: format.ms, notes_bytes: format.bytes }[kind] || format.rate;
-      charts[kind] = chart(element, [element.dataset.label], valueFormat);
+      const valueFormat = { turn_duration_ms: format.ms, notes_bytes: format.bytes, inbox_depth: format.count }[kind];
+      charts[kind] = chart(element, [element.dataset.label], valueFormat || format.count, COUNTED.has(kind));
     }
     const figures = root.querySelector(".telemetry-figures");
 
@@ -272,9 +278,7 @@
       if (agents.join() !== plotted) {
         // One series per agent: a new agent means new charts.
         plots.forEach((plot) => plot.destroy());
-        plots = elements.map((element) =>
-          chart(element, agents, element.dataset.chart === "inbox_depth" ? format.count : format.rate),
-        );
+        plots = elements.map((element) => chart(element, agents, format.count, true));
         plotted = agents.join();
       }
       elements.forEach((element, index) => {

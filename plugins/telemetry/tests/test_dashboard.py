@@ -1,0 +1,130 @@
+"""Telemetry on the real dashboard: /api/stats and /metrics over HTTP, and the charts in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import hyperhive_telemetry
+import hyperhive_web
+import pytest
+import trio
+from hivekit import needs_claude, next_event, running_hive
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[3]
+ARTIFACTS = REPO / "test-artifacts" / "telemetry"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+SCENARIO = """
+[[agents.manager.rules]]
+when = "from operator"
+steps = [
+  { tool = "send", input = { to = "worker", body = "please report" } },
+  { text = "asked the worker" },
+]
+
+[[agents.worker.rules]]
+when = "please report"
+steps = [
+  { tool = "Read", input = { file_path = "/etc/hostname" } },
+  { tool = "send", input = { to = "operator", body = "report: all quiet" } },
+  { text = "done" },
+]
+"""
+
+pytestmark = [needs_claude, pytest.mark.slow]
+
+
+def get(url: str, token: str | None) -> tuple[int, str, str]:
+    """A GET as a script sends it: the operator token as a bearer token."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def browse(url: str, token: str) -> dict:
+    """Log in, open the worker's page and the host page; return what the panels show."""
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(15_000)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{url}/login?token={token}")
+            page.goto(f"{url}/agent/worker/")
+            panel = page.locator("#panel-telemetry")
+            page.wait_for_function(
+                "document.querySelectorAll('#panel-telemetry .telemetry-chart canvas').length === 4"
+                " && document.querySelector('#panel-telemetry .telemetry-figures dd').textContent.startsWith('3 (')"
+            )
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            panel.screenshot(path=str(ARTIFACTS / "agent-panel.png"))
+            figures = dict(
+                zip(
+                    panel.locator(".telemetry-figures dt").all_inner_texts(),
+                    panel.locator(".telemetry-figures dd").all_inner_texts(),
+                    strict=True,
+                )
+            )
+            page.goto(f"{url}/")
+            page.wait_for_selector("#panel-telemetry .telemetry-table tbody tr >> nth=1")
+            page.wait_for_function("document.querySelectorAll('#panel-telemetry canvas').length === 2")
+            page.locator("#panel-telemetry").screenshot(path=str(ARTIFACTS / "hive-panel.png"))
+            rows = page.locator("#panel-telemetry .telemetry-table tbody tr").all_inner_texts()
+        finally:
+            browser.close()
+    return {"figures": figures, "rows": rows, "errors": errors}
+
+
+async def test_stats_over_http_and_charts_in_the_browser(make_pm, tmp_path):
+    pm = make_pm(web=hyperhive_web, telemetry=hyperhive_telemetry)
+    async with running_hive(
+        tmp_path, pm, SCENARIO, agents={"worker": {}}, web={"port": 0}, telemetry={"sample_interval_seconds": 1}
+    ) as hive:
+        after = 0
+        for _ in range(3):
+            await hive.broker.send("operator", "manager", "status please")
+            with trio.fail_after(60):
+                after = (await next_event(hive, "worker", "turn_end", after=after)).id
+        url, token = hive.web.url, hive.web.token
+
+        status, kind, body = await trio.to_thread.run_sync(get, f"{url}/api/stats?since=1h&agent=worker", token)
+        assert (status, kind) == (200, "application/json")
+        worker = json.loads(body)["summary"]["worker"]
+        assert worker["turns"] == 3
+        assert worker["tools"] == {"Read": 3, "send": 3}
+
+        status, _, body = await trio.to_thread.run_sync(get, f"{url}/api/stats?since=yesterday", token)
+        assert status == 400
+        assert json.loads(body)["error"].startswith("since='yesterday' is not a time: give seconds since the epoch")
+        status, _, _ = await trio.to_thread.run_sync(get, f"{url}/api/stats", None)
+        assert status == 401
+
+        status, kind, body = await trio.to_thread.run_sync(get, f"{url}/metrics", token)
+        assert (status, kind) == (200, "text/plain; version=0.0.4; charset=utf-8")
+        families = {family.name: family for family in text_string_to_metric_families(body)}
+        turns = {s.labels["agent"]: s.value for s in families["hyperhive_turns"].samples}
+        assert turns == {"manager": 3, "worker": 3}
+
+        if shutil.which("chromium") is None:
+            pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        pytest.importorskip("playwright", reason="pip install playwright (web's test extra)")
+        with trio.fail_after(90):
+            shown = await trio.to_thread.run_sync(browse, url, token)
+    assert shown["errors"] == []
+    assert shown["figures"]["exits"] == "ok 3"
+    assert shown["figures"]["tools"] in ("Read 3 · send 3", "send 3 · Read 3")
+    assert shown["figures"]["received per turn"] == "manager 1.0"
+    assert [row.split("\t")[0] for row in shown["rows"]] == ["manager", "worker"]
+    assert (ARTIFACTS / "agent-panel.png").stat().st_size > 0
