@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 PYPROJECTS := pyproject.toml web/pyproject.toml $(wildcard plugins/*/pyproject.toml)
 
 # command=package pairs: a package is installed when its command is missing.
-SYSTEM_PACKAGES := git=git node=nodejs npm=npm bwrap=bubblewrap dbus-daemon=dbus chromium=chromium
+SYSTEM_PACKAGES := git=git node=nodejs npm=npm bwrap=bubblewrap dbus-daemon=dbus chromium=chromium nix-instantiate=nix-bin
 
 # The Claude Code CLI, pinned; installed into the tree from npm (it ships a native binary).
 CLAUDE_CODE_VERSION := 2.1.330
