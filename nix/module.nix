@@ -56,8 +56,11 @@ in
     dashboard.bind = mkOption {
       type = types.nullOr types.str;
       default = null;
-      example = "127.0.0.1:8080";
-      description = "[dashboard] bind: where the web dashboard listens. Default: the dashboard plugin's.";
+      example = "0.0.0.0";
+      description = ''
+        [web] bind: the address the dashboard listens on (its port is
+        settings.web.port). Default: the dashboard plugin's, 127.0.0.1.
+      '';
     };
 
     plugins = mkOption {

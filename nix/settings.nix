@@ -1,8 +1,9 @@
 # The hyperhive.toml the module writes, from its options: each typed option under
-# the config key it is named after (stateDir -> [hive] state_dir, dashboard.bind ->
-# [dashboard] bind, agents.<name>.allowedRecipients -> [agents.<name>]
-# allowed_recipients), over the freeform `settings`. tests/test_nix.py checks these
-# keys against the ones `hyperhive init` writes.
+# the config key it is named after (stateDir -> [hive] state_dir,
+# agents.<name>.allowedRecipients -> [agents.<name>] allowed_recipients; the
+# dashboard's options are the dashboard plugin's [web] section), over the freeform
+# `settings`. tests/test_nix.py checks these keys against the ones `hyperhive init`
+# writes.
 #
 # Builtins only, so the tests can evaluate it without nixpkgs.
 cfg:
@@ -27,7 +28,7 @@ let
       plugins = cfg.plugins;
       admin_group = cfg.adminGroup;
     };
-    dashboard = withoutNulls { bind = cfg.dashboard.bind; };
+    web = withoutNulls { bind = cfg.dashboard.bind; };
     agents = builtins.mapAttrs (name: agent) cfg.agents;
   };
 in
