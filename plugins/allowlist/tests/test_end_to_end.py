@@ -38,10 +38,12 @@ ATTEMPTS = [
 PATTERNS = ["git *", "echo *", "bash *", "python3 *", "find *", "touch *", "ls *", "rm -rf victim"]
 
 
-def scenario(commands: list[str]) -> str:
+def scenario(commands: list[str], monitor: tuple[str, ...] = ()) -> str:
+    """The worker runs each command with the Bash tool, then each of ``monitor`` with the Monitor tool."""
+    calls = [("Bash", command) for command in commands] + [("Monitor", command) for command in monitor]
     steps = [
-        f"{{ tool = {json.dumps('Bash')}, input = {{ command = {json.dumps(c)}, description = {json.dumps('x')} }} }}"
-        for c in commands
+        f'{{ tool = "{tool}", input = {{ command = {json.dumps(command)}, description = "x" }} }}'
+        for tool, command in calls
     ]
     return "[[agents.worker.rules]]\nsteps = [\n  " + ",\n  ".join([*steps, '{ text = "done" }']) + "\n]\n"
 
@@ -103,11 +105,13 @@ async def test_only_the_hook_stands_between_the_agent_and_the_canary(make_pm, tm
             options.allowed_tools.append("Bash")
 
     outside = Path("/var/tmp") / f"hyperhive-allowlist-{uuid.uuid4().hex}"  # outside the agent's dirs
-    attempts = [*ATTEMPTS, f"echo pwned > {outside}"]
+    monitored = "rm -rf canary; echo gone"  # the Monitor tool runs shell commands too
+    attempts = [*ATTEMPTS, f"echo pwned > {outside}", monitored]
     legitimate = ["touch made && ls", "rm -rf victim"]
     agents = {"worker": {"allowlist": {"bash": PATTERNS}}}
     pm = make_pm(allowlist=plugin, opener=OpenClaudeCodeRules())
-    async with running_hive(tmp_path, pm, scenario([*attempts, *legitimate]), agents=agents) as hive:
+    turn = scenario([*attempts[:-1], *legitimate], monitor=(monitored,))
+    async with running_hive(tmp_path, pm, turn, agents=agents) as hive:
         state = worker_state(tmp_path)
         (state / "canary").write_text("still here")
         (state / "victim").mkdir()
