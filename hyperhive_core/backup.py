@@ -7,15 +7,19 @@ What is copied, and how (docs/operations.md has the operator's version):
   reader never blocks the daemon's writer, and the pinned snapshot means no step
   sees a later commit (without it, every commit between two steps restarts the
   backup, which then never ends under load). The result is the database exactly
-  as of the moment the backup started.
+  as of the moment the backup started. Only a WAL checkpoint (the broker's
+  retention, every few minutes) waits for the copy to end.
 - Then everything else in the state dir (agents' state dirs, config repos, applied
-  configs, the operator token, plugins' files), except what the hive rebuilds on
-  start: sockets, ``run/`` and the nspawn backend's generated containers. Files
-  come after the database, so they are at least as new as it: a commit the
-  database names is in the copied repo. Within a directory, files come before
-  subdirectories and a git ``objects`` directory comes last, so each copied ref
-  points at a copied object. A file that changes while it is copied is copied
-  again; one that keeps changing fails the backup, naming it.
+  configs, the dashboard's operator token, plugins' files), except what the hive
+  rebuilds: sockets, ``run/``, the nspawn backend's generated containers and the
+  daemon's scratch ``tmp/``. Files come after the database, so they are at least
+  as new as it: a commit the database names is in the copied repo. Within a
+  directory, files come before subdirectories and a git ``objects`` directory
+  comes last, so each copied ref points at a copied object. A file whose size or
+  timestamps change while it is copied is copied again; one that keeps changing
+  fails the backup, naming it. (Timestamps tick every few milliseconds: a
+  same-size rewrite within one tick goes unseen. Pause the agents for a copy of
+  their state at one instant.)
 
 The backup is built beside DEST and renamed into place when complete: a DEST that
 exists is a whole backup.
@@ -44,8 +48,9 @@ from hyperhive_core.paths import StatePaths
 if TYPE_CHECKING:
     from hyperhive_core.cli import CliState
 
-# Rebuilt on every start: agents' sockets, the nspawn backend's generated containers.
-REBUILT_DIRS = ("run", "nspawn")
+# Rebuilt as needed: agents' sockets, the nspawn backend's generated containers,
+# the daemon's scratch (git's empty home and quarantines).
+REBUILT_DIRS = ("run", "nspawn", "tmp")
 # Beside the database: sqlite's own files, copied through the backup API instead.
 DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 PAGES_PER_STEP = 1024
