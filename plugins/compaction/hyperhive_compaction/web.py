@@ -48,7 +48,8 @@ async def compact_view(hive: Hive, agent: str) -> dict[str, Any]:
 def _run_summary(run: dict[str, Any] | None) -> str:
     if run is None:
         return "no compaction yet"
-    when = f'<time data-ago="{run["started_at"]}">{escape(_utc(run["started_at"]))}</time>'
+    utc = escape(_utc(run["started_at"]))
+    when = f'<time data-ago="{run["started_at"]}" title="{utc}">{utc}</time>'
     if run["outcome"] == records.RUNNING:
         return f"compacting now, started {when}, {run['before_bytes']} bytes"
     sizes = f"{run['before_bytes']} → {run['after_bytes']} bytes"
@@ -75,7 +76,7 @@ async def agent_panel(hive: Hive, agent: str) -> Panel:
     html = (
         f"<p>{notes}</p><p>last compaction: {_run_summary(run)}</p>"
         f'<button type="button" data-api="/-/compaction/agents/{escape(agent)}/compact" '
-        'data-done="compaction started" data-refresh="compaction" aria-label="compact the notes now">'
+        'data-done="compaction started" aria-label="compact the notes now">'
         "📦 C0MP4CT N0W</button>"
     )
     return Panel("compaction", "N0T3S", f"notes compaction of {agent}", html, scripts=SCRIPTS)

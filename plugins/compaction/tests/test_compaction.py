@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path, PurePosixPath
 
 import hyperhive_compaction
+import hyperhive_web
 import pytest
 import trio
 from hivekit import needs_claude, next_event, running_hive
@@ -344,3 +348,96 @@ def test_no_daemon_is_a_clear_error(tmp_path, hyperhive, clean_env):
     assert done.returncode == 1
     assert "the hive is not running" in done.stderr
     assert "hyperhive up" in done.stderr
+
+
+# -- on the real dashboard ---------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[3]
+ARTIFACTS = REPO / "test-artifacts" / "compaction"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def post(url: str, token: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def press_compact(url: str, token: str, done_text: str) -> dict:
+    """Log in, press the panel's button on the worker's page, wait until the panel shows ``done_text``."""
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(30_000)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{url}/login?token={token}")
+            page.goto(f"{url}/agent/worker/")
+            panel = page.locator("#panel-compaction")
+            before = panel.inner_text()
+            page.wait_for_function("window.hyperhive && window.hyperhive.live")
+            panel.get_by_role("button", name="compact the notes now").click()
+            # compaction.finished re-renders the panel with the run.
+            page.wait_for_function(
+                "text => document.querySelector('#panel-compaction').textContent.includes(text)", arg=done_text
+            )
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.locator("#panel-compaction").screenshot(path=str(ARTIFACTS / "agent-panel.png"))
+            after = page.locator("#panel-compaction").inner_text()
+        finally:
+            browser.close()
+    return {"before": before, "after": after, "errors": errors}
+
+
+@needs_claude
+@pytest.mark.slow
+async def test_slash_command_and_panel_button(make_pm, tmp_path):
+    notes = notes_path(tmp_path)
+    notes.parent.mkdir(parents=True)
+    notes.write_text(LONG_NOTES)
+    pm = make_pm(web=hyperhive_web, compaction=hyperhive_compaction)
+    async with running_hive(
+        tmp_path,
+        pm,
+        scenario(tmp_path, SHORT_NOTES),
+        agents={"worker": {}},
+        web={"port": 0},
+        **compaction_config(threshold_bytes=99999),
+    ) as hive:
+        url, token = hive.web.url, hive.web.token
+        slash = f"{url}/-/web/agents/worker/slash"
+        status, answer = await trio.to_thread.run_sync(post, slash, token, {"line": "/compact-notes"})
+        assert status == 200, answer
+        assert answer == {
+            "command": "compact-notes",
+            "text": f"worker: compacting notes.md ({len(LONG_NOTES)} bytes); the live log tells how it went",
+        }
+        with trio.fail_after(60):
+            await next_event(hive, "worker", "compaction.finished")
+        assert notes.read_text() == SHORT_NOTES
+        notes.unlink()
+        status, answer = await trio.to_thread.run_sync(post, slash, token, {"line": "/compact-notes"})
+        assert (status, answer) == (400, {"error": f"worker has no notes to compact: {notes} is missing or empty"})
+
+        if shutil.which("chromium") is None:
+            pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        pytest.importorskip("playwright", reason="pip install playwright (web's test extra)")
+        notes.write_text(LONG_NOTES)
+        with trio.fail_after(90):
+            shown = await trio.to_thread.run_sync(press_compact, url, token, f"notes.md is {len(SHORT_NOTES)} bytes")
+    assert shown["errors"] == []
+    assert f"notes.md is {len(LONG_NOTES)} bytes" in shown["before"]
+    assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in shown["after"]
+    assert f"notes.md is {len(SHORT_NOTES)} bytes" in shown["after"]
