@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, running_hive
+from hivekit import needs_claude, next_event, operator_reply, running_hive
 from hyperhive_allowlist import plugin
 
 from hyperhive_core import hookimpl
@@ -38,13 +38,18 @@ ATTEMPTS = [
 PATTERNS = ["git *", "echo *", "bash *", "python3 *", "find *", "touch *", "ls *", "rm -rf victim"]
 
 
-def scenario(commands: list[str], monitor: tuple[str, ...] = ()) -> str:
-    """The worker runs each command with the Bash tool, then each of ``monitor`` with the Monitor tool."""
+def scenario(commands: list[str], monitor: tuple[str, ...] = (), report: bool = False) -> str:
+    """The worker runs each command with the Bash tool, then each of ``monitor`` with the Monitor tool.
+
+    :param report: then send the last tool result to the operator (through the hive's MCP tools).
+    """
     calls = [("Bash", command) for command in commands] + [("Monitor", command) for command in monitor]
     steps = [
         f'{{ tool = "{tool}", input = {{ command = {json.dumps(command)}, description = "x" }} }}'
         for tool, command in calls
     ]
+    if report:
+        steps.append('{ tool = "send", input = { to = "operator", body = "I was told: {{result}}" } }')
     return "[[agents.worker.rules]]\nsteps = [\n  " + ",\n  ".join([*steps, '{ text = "done" }']) + "\n]\n"
 
 
@@ -54,13 +59,15 @@ async def run_turn(hive, state: Path) -> dict[str, dict]:
     with trio.fail_after(120):
         await next_event(hive, "worker", "turn_end")
     events = await hive.events.history("worker")
-    commands = {e.data["id"]: e.data["input"]["command"] for e in events if e.type == "tool_use"}
+    uses = [event.data for event in events if event.type == "tool_use"]
+    commands = {use["id"]: use["input"]["command"] for use in uses if "command" in use["input"]}
     outcome: dict[str, dict] = {command: {} for command in commands.values()}
     for event in events:
-        if event.type == "tool_result":
-            outcome[commands[event.data["tool_use_id"]]]["result"] = event.data
-        elif event.type == "permission_denied":
-            outcome[commands[event.data["tool_use_id"]]]["denied"] = event.data["reason"]
+        command = commands.get(event.data.get("tool_use_id"))
+        if command and event.type == "tool_result":
+            outcome[command]["result"] = event.data
+        elif command and event.type == "permission_denied":
+            outcome[command]["denied"] = event.data["reason"]
     return outcome
 
 
@@ -78,7 +85,8 @@ async def test_git_status_then_rm_is_denied_and_x_survives(make_pm, tmp_path):
 
     agents = {"worker": {"allowlist": {"bash": ["git *"]}}}
     pm = make_pm(allowlist=plugin, telemetry=Telemetry())
-    async with running_hive(tmp_path, pm, scenario(["git status && rm -rf x"]), agents=agents) as hive:
+    turn = scenario(["git status && rm -rf x"], report=True)
+    async with running_hive(tmp_path, pm, turn, agents=agents) as hive:
         state = worker_state(tmp_path)
         (state / "x").mkdir()
         # A settings file in the agent's home must not switch the hook off.
@@ -86,14 +94,17 @@ async def test_git_status_then_rm_is_denied_and_x_survives(make_pm, tmp_path):
         settings = {"disableAllHooks": True, "permissions": {"allow": ["Bash"]}}
         (state / ".claude" / "settings.json").write_text(json.dumps(settings))
         outcome = await run_turn(hive, state)
+        with trio.fail_after(10):
+            report = await operator_reply(hive, "worker")
     assert (state / "x").is_dir()
-    [(command, seen)] = outcome.items()
-    assert command == "git status && rm -rf x"
+    command = "git status && rm -rf x"
+    seen = outcome[command]
     assert seen["result"]["is_error"]
     assert seen["denied"] == seen["result"]["content"]
     assert "hyperhive allow-list: part 2 (`rm -rf x`): `rm -rf x` matches none of the allowed" in seen["denied"]
     assert "Allowed commands: `git *`" in seen["denied"]
     assert [denial["tool_input"]["command"] for denial in denials] == [command]  # what telemetry counts
+    assert report == f"I was told: {seen['denied']}"  # the agent read the reason, and its MCP tools still work
 
 
 async def test_only_the_hook_stands_between_the_agent_and_the_canary(make_pm, tmp_path):
