@@ -45,18 +45,18 @@ log = logging.getLogger(__name__)
 NOTES = "notes.md"
 
 
-def party_class(hive: Hive, name: str) -> str:
+def party_class(name: str, manager: str) -> str:
     """``operator``, ``system``, ``manager`` or ``peer``: who is at the other end of a message."""
     if name == OPERATOR:
         return "operator"
     if name == SYSTEM:
         return "system"
-    if name == hive.agents.manager:
+    if name == manager:
         return "manager"
     return "peer"
 
 
-def turn_samples(hive: Hive, agent: str, turn: Turn, sent: collections.Counter[str], at: float) -> list[Sample]:
+def turn_samples(turn: Turn, sent: collections.Counter[str], at: float, manager: str) -> list[Sample]:
     """The figures of one finished turn. ``sent`` counts its outgoing messages by class."""
     result = turn.result
     figures: dict[str, float] = {
@@ -68,11 +68,11 @@ def turn_samples(hive: Hive, agent: str, turn: Turn, sent: collections.Counter[s
     }
     for tool, count in collections.Counter(result.tools_used if result else ()).items():
         figures[f"tool:{tool}"] = count
-    for kind, count in collections.Counter(party_class(hive, m.sender) for m in turn.messages).items():
+    for kind, count in collections.Counter(party_class(m.sender, manager) for m in turn.messages).items():
         figures[f"received:{kind}"] = count
     for kind, count in sent.items():
         figures[f"sent:{kind}"] = count
-    return [Sample(agent, at, key, value) for key, value in figures.items()]
+    return [Sample(turn.agent, at, key, value) for key, value in figures.items()]
 
 
 def notes_bytes(hive: Hive, agent: str) -> int:
@@ -115,11 +115,11 @@ class Telemetry:
     def message_sent(self, message: Message) -> None:
         counter = self._sent.get(message.sender)
         if counter is not None:
-            counter[party_class(self.hive, message.recipient)] += 1
+            counter[party_class(message.recipient, self.hive.agents.manager)] += 1
 
     async def turn_ended(self, agent: str, turn: Turn) -> None:
         sent = self._sent.pop(agent, collections.Counter())
-        samples = turn_samples(self.hive, agent, turn, sent, time.time())
+        samples = turn_samples(turn, sent, time.time(), self.hive.agents.manager)
         # Telemetry may lose its last turn in a power cut: no fsync of its own.
         await self.hive.store.write(lambda db: store.record(db, samples, add_to_totals=True), durable=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import time
@@ -12,12 +13,15 @@ import trio
 from hivekit import needs_claude, next_event, operator_reply, running_hive
 from hyperhive_telemetry import store
 from hyperhive_telemetry.api import metrics_text, stats_body
-from hyperhive_telemetry.collect import Telemetry
+from hyperhive_telemetry.collect import Telemetry, party_class, turn_samples
 from hyperhive_telemetry.config import TelemetrySection
 from hyperhive_telemetry.store import Sample
 from prometheus_client.parser import text_string_to_metric_families
 
+from hyperhive_core.broker import Message
+from hyperhive_core.claude import TurnExit, TurnResult
 from hyperhive_core.errors import ConfigError
+from hyperhive_core.harness import Turn
 from hyperhive_core.store import Store
 
 
@@ -67,6 +71,64 @@ def test_totals_add_up_and_outlive_retention(db_store, tmp_path):
     remaining = db_store.write_sync(lambda db: store.query(db, since=0))
     assert [(s.key, s.ts) for s in remaining] == [("exit:ok", new), ("cost_usd", new)]
     assert db_store.write_sync(store.totals) == [("worker", "cost_usd", 0.5), ("worker", "exit:ok", 2)]
+
+
+def message(sender):
+    return Message(1, sender, "worker", "text", "hi", 0.0, "leased", 1, None)
+
+
+def test_a_turns_figures():
+    result = TurnResult(
+        exit=TurnExit.OK,
+        text="done",
+        duration_ms=900,
+        cost_usd=0.02,
+        tool_calls=3,
+        tools_used=["Read", "send", "Read"],
+        usage={},
+        permission_denials=[{"tool_name": "Bash"}],
+        terminal_reason="completed",
+        session_id="s",
+    )
+    turn = Turn("worker", (message("operator"), message("boss"), message("hive"), message("boss")), "prompt")
+    turn.result, turn.exit, turn.duration_ms, turn.cost_usd = result, "compact-retry", 950, 0.02
+    sent = collections.Counter({"peer": 2, "operator": 1})
+    figures = {s.key: s.value for s in turn_samples(turn, sent, 100.0, manager="boss")}
+    assert figures == {
+        "turn_duration_ms": 950,
+        "tool_calls": 3,
+        "cost_usd": 0.02,
+        "permission_denials": 1,
+        "exit:compact-retry": 1,
+        "tool:Read": 2,
+        "tool:send": 1,
+        "received:operator": 1,
+        "received:manager": 2,
+        "received:system": 1,
+        "sent:peer": 2,
+        "sent:operator": 1,
+    }
+    # A turn that never got a result (the session kept dying) still counts, as a failure.
+    failed = Turn("worker", (message("peer-agent"),), "prompt")
+    failed.exit, failed.duration_ms = "failure", 30000
+    figures = {s.key: s.value for s in turn_samples(failed, collections.Counter(), 100.0, manager="boss")}
+    assert figures == {
+        "turn_duration_ms": 30000,
+        "tool_calls": 0,
+        "cost_usd": 0.0,
+        "permission_denials": 0,
+        "exit:failure": 1,
+        "received:peer": 1,
+    }
+
+
+def test_party_classes():
+    assert [party_class(name, "boss") for name in ("operator", "hive", "boss", "worker")] == [
+        "operator",
+        "system",
+        "manager",
+        "peer",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -175,3 +237,30 @@ async def test_series_from_scripted_turns(make_pm, tmp_path, hyperhive, clean_en
         assert table.stdout.splitlines()[1].split()[:2] == ["worker", "1"]
         assert bad.returncode == 1
         assert "since='yesterday' is not a time" in bad.stderr
+
+
+@needs_claude
+@pytest.mark.slow
+async def test_a_failed_turn_is_counted(make_pm, tmp_path):
+    """A model error fails the turn (one attempt, no CLI retries); the retry of its message succeeds."""
+    flaky = """
+[[agents.worker.rules]]
+steps = [{ text = "recovered", status = 500, times = 1 }]
+"""
+    pm = make_pm(telemetry=hyperhive_telemetry)
+    async with running_hive(
+        tmp_path, pm, flaky, agents={"worker": {}}, claude={"turn_attempts": 1, "api_retries": 0}
+    ) as hive:
+        await hive.broker.send("operator", "worker", "hello")
+        with trio.fail_after(60):
+            first = await next_event(hive, "worker", "turn_end")
+            second = await next_event(hive, "worker", "turn_end", after=first.id)
+        assert (first.data["exit"], second.data["exit"]) == ("failure", "ok")
+        body = await stats_body(hive, {"agent": ["worker"], "series": ["0"]})
+        assert body["series"] == []
+        assert body["summary"]["worker"]["exits"] == {"failure": 1, "ok": 1}
+        families = {f.name: f for f in text_string_to_metric_families(await metrics_text(hive))}
+        exits = {
+            s.labels["exit"]: s.value for s in families["hyperhive_turns"].samples if s.labels["agent"] == "worker"
+        }
+        assert exits == {"failure": 1, "ok": 1}
