@@ -109,8 +109,9 @@ class Git:
         self.scratch = scratch
 
     def env(self) -> dict[str, str]:
+        self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         home = self.scratch / "home"
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        home.mkdir(exist_ok=True, mode=0o700)
         name, email = HIVE_IDENTITY
         return {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -282,11 +283,7 @@ class _Copier:
         try:
             return _open_dir(name, dir_fd)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise self.refuse(where, "is a symlink") from None
-            if exc.errno == errno.ENOTDIR:
-                raise self.refuse(where, "is not a directory") from None
-            raise self.refuse(where, f"cannot be read ({exc.strerror})") from None
+            raise self.refuse(where, _not_a_dir(dir_fd, name, exc)) from None
 
     def copy_tree(self, dir_fd: int, dest: Path, where: str, depth: int = 0) -> None:
         """Every file below ``dir_fd`` (the refs)."""
@@ -325,6 +322,17 @@ class _Copier:
                 os.close(child)
 
 
+def _not_a_dir(dir_fd: int, name: str, exc: OSError) -> str:
+    """Why ``name`` could not be opened as a directory, in words."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(mode):
+        return "is a symlink"
+    return "is not a directory" if exc.errno == errno.ENOTDIR else f"cannot be read ({exc.strerror})"
+
+
 def _exists(dir_fd: int, path: str) -> bool:
     try:
         os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
@@ -356,10 +364,9 @@ def quarantine_copy(proposed: Path, quarantine: Path, shown: str) -> None:
         except FileNotFoundError:
             raise GitError(f"{shown} has no .git directory; it must be a git repo") from None
         except OSError as exc:
-            what = {errno.ELOOP: "a symlink", errno.ENOTDIR: "not a directory (a gitfile pointing elsewhere?)"}
             raise GitError(
-                f"{shown}/.git is {what.get(exc.errno or 0, exc.strerror)}; the hive reads only a repo whose "
-                ".git is a plain directory inside it"
+                f"{shown}/.git {_not_a_dir(top, '.git', exc)}; the hive reads only a repo whose "
+                ".git is a plain directory inside it (not a symlink, nor a gitfile pointing elsewhere)"
             ) from None
         try:
             quarantine.mkdir(mode=0o700)
