@@ -164,7 +164,7 @@ class Policy:
             try:
                 self._check_part(part, cwd)
             except Refused as exc:
-                where = f"part {number} (`{part.text}`)" if len(parts) > 1 else f"`{part.text}`"
+                where = f"part {number} (`{_short(part.text)}`)" if len(parts) > 1 else f"`{_short(part.text)}`"
                 raise Denied(f"{where}: {exc}") from None
             if part.words and part.words[0].text in CHANGES_DIRECTORY:
                 cwd = None  # relative paths after a `cd` could be anywhere
@@ -186,9 +186,9 @@ class Policy:
             return
         unnamed = [r for r in risks if not any(p.names(r.token, as_command=r.as_command) for p in matching)]
         if not unnamed:  # no pattern matches, and nothing risky to explain why
-            raise Refused(f"`{text}` matches none of the allowed patterns")
-        risk = unnamed[0]
-        raise Refused(f"`{risk.token}` {risk.why}; only a pattern that spells out `{risk.token}` allows it")
+            raise Refused(f"`{_short(text)}` matches none of the allowed patterns")
+        token = _short(unnamed[0].token)
+        raise Refused(f"`{token}` {unnamed[0].why}; only a pattern that spells out `{token}` allows it")
 
     def _check_redirect(self, redirect: Redirect, cwd: str | None) -> None:
         target = redirect.target
@@ -388,6 +388,11 @@ def find_risks(arguments: list[Word]) -> Iterator[Risk]:
             yield Risk(word.text, "could expand into find actions such as -exec; quote it")
         elif word.text in FIND_ACTIONS:
             yield Risk(word.text, "runs commands or changes files")
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` for a message: long commands are cut, so a denial stays readable."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _cluster(option: str, value_letters: str) -> str:

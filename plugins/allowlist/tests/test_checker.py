@@ -99,6 +99,13 @@ def test_denial_names_the_failing_part_and_the_allowed_patterns(check):
     )
 
 
+def test_a_long_command_is_cut_short_in_the_reason(check):
+    reason = check("rm " + "x" * 5000)
+    assert len(reason) < 1000
+    assert "`rm xxx" in reason
+    assert "…` matches none of the allowed patterns" in reason
+
+
 def test_an_empty_list_allows_no_command(check):
     assert "Allowed commands: nothing" in check("ls", [])
 
