@@ -126,7 +126,8 @@ async def test_the_agent_page_shows_the_list(make_pm, tmp_path):
 
 
 @needs_claude
-async def test_the_dashboard_agent_page_shows_the_list(make_pm, tmp_path):
+async def test_hook_agent_panels(make_pm, tmp_path):
+    """The allow-list panel on the real dashboard's agent page."""
     agents = {"worker": {"allowlist": {"bash": ["git *", "pytest*"]}}}
     pm = make_pm(allowlist=plugin, web=hyperhive_web)
     async with running_hive(tmp_path, pm, IDLE, agents=agents, web={"port": 0}) as hive:
