@@ -12,6 +12,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 from hivekit import needs_claude, next_event, operator_reply, running_hive
+from test_bwrap import needs_bwrap
 
 from hyperhive_core import hookimpl
 from hyperhive_core.approvals import ApprovalError
@@ -400,3 +401,38 @@ async def test_the_operators_cli_lists_shows_approves_and_denies(make_pm, tmp_pa
             (spawn.id, "denied", "one is enough"),
             (apply.id, "approved", ""),
         ]
+
+
+async def run_in(hive, agent: str, script: str) -> str:
+    """``sh -c script`` in ``agent``'s container, as the agent; its stdout."""
+    process = await hive.backend.exec(hive.container_spec(agent), ["/bin/sh", "-c", script], {})
+    output = b""
+    while chunk := await process.stdout.receive_some():
+        output += chunk
+    await process.wait()
+    return output.decode()
+
+
+@needs_bwrap
+@pytest.mark.slow
+async def test_in_bwrap_the_manager_commits_in_its_container_and_the_draft_runs_from_it(make_pm, tmp_path):
+    sandboxes = {"container_backend": "bwrap"}
+    uids = {"uid_range_start": 61800, "uid_range_size": 50}  # clear of a real hive's and test_bwrap's
+    async with running_hive(tmp_path, make_pm(), SCENARIO, hive=sandboxes, bwrap=uids) as hive:
+        await hive.broker.send("operator", "manager", "draft scribe")
+        with trio.fail_after(90):
+            approval = await requested(hive, "scribe")
+        # The manager's own Bash wrote and committed at /agents/scribe/config, as its own uid
+        # (so git run as root would refuse the repo; the hive never runs git there).
+        assert hive.repos.proposed("scribe").stat().st_uid == await hive.backend.uids.lookup("manager")
+        applied = hive.repos.applied("scribe")
+        assert await hive.repos.git.run(applied, "log", "-1", "--format=%s", approval.fetched_sha) == "on sonnet\n"
+        assert '+model = "sonnet"' in approval.diff
+        await hive.approvals.approve(approval.id)
+        mark = hive.rehearsal.request_count
+        await hive.broker.send("operator", "scribe", "hello")
+        with trio.fail_after(90):
+            request = await hive.rehearsal.wait_for_request(lambda r: r.agent == "scribe", after=mark)
+        assert request.body["model"] == "claude-sonnet-5-5"
+        assert (await run_in(hive, "scribe", "test -e /agents && echo visible || echo absent")) == "absent\n"
+        assert (await run_in(hive, "manager", "ls /agents")) == "scribe\n"
