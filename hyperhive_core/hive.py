@@ -363,15 +363,17 @@ class Hive:
         return {"model": status.model, "queued": status.queued_model, "switched_at": status.model_switched_at}
 
     async def container_event(self, event: ContainerEvent) -> None:
-        """A container started, stopped or crashed: tell the live tail and the ``on_container_event`` hooks."""
-        if event.kind is ContainerEventKind.CRASHED:
-            self.events.publish(
-                event.agent, "error", text=f"container crashed: {event.detail}", log=list(event.log_tail)
-            )
+        """A container started, stopped or crashed: tell the live tail and the ``on_container_event`` hooks.
+
+        Never raises: it runs in the task that noticed the event (a backend's watcher).
+        """
         try:
+            if event.kind is ContainerEventKind.CRASHED:
+                text = f"container crashed: {event.detail}"
+                self.events.publish(event.agent, "error", text=text, log=list(event.log_tail))
             await await_all(self.pm.hook.on_container_event(hive=self, event=event))
         except Exception as exc:
-            log.exception("an on_container_event hook failed for %s", event.agent)
+            log.exception("reporting a container event of %s failed", event.agent)
             self.events.publish(SYSTEM, "error", where="on_container_event", agent=event.agent, error=repr(exc))
 
     async def notify(self, recipient: str, event: str, **fields: Any) -> Message:
