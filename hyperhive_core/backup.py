@@ -78,10 +78,19 @@ def backup(paths: StatePaths, dest: Path) -> BackupReport:
     """Copy the state root of ``paths`` to the new directory ``dest``.
 
     :raises BackupError: ``dest`` exists or lies inside the state root, there is
-        no database, or a file kept changing while it was copied.
+        no database, a file kept changing while it was copied, or the state dir
+        is not ours to read.
     """
+    try:
+        return _backup(paths, dest.absolute())
+    except PermissionError as exc:
+        raise BackupError(
+            f"permission denied on {exc.filename or paths.root}; run the backup as root or as the hive's user"
+        ) from None
+
+
+def _backup(paths: StatePaths, dest: Path) -> BackupReport:
     root = paths.root.resolve()
-    dest = dest.absolute()
     if not paths.database.is_file():
         raise BackupError(
             f"no hive database at {paths.database}; point --config at the hive's config, "
@@ -102,11 +111,6 @@ def backup(paths: StatePaths, dest: Path) -> BackupReport:
         copy_tree(root, partial, report, skip=frozenset(not_copied))
         os.sync()  # the rename below promises a whole backup, on disk
         partial.rename(dest)
-    except PermissionError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise BackupError(
-            f"permission denied on {exc.filename or root}; run the backup as root or as the hive's user"
-        ) from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -115,6 +119,16 @@ def backup(paths: StatePaths, dest: Path) -> BackupReport:
 
 def backup_database(source: Path, target: Path) -> int:
     """Copy the sqlite database ``source`` to ``target`` as of now; return its page count."""
+    try:
+        return _copy_database(source, target)
+    except sqlite3.Error as exc:
+        raise BackupError(
+            f"cannot copy the database {source}: {exc}; check that you may read the state dir "
+            "(run as root or as the hive's user) and that the destination has room"
+        ) from None
+
+
+def _copy_database(source: Path, target: Path) -> int:
     with (
         closing(sqlite3.connect(f"{source.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)) as reader,
         closing(sqlite3.connect(target)) as copy,

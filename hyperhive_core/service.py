@@ -180,7 +180,7 @@ def sample_config(plan: ServicePlan) -> str:
 
 def set_hive_keys(text: str, values: dict[str, Any]) -> str:
     """Uncomment and set ``values``' keys in the ``[hive]`` table of a rendered default config."""
-    lines = text.splitlines()
+    lines, values = text.splitlines(), dict(values)
     section = ""
     for index, line in enumerate(lines):
         if line.startswith("["):

@@ -239,6 +239,14 @@ def test_a_state_dir_without_a_database_is_reported(paths, tmp_path, run_backup)
     assert f"no hive database at {paths.database}; point --config at the hive's config" in output
 
 
+def test_a_database_that_cannot_be_copied_is_reported(paths, tmp_path, run_backup):
+    paths.database.write_text("not a database, " * 100)
+    code, output = run_backup(tmp_path / "backup")
+    assert code != 0
+    assert f"cannot copy the database {paths.database}: file is not a database; check that you may read" in output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hyperhive.toml", "state"]
+
+
 def test_the_hyperhive_command_has_backup(store, paths, tmp_path, clean_env, hyperhive):
     config = tmp_path / "hyperhive.toml"
     config.write_text(f'[hive]\nstate_dir = "{paths.root}"\n')
