@@ -20,6 +20,7 @@ from hyperhive_core.boot import config_schemas
 from hyperhive_core.config import load_config, render_default_config
 from hyperhive_core.containers import ContainerSpec
 from hyperhive_core.containers.nspawn import (
+    NIXOS_CONTAINERS_ETC,
     NIXOS_PACKAGES,
     SECRET_NAME,
     SESSION_ONLY,
@@ -309,7 +310,7 @@ def test_the_nixos_unit_has_install_services_settings(backend):
         expected["SupplementaryGroups"] = [expected["SupplementaryGroups"]]
     if backend == "nspawn":  # nixos-container writes outside the state dir
         extra = service["ReadWritePaths"][1:]
-        assert "/etc/nixos-containers" in extra
+        assert str(NIXOS_CONTAINERS_ETC) in extra  # where the backend writes each container's settings
         service["ReadWritePaths"] = service["ReadWritePaths"][:1]
     assert service == expected
     assert service["ReadWritePaths"] == ["/srv/hive"]
