@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from hivekit import needs_claude, next_event, operator_reply, running_hive
 from test_bwrap import needs_bwrap
 
+import hyperhive_core
 from hyperhive_core import hookimpl
 from hyperhive_core.approvals import ApprovalError
 from hyperhive_core.broker import RecipientNotAllowed
@@ -436,3 +437,19 @@ async def test_in_bwrap_the_manager_commits_in_its_container_and_the_draft_runs_
         assert request.body["model"] == "claude-sonnet-5-5"
         assert (await run_in(hive, "scribe", "test -e /agents && echo visible || echo absent")) == "absent\n"
         assert (await run_in(hive, "manager", "ls /agents")) == "scribe\n"
+
+
+async def test_the_demo_manager_requests_a_spawn_and_hears_the_answer(make_pm, tmp_path):
+    demo = (Path(hyperhive_core.__file__).parent / "scenarios" / "demo.toml").read_text()
+    async with running_hive(tmp_path, make_pm(), demo) as hive:
+        await hive.broker.send("operator", "manager", "please spawn scout to read the docs")
+        with trio.fail_after(60):
+            approval = await requested(hive, "scout")
+            told = await operator_reply(hive, "manager")
+        assert approval.description == "The operator asked: please spawn scout to read the docs"
+        assert told.startswith(f"I asked to spawn scout: approval {approval.id} (spawn scout) is waiting")
+        await hive.approvals.approve(approval.id)
+        with trio.fail_after(60):
+            while len(replies := await hive.broker.recent_from("manager", 10)) < 2:
+                await next_event(hive, "manager", "message_sent")
+        assert replies[0].body == f"Your answer to request {approval.id} (spawn scout) reached me: approved."
