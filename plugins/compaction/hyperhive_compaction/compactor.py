@@ -17,7 +17,16 @@ import trio
 
 from hyperhive_compaction import records
 from hyperhive_compaction.config import CompactionSection
-from hyperhive_compaction.notes import BACKUPS, NOTES, Backups, make_workdir, notes_size, read_notes, write_notes
+from hyperhive_compaction.notes import (
+    BACKUPS,
+    NOTES,
+    Backups,
+    NotesError,
+    make_workdir,
+    notes_size,
+    read_notes,
+    write_notes,
+)
 from hyperhive_compaction.session import WORKDIR, SessionResult, compaction_argv, follow_session
 from hyperhive_core.agents import State
 from hyperhive_core.errors import HyperhiveError
@@ -72,14 +81,16 @@ class Compactor:
         self._in_turn.discard(agent)
         if agent in self._queued:
             self._queued.discard(agent)
-            try:
-                await self.compact(agent, "forced")
-            except HyperhiveError as exc:  # nobody waits for the answer: say it on the agent's log
-                self.hive.events.publish(agent, "error", text=f"notes compaction: {exc}")
-            return
-        size = notes_size(self.notes_path(agent))
-        if size is not None and size > self.settings.threshold_bytes and not await self._cooling_down(agent):
-            await self.compact(agent, "threshold")
+            trigger = "forced"
+        else:
+            size = notes_size(self.notes_path(agent))
+            if size is None or size <= self.settings.threshold_bytes or await self._cooling_down(agent):
+                return
+            trigger = "threshold"
+        try:
+            await self.compact(agent, trigger)
+        except HyperhiveError as exc:  # nobody waits for the answer (notes of blanks only): say it on the log
+            self.hive.events.publish(agent, "error", text=f"notes compaction: {exc}")
 
     async def _cooling_down(self, agent: str) -> bool:
         """Whether the last compaction was undone too recently to try again on our own."""
@@ -203,19 +214,25 @@ class Compactor:
         self, agent: str, run_id: int, *, original: bytes, backup: Path, reason: str, cost_usd: float = 0.0
     ) -> dict[str, Any]:
         """Put the original back, record why, and tell the agent's log."""
-        write_notes(self.notes_path(agent), original)
+        outcome = records.RESTORED
+        try:
+            write_notes(self.notes_path(agent), original)
+        except (OSError, NotesError) as exc:  # never let it take the agent's loop down
+            outcome = records.NOT_RESTORED
+            reason = f"{reason}; and restoring failed ({exc}): the original is in {backup}"
         row = await self.hive.store.write(
             lambda db: records.finish_run(
                 db,
                 run_id,
-                outcome=records.RESTORED,
+                outcome=outcome,
                 after_bytes=len(original),
                 reason=reason,
                 cost_usd=cost_usd,
                 backup=str(backup),
             )
         )
-        self.hive.events.publish(agent, "error", text=f"notes compaction undone, notes.md restored: {reason}")
+        done = "notes.md restored" if outcome == records.RESTORED else "notes.md NOT restored"
+        self.hive.events.publish(agent, "error", text=f"notes compaction undone, {done}: {reason}")
         self._finished(row)
         return row
 

@@ -13,6 +13,8 @@ KEEP_PER_AGENT = 100
 RUNNING = "running"
 OK = "ok"
 RESTORED = "restored"
+NOT_RESTORED = "not-restored"
+"""Undone, but writing the original back failed; the backup holds it."""
 INTERRUPTED = "interrupted"
 """The daemon stopped mid-way; the backup of that run holds the original."""
 

@@ -16,7 +16,7 @@ import trio
 from hivekit import needs_claude, next_event, running_hive
 from hyperhive_compaction import web
 from hyperhive_compaction.compactor import judge
-from hyperhive_compaction.notes import Backups, read_notes, write_notes
+from hyperhive_compaction.notes import Backups, NotesError, read_notes, write_notes
 from hyperhive_compaction.session import SessionResult, compaction_argv, parse_result
 
 from hyperhive_core.errors import ConfigError, HyperhiveError
@@ -115,6 +115,13 @@ def test_write_notes_keeps_the_file_in_place(tmp_path):
     assert notes.stat().st_ino == inode
 
 
+def test_write_notes_refuses_what_is_not_a_file(tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.mkdir()
+    with pytest.raises(NotesError, match="cannot restore .*notes.md: .*move it away and restore the backup"):
+        write_notes(notes, b"notes")
+
+
 def test_backups_keep_the_newest(tmp_path):
     backups = Backups(tmp_path / "backups", keep=2)
     for run_id in range(1, 5):
@@ -205,6 +212,22 @@ async def test_a_bad_compaction_is_undone(make_pm, tmp_path, compacted, reason):
         assert reason in run["reason"]
         # Undone: the threshold does not try again on every turn.
         assert await hive.compaction._cooling_down("worker")
+
+
+@needs_claude
+@pytest.mark.slow
+async def test_blank_notes_past_the_threshold_are_reported_not_a_crash(make_pm, tmp_path):
+    notes = notes_path(tmp_path)
+    notes.parent.mkdir(parents=True)
+    notes.write_text(" \n" * 200)
+    quiet = '[[agents.worker.rules]]\nsteps = [{ text = "ok" }]\n'
+    pm = make_pm(compaction=hyperhive_compaction)
+    async with running_hive(tmp_path, pm, quiet, agents={"worker": {}}, **compaction_config()) as hive:
+        await hive.broker.send("operator", "worker", "hello")
+        with trio.fail_after(60):
+            error = await next_event(hive, "worker", "error")
+        assert error.data["text"] == f"notes compaction: worker has no notes to compact: {notes} is missing or empty"
+        assert await hive.compaction.last("worker") == []
 
 
 @needs_claude
