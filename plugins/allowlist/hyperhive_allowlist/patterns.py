@@ -1,7 +1,8 @@
 """Allow-list patterns, in Claude Code's ``Bash(…)`` rule grammar.
 
-A pattern is matched against a whole simple command: its words, quotes removed,
-joined by single spaces (``git commit -m "a b"`` is matched as ``git commit -m a b``).
+A pattern is matched against a whole simple command as written: its words, quotes
+and all, joined by single spaces. Like Claude Code, ``git status`` does not match
+``git "status"``.
 
 - ``*`` matches any text, spaces included: ``git * main`` matches ``git push origin main``.
 - A pattern ending in `` *`` (space, star) with no other ``*`` also matches the bare
@@ -10,8 +11,8 @@ joined by single spaces (``git commit -m "a b"`` is matched as ``git commit -m a
   ``pytest tests/``.
 - The legacy suffix ``:*`` means the same as `` *``: ``git:*`` matches ``git`` and
   ``git status``, not ``gitk``.
-- ``\\*`` is a literal star and ``\\\\`` a literal backslash.
-- Anything else must match exactly.
+- Anything else must match exactly. A pattern may not contain a backslash: Claude
+  Code 2.1.330 reads ``\\*`` inconsistently, so a ``*`` is always a wildcard.
 
 Stdlib only: the checker imports it inside the agent's sandbox.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 MAX_PATTERNS = 200
 MAX_PATTERN_LENGTH = 500
-WILD = "\0"  # marks a wildcard while parsing; a pattern never contains NUL, so `\*` stays literal
+WILD = "\0"  # marks a wildcard in a split pattern; a pattern never contains NUL
 
 
 class BadPattern(ValueError):
@@ -84,7 +85,7 @@ def compile_pattern(source: str) -> Pattern:
     if problem:
         raise BadPattern(f"pattern {source!r} {problem}")
     legacy = source.endswith(":*")
-    marked = _mark_wildcards(source[:-2] if legacy else source, source)
+    marked = (source[:-2] if legacy else source).replace("*", WILD)
     if legacy:
         if WILD in marked:
             raise BadPattern(f"pattern {source!r} mixes the legacy ':*' suffix with other '*'; write it with ' *'")
@@ -127,26 +128,11 @@ def _text_problem(source: object) -> str | None:
         return "contains a parenthesis, which Claude Code's Bash(…) rule cannot carry; use '*' for that part"
     if source.startswith("*") or source.startswith(":"):
         return "must start with the command's name (a leading '*' would allow every program)"
+    if "\\" in source:
+        return "contains a backslash; Claude Code reads escapes inconsistently, so '*' is always a wildcard"
     if "  " in source:
         return "contains two spaces in a row; commands are matched with single spaces between words"
     return None
-
-
-def _mark_wildcards(body: str, source: str) -> str:
-    """``body`` with each wildcard as ``WILD`` and the escapes ``\\*`` and ``\\\\`` resolved."""
-    marked: list[str] = []
-    index = 0
-    while index < len(body):
-        char = body[index]
-        if char == "\\":
-            if index + 1 == len(body) or body[index + 1] not in "*\\":
-                raise BadPattern(f"pattern {source!r} has a backslash that escapes neither '*' nor '\\'")
-            marked.append(body[index + 1])
-            index += 2
-            continue
-        marked.append(WILD if char == "*" else char)
-        index += 1
-    return "".join(marked)
 
 
 def compile_patterns(sources: list[str]) -> list[Pattern]:

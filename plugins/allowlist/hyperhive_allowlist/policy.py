@@ -180,7 +180,7 @@ class Policy:
         if not command:
             raise Refused("only sets shell variables, which is not allowed")
         risks += command_risks(command)
-        text = " ".join(word.text for word in [*assignments, *command])
+        text = " ".join(word.raw for word in [*assignments, *command])  # as written, as Claude Code matches it
         matching = [pattern for pattern in self.patterns if pattern.matches(text)]
         if any(all(pattern.names(r.token, as_command=r.as_command) for r in risks) for pattern in matching):
             return

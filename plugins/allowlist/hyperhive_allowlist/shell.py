@@ -33,6 +33,8 @@ class Word:
     """One shell word, quotes removed, with what bash would still do to it."""
 
     text: str
+    raw: str
+    """The word as written, quotes and escapes included."""
     start: int
     end: int
     chars_quoted: list[bool] = field(repr=False)
@@ -288,7 +290,7 @@ class _Parser:
                 text.append(char)
                 quoted.append(False)
                 self.index += 1
-        return Word("".join(text), start, self.index, quoted)
+        return Word("".join(text), source[start : self.index], start, self.index, quoted)
 
     def _double_quoted(self, text: list[str], quoted: list[bool]) -> None:
         source = self.source

@@ -61,7 +61,7 @@ def test_legitimate_commands_pass(check, command):
 def test_an_exact_pattern_allows_that_command_only(check):
     patterns = ["git status", "npm run test:*"]
     assert check("git status", patterns) is None
-    assert check('git "status"', patterns) is None  # quotes do not matter, words do
+    assert check('git "status"', patterns) is not None  # matched as written, like Claude Code
     assert check("git status --short", patterns) is not None
     assert check("npm run test", patterns) is None
     assert check("npm run test unit", patterns) is None
