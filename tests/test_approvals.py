@@ -453,3 +453,55 @@ async def test_the_demo_manager_requests_a_spawn_and_hears_the_answer(make_pm, t
             while len(replies := await hive.broker.recent_from("manager", 10)) < 2:
                 await next_event(hive, "manager", "message_sent")
         assert replies[0].body == f"Your answer to request {approval.id} (spawn scout) reached me: approved."
+
+
+class Strict:
+    """Rejects every model once switched on: a config that was valid when requested is not when approved."""
+
+    def __init__(self):
+        self.on = False
+
+    @hookimpl
+    def validate_agent_config(self, agent, config):
+        return [f"{agent}: no models today"] if self.on and config.model else None
+
+
+async def test_a_failed_approval_says_why_and_changes_nothing(make_pm, tmp_path):
+    strict = Strict()
+    async with running_hive(tmp_path, make_pm(strict=strict), SCENARIO) as hive:
+        await hive.spawn("scout")
+        before = (await hive.agents.stored())["scout"]["applied_sha"]
+        with pytest.raises(ApprovalError, match=f"'main' is {before[:12]}, which is what scout runs already"):
+            await hive.approvals.request_apply_commit("manager", "scout", "main", "nothing new")
+        commit(hive.repos.proposed("scout"), 'model = "sonnet"\n')
+        approval = await hive.approvals.request_apply_commit("manager", "scout", "main", "sonnet")
+        assert approval.problems == []
+        strict.on = True
+        failed = await hive.approvals.approve(approval.id, "go")
+        assert failed.status == "failed"
+        assert failed.error.endswith("agent 'scout' has an invalid config: scout: no models today")
+        assert (await hive.agents.stored())["scout"]["applied_sha"] == before
+        assert hive.agents.get("scout").config.model is None
+        with trio.fail_after(60):
+            read = await operator_reply(hive, "manager")
+        assert "status: failed\n" in read
+        assert "note: go\nerror: " in read
+
+
+async def test_a_draft_is_listed_until_purged_and_then_its_request_is_cancelled(make_pm, tmp_path):
+    async with running_hive(tmp_path, make_pm(), SCENARIO) as hive:
+        await hive.approvals.request_spawn_draft("manager", "scribe")
+        with pytest.raises(ApprovalError, match="'scribe' is a draft: commit its config in .* request_spawn_commit"):
+            await hive.approvals.request_spawn("manager", "scribe", "again")
+        with pytest.raises(ApprovalError, match="'scribe' is a draft"):
+            await hive.spawn("scribe")
+        commit(hive.repos.proposed("scribe"), 'instructions = "write"\n')
+        request = await hive.approvals.request_spawn_commit("manager", "scribe", "HEAD")
+        with pytest.raises(Exception, match="'scribe' is a draft, with nothing running; discard it with --purge"):
+            await hive.destroy("scribe")
+        await hive.destroy("scribe", purge=True)
+        assert await hive.approvals.drafts() == []
+        assert not hive.paths.agent_dir("scribe").exists()
+        assert not hive.repos.applied("scribe").exists()
+        cancelled = await hive.approvals.get(request.id)
+        assert (cancelled.status, cancelled.note) == ("cancelled", "scribe was destroyed")
