@@ -90,7 +90,6 @@ class Redirect:
     """A redirection of one simple command."""
 
     op: str
-    fd: int | None
     target: Word
     body: str | None = None
     """A here-document's text."""
@@ -108,8 +107,6 @@ class Part:
     words: list[Word]
     redirects: list[Redirect]
     text: str
-    piped: bool
-    """Its standard input comes from the previous part (``a | b``)."""
 
 
 @dataclass
@@ -136,7 +133,6 @@ class _Parser:
         words: list[Word] = []
         redirects: list[Redirect] = []
         span: list[int] = []  # source offsets of the current part's tokens
-        piped = False
         last_control = None
         tokens = self._tokens()
         position = 0
@@ -159,29 +155,26 @@ class _Parser:
                     raise Refused(f"syntax error: nothing before `{token.op}`")
                 continue
             else:
-                parts.append(Part(words, redirects, self.source[min(span) : max(span)].strip(), piped))
+                parts.append(Part(words, redirects, self.source[min(span) : max(span)].strip()))
                 words, redirects, span = [], [], []
-                piped, last_control = token.op in ("|", "|&"), token.op
+                last_control = token.op
                 continue
             span += [token.start, token.end]
         if words or redirects:
-            parts.append(Part(words, redirects, self.source[min(span) : max(span)].strip(), piped))
+            parts.append(Part(words, redirects, self.source[min(span) : max(span)].strip()))
         elif last_control in ("&&", "||", "|", "|&"):
             raise Refused(f"syntax error: the command ends with `{last_control}`")
         return parts
 
     def _redirect(self, token: _Operator, target: Word, words: list[Word]) -> Redirect:
-        fd = None
+        """The redirection; a file descriptor number written against it (``2>``) is not a word."""
         # `2&>x` is the word 2 and then `&>x`: only the other operators take a descriptor.
         if words and words[-1].end == token.start and not words[-1].quoted and token.op not in ("&>", "&>>"):
             if words[-1].text.isdigit():
-                fd = int(words.pop().text)
+                words.pop()
             elif words[-1].text.startswith("{") and words[-1].text.endswith("}"):
                 raise Refused(f"named file descriptors (`{words[-1].text}{token.op}`) are not allowed")
-        if token.heredoc is not None:
-            token.heredoc.fd = fd
-            return token.heredoc
-        return Redirect(token.op, fd, target)
+        return token.heredoc or Redirect(token.op, target)
 
     # -- lexing -------------------------------------------------------------------
 
@@ -226,7 +219,7 @@ class _Parser:
             if self.index == len(self.source) or self.source[self.index] in METACHARACTERS:
                 raise Refused(f"syntax error: `{op}` needs a delimiter word")
             delimiter = self._word()
-            token.heredoc = Redirect(op, None, delimiter)
+            token.heredoc = Redirect(op, delimiter)
             token.end = delimiter.end
             self.pending.append((token.heredoc, delimiter.quoted, op == "<<-"))
         return token
