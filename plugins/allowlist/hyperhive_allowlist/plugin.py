@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 SECTION = "allowlist"
 TMP = "/tmp"  # noqa: S108 - the agent's own /tmp (private per sandbox under bwrap)
-HOOK_TIMEOUT_SECONDS = 30
+# Claude Code lets a call through when its hook times out (2.1.330), so leave the
+# checker far more time than its bounded work needs, even on a loaded machine.
+HOOK_TIMEOUT_SECONDS = 120
 
 
 @dataclass

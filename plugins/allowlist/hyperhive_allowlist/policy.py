@@ -21,6 +21,7 @@ from hyperhive_allowlist.patterns import Pattern
 from hyperhive_allowlist.shell import Part, Redirect, Refused, Word, split_commands
 
 MAX_COMMAND = 64 * 1024
+MAX_PARTS = 100  # bounds the work per call: Claude Code lets a call through if its hook times out
 HARMLESS_DEVICES = ("/dev/null", "/dev/stdout", "/dev/stderr")
 
 
@@ -160,6 +161,8 @@ class Policy:
             raise Denied(f"cannot check this command: {exc}") from None
         if not parts:
             raise Denied("the command is empty")
+        if len(parts) > MAX_PARTS:
+            raise Denied(f"the command has {len(parts)} parts, more than {MAX_PARTS}; split it into several calls")
         for number, part in enumerate(parts, 1):
             try:
                 self._check_part(part, cwd)

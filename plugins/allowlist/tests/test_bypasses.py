@@ -138,6 +138,7 @@ BYPASSES = [
     ("", "the command is empty"),
     ("# only a comment", "the command is empty"),
     ("git log " + "x" * 70_000, "longer than 65536 characters"),
+    ("git status;" * 101, "101 parts, more than 100; split it"),
 ]
 
 
