@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hyperhive_core import hookimpl
+from hyperhive_core.panels import Panel
 from hyperhive_core.tools import ToolContext
 from hyperhive_questions.commands import HOST_COMMANDS, add_commands, questions_of
 from hyperhive_questions.questions import EVENT, Question, Questions, QuestionsSection, iso, m001_questions
+from hyperhive_questions.web import ANSWER_ROUTE, answer_view, questions_panel
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -83,3 +85,13 @@ def register_host_commands(register: Callable[..., None]) -> None:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     add_commands(cli)
+
+
+@hookimpl
+def register_routes(register: Callable[..., None]) -> None:
+    register(ANSWER_ROUTE, answer_view, methods=("POST",))
+
+
+@hookimpl
+async def dashboard_panels(hive: Hive) -> list[Panel]:
+    return [questions_panel(await questions_of(hive).find())]
