@@ -117,7 +117,7 @@ class Approvals:
 
     async def list(self, status: Status | str | None = None) -> builtins.list[Approval]:
         """Approvals, newest first; only those with ``status`` if given."""
-        if status is not None and status not in Status.__members__.values():
+        if status is not None and status not in set(Status):
             raise ApprovalError(f"unknown approval status {status!r}; use one of {', '.join(Status)}")
         where, args = ("status = ?", [str(status)]) if status else (None, [])
         rows = await self.hive.store.read(lambda db: list(db["approvals"].rows_where(where, args, order_by="id desc")))
@@ -294,6 +294,7 @@ class Approvals:
         """``name`` was destroyed: its other pending requests are moot; a purge ends its draft too."""
         if purged:
             await self.hive.store.write(lambda db: db["drafts"].delete_where("name = ?", [name]))
+            self.hive.container_changed(self.hive.agents.manager)  # its repo is gone from the manager's view
         for approval in await self.list(Status.PENDING):
             if approval.agent == name and approval.id != self._carrying:
                 await self._resolve(approval, Status.CANCELLED, f"{name} was destroyed")

@@ -204,6 +204,7 @@ class Hive:
             with trio.CancelScope(shield=True):
                 await self.repos.remove(name)
             raise
+        self.container_changed(self.agents.manager)  # the manager gets the new repo
         return self.agents.get(name).snapshot()
 
     async def add_applied(self, name: str, config: AgentConfig, sha: str) -> None:
@@ -220,7 +221,6 @@ class Hive:
                     await self._stop_agent(name)
                 await self.store.write(lambda db: db["agents"].delete_where("name = ?", [name]))
             raise
-        self.container_changed(self.agents.manager)
         self.events.publish(name, "note", text=f"spawned from config {sha[:12]}")
 
     async def apply_config(self, name: str, config: AgentConfig, sha: str) -> None:

@@ -104,6 +104,16 @@ def commit(repo: Path, text: str, message: str = "change") -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+async def told_operator(hive, sender: str, wanted) -> str:
+    """Wait for a message from ``sender`` to the operator whose body ``wanted`` accepts; return it."""
+    seen = 0
+    while True:
+        for message in await hive.broker.recent_for("operator", 50):
+            if message.sender == sender and wanted(message.body):
+                return message.body
+        seen = (await next_event(hive, sender, "message_sent", after=seen)).id
+
+
 async def requested(hive, agent: str, after: int = 0):
     """The approval the manager's request created, once its event is out."""
     event = await next_event(hive, agent, "approval_requested", after=after)
@@ -346,8 +356,7 @@ async def test_an_approved_destroy_cancels_the_agents_other_requests(make_pm, tm
         cancelled = await hive.approvals.get(apply.id)
         assert (cancelled.status, cancelled.note) == ("cancelled", "scout was destroyed")
         with trio.fail_after(60):
-            while not any("status: cancelled" in m.body for m in await hive.broker.recent_for("operator", 20)):
-                await next_event(hive, "manager", "turn_end")
+            await told_operator(hive, "manager", lambda body: "status: cancelled" in body)
 
 
 async def test_hook_on_approval_resolved(make_pm, tmp_path):
@@ -437,6 +446,12 @@ async def test_in_bwrap_the_manager_commits_in_its_container_and_the_draft_runs_
         assert request.body["model"] == "claude-sonnet-5-5"
         assert (await run_in(hive, "scribe", "test -e /agents && echo visible || echo absent")) == "absent\n"
         assert (await run_in(hive, "manager", "ls /agents")) == "scribe\n"
+        # Purged, its repo leaves the manager's view; the manager's next turn runs without it.
+        await hive.destroy("scribe", purge=True)
+        await hive.broker.send("operator", "manager", "still there?")
+        with trio.fail_after(90):
+            await told_operator(hive, "manager", lambda body: body == "manager heard: still there?")
+        assert (await run_in(hive, "manager", "ls -A /agents 2>&1 || true")).startswith("ls: cannot access")
 
 
 async def test_the_demo_manager_requests_a_spawn_and_hears_the_answer(make_pm, tmp_path):
@@ -450,9 +465,10 @@ async def test_the_demo_manager_requests_a_spawn_and_hears_the_answer(make_pm, t
         assert told.startswith(f"I asked to spawn scout: approval {approval.id} (spawn scout) is waiting")
         await hive.approvals.approve(approval.id)
         with trio.fail_after(60):
-            while len(replies := await hive.broker.recent_from("manager", 10)) < 2:
-                await next_event(hive, "manager", "message_sent")
-        assert replies[0].body == f"Your answer to request {approval.id} (spawn scout) reached me: approved."
+            await told_operator(hive, "manager", lambda body: body.startswith("Your answer"))
+        assert (await hive.broker.recent_from("manager", 1))[0].body == (
+            f"Your answer to request {approval.id} (spawn scout) reached me: approved."
+        )
 
 
 class Strict:
