@@ -13,6 +13,7 @@ import hyperhive_web
 import pytest
 import trio
 from hivekit import needs_claude, next_event, running_hive
+from hyperhive_telemetry.api import stats_body
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[3]
@@ -97,6 +98,9 @@ async def test_stats_over_http_and_charts_in_the_browser(make_pm, tmp_path):
             await hive.broker.send("operator", "manager", "status please")
             with trio.fail_after(60):
                 after = (await next_event(hive, "worker", "turn_end", after=after)).id
+        with trio.fail_after(10):  # the figures are written just after the turn_end event
+            while (await stats_body(hive, {"series": ["0"]}))["summary"].get("worker", {}).get("turns") != 3:
+                await trio.sleep(0.05)
         url, token = hive.web.url, hive.web.token
 
         status, kind, body = await trio.to_thread.run_sync(get, f"{url}/api/stats?since=1h&agent=worker", token)

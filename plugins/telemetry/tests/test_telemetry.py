@@ -142,6 +142,14 @@ def test_config_ranges(make_pm, make_config, key):
 
 # -- with the real CLI ------------------------------------------------------------------------
 
+
+async def stats_when(hive, args, ready):
+    """What /api/stats answers once ``ready(body)``: a turn's figures are written just after its turn_end."""
+    while not ready(body := await stats_body(hive, args)):
+        await trio.sleep(0.05)
+    return body
+
+
 NOTES_TEXT = "# notes\n- the build runs with make test\n"
 
 
@@ -178,15 +186,16 @@ async def test_series_from_scripted_turns(make_pm, tmp_path, hyperhive, clean_en
         with trio.fail_after(60):
             await operator_reply(hive, "worker")
             end = await next_event(hive, "worker", "turn_end")
-            # A sampler tick after the worker's turn.
-            while True:
-                body = await stats_body(hive, {"agent": ["worker"], "key": ["notes_bytes"]})
-                points = body["series"][0]["points"] if body["series"] else []
-                if points and points[-1][0] > end.at:
-                    break
-                await trio.sleep(0.1)
+            # The turn's figures, and a sampler tick after the turn.
+            body = await stats_when(
+                hive,
+                {"since": [str(began)]},
+                lambda body: (
+                    body["summary"].get("worker", {}).get("turns") == 1
+                    and any(s["key"] == "notes_bytes" and s["points"][-1][0] > end.at for s in body["series"])
+                ),
+            )
 
-        body = await stats_body(hive, {"since": [str(began)]})
         worker, manager = body["summary"]["worker"], body["summary"]["manager"]
         assert worker["turns"] == 1
         assert worker["exits"] == {"ok": 1}
@@ -255,8 +264,12 @@ steps = [{ text = "recovered", status = 500, times = 1 }]
         with trio.fail_after(60):
             first = await next_event(hive, "worker", "turn_end")
             second = await next_event(hive, "worker", "turn_end", after=first.id)
+            body = await stats_when(
+                hive,
+                {"agent": ["worker"], "series": ["0"]},
+                lambda body: body["summary"].get("worker", {}).get("turns") == 2,
+            )
         assert (first.data["exit"], second.data["exit"]) == ("failure", "ok")
-        body = await stats_body(hive, {"agent": ["worker"], "series": ["0"]})
         assert body["series"] == []
         assert body["summary"]["worker"]["exits"] == {"failure": 1, "ok": 1}
         families = {f.name: f for f in text_string_to_metric_families(await metrics_text(hive))}
