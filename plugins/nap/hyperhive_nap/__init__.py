@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hyperhive_core import hookimpl
+from hyperhive_core.panels import Panel
 from hyperhive_core.tools import ToolContext
 from hyperhive_nap.naps import Naps, NapSection, m001_naps, wake_label
+from hyperhive_nap.web import WAKE_ROUTE, nap_panel
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -42,7 +44,7 @@ async def nap(ctx: ToolContext, seconds: int) -> str:
 
 
 async def wake(hive: Hive, agent: str) -> dict[str, Any]:
-    """Host command: end ``agent``'s nap now."""
+    """End ``agent``'s nap now: the host command ``wake``, and ``POST /-/nap/agents/<agent>/wake``."""
     return {"agent": agent, "woken": await naps_of(hive).wake(agent)}
 
 
@@ -79,6 +81,16 @@ async def on_cancel(hive: Hive, agent: str) -> None:
 @hookimpl
 def register_host_commands(register: Callable[..., None]) -> None:
     register("wake", wake)
+
+
+@hookimpl
+def register_routes(register: Callable[..., None]) -> None:
+    register(WAKE_ROUTE, wake, methods=("POST",))
+
+
+@hookimpl
+async def agent_panels(hive: Hive, agent: str) -> list[Panel]:
+    return [nap_panel(agent, naps_of(hive).wake_time(agent), await hive.broker.inbox_depth(agent))]
 
 
 @hookimpl

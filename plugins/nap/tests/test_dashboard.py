@@ -1,0 +1,129 @@
+"""Naps on the real dashboard: the N4P section and its wake route, and the badge in Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import hyperhive_nap
+import hyperhive_web
+import pytest
+import trio
+from hivekit import call_tool, needs_claude, next_event, running_hive
+
+REPO = Path(__file__).resolve().parents[3]
+ARTIFACTS = REPO / "test-artifacts" / "nap"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+SCENARIO = """
+[[agents.worker.rules]]
+name = "nap"
+when = "take a nap"
+steps = [{ tool = "nap", input = { seconds = 600 } }, { text = "{{result}}" }]
+
+[[agents."*".rules]]
+name = "awake"
+steps = [{ text = "awake and reading" }]
+"""
+
+
+def fetch(url: str, token: str, method: str = "GET") -> tuple[int, dict]:
+    """A request as a script sends it: the operator token as a bearer token."""
+    headers = {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, headers=headers, method=method, data=b"{}" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+async def hive(make_pm, tmp_path):
+    pm = make_pm(web=hyperhive_web, nap=hyperhive_nap)
+    async with running_hive(tmp_path, pm, SCENARIO, agents={"worker": {}}, web={"port": 0}) as running:
+        yield running
+
+
+async def test_the_nap_section_and_the_wake_route(hive):
+    url, token = hive.web.url, hive.web.token
+
+    async def request(path, method="GET"):
+        return await trio.to_thread.run_sync(fetch, f"{url}{path}", token, method)
+
+    status, awake = await request("/-/web/agents/worker/panels/nap")
+    assert status == 200
+    assert 'class="nap nap-awake"' in awake["html"]  # there, and hidden by its stylesheet
+    text, is_error = await call_tool(hive, "worker", "nap", seconds=600)
+    assert not is_error, text
+    _, napping = await request("/-/web/agents/worker/panels/nap")
+    label = hyperhive_nap.wake_label(hive.naps.wake_time("worker"))
+    assert f'napping until <time datetime="{label}">{label}</time> · 0 messages wait for it.' in napping["html"]
+    assert 'data-api="/-/nap/agents/worker/wake"' in napping["html"]
+    assert await request("/-/nap/agents/worker/wake", "POST") == (200, {"agent": "worker", "woken": True})
+    assert await request("/-/nap/agents/worker/wake", "POST") == (200, {"agent": "worker", "woken": False})
+    assert await request("/-/nap/agents/ghost/wake", "POST") == (
+        404,
+        {"error": "no agent named 'ghost'; known agents: manager, worker"},
+    )
+
+
+@needs_claude
+@pytest.mark.slow
+async def test_the_badge_counts_down_and_the_button_wakes_the_agent(hive):
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright", reason="pip install playwright (web's test extra)")
+
+    async def worker_naps() -> None:
+        await hive.broker.send("operator", "worker", "take a nap")
+        with trio.fail_after(60):
+            await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == "napping")
+        await hive.broker.send("operator", "worker", "are you there?")
+
+    def browse(url: str, token: str) -> dict:
+        from playwright.sync_api import expect, sync_playwright
+
+        errors: list[str] = []
+        seen: dict = {}
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                page.set_default_timeout(15_000)
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                page.goto(f"{url}/login?token={token}")
+                page.goto(f"{url}/agent/worker/")
+                page.wait_for_selector("#link.live")
+                section = page.locator("#panel-nap")
+                seen["hidden_at_first"] = not section.is_visible()
+
+                trio.from_thread.run(worker_naps)
+                badge = page.locator("#badge .badge.napping")
+                expect(badge).to_have_text(re.compile(r"napping 😴 · 09:[45]\d"))  # MM:SS, counting down
+                section.get_by_role("button", name="wake worker now").wait_for()
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "napping.png"))
+                seen["badge"] = " ".join(badge.inner_text().split())
+                section.get_by_role("button", name="wake worker now").click()
+                page.get_by_text("worker is awake").wait_for()
+                section.wait_for(state="hidden")
+                expect(page.locator("#badge .badge.napping")).to_have_count(0)
+            finally:
+                browser.close()
+        return {"errors": errors, **seen}
+
+    with trio.fail_after(120):
+        shown = await trio.to_thread.run_sync(browse, hive.web.url, hive.web.token)
+        end = await next_event(hive, "worker", "turn_end", lambda e: e.data["exit"] == "ok", after=0)
+        awake = await next_event(hive, "worker", "turn_end", after=end.id)
+    assert shown["errors"] == []
+    assert shown["hidden_at_first"]
+    assert re.fullmatch(r"napping 😴 · 09:[45]\d", shown["badge"])
+    assert awake.data["exit"] == "ok"
+    assert hive.rehearsal.requests[-1].rule == "awake"
