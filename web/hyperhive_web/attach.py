@@ -64,17 +64,18 @@ async def run_attach(url: str, token: str, agent: str, stdin: int, stdout: int) 
     headers = [(b"Authorization", f"Bearer {token}".encode())]
     try:
         async with open_websocket_url(socket_url, extra_headers=headers) as connection:
-            with raw_mode(stdin), trio.lowlevel.FdStream(os.dup(stdin)) as keys:
-                await send_size(connection, stdin)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(forward_keys, keys, connection)
-                    nursery.start_soon(forward_resizes, connection, stdin)
-                    try:
-                        while True:
-                            os.write(stdout, await connection.get_message())  # type: ignore[arg-type]
-                    except ConnectionClosed as closed:
-                        nursery.cancel_scope.cancel()
-                        return closed.reason.reason or "disconnected"
+            with raw_mode(stdin):
+                async with trio.lowlevel.FdStream(os.dup(stdin)) as keys:
+                    await send_size(connection, stdin)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(forward_keys, keys, connection)
+                        nursery.start_soon(forward_resizes, connection, stdin)
+                        try:
+                            while True:
+                                os.write(stdout, await connection.get_message())  # type: ignore[arg-type]
+                        except ConnectionClosed as closed:
+                            nursery.cancel_scope.cancel()
+                            return closed.reason.reason or "disconnected"
     except HandshakeError as exc:
         body = getattr(exc, "body", b"") or b""
         raise click.ClickException(f"the dashboard refused to attach to {agent!r}: {body.decode() or exc}") from None

@@ -46,20 +46,20 @@ async def event_stream(
     """
     wanted = concerns(agent)
     yield f"retry: {RETRY_MS}\n\n".encode()
+    replay: list[Event] = []
     if after_id is not None:
         replay = await hive.events.history(None, after_id=after_id)
         resume_after = replay[-1].id if replay else after_id
-    elif tail:
-        newest = await hive.events.history(None, limit=1)
-        replay = await hive.events.history(agent, limit=tail)
-        resume_after = max([newest[-1].id if newest else 0, *(event.id for event in replay[-1:])])
     else:
-        replay, resume_after = [], None
+        newest = await hive.events.history(None, limit=1)
+        if tail:
+            replay = await hive.events.history(agent, limit=tail)
+        resume_after = max([newest[-1].id if newest else 0, *(event.id for event in replay[-1:])])
     for event in replay:
         if wanted(event):
             yield encode(event)
     yield LIVE
-    # Whatever happened since the replay was read comes first, from the bus's own replay.
+    # The subscription starts where the replay ended: whatever happened since comes first.
     async with hive.events.subscribe(None, after_id=resume_after) as subscription:
         events = aiter(subscription)
         while True:

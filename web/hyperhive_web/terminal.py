@@ -80,3 +80,5 @@ async def hang_up(shell: ContainerProcess) -> None:
         if shell.returncode is None:
             shell.kill()
             await shell.wait()
+        if shell.stdin is not None:
+            await shell.stdin.aclose()  # the pty's master side: free it now, not when collected

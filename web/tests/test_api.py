@@ -1,0 +1,140 @@
+"""The contract JSON API (ARCHITECTURE §9) on a real hive: every route, and bad input answered clearly."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from hivekit import needs_claude, next_event, operator_reply
+from webkit import operator
+
+from hyperhive_core.agents import State
+
+pytestmark = needs_claude
+
+
+async def test_state_lists_the_hive_its_agents_and_the_dashboard_port(hive):
+    with trio.fail_after(10):
+        reply = await operator(hive).get("/api/state")
+    assert reply.status == 200
+    state = reply.json()
+    assert state["dashboard_port"] == hive.web.port
+    assert state["backend"] == {"name": "process", "isolated": False}
+    assert state["rehearsal"] == hive.rehearsal.url
+    assert state["manager"] == "manager"
+    names = [agent["name"] for agent in state["agents"]]
+    assert names == ["manager", "worker"]
+    worker = state["agents"][1]
+    assert worker["state"] == "idle"
+    assert worker["inbox_depth"] == 0
+    assert worker["last_turn_ms"] is None
+
+
+async def test_agent_state_and_an_unknown_agent(hive):
+    http = operator(hive)
+    with trio.fail_after(10):
+        worker = (await http.get("/api/agents/worker/state")).json()
+        missing = await http.get("/api/agents/nobody/state")
+    assert worker["name"] == "worker"
+    assert worker["model"] == "haiku"
+    assert missing.status == 404
+    assert "no agent named 'nobody'" in missing.json()["error"]
+
+
+@pytest.mark.slow
+async def test_a_message_reaches_the_agent_and_its_answer_the_operator_inbox(hive):
+    http = operator(hive)
+    with trio.fail_after(60):
+        sent = await http.post("/api/agents/worker/messages", {"body": "ping"})
+        assert sent.status == 200, sent.body
+        assert sent.json()["to"] == "worker"
+        assert await operator_reply(hive, "worker") == "pong: ping"
+        inbox = (await http.get("/api/agents/worker/inbox")).json()
+        operator_inbox = (await http.get("/api/inbox?limit=5")).json()
+        await next_event(hive, "worker", "turn_end")
+        worker = (await http.get("/api/agents/worker/state")).json()
+    assert [(m["from"], m["body"]) for m in inbox] == [("operator", "ping")]
+    assert operator_inbox[0]["from"] == "worker"
+    assert operator_inbox[0]["body"] == "pong: ping"
+    assert worker["last_turn_ms"] > 0
+
+
+async def test_bad_input_gets_a_clear_error(hive):
+    http = operator(hive)
+    with trio.fail_after(10):
+        empty = await http.post("/api/agents/worker/messages", {"body": "  "})
+        not_json = await http.request("POST", "/api/agents/worker/messages", body=b"hello")
+        wrong_type = await http.post("/api/agents/worker/destroy", {"purge": "yes"})
+        bad_limit = await http.get("/api/inbox?limit=many")
+        bad_name = await http.post("/api/spawn", {"name": "Bad Name"})
+        bad_model = await http.post("/api/agents/worker/model", {"model": "two words"})
+    assert (empty.status, empty.json()["error"]) == (400, "give 'body': it is missing or empty")
+    assert not_json.status == 400
+    assert "JSON object" in not_json.json()["error"]
+    assert wrong_type.json()["error"] == "'purge' must be true or false, not 'yes'"
+    assert bad_limit.json()["error"] == "?limit= must be a whole number, not 'many'"
+    assert bad_name.status == 400
+    assert "invalid agent name" in bad_name.json()["error"]
+    assert "one word" in bad_model.json()["error"]
+
+
+async def test_model_switches_at_once_when_idle(hive):
+    http = operator(hive)
+    with trio.fail_after(10):
+        result = (await http.post("/api/agents/worker/model", {"model": "sonnet"})).json()
+        worker = (await http.get("/api/agents/worker/state")).json()
+    assert result["model"] == "sonnet"
+    assert result["queued"] is None
+    assert worker["model"] == "sonnet"
+    assert worker["model_switched_at"] is not None
+
+
+@pytest.mark.slow
+async def test_model_is_queued_during_a_turn_and_cancel_interrupts_it(hive):
+    http = operator(hive)
+    with trio.fail_after(60):
+        await http.post("/api/agents/worker/messages", {"body": "slow"})
+        await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == State.THINKING)
+        await hive.rehearsal.wait_for_request(lambda r: r.agent == "worker" and r.rule == "slow")
+        queued = (await http.post("/api/agents/worker/model", {"model": "opus"})).json()
+        cancelled = (await http.post("/api/agents/worker/cancel")).json()
+        end = await next_event(hive, "worker", "turn_end")
+        worker = (await http.get("/api/agents/worker/state")).json()
+    assert queued == {"model": "haiku", "queued": "opus", "switched_at": None}
+    assert cancelled == {"cancelled": True}
+    assert end.data["exit"] == "interrupted"
+    assert worker["model"] == "opus"
+    assert worker["queued_model"] is None
+
+
+async def test_spawn_destroy_keeping_state_restore_and_purge(hive):
+    http = operator(hive)
+    with trio.fail_after(30):
+        spawned = await http.post("/api/spawn", {"name": "scout"})
+        assert spawned.status == 200, spawned.body
+        assert spawned.json()["name"] == "scout"
+        destroyed = (await http.post("/api/agents/scout/destroy", {"purge": False})).json()
+        kept = (await http.get("/-/web/kept")).json()
+        restored = await http.post("/-/web/agents/scout/restore")
+        again = await http.post("/api/agents/scout/destroy", {"purge": True})
+        kept_after = (await http.get("/-/web/kept")).json()
+        state = (await http.get("/api/state")).json()
+    assert destroyed == {"agent": "scout", "purged": False}
+    assert [row["name"] for row in kept] == ["scout"]
+    assert restored.status == 200
+    assert again.json() == {"agent": "scout", "purged": True}
+    assert kept_after == []
+    assert "scout" not in [agent["name"] for agent in state["agents"]]
+
+
+async def test_rebuild(hive):
+    with trio.fail_after(20):
+        reply = await operator(hive).post("/api/agents/worker/rebuild")
+    assert reply.status == 200
+    assert reply.json()["name"] == "worker"
+
+
+async def test_the_manager_cannot_be_destroyed(hive):
+    with trio.fail_after(10):
+        reply = await operator(hive).post("/api/agents/manager/destroy", {"purge": False})
+    assert reply.status == 400
+    assert "is the manager" in reply.json()["error"]
