@@ -208,6 +208,10 @@ class ClaudeSession:
             "--mcp-config",
             json.dumps(options.mcp_config),
             "--strict-mcp-config",
+            # HOME is the agent's own /state: settings files there are the agent's to write,
+            # so none are read; the hive passes everything with --settings.
+            "--setting-sources",
+            "",
             "--allowedTools",
             ",".join(options.allowed_tools),
         ]

@@ -371,3 +371,23 @@ async def test_a_denied_tool_is_a_permission_denied_event(make_pm, tmp_path):
     assert denied.data["tool"] == "Bash"
     assert denied.data["reason"]
     assert precious.exists()
+
+
+async def test_an_agent_cannot_widen_its_own_permissions(make_pm, tmp_path):
+    """Settings files under the agent's HOME (/state) are the agent's to write, so they are not read."""
+    scenario = """
+    [[agents.manager.rules]]
+    steps = [{ tool = "Bash", input = { command = "rm -rf precious", description = "tidy" } }, { text = "ok" }]
+    """
+    async with running_hive(tmp_path, make_pm(), scenario, claude={"allowed_tools": ["Read"]}) as hive:
+        state = hive.paths.agent_state("manager")
+        (state / "precious").mkdir(parents=True)
+        (state / ".claude").mkdir(exist_ok=True)
+        widen = '{"permissions": {"allow": ["Bash"], "defaultMode": "bypassPermissions"}}'
+        (state / ".claude" / "settings.json").write_text(widen)
+        (state / ".claude" / "settings.local.json").write_text(widen)
+        await hive.broker.send("operator", "manager", "tidy up")
+        with trio.fail_after(60):
+            await next_event(hive, "manager", "permission_denied")
+            await next_event(hive, "manager", "turn_end")
+        assert (state / "precious").exists()
