@@ -182,7 +182,8 @@ class Approvals:
                 "or use request_apply_commit for a running agent"
             )
         await self._refuse_second(name, Kind.SPAWN_COMMIT)
-        return await self._request_commit(requester, name, Kind.SPAWN_COMMIT, commit_ref, description="", base=None)
+        what = f"start draft {name} from {commit_ref}"
+        return await self._request_commit(requester, name, Kind.SPAWN_COMMIT, commit_ref, description=what, base=None)
 
     async def request_apply_commit(self, requester: str, name: str, commit_ref: str, description: str) -> Approval:
         """Ask to apply exactly the commit ``commit_ref`` names now to running agent ``name``."""
@@ -199,8 +200,11 @@ class Approvals:
         hive = self.hive
         if name == hive.agents.manager:
             raise ApprovalError(f"{name!r} is the manager; the hive always has one, so it cannot be destroyed")
-        if name not in hive.agents and name not in await hive.kept_state():
-            raise ApprovalError(f"no agent or kept state named {name!r}; list_agents shows the agents")
+        if name not in hive.agents:
+            if name not in await hive.kept_state():
+                raise ApprovalError(f"no agent or kept state named {name!r}; list_agents shows the agents")
+            if not purge:
+                raise ApprovalError(f"{name!r} is destroyed already, its state kept; ask with purge to wipe it")
         await self._refuse_second(name, Kind.DESTROY)
         what = "destroy it and wipe its state" if purge else "destroy it, keeping its state"
         return await self._insert(requester, name, Kind.DESTROY, description=what, purge=bool(purge))

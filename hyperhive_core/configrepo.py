@@ -443,7 +443,15 @@ class ConfigRepos:
             )
         # Written before the manager can reach it, so git runs here just this once.
         proposed.mkdir(parents=True, mode=0o700)
-        git = self.git
+        try:
+            return await self._seed(name, config, plugin_sections, apply=apply)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.remove(name)
+            raise
+
+    async def _seed(self, name: str, config: AgentConfig, plugin_sections: Sequence[str], *, apply: bool) -> str:
+        proposed, git = self.proposed(name), self.git
         await git.init(proposed, "main")
         await git.run(proposed, "config", "user.name", "manager")
         await git.run(proposed, "config", "user.email", "manager@hyperhive.invalid")

@@ -353,6 +353,8 @@ async def test_an_approved_destroy_cancels_the_agents_other_requests(make_pm, tm
         assert (destroy.purge, destroy.description) == (False, "destroy it, keeping its state")
         assert (await hive.approvals.approve(destroy.id)).status == "approved"
         assert list(await hive.kept_state()) == ["scout"]
+        with pytest.raises(ApprovalError, match="'scout' is destroyed already, its state kept; ask with purge"):
+            await hive.approvals.request_destroy("manager", "scout", False)
         cancelled = await hive.approvals.get(apply.id)
         assert (cancelled.status, cancelled.note) == ("cancelled", "scout was destroyed")
         with trio.fail_after(60):
