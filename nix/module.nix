@@ -140,7 +140,7 @@ in
       ++ [
         {
           assertion = hardening.backends ? ${backend};
-          message = "services.hyperhive: container backend ${backend} has no service profile; known: ${lib.concatStringsSep ", " (lib.attrNames hardening.backends)}.";
+          message = "services.hyperhive: container backend ${backend} has no service profile; set settings.hive.container_backend to one of ${lib.concatStringsSep ", " (lib.attrNames hardening.backends)}.";
         }
       ];
 

@@ -284,6 +284,18 @@ def test_settings_may_not_set_what_a_typed_option_sets():
     ]
 
 
+def test_a_backend_without_a_service_profile_is_an_evaluation_error():
+    cfg = full_cfg()
+    cfg["settings"]["hive"]["container_backend"] = "firecracker"
+    failed = with_stub(
+        f"builtins.filter (a: !a.assertion) (module (builtins.fromJSON ''{json.dumps(cfg)}'')).config.assertions"
+    )
+    assert [item["message"] for item in failed] == [
+        "services.hyperhive: container backend firecracker has no service profile; "
+        "set settings.hive.container_backend to one of bwrap, nspawn, process."
+    ]
+
+
 # -- the unit ------------------------------------------------------------------------------
 
 
