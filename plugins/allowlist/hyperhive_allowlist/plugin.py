@@ -85,10 +85,9 @@ def configure_session(hive: Hive, agent: str, options: SessionOptions) -> None:
     hook = {"type": "command", "command": hook_command(section.bash, agent_dirs(hive, agent))}
     hook["timeout"] = HOOK_TIMEOUT_SECONDS
     hooks = options.settings.setdefault("hooks", {})
+    # Core starts every session with --setting-sources "": no settings file in the
+    # agent's home ({"disableAllHooks": true}) can switch this hook off.
     hooks.setdefault("PreToolUse", []).append({"matcher": "Bash", "hooks": [hook]})
-    # Only --settings: the agent's home is its state dir, and a settings file there
-    # ({"disableAllHooks": true}) would switch this hook off.
-    options.extra_args += ["--setting-sources", ""]
 
 
 @hookimpl

@@ -102,12 +102,10 @@ async def test_session_options_of_an_allow_listed_agent(make_pm, tmp_path):
     assert bash["hooks"][0]["command"] == plugin.hook_command(
         ["git *", "pytest*"], [str(tmp_path / "state" / "agents" / "worker" / "state"), "/tmp"]
     )
-    assert worker.extra_args[-2:] == ["--setting-sources", ""]
     # an agent without the section keeps core's behaviour
     assert "Bash" in manager.allowed_tools
     assert not any(tool.startswith("Bash(") for tool in manager.allowed_tools)
     assert len(manager.settings["hooks"]["PreToolUse"]) == 1
-    assert "--setting-sources" not in manager.extra_args
 
 
 @needs_claude
