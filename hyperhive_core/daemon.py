@@ -13,7 +13,7 @@ import trio
 from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.config import Config
 from hyperhive_core.hive import Hive
-from hyperhive_core.hostsock import serve_host_socket
+from hyperhive_core.hostsock import group_id, serve_host_socket
 from hyperhive_core.paths import StatePaths, default_state_dir
 from hyperhive_core.plugins import HivePluginManager, await_all, call_each, collect
 from hyperhive_core.store import Store
@@ -42,7 +42,8 @@ async def run_hive(
 ) -> None:
     """Open the store, start the core and every plugin service, then the agents; run until cancelled."""
     paths = state_paths(config)
-    paths.ensure()
+    admin_group = config.section("hive").admin_group
+    paths.ensure(group_id(admin_group) if admin_group else None)
     store = Store(paths.database)
     try:
         store.migrate(collect_migrations(pm))

@@ -67,7 +67,7 @@ async def serve_host_socket(
     finally:
         os.umask(old_umask)
     if group:
-        os.chown(path, -1, _group_id(group))
+        os.chown(path, -1, group_id(group))
     os.chmod(path, 0o660)
     sock.listen(64)
     listener = trio.SocketListener(sock)
@@ -79,7 +79,8 @@ async def serve_host_socket(
         path.unlink(missing_ok=True)
 
 
-def _group_id(group: str) -> int:
+def group_id(group: str) -> int:
+    """The id of the host socket's admin group; a clear error when it does not exist."""
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:

@@ -57,6 +57,15 @@ class StatePaths:
         """The directory holding the agent's own MCP socket."""
         return self.root / "run" / name
 
-    def ensure(self) -> None:
-        """Create the state root, private to the daemon's user."""
+    def ensure(self, admin_gid: int | None = None) -> None:
+        """Create the state root, private to the daemon's user.
+
+        :param admin_gid: the host socket's group. Its members may then pass
+            through the root (0710) to reach ``host.sock``, but not list it.
+        """
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if admin_gid is None:
+            self.root.chmod(0o700)
+        else:
+            os.chown(self.root, -1, admin_gid)
+            self.root.chmod(0o710)

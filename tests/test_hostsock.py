@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import stat
 import subprocess
@@ -11,6 +12,7 @@ import trio
 from hivekit import running_hive
 
 from hyperhive_core import hookimpl
+from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.hostsock import PROTOCOL_VERSION, DaemonNotRunning, HostCommandError, request
 
@@ -124,3 +126,20 @@ def test_cli_without_a_daemon_says_so(tmp_path, hyperhive, clean_env):
     with pytest.raises(DaemonNotRunning):
         request(tmp_path / "host.sock", "status")
     assert issubclass(HostCommandError, HyperhiveError)
+
+
+async def test_the_admin_group_can_reach_the_socket(make_pm, tmp_path):
+    group = grp.getgrnam("adm")
+    async with running_hive(tmp_path, make_pm(), QUIET, hive={"admin_group": "adm"}) as hive:
+        root, sock = hive.paths.root.stat(), hive.paths.host_socket.stat()
+    assert (stat.S_IMODE(root.st_mode), root.st_gid) == (0o710, group.gr_gid)  # pass through, not list
+    assert (stat.S_IMODE(sock.st_mode), sock.st_gid) == (0o660, group.gr_gid)
+
+
+async def test_a_missing_admin_group_is_a_clear_error(make_pm, make_config, tmp_path):
+    pm = make_pm()
+    hive = {"state_dir": str(tmp_path / "state"), "admin_group": "no-such-group-here", "container_backend": "process"}
+    config = make_config(pm, hive=hive)
+    with pytest.raises(HyperhiveError, match=r"admin_group = 'no-such-group-here' does not exist; create it"):
+        await run_hive(config, pm)
+    assert not (tmp_path / "state").exists()
