@@ -164,8 +164,9 @@ class Agents:
     async def add(self, name: str, config: AgentConfig, default_model: str, origin: str) -> Agent:
         """Register an agent (and remember it, with its config); it may now send and receive.
 
-        :param origin: ``config`` (declared in hyperhive.toml) or ``spawn`` (created
-            at run time, restarted from the store on the next start).
+        :param origin: ``config`` (declared in hyperhive.toml), ``applied`` (spawned
+            with config repos; restarted from its applied repo) or ``spawn`` (added at
+            run time without repos, restarted from the stored config).
         """
         check_agent_name(name)
         role = MANAGER if name == self.manager else AGENT

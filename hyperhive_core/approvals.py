@@ -259,11 +259,13 @@ class Approvals:
         if name not in hive.agents:
             raise ApprovalError(f"no running agent named {name!r}; list_agents shows the agents")
         row = (await hive.agents.stored())[name]
-        if row["origin"] != ORIGIN_APPLIED:
+        if row["origin"] == "config":
             raise ApprovalError(
                 f"{name!r} is configured in the operator's hyperhive.toml ([agents.{name}]), not by a config repo; "
                 "ask the operator to change it there"
             )
+        if row["origin"] != ORIGIN_APPLIED:
+            raise ApprovalError(f"{name!r} was started without a config repo; only the operator can change it")
         return row
 
     # -- the operator's answers -----------------------------------------------------------
