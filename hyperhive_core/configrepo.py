@@ -294,7 +294,10 @@ class _Copier:
             path = f"{where}/{entry}"
             if entry.endswith(".lock"):
                 continue  # a git command in progress in the proposed repo
-            info = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            try:
+                info = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile (a ref deleted, or packed)
             if stat.S_ISDIR(info.st_mode):
                 child = self.subdir(dir_fd, entry, path)
                 try:
