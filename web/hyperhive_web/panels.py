@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 
 from hyperhive_core.names import SYSTEM
 from hyperhive_core.panels import Panel
-from hyperhive_core.plugins import await_all, call_each
+from hyperhive_core.plugins import await_all, callers_by_plugin
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -59,20 +59,20 @@ async def collect_panels(hive: Hive, assets: PanelAssets, agent: str | None = No
     """
     hook, args = ("agent_panels", {"agent": agent}) if agent else ("dashboard_panels", {})
     placed: dict[str, PlacedPanel] = {}
-    for plugin, result in call_each(hive.pm, hook, hive=hive, **args):
+    for plugin, caller in callers_by_plugin(hive.pm, hook):
         try:
-            (panels,) = await await_all([result])
-            for panel in panels or ():
-                if not isinstance(panel, Panel):
-                    raise TypeError(f"returned {type(panel).__name__}, not hyperhive_core.panels.Panel")
-                if panel.key in placed:
-                    raise ValueError(f"panel key {panel.key!r} is already used by {placed[panel.key].plugin!r}")
-                placed[panel.key] = PlacedPanel(
-                    plugin,
-                    panel,
-                    tuple(assets.url(plugin, path) for path in panel.scripts),
-                    tuple(assets.url(plugin, path) for path in panel.styles),
-                )
+            for panels in await await_all(caller(hive=hive, **args)):
+                for panel in panels or ():
+                    if not isinstance(panel, Panel):
+                        raise TypeError(f"returned {type(panel).__name__}, not hyperhive_core.panels.Panel")
+                    if panel.key in placed:
+                        raise ValueError(f"panel key {panel.key!r} is already used by {placed[panel.key].plugin!r}")
+                    placed[panel.key] = PlacedPanel(
+                        plugin,
+                        panel,
+                        tuple(assets.url(plugin, path) for path in panel.scripts),
+                        tuple(assets.url(plugin, path) for path in panel.styles),
+                    )
         except Exception as exc:
             log.exception("plugin %s failed to render its %s", plugin, hook)
             hive.events.publish(SYSTEM, "error", where=hook, plugin=plugin, error=repr(exc))

@@ -234,7 +234,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-# worker answers the operator; "slow" keeps a turn open long enough to cancel it or queue a model.
+# worker answers the operator, thinking 1.5 s first (long enough to see the badge say so);
+# "slow" keeps a turn open long enough to cancel it or queue a model.
 SCENARIO = """
 [[agents.worker.rules]]
 name = "slow"
@@ -245,7 +246,7 @@ steps = [{ text = "thinking it over…", delay = 30 }]
 name = "answer"
 when_regex = '(?s)from operator \\(text\\) ---\\n(?P<body>.*?)(?:\\n\\n--- message|\\Z)'
 steps = [
-  { text = "on it", tool = "send", input = { to = "operator", body = "pong: {{match.body}}" } },
+  { text = "on it", tool = "send", input = { to = "operator", body = "pong: {{match.body}}" }, delay = 1.5 },
   { text = "answered the operator" },
 ]
 

@@ -111,13 +111,23 @@
     }
   }
 
+  let shownState = "";
+
   function append(ev) {
     if (seen.has(ev.id)) return; // never twice, whatever the stream replays
     seen.add(ev.id);
+    let repeat = false;
+    if (ev.type === "state_change") {
+      // A status republished unchanged (a model queued, say) is no news: kept, but not shown.
+      const key = JSON.stringify(pick(ev.data, ["state", "detail", "paused", "failed", "stopped"]));
+      repeat = key === shownState;
+      shownState = key;
+    }
     const [glyph, html, extra] = line(ev);
     const el = document.createElement("div");
     el.className = `ev ${ev.type}${extra ? ` ${extra}` : ""}${ev.replay ? "" : " fresh"}`;
     el.dataset.id = ev.id;
+    el.hidden = repeat;
     el.innerHTML = `<time datetime="${new Date(ev.at * 1000).toISOString()}">${clockOf(ev.at)}</time><span class="glyph" aria-hidden="true">${glyph}</span><span class="text">${html}</span>`;
     tail.append(el);
     while (tail.childElementCount > MAX_TAIL) tail.firstElementChild.remove();

@@ -90,6 +90,7 @@
   function diffHtml(diff) {
     if (!diff) return '<span class="ctx">(no changes)</span>';
     return diff
+      .replace(/\n$/, "")
       .split("\n")
       .map((line) => {
         const kind = /^(\+\+\+|---|diff |index )/.test(line) ? "file"
@@ -151,6 +152,10 @@
     }
     if (focused) $(focused)?.querySelector("input")?.focus();
     $("approvals-title").querySelector("span").innerHTML = `◆ 4PPR0V4LS ◆${pending.length ? `<span class="count">${pending.length} pending</span>` : ""}`;
+    const chip = $("pending");
+    chip.hidden = !pending.length;
+    chip.textContent = `◆ ${pending.length} 4PPR0V4L${pending.length === 1 ? "" : "S"} W41T`;
+    chip.setAttribute("aria-label", `${pending.length} approval${pending.length === 1 ? "" : "s"} waiting for you`);
   }
 
   $("approval-list").addEventListener("submit", (e) => {
