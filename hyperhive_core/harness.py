@@ -101,11 +101,14 @@ class Harness:
                         # The cancelled turn's messages are queued again; run them with the next one.
                         await hive.broker.wait_for_arrival(self.name)
                         self._hold_after_cancel = False
-                    # A pause while waiting cancels the wait; a batch already handed over stays ready.
+                    # A pause cancels the wait (a batch already handed over stays ready).
+                    batch = None
                     with trio.CancelScope() as self._waiting:
-                        batch = await hive.broker.wait_for_messages(self.name)
-                    if self._waiting.cancelled_caught:
+                        if not self.agent.status.paused:
+                            batch = await hive.broker.wait_for_messages(self.name)
+                    if batch is None:
                         continue
+                    await self._wait_until_runnable()  # paused just as it arrived: the batch waits too
                     await self._take_turn(batch)
             finally:
                 with trio.CancelScope(shield=True):
