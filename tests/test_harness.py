@@ -188,9 +188,13 @@ async def test_killing_claude_mid_turn_retries_without_losing_the_message(make_p
             await stall.entered.wait()
             os.kill(hive.harnesses["manager"].session.pid, signal.SIGKILL)
             assert "precious" in await operator_reply(hive, "manager")
-            error = await next_event(hive, "manager", "error")
+            crash = await next_event(hive, "manager", "error", lambda e: "container crashed" in e.data["text"])
+            retry = await next_event(
+                hive, "manager", "error", lambda e: "restarting it with --resume" in e.data["text"]
+            )
             end = await next_event(hive, "manager", "turn_end")
-        assert "exited" in error.data["text"]
+        assert "signal 9" in crash.data["text"]
+        assert "exited" in retry.data["text"]
         assert end.data["exit"] == "ok"
         assert stall.calls == 2
         assert await hive.broker.inbox_depth("manager") == 0
