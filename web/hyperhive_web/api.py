@@ -164,14 +164,15 @@ def resume_point() -> int | None:
 
 @api.get("/api/events")
 async def events() -> Response:
-    return await sse_response(event_stream(hive(), None, after_id=resume_point()))
+    return await sse_response(event_stream(hive(), current_dashboard().feed, None, after_id=resume_point()))
 
 
 @api.get("/api/agents/<name>/events")
 async def agent_events(name: str) -> Response:
     hive().agents.get(name)
     tail = int_arg("tail", None, low=0, high=hive().events.settings.history_per_agent)
-    return await sse_response(event_stream(hive(), name, after_id=resume_point(), tail=tail))
+    stream = event_stream(hive(), current_dashboard().feed, name, after_id=resume_point(), tail=tail)
+    return await sse_response(stream)
 
 
 # -- the dashboard's own helpers ---------------------------------------------------

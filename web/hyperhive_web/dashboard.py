@@ -21,6 +21,7 @@ from hyperhive_web.panels import PanelAssets
 from hyperhive_web.routes import PluginRoutes, collect_routes
 from hyperhive_web.settings import WebSection
 from hyperhive_web.slash import SlashCommands, collect_slash_commands
+from hyperhive_web.stream import LiveFeed
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -48,6 +49,7 @@ class Dashboard:
         self.routes: PluginRoutes = collect_routes(hive.pm)
         self.slash_commands: SlashCommands = collect_slash_commands(hive.pm)
         self.assets = PanelAssets()
+        self.feed = LiveFeed(hive)
         self.port: int | None = None
 
     @property
@@ -74,6 +76,7 @@ class Dashboard:
         config.keep_alive_timeout = 75
         app = create_app(self)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.feed.serve)
             binds = await nursery.start(partial(serve, app, config))
             self.port = urlsplit(binds[0]).port
             self._write_address()

@@ -4,6 +4,10 @@ A stream first replays what the client has not seen (after its ``Last-Event-ID``
 after ``?after=ID``, or the newest ``?tail=N`` of an agent's history), then sends
 ``event: live``, then live events as they happen. Every event carries its id, so the
 browser's automatic reconnect resumes exactly where it stopped: no gap, no repeat.
+
+One ``LiveFeed`` per dashboard holds the only subscription to the event bus and
+hands each event, encoded once, to every open stream; a stream sends whatever
+piled up since its last write in one chunk, so a busy hive costs fewer writes.
 """
 
 from __future__ import annotations
@@ -23,20 +27,80 @@ KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 2000
 LIVE = b"event: live\ndata: {}\n\n"
 
+Wanted = Callable[[Event], bool]
+
 
 def encode(event: Event) -> bytes:
     return f"id: {event.id}\ndata: {event.to_json()}\n\n".encode()
 
 
-def concerns(agent: str | None) -> Callable[[Event], bool]:
+def concerns(agent: str | None) -> Wanted:
     """Which events an agent's stream carries: its own, and the messages sent to it."""
     if agent is None:
         return lambda event: True
     return lambda event: event.agent == agent or (event.type == "message_sent" and event.data.get("to") == agent)
 
 
+class Listener:
+    """One open stream's share of the feed: events waiting to be written, and a wake-up."""
+
+    def __init__(self, wanted: Wanted, limit: int) -> None:
+        self.wanted = wanted
+        self.limit = limit
+        self.pending: list[tuple[int, bytes]] = []
+        self.overflowed = False
+        self._wake = trio.Event()
+
+    def offer(self, event: Event, chunk: bytes) -> None:
+        if not self.wanted(event):
+            return
+        if len(self.pending) >= self.limit:
+            self.overflowed = True  # a stalled client: it reconnects and resumes from history
+        else:
+            self.pending.append((event.id, chunk))
+        self._wake.set()
+
+    async def wait_batch(self) -> list[tuple[int, bytes]]:
+        """Everything offered since the last call; waits for at least one."""
+        await self._wake.wait()
+        self._wake = trio.Event()
+        batch, self.pending = self.pending, []
+        return batch
+
+
+class LiveFeed:
+    """The dashboard's single subscription to the event bus, fanned out to every stream."""
+
+    def __init__(self, hive: Hive) -> None:
+        self.hive = hive
+        self.listeners: set[Listener] = set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        last_id: int | None = None
+        while True:
+            try:
+                async with self.hive.events.subscribe(None, after_id=last_id) as subscription:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for event in subscription:
+                        last_id = event.id
+                        chunk = encode(event)
+                        for listener in self.listeners:
+                            listener.offer(event, chunk)
+                return
+            except SubscriptionDropped:
+                continue  # starved for a while: resubscribe, replaying what was missed
+
+    def listen(self, wanted: Wanted) -> Listener:
+        listener = Listener(wanted, self.hive.events.settings.subscriber_buffer)
+        self.listeners.add(listener)
+        return listener
+
+
 async def event_stream(
-    hive: Hive, agent: str | None, *, after_id: int | None = None, tail: int | None = None
+    hive: Hive, feed: LiveFeed, agent: str | None, *, after_id: int | None = None, tail: int | None = None
 ) -> AsyncIterator[bytes]:
     """The SSE body: replay, the ``live`` marker, then live events until the client leaves.
 
@@ -45,34 +109,38 @@ async def event_stream(
     :param tail: replay the newest ``tail`` events of ``agent``'s own history.
     """
     wanted = concerns(agent)
-    yield f"retry: {RETRY_MS}\n\n".encode()
-    replay: list[Event] = []
-    if after_id is not None:
-        replay = await hive.events.history(None, after_id=after_id)
-        resume_after = replay[-1].id if replay else after_id
-    else:
-        newest = await hive.events.history(None, limit=1)
-        if tail:
+    # Listen before reading history: an event is then in one or the other, or both (sent once).
+    listener = feed.listen(wanted)
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        if after_id is not None:
+            replay = [event for event in await hive.events.history(None, after_id=after_id) if wanted(event)]
+        elif tail:
             replay = await hive.events.history(agent, limit=tail)
-        resume_after = max([newest[-1].id if newest else 0, *(event.id for event in replay[-1:])])
-    for event in replay:
-        if wanted(event):
-            yield encode(event)
-    yield LIVE
-    # The subscription starts where the replay ended: whatever happened since comes first.
-    async with hive.events.subscribe(None, after_id=resume_after) as subscription:
-        events = aiter(subscription)
+        else:
+            replay = []
+        replayed = {event.id for event in replay}
+        newest_replayed = max(replayed, default=0)
+        if replay:
+            yield b"".join(encode(event) for event in replay)
+        yield LIVE
         while True:
-            event = None
+            batch = None
             with trio.move_on_after(KEEPALIVE_SECONDS):
-                try:
-                    event = await anext(events)
-                except (StopAsyncIteration, SubscriptionDropped):
-                    return  # the browser reconnects with Last-Event-ID and replays the rest
-            if event is None:
+                batch = await listener.wait_batch()
+            if listener.overflowed:
+                return
+            if batch is None:
                 yield b": keepalive\n\n"
-            elif wanted(event):
-                yield encode(event)
+                continue
+            if replayed:
+                batch = [(event_id, chunk) for event_id, chunk in batch if event_id not in replayed]
+                if batch and batch[-1][0] > newest_replayed:
+                    replayed = set()  # events come in id order: nothing replayed can follow
+            if batch:
+                yield b"".join(chunk for _, chunk in batch)
+    finally:
+        feed.listeners.discard(listener)
 
 
 async def sse_response(body: AsyncIterator[bytes]) -> Response:

@@ -72,15 +72,33 @@ async def test_the_hive_stream_replays_after_the_given_id_then_every_agent(hive)
     assert live.json()["agent"] == "worker"
 
 
-async def test_a_closed_stream_unsubscribes(hive):
-    before = len(hive.events._subscribers)
+async def test_a_closed_stream_stops_listening(hive):
+    listeners = hive.web.feed.listeners
     with trio.fail_after(20):
         async with operator(hive).sse("/api/events") as stream:
             await read_until_live(stream)
-            while len(hive.events._subscribers) == before:  # the server subscribes just after "live"
-                await trio.sleep(0.02)
-        while len(hive.events._subscribers) > before:
+            assert len(listeners) == 1
+        while listeners:
             await trio.sleep(0.05)
+
+
+async def test_a_stalled_client_is_cut_off_and_resumes_from_history(hive, monkeypatch):
+    http = operator(hive)
+    bulk = "x" * 256 * 1024  # enough of them to fill the sockets' buffers of a client that stopped reading
+    with trio.fail_after(60):
+        async with http.sse("/api/events") as stream:
+            await read_until_live(stream)
+            (listener,) = hive.web.feed.listeners
+            monkeypatch.setattr(listener, "limit", 3)
+            published = []
+            while not listener.overflowed:
+                published.append(hive.events.publish("worker", "note", text=f"n{len(published)}", bulk=bulk))
+                await trio.sleep(0.01)
+            received = [message async for message in stream]  # the server ends the stream
+        async with http.sse("/api/events", {"Last-Event-ID": received[-1].id}) as stream:
+            replayed = await read_until_live(stream)
+    texts = [m.json()["data"]["text"] for m in received + replayed]
+    assert texts == [event.data["text"] for event in published]
 
 
 async def test_an_idle_stream_gets_keepalive_comments(hive, monkeypatch):

@@ -1,0 +1,220 @@
+"""Dashboard latency, one JSON line per figure (ARCHITECTURE §12).
+
+- SSE fan-out: N browsers hold ``GET /api/events`` open; the daemon publishes events
+  stamped with a monotonic clock; each client notes when it got each one. p50/p99
+  of publish → received, at 50 and 200 clients.
+- ``GET /api/state`` with 100 agents and a million stored messages: p50/p99 of
+  sequential requests.
+
+The clients run in a child process (this script with ``--clients`` or
+``--time-state``), so they do not share the daemon's event loop; CLOCK_MONOTONIC is
+the same for both. Usage::
+
+    .venv/bin/python bench/dashboard.py [--events 200] [--messages 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import http.client
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from hyperhive_core.boot import config_schemas
+from hyperhive_core.config import load_config
+from hyperhive_core.daemon import run_hive
+from hyperhive_core.hive import Hive
+from hyperhive_core.plugins import make_plugin_manager
+
+SCENARIO = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
+DONE = "bench-done"
+
+
+def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    print(json.dumps({"bench": "dashboard", "figure": figure, "value": round(value, 2), "unit": unit, **extra}))
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+# -- the clients' side (a child process) ---------------------------------------------------
+
+SENT = re.compile(rb'"sent": ([0-9.]+)')
+
+
+async def run_clients(url: str, token: str, count: int) -> None:
+    """Hold ``count`` event streams open; print "ready", then every latency (ms) once DONE arrives.
+
+    Each client notes the time a read returns, before looking at the bytes, and reads
+    them no further than it must: the figure is the server's, not this process's parsing.
+    """
+    parts = urlsplit(url)
+    request = (
+        f"GET /api/events HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        "Accept: text/event-stream\r\n\r\n"
+    ).encode()
+    latencies: list[float] = []
+    live = trio.Semaphore(0)
+
+    async def client() -> None:
+        async with await trio.open_tcp_stream(parts.hostname, parts.port) as stream:
+            await stream.send_all(request)
+            pending = b""
+            while data := await stream.receive_some(65536):
+                now = time.monotonic()
+                pending += data
+                complete, _, pending = pending.rpartition(b"\n\n")  # whole SSE messages only
+                if b"event: live" in complete:
+                    live.release()
+                latencies.extend((now - float(sent)) * 1000 for sent in SENT.findall(complete))
+                if DONE.encode() in complete:
+                    return
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(client)
+        for _ in range(count):
+            await live.acquire()
+        print("ready", flush=True)
+    print(json.dumps(latencies), flush=True)
+
+
+def time_requests(url: str, token: str, path: str, count: int) -> None:
+    """Print the time of ``count`` sequential GETs of ``path``, in ms, after one warm-up."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port)
+    headers = {"Authorization": f"Bearer {token}"}
+    timings = []
+    for _ in range(count + 1):
+        started = time.perf_counter()
+        connection.request("GET", path, headers=headers)
+        reply = connection.getresponse()
+        body = reply.read()
+        timings.append((time.perf_counter() - started) * 1000)
+        assert reply.status == 200, body
+    print(json.dumps(timings[1:]), flush=True)
+
+
+# -- the daemon's side -------------------------------------------------------------------------
+
+
+async def fanout(hive: Hive, clients: int, events: int, rate: float) -> None:
+    child = await trio.lowlevel.open_process(
+        [sys.executable, __file__, "--clients", str(clients), "--url", hive.web.url, "--token", hive.web.token],
+        stdout=subprocess.PIPE,
+    )
+    lines = LineReader(child.stdout)
+    assert await lines.next() == "ready"
+    await trio.sleep(1)
+    for index in range(events):
+        hive.events.publish("manager", "note", text="bench", seq=index, sent=time.monotonic())
+        await trio.sleep(1 / rate)
+    await trio.sleep(0.5)
+    hive.events.publish("manager", "note", text=DONE)
+    latencies = json.loads(await lines.next())
+    await child.wait()
+    load = {"clients": clients, "events": events, "per_second": rate, "gc_frozen": gc.get_freeze_count() > 0}
+    emit("sse_fanout_p50", statistics.median(latencies), "ms", **load)
+    emit("sse_fanout_p99", percentile(latencies, 0.99), "ms", **load, delivered=len(latencies) / (clients * events))
+
+
+class LineReader:
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise RuntimeError("the client process ended early")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+
+async def api_state(hive: Hive, agents: int, messages: int, requests: int) -> None:
+    while len(list(hive.agents)) < agents:
+        await hive.spawn(f"agent-{len(list(hive.agents)):03d}")
+    await hive.store.write(lambda db: store_messages(db, [agent.name for agent in hive.agents], messages))
+    command = [sys.executable, __file__, "--time-state", str(requests), "--url", hive.web.url]
+    command += ["--token", hive.web.token]
+    child = await trio.run_process(command, capture_stdout=True)
+    timings = json.loads(child.stdout)
+    counts = {"agents": agents, "messages": messages, "requests": requests}
+    emit("api_state_p50", statistics.median(timings), "ms", **counts)
+    emit("api_state_p99", percentile(timings, 0.99), "ms", **counts)
+
+
+def store_messages(db: Any, recipients: list[str], count: int) -> None:
+    """A million messages as retention leaves them: delivered, a few still queued per agent."""
+    now = time.time()
+    rows = (
+        (
+            "operator",
+            recipients[index % len(recipients)],
+            "text",
+            f"message {index}",
+            now,
+            "queued" if index >= count - 2 * len(recipients) else "acked",
+        )
+        for index in range(count)
+    )
+    db.conn.executemany(
+        "INSERT INTO messages (sender, recipient, kind, body, created_at, state) VALUES (?, ?, ?, ?, ?, ?)", rows
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "scenario.toml").write_text(SCENARIO)
+        pm = make_plugin_manager(["web"])
+        raw = {
+            "hive": {"state_dir": str(root / "state"), "container_backend": "process"},
+            "claude": {"rehearsal_scenario": str(root / "scenario.toml")},
+            "web": {"port": 0},
+            "events": {"subscriber_buffer": 10_000},
+        }
+        config = load_config(root / "hyperhive.toml", raw, config_schemas(pm))
+        async with trio.open_nursery() as nursery:
+            hive = await nursery.start(run_hive, config, pm)
+            if args.freeze_gc:
+                gc.freeze()  # what a daemon could do once started: full collections skip the startup heap
+            for clients in (50, 200):
+                await fanout(hive, clients, args.events, args.rate)
+            await api_state(hive, 100, args.messages, args.requests)
+            nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200, help="events published per fan-out run")
+    parser.add_argument("--rate", type=float, default=10, help="events published per second")
+    parser.add_argument("--messages", type=int, default=1_000_000, help="messages stored for /api/state")
+    parser.add_argument("--requests", type=int, default=300, help="/api/state requests timed")
+    parser.add_argument("--freeze-gc", action="store_true", help="gc.freeze() once the hive is up (see docs)")
+    parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--time-state", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.clients:
+        trio.run(run_clients, arguments.url, arguments.token, arguments.clients)
+    elif arguments.time_state:
+        time_requests(arguments.url, arguments.token, "/api/state", arguments.time_state)
+    else:
+        trio.run(main, arguments)
