@@ -314,3 +314,35 @@ async def test_denying_takes_two_clicks_and_a_note(hive, browser):
     with trio.fail_after(60):
         await browser.run(steps)
     assert (await hive.approvals.get(approval.id)).status == "denied"
+
+
+async def test_spawn_inbox_reply_and_drafts_follow_live_events(hive, browser):
+    page = await browser.page()
+    await browser.run(login, page, hive)
+
+    def spawn() -> None:
+        page.fill("#spawn-name", "scout")
+        page.get_by_role("button", name="spawn", exact=True).click()
+        toast(page, "spawned")
+        expect(page.locator("#agent-scout")).to_be_visible()
+        expect(page.locator("#spawn-name")).to_have_value("")
+
+    def reply() -> None:
+        message = page.locator("#inbox-list li", has_text="pong: ping")
+        expect(message).to_be_visible(timeout=30_000)  # the worker's answer, live
+        message.get_by_role("button", name="reply to worker").click()
+        message.get_by_role("textbox", name="reply to worker").fill("thanks")
+        message.get_by_role("button", name="send the reply").click()
+        toast(page, "to worker")
+
+    def drafted() -> None:
+        expect(page.locator("#draft-list li", has_text="drafty")).to_contain_text("drafted by manager")
+        screenshot(page, "host-busy")
+
+    with trio.fail_after(90):
+        await browser.run(spawn)
+        await hive.broker.send("operator", "worker", "ping")
+        await browser.run(reply)
+        await hive.approvals.request_spawn_draft("manager", "drafty")
+        await browser.run(drafted)
+    assert [m.body for m in await hive.broker.recent_for("worker", 1)] == ["thanks"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pty
 import subprocess
@@ -12,7 +13,7 @@ import textwrap
 import pytest
 import trio
 from hivekit import needs_claude
-from webkit import operator
+from webkit import dashboard_hive, operator
 
 pytestmark = needs_claude
 
@@ -113,3 +114,16 @@ def test_attach_needs_a_terminal(hyperhive, clean_env, tmp_path):
     )
     assert result.returncode == 1
     assert "attach needs a terminal on stdin" in result.stderr
+
+
+async def test_the_login_address_is_logged_at_startup_and_printed_again(tmp_path, web_pm, hyperhive, clean_env, caplog):
+    caplog.set_level(logging.INFO, logger="hyperhive_web")
+    async with dashboard_hive(tmp_path, web_pm) as hive:
+        login = f"{hive.web.url}/login?token={hive.web.token}"
+        assert f"log in to the dashboard: {login}" in caplog.text
+        config = tmp_path / "again.toml"
+        config.write_text(f'[hive]\nstate_dir = "{hive.paths.root}"\n')
+        env = {**clean_env, "HYPERHIVE_LOAD_PLUGINS": "web"}
+        with trio.fail_after(30):
+            result = await trio.run_process([hyperhive, "-c", str(config), "dashboard"], capture_stdout=True, env=env)
+    assert result.stdout.decode().strip() == login
