@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 from hivekit import needs_claude, next_event, operator_reply
-from webkit import operator
+from webkit import dashboard_hive, operator
 
 from hyperhive_core.agents import State
 
@@ -138,3 +138,34 @@ async def test_the_manager_cannot_be_destroyed(hive):
         reply = await operator(hive).post("/api/agents/manager/destroy", {"purge": False})
     assert reply.status == 400
     assert "is the manager" in reply.json()["error"]
+
+
+NAP_SCENARIO = """
+[[agents.worker.rules]]
+when = "take a nap"
+steps = [{ tool = "nap", input = { seconds = 600 } }, { text = "napping" }]
+
+[[agents."*".rules]]
+steps = [{ text = "awake" }]
+"""
+
+
+@pytest.mark.slow
+async def test_slash_cancel_ends_a_nap(tmp_path, make_pm):
+    import hyperhive_nap
+    import hyperhive_web
+
+    pm = make_pm(web=hyperhive_web, nap=hyperhive_nap)
+    async with dashboard_hive(tmp_path, pm, NAP_SCENARIO) as hive:
+        http = operator(hive)
+        with trio.fail_after(60):
+            await http.post("/api/agents/worker/messages", {"body": "take a nap"})
+            asleep = await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == State.NAPPING)
+            napping = (await http.get("/api/agents/worker/state")).json()
+            cancelled = (await http.post("/-/web/agents/worker/slash", {"line": "/cancel"})).json()
+            await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == State.IDLE, after=asleep.id)
+            idle = (await http.get("/api/agents/worker/state")).json()
+    assert napping["state"] == "napping"
+    assert napping["detail"].endswith("Z")  # the wake time, ISO 8601 UTC: the badge counts down to it
+    assert cancelled == {"command": "cancel", "text": "nap over: worker wakes now"}
+    assert idle["state"] == "idle"
