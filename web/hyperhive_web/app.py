@@ -16,8 +16,12 @@ from werkzeug.exceptions import HTTPException
 
 from hyperhive_core.agents import UnknownAgent
 from hyperhive_core.errors import HyperhiveError
-from hyperhive_web.auth import CSRF_HEADER, Refused, bearer_token, check_host, check_origin
+from hyperhive_web.api import api
+from hyperhive_web.auth import CSRF_HEADER, Refused, Session, bearer_token, check_host, check_origin
+from hyperhive_web.dashboard import current_dashboard
+from hyperhive_web.pages import pages
 from hyperhive_web.routes import PluginRoute
+from hyperhive_web.terminal import terminal
 
 if TYPE_CHECKING:
     from hyperhive_web.dashboard import Dashboard
@@ -40,10 +44,6 @@ SECURITY_HEADERS = {
 
 
 def create_app(dashboard: Dashboard) -> QuartTrio:
-    from hyperhive_web.api import api
-    from hyperhive_web.pages import pages
-    from hyperhive_web.terminal import terminal
-
     app = QuartTrio(__name__, static_folder=str(HERE / "static"), static_url_path="/static")
     app.config["HYPERHIVE_DASHBOARD"] = dashboard
     app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
@@ -82,8 +82,6 @@ def wants_json(path: str) -> bool:
 
 
 async def guard_request() -> Response | None:
-    from hyperhive_web.dashboard import current_dashboard
-
     dashboard = current_dashboard()
     check_host(request.headers.get("Host"), dashboard.settings.hosts)
     if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
@@ -101,7 +99,8 @@ async def guard_request() -> Response | None:
     state_changing = request.method not in SAFE_METHODS
     check_origin(request.headers, own_origin, state_changing=state_changing)
     if state_changing:
-        sent = request.headers.get(CSRF_HEADER, "")
+        # Scripts send the header; a plain HTML form (log out) sends a hidden "csrf" field.
+        sent = request.headers.get(CSRF_HEADER) or (await request.form).get("csrf", "")
         if not hmac.compare_digest(sent, g.csrf):
             raise Refused(403, f"missing or wrong {CSRF_HEADER} header; reload the page")
     return None
@@ -109,8 +108,6 @@ async def guard_request() -> Response | None:
 
 async def guard_websocket() -> None:
     """Websockets: the same host and login checks, and they must come from the dashboard's pages."""
-    from hyperhive_web.dashboard import current_dashboard
-
     dashboard = current_dashboard()
     check_host(websocket.headers.get("Host"), dashboard.settings.hosts)
     if authenticated_by_bearer(dashboard, websocket.headers.get("Authorization")):
@@ -133,10 +130,8 @@ def authenticated_by_bearer(dashboard: Dashboard, authorization: str | None) -> 
     return True
 
 
-def session_from_cookie(dashboard: Dashboard, cookies: Any) -> Any:
-    from hyperhive_web.pages import session_cookie_name
-
-    session = dashboard.sessions.verify(cookies.get(session_cookie_name()))
+def session_from_cookie(dashboard: Dashboard, cookies: Any) -> Session | None:
+    session = dashboard.sessions.verify(cookies.get(dashboard.cookie_name))
     if session is not None:
         g.csrf = dashboard.sessions.csrf_token(session)
     return session

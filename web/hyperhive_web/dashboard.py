@@ -16,7 +16,7 @@ from hypercorn.trio import serve
 from quart import current_app
 
 from hyperhive_core.errors import HyperhiveError
-from hyperhive_web.auth import Sessions, load_or_create_token
+from hyperhive_web.auth import COOKIE, Sessions, load_or_create_token
 from hyperhive_web.panels import PanelAssets
 from hyperhive_web.routes import PluginRoutes, collect_routes
 from hyperhive_web.settings import WebSection
@@ -60,12 +60,17 @@ class Dashboard:
         return f"http://{self.settings.url_host}:{self.port}"
 
     @property
+    def cookie_name(self) -> str:
+        # Cookies ignore ports: one named after ours never clashes with another hive's on this host.
+        return f"{COOKIE}_{self.port}"
+
+    @property
     def login_url(self) -> str:
         return f"{self.url}/login?token={self.token}"
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the dashboard until cancelled."""
-        from hyperhive_web.app import create_app
+        from hyperhive_web.app import create_app  # the app's modules import this one
 
         config = HypercornConfig()
         host = f"[{self.settings.bind}]" if ":" in self.settings.bind else self.settings.bind

@@ -10,7 +10,6 @@ from quart import Blueprint, Response, abort, g, redirect, render_template, requ
 from hyperhive_core import host_commands
 from hyperhive_core.names import OPERATOR
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
-from hyperhive_web.auth import COOKIE
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.panels import PlacedPanel, collect_panels
 
@@ -18,11 +17,6 @@ pages = Blueprint("pages", __name__)
 
 TAIL_EVENTS = 300
 RESOLVED_SHOWN = 10
-
-
-def session_cookie_name() -> str:
-    # Cookies ignore ports: name ours after the port, so two hives on one host never clash.
-    return f"{COOKIE}_{current_dashboard().port}"
 
 
 def safe_next(target: str | None) -> str:
@@ -48,7 +42,7 @@ async def login() -> Any:
         return Response(html, status=401)
     response = redirect(safe_next(target), 303)
     response.set_cookie(
-        session_cookie_name(),
+        dashboard.cookie_name,
         dashboard.sessions.issue(),
         max_age=dashboard.sessions.max_age_seconds,
         httponly=True,
@@ -61,7 +55,7 @@ async def login() -> Any:
 @pages.post("/logout")
 async def logout() -> Response:
     response = redirect("/login", 303)
-    response.delete_cookie(session_cookie_name(), path="/")
+    response.delete_cookie(current_dashboard().cookie_name, path="/")
     return response
 
 

@@ -50,6 +50,10 @@ async def test_login_shows_the_swarm_live(hive, browser):
         expect(page.locator(".banner.exposed")).to_contain_text("N0 1S0L4T10N")
         expect(page.get_by_role("region", name="agents", exact=True)).to_be_visible()
         expect(page.get_by_role("region", name="operator inbox")).to_be_visible()
+        page.get_by_role("button", name="log out").click()
+        expect(page).to_have_url(re.compile(r"/login$"))
+        page.goto(hive.web.url + "/agent/worker/")
+        expect(page).to_have_url(re.compile(r"/login\?next=/agent/worker/$"))  # the session is gone
 
     with trio.fail_after(60):
         await browser.run(steps)
