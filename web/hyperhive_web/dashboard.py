@@ -16,6 +16,7 @@ from hypercorn.trio import serve
 from quart import current_app
 
 from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.supervise import root_cause
 from hyperhive_web.auth import COOKIE, Sessions, load_or_create_token
 from hyperhive_web.panels import PanelAssets
 from hyperhive_web.routes import PluginRoutes, collect_routes
@@ -77,12 +78,16 @@ class Dashboard:
         config.bind = [f"{host}:{self.settings.port}"]
         config.accesslog = None
         config.graceful_timeout = 1.0
-        # Live streams (SSE, the terminal) stay open for as long as the operator looks.
-        config.keep_alive_timeout = 75
         app = create_app(self)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.feed.serve)
-            binds = await nursery.start(partial(serve, app, config))
+            try:
+                binds = await nursery.start(partial(serve, app, config))
+            except* OSError as failed:
+                raise HyperhiveError(
+                    f"the dashboard cannot listen on {config.bind[0]}: {root_cause(failed).strerror}; "
+                    "set [web] port to a free port (0 picks one), or stop what uses it"
+                ) from None
             self.port = urlsplit(binds[0]).port
             self._write_address()
             log.info("dashboard at %s", self.url)

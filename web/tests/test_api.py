@@ -169,3 +169,15 @@ async def test_slash_cancel_ends_a_nap(tmp_path, make_pm):
     assert napping["detail"].endswith("Z")  # the wake time, ISO 8601 UTC: the badge counts down to it
     assert cancelled == {"command": "cancel", "text": "nap over: worker wakes now"}
     assert idle["state"] == "idle"
+
+
+async def test_a_port_in_use_is_reported_clearly_and_the_hive_still_runs(tmp_path, web_pm, caplog):
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with dashboard_hive(tmp_path, web_pm, web={"port": port}) as hive:
+            assert hive.web.port is None
+            assert "worker" in hive.agents
+    assert f"the dashboard cannot listen on 127.0.0.1:{port}: Address already in use" in caplog.text
+    assert "set [web] port to a free port" in caplog.text
