@@ -77,6 +77,7 @@ async def test_a_message_shows_in_the_live_tail_and_the_badge_goes_thinking_then
         expect(page.locator("#tail .ev.tool_use", has_text="send")).to_be_visible()
         expect(page.locator("#tail .ev.message_sent", has_text="operator: pong: ping")).to_be_visible()
         expect(page.locator("#tail .ev.turn_end")).to_contain_text("ok ·")
+        expect(page.locator("#tail .ev.turn_start")).to_contain_text("turn · 1 message · operator: ping")
         expect(page.locator("#last-turn")).to_be_visible()
         expect(page.locator("#last-turn .v")).to_have_text(re.compile(r"^(\d+ms|\d+\.\ds|\d+m \d\ds)$"))
         screenshot(page, "agent")

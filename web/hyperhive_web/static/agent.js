@@ -73,8 +73,10 @@
     const d = ev.data || {};
     switch (ev.type) {
       case "turn_start": {
-        const n = (d.message_ids || []).length;
-        return ["▶", `turn · ${n} message${n === 1 ? "" : "s"}`];
+        const ids = d.message_ids || [];
+        const known = ids.map((id) => inbox.find((m) => m.id === id)).filter(Boolean);
+        const what = known.map((m) => `<span class="from">${escape(m.from)}</span>: ${escape(clip(m.body, 160))}`);
+        return ["▶", `turn · ${ids.length} message${ids.length === 1 ? "" : "s"}${what.length ? ` · ${what.join(" · ")}` : ""}`];
       }
       case "turn_end": {
         const cost = d.cost_usd ? ` · $${Number(d.cost_usd).toFixed(4)}` : "";
@@ -112,6 +114,17 @@
   }
 
   let shownState = "";
+  const unnamed = new Map();
+
+  function nameTurns() {
+    for (const [el, ev] of unnamed) {
+      if (!el.isConnected) unnamed.delete(el);
+      else if ((ev.data.message_ids || []).every((id) => inbox.some((m) => m.id === id))) {
+        el.querySelector(".text").innerHTML = line(ev)[1];
+        unnamed.delete(el);
+      }
+    }
+  }
 
   function append(ev) {
     if (seen.has(ev.id)) return; // never twice, whatever the stream replays
@@ -129,6 +142,7 @@
     el.dataset.id = ev.id;
     el.hidden = repeat;
     el.innerHTML = `<time datetime="${new Date(ev.at * 1000).toISOString()}">${clockOf(ev.at)}</time><span class="glyph" aria-hidden="true">${glyph}</span><span class="text">${html}</span>`;
+    if (ev.type === "turn_start") unnamed.set(el, ev); // named once the inbox has its messages
     tail.append(el);
     while (tail.childElementCount > MAX_TAIL) tail.firstElementChild.remove();
     if (pinned) tail.scrollTop = tail.scrollHeight;
@@ -172,6 +186,7 @@
     hh.api(`/api/agents/${name}/inbox`).then((m) => {
       inbox = m;
       renderInbox();
+      nameTurns();
     }, (e) => hh.toast(`could not refresh the inbox: ${e.message}`, { kind: "error" })));
 
   // -- live events -------------------------------------------------------------------------------------
