@@ -245,7 +245,8 @@ def register_routes(register: Callable[..., None]) -> None:
     """Add HTTP routes to the operator dashboard.
 
     :param register: ``register(rule, view, methods=("GET",))``. Plugin routes
-        live under ``/-/<plugin>/`` unless the HTTP contract names them.
+        live under ``/-/<plugin>/`` unless the HTTP contract names them. The
+        dashboard calls ``view(hive, **rule_variables)``, sync or async.
     """
 
 
@@ -274,7 +275,7 @@ def register_slash_commands(register: Callable[..., None]) -> None:
     """Add slash commands to the agent page's input line.
 
     :param register: ``register(name, handler, help="")``; the operator types
-        ``/name args``.
+        ``/name args`` and sees what ``handler(hive, agent, args)`` returns (text).
     """
 
 
