@@ -26,7 +26,12 @@ async def status(hive: Hive) -> dict[str, Any]:
 
 async def agents(hive: Hive) -> list[dict[str, Any]]:
     """Every agent with its live state and inbox depth."""
-    return [{**agent.snapshot(), "inbox_depth": await hive.broker.inbox_depth(agent.name)} for agent in hive.agents]
+    return [await agent(hive, each.name) for each in hive.agents]
+
+
+async def agent(hive: Hive, name: str) -> dict[str, Any]:
+    """One agent: its live state, config and inbox depth."""
+    return {**hive.agents.get(name).snapshot(), "inbox_depth": await hive.broker.inbox_depth(name)}
 
 
 async def send(hive: Hive, to: str, body: str, sender: str = OPERATOR) -> dict[str, Any]:
@@ -115,6 +120,7 @@ async def drafts(hive: Hive) -> list[dict[str, Any]]:
 
 
 COMMANDS = {
+    "agent": agent,
     "spawn": spawn,
     "destroy": destroy,
     "restore": restore,

@@ -69,7 +69,7 @@ async def test_bad_requests_get_clear_errors_and_the_connection_survives(make_pm
     assert all(reply["version"] == PROTOCOL_VERSION for reply in replies)
     assert "not valid JSON" in replies[0]["error"]
     assert 'a "cmd" string' in replies[1]["error"]
-    assert replies[2]["error"].startswith("unknown command 'warp'; known commands: agents, approval, approvals,")
+    assert replies[2]["error"].startswith("unknown command 'warp'; known commands: agent, agents, approval,")
     assert replies[3]["error"] == "no agent named 'nobody'; known agents: manager"
     assert replies[4]["ok"]["to"] == "manager"
 

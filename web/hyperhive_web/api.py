@@ -63,8 +63,7 @@ def int_arg(name: str, default: int | None, *, low: int = 0, high: int | None = 
 
 async def agent_json(name: str) -> dict[str, Any]:
     """One agent as ``/api/state`` lists it: live state, config and inbox depth."""
-    agent = hive().agents.get(name)
-    return {**agent.snapshot(), "inbox_depth": await hive().broker.inbox_depth(name)}
+    return await host_commands.agent(hive(), name)
 
 
 # -- reads -----------------------------------------------------------------------
