@@ -192,8 +192,8 @@ async def main(args: argparse.Namespace) -> None:
         config = load_config(root / "hyperhive.toml", raw, config_schemas(pm))
         async with trio.open_nursery() as nursery:
             hive = await nursery.start(run_hive, config, pm)
-            if args.freeze_gc:
-                gc.freeze()  # what a daemon could do once started: full collections skip the startup heap
+            if not args.no_freeze_gc:
+                gc.freeze()  # as `hyperhive up` does once started: full collections skip the startup heap
             for clients in (50, 200):
                 await fanout(hive, clients, args.events, args.rate)
             await api_state(hive, 100, args.messages, args.requests)
@@ -206,7 +206,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=10, help="events published per second")
     parser.add_argument("--messages", type=int, default=1_000_000, help="messages stored for /api/state")
     parser.add_argument("--requests", type=int, default=300, help="/api/state requests timed")
-    parser.add_argument("--freeze-gc", action="store_true", help="gc.freeze() once the hive is up (see docs)")
+    parser.add_argument("--no-freeze-gc", action="store_true", help="skip the gc.freeze() the daemon does once started")
     parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--time-state", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
