@@ -134,6 +134,14 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+def agent_line(agent: dict[str, Any]) -> str:
+    """One agent as ``status`` and ``agents`` list it."""
+    return (
+        f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} "
+        f"model {agent['model']:<10} inbox {agent['inbox_depth']}"
+    )
+
+
 def describe_state(agent: dict[str, Any]) -> str:
     flags = [flag for flag in ("paused", "failed", "stopped") if agent.get(flag)]
     state = agent["state"] + (f" ({agent['detail']})" if agent.get("detail") else "")
@@ -156,10 +164,7 @@ def status(state: CliState, as_json: bool) -> None:
     if result["rehearsal"]:
         click.echo(f"model      REHEARSAL MODEL at {result['rehearsal']} (no real Claude)")
     for agent in result["agents"]:
-        click.echo(
-            f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} "
-            f"model {agent['model']:<10} inbox {agent['inbox_depth']}"
-        )
+        click.echo(agent_line(agent))
 
 
 @cli.command()
@@ -172,7 +177,7 @@ def agents(state: CliState, as_json: bool) -> None:
         echo_json(result)
         return
     for agent in result:
-        click.echo(f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} model {agent['model']}")
+        click.echo(agent_line(agent))
 
 
 @cli.command()
