@@ -103,3 +103,21 @@ class HeldClock:
             await trio.sleep(seconds)
         finally:
             self.clock.autojump_threshold = self.STALL
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and quiet: this machine's closed network refuses Chromium's background traffic.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium through playwright (never a downloaded browser)."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -20,7 +20,7 @@ import h11
 import trio
 import wsproto
 import wsproto.events
-from hivekit import running_hive
+from hivekit import launch_chromium, running_hive
 
 from hyperhive_core.hive import Hive
 
@@ -224,15 +224,6 @@ class SseStream:
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "web"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # worker answers the operator, thinking 1.5 s first (long enough to see the badge say so);
 # "slow" keeps a turn open long enough to cancel it or queue a model.
@@ -292,7 +283,7 @@ class Browser:
         from playwright.sync_api import sync_playwright
 
         self._playwright = sync_playwright().start()
-        self._browser = self._playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        self._browser = launch_chromium(self._playwright)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the browser's thread; the trio loop is free meanwhile."""

@@ -13,7 +13,7 @@ import hyperhive_compaction
 import hyperhive_web
 import pytest
 import trio
-from hivekit import needs_claude, next_event, running_hive
+from hivekit import launch_chromium, needs_claude, next_event, running_hive
 from hyperhive_compaction import web
 from hyperhive_compaction.compactor import judge
 from hyperhive_compaction.notes import Backups, NotesError, read_notes, write_notes
@@ -377,8 +377,6 @@ def test_no_daemon_is_a_clear_error(tmp_path, hyperhive, clean_env):
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "compaction"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def post(url: str, token: str, body: dict) -> tuple[int, dict]:
@@ -401,7 +399,7 @@ def press_compact(url: str, token: str, done_text: str) -> dict:
 
     errors = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.set_default_timeout(30_000)

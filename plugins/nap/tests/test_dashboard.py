@@ -13,12 +13,10 @@ import hyperhive_nap
 import hyperhive_web
 import pytest
 import trio
-from hivekit import call_tool, needs_claude, next_event, running_hive
+from hivekit import call_tool, launch_chromium, needs_claude, next_event, running_hive
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "nap"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 SCENARIO = """
 [[agents.worker.rules]]
@@ -92,7 +90,7 @@ async def test_the_badge_counts_down_and_the_button_wakes_the_agent(hive):
         errors: list[str] = []
         seen: dict = {}
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = launch_chromium(playwright)
             try:
                 page = browser.new_page(viewport={"width": 1440, "height": 900})
                 page.set_default_timeout(15_000)

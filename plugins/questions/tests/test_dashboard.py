@@ -12,14 +12,12 @@ import hyperhive_questions
 import hyperhive_web
 import pytest
 import trio
-from hivekit import call_tool, needs_claude, next_event, running_hive
+from hivekit import call_tool, launch_chromium, needs_claude, next_event, running_hive
 
 from hyperhive_core.rehearsal.conversation import read_turn
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "questions"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 SCENARIO = """
 [[agents.manager.rules]]
@@ -138,7 +136,7 @@ async def test_the_operator_answers_on_the_dashboard_and_the_manager_reads_it(hi
         errors: list[str] = []
         seen: dict = {}
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = launch_chromium(playwright)
             try:
                 page = browser.new_page(viewport={"width": 1440, "height": 900})
                 page.set_default_timeout(15_000)

@@ -12,14 +12,12 @@ import hyperhive_telemetry
 import hyperhive_web
 import pytest
 import trio
-from hivekit import needs_claude, next_event, running_hive
+from hivekit import launch_chromium, needs_claude, next_event, running_hive
 from hyperhive_telemetry.api import stats_body
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "telemetry"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 SCENARIO = """
 [[agents.manager.rules]]
@@ -57,7 +55,7 @@ def browse(url: str, token: str) -> dict:
 
     errors = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.set_default_timeout(15_000)
