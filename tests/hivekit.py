@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +121,20 @@ CHROMIUM_ARGS = [
 def launch_chromium(playwright: Any) -> Any:
     """Debian's Chromium through playwright (never a downloaded browser)."""
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+@contextmanager
+def dashboard_page(url: str, token: str, errors: list[str], timeout_ms: int = 15_000) -> Iterator[Any]:
+    """A Chromium page logged in to the dashboard at ``url``; page errors go to ``errors``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(timeout_ms)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{url}/login?token={token}")
+            yield page
+        finally:
+            browser.close()

@@ -13,7 +13,7 @@ import hyperhive_compaction
 import hyperhive_web
 import pytest
 import trio
-from hivekit import launch_chromium, needs_claude, next_event, running_hive
+from hivekit import dashboard_page, needs_claude, next_event, running_hive
 from hyperhive_compaction import web
 from hyperhive_compaction.compactor import judge
 from hyperhive_compaction.notes import Backups, NotesError, read_notes, write_notes
@@ -395,30 +395,21 @@ def post(url: str, token: str, body: dict) -> tuple[int, dict]:
 
 def press_compact(url: str, token: str, done_text: str) -> dict:
     """Log in, press the panel's button on the worker's page, wait until the panel shows ``done_text``."""
-    from playwright.sync_api import sync_playwright
 
     errors = []
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(30_000)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{url}/login?token={token}")
-            page.goto(f"{url}/agent/worker/")
-            panel = page.locator("#panel-compaction")
-            before = panel.inner_text()
-            page.wait_for_function("window.hyperhive && window.hyperhive.live")
-            panel.get_by_role("button", name="compact the notes now").click()
-            # compaction.finished re-renders the panel with the run.
-            page.wait_for_function(
-                "text => document.querySelector('#panel-compaction').textContent.includes(text)", arg=done_text
-            )
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.locator("#panel-compaction").screenshot(path=str(ARTIFACTS / "agent-panel.png"))
-            after = page.locator("#panel-compaction").inner_text()
-        finally:
-            browser.close()
+    with dashboard_page(url, token, errors, timeout_ms=30_000) as page:
+        page.goto(f"{url}/agent/worker/")
+        panel = page.locator("#panel-compaction")
+        before = panel.inner_text()
+        page.wait_for_function("window.hyperhive && window.hyperhive.live")
+        panel.get_by_role("button", name="compact the notes now").click()
+        # compaction.finished re-renders the panel with the run.
+        page.wait_for_function(
+            "text => document.querySelector('#panel-compaction').textContent.includes(text)", arg=done_text
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.locator("#panel-compaction").screenshot(path=str(ARTIFACTS / "agent-panel.png"))
+        after = page.locator("#panel-compaction").inner_text()
     return {"before": before, "after": after, "errors": errors}
 
 

@@ -13,7 +13,7 @@ import hyperhive_nap
 import hyperhive_web
 import pytest
 import trio
-from hivekit import call_tool, launch_chromium, needs_claude, next_event, running_hive
+from hivekit import call_tool, dashboard_page, needs_claude, next_event, running_hive
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "nap"
@@ -85,35 +85,27 @@ async def test_the_badge_counts_down_and_the_button_wakes_the_agent(hive):
         await hive.broker.send("operator", "worker", "are you there?")
 
     def browse(url: str, token: str) -> dict:
-        from playwright.sync_api import expect, sync_playwright
+        from playwright.sync_api import expect
 
         errors: list[str] = []
         seen: dict = {}
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright)
-            try:
-                page = browser.new_page(viewport={"width": 1440, "height": 900})
-                page.set_default_timeout(15_000)
-                page.on("pageerror", lambda error: errors.append(str(error)))
-                page.goto(f"{url}/login?token={token}")
-                page.goto(f"{url}/agent/worker/")
-                page.wait_for_selector("#link.live")
-                section = page.locator("#panel-nap")
-                seen["hidden_at_first"] = not section.is_visible()
+        with dashboard_page(url, token, errors) as page:
+            page.goto(f"{url}/agent/worker/")
+            page.wait_for_selector("#link.live")
+            section = page.locator("#panel-nap")
+            seen["hidden_at_first"] = not section.is_visible()
 
-                trio.from_thread.run(worker_naps)
-                badge = page.locator("#badge .badge.napping")
-                expect(badge).to_have_text(re.compile(r"napping 😴 · 09:[45]\d"))  # MM:SS, counting down
-                section.get_by_role("button", name="wake worker now").wait_for()
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "napping.png"))
-                seen["badge"] = " ".join(badge.inner_text().split())
-                section.get_by_role("button", name="wake worker now").click()
-                page.get_by_text("worker is awake").wait_for()
-                section.wait_for(state="hidden")
-                expect(page.locator("#badge .badge.napping")).to_have_count(0)
-            finally:
-                browser.close()
+            trio.from_thread.run(worker_naps)
+            badge = page.locator("#badge .badge.napping")
+            expect(badge).to_have_text(re.compile(r"napping 😴 · 09:[45]\d"))  # MM:SS, counting down
+            section.get_by_role("button", name="wake worker now").wait_for()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "napping.png"))
+            seen["badge"] = " ".join(badge.inner_text().split())
+            section.get_by_role("button", name="wake worker now").click()
+            page.get_by_text("worker is awake").wait_for()
+            section.wait_for(state="hidden")
+            expect(page.locator("#badge .badge.napping")).to_have_count(0)
         return {"errors": errors, **seen}
 
     with trio.fail_after(120):

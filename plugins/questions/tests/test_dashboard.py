@@ -12,7 +12,7 @@ import hyperhive_questions
 import hyperhive_web
 import pytest
 import trio
-from hivekit import call_tool, launch_chromium, needs_claude, next_event, running_hive
+from hivekit import call_tool, dashboard_page, needs_claude, next_event, running_hive
 
 from hyperhive_core.rehearsal.conversation import read_turn
 
@@ -131,46 +131,38 @@ async def test_the_operator_answers_on_the_dashboard_and_the_manager_reads_it(hi
         return int(text.split()[1])
 
     def browse(url: str, token: str) -> dict:
-        from playwright.sync_api import expect, sync_playwright
+        from playwright.sync_api import expect
 
         errors: list[str] = []
         seen: dict = {}
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright)
-            try:
-                page = browser.new_page(viewport={"width": 1440, "height": 900})
-                page.set_default_timeout(15_000)
-                page.on("pageerror", lambda error: errors.append(str(error)))
-                page.goto(f"{url}/login?token={token}")
-                page.wait_for_selector("#link.live")
-                panel = page.locator("#panel-questions")
-                seen["hidden_at_first"] = panel.count() == 1 and not panel.is_visible()
+        with dashboard_page(url, token, errors) as page:
+            page.wait_for_selector("#link.live")
+            panel = page.locator("#panel-questions")
+            seen["hidden_at_first"] = panel.count() == 1 and not panel.is_visible()
 
-                trio.from_thread.run(manager_asks)  # arrives live: the section shows at the top
-                panel.locator("select[name=answer]").wait_for()
-                seen["title"] = panel.locator("h2").get_attribute("aria-label")
-                seen["options"] = panel.locator("select[name=answer] option").all_inner_texts()
-                free_text = trio.from_thread.run(ask_directly)
-                draft = panel.locator(f'[data-question="{free_text}"] textarea')
-                draft.fill("half-written")
-                expect(panel.locator("time[data-countdown]").first).to_contain_text(":")  # the clock ticks
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                panel.screenshot(path=str(ARTIFACTS / "pending.png"))
+            trio.from_thread.run(manager_asks)  # arrives live: the section shows at the top
+            panel.locator("select[name=answer]").wait_for()
+            seen["title"] = panel.locator("h2").get_attribute("aria-label")
+            seen["options"] = panel.locator("select[name=answer] option").all_inner_texts()
+            free_text = trio.from_thread.run(ask_directly)
+            draft = panel.locator(f'[data-question="{free_text}"] textarea')
+            draft.fill("half-written")
+            expect(panel.locator("time[data-countdown]").first).to_contain_text(":")  # the clock ticks
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            panel.screenshot(path=str(ARTIFACTS / "pending.png"))
 
-                panel.locator("select[name=answer]").select_option("mauve")
-                panel.get_by_role("button", name="send the answer to question 1").click()
-                page.get_by_text("answered question 1; the manager has it").wait_for()
-                panel.locator('[data-question="1"]').wait_for(state="detached")
-                seen["draft_kept"] = draft.input_value()
+            panel.locator("select[name=answer]").select_option("mauve")
+            panel.get_by_role("button", name="send the answer to question 1").click()
+            page.get_by_text("answered question 1; the manager has it").wait_for()
+            panel.locator('[data-question="1"]').wait_for(state="detached")
+            seen["draft_kept"] = draft.input_value()
 
-                cancel = panel.get_by_role("button", name=f"cancel question {free_text}")
-                cancel.click()
-                seen["armed"] = cancel.inner_text()
-                cancel.click()
-                panel.wait_for(state="hidden")
-                page.screenshot(path=str(ARTIFACTS / "answered.png"), full_page=True)
-            finally:
-                browser.close()
+            cancel = panel.get_by_role("button", name=f"cancel question {free_text}")
+            cancel.click()
+            seen["armed"] = cancel.inner_text()
+            cancel.click()
+            panel.wait_for(state="hidden")
+            page.screenshot(path=str(ARTIFACTS / "answered.png"), full_page=True)
         return {"errors": errors, **seen}
 
     with trio.fail_after(120):

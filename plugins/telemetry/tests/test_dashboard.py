@@ -12,7 +12,7 @@ import hyperhive_telemetry
 import hyperhive_web
 import pytest
 import trio
-from hivekit import launch_chromium, needs_claude, next_event, running_hive
+from hivekit import dashboard_page, needs_claude, next_event, running_hive
 from hyperhive_telemetry.api import stats_body
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,38 +51,29 @@ def get(url: str, token: str | None) -> tuple[int, str, str]:
 
 def browse(url: str, token: str) -> dict:
     """Log in, open the worker's page and the host page; return what the panels show."""
-    from playwright.sync_api import sync_playwright
 
     errors = []
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(15_000)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{url}/login?token={token}")
-            page.goto(f"{url}/agent/worker/")
-            panel = page.locator("#panel-telemetry")
-            page.wait_for_function(
-                "document.querySelectorAll('#panel-telemetry .telemetry-chart canvas').length === 4"
-                " && document.querySelector('#panel-telemetry .telemetry-figures dd').textContent.startsWith('3 (')"
+    with dashboard_page(url, token, errors) as page:
+        page.goto(f"{url}/agent/worker/")
+        panel = page.locator("#panel-telemetry")
+        page.wait_for_function(
+            "document.querySelectorAll('#panel-telemetry .telemetry-chart canvas').length === 4"
+            " && document.querySelector('#panel-telemetry .telemetry-figures dd').textContent.startsWith('3 (')"
+        )
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        panel.screenshot(path=str(ARTIFACTS / "agent-panel.png"))
+        figures = dict(
+            zip(
+                panel.locator(".telemetry-figures dt").all_inner_texts(),
+                panel.locator(".telemetry-figures dd").all_inner_texts(),
+                strict=True,
             )
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            panel.screenshot(path=str(ARTIFACTS / "agent-panel.png"))
-            figures = dict(
-                zip(
-                    panel.locator(".telemetry-figures dt").all_inner_texts(),
-                    panel.locator(".telemetry-figures dd").all_inner_texts(),
-                    strict=True,
-                )
-            )
-            page.goto(f"{url}/")
-            page.wait_for_selector("#panel-telemetry .telemetry-table tbody tr >> nth=1")
-            page.wait_for_function("document.querySelectorAll('#panel-telemetry canvas').length === 2")
-            page.locator("#panel-telemetry").screenshot(path=str(ARTIFACTS / "hive-panel.png"))
-            rows = page.locator("#panel-telemetry .telemetry-table tbody tr").all_inner_texts()
-        finally:
-            browser.close()
+        )
+        page.goto(f"{url}/")
+        page.wait_for_selector("#panel-telemetry .telemetry-table tbody tr >> nth=1")
+        page.wait_for_function("document.querySelectorAll('#panel-telemetry canvas').length === 2")
+        page.locator("#panel-telemetry").screenshot(path=str(ARTIFACTS / "hive-panel.png"))
+        rows = page.locator("#panel-telemetry .telemetry-table tbody tr").all_inner_texts()
     return {"figures": figures, "rows": rows, "errors": errors}
 
 
