@@ -62,6 +62,8 @@ class Harness:
         self.hive = hive
         self.name = name
         self.session: ClaudeSession | None = None
+        self.current_batch: Batch | None = None
+        """The batch the running turn handles; ``None`` between turns."""
         self._nursery: trio.Nursery | None = None
         self._resumed = trio.Event()
         self._cancel_requested = False
@@ -109,7 +111,11 @@ class Harness:
                     if batch is None:
                         continue
                     await self._wait_until_runnable()  # paused just as it arrived: the batch waits too
-                    await self._take_turn(batch)
+                    self.current_batch = batch
+                    try:
+                        await self._take_turn(batch)
+                    finally:
+                        self.current_batch = None
             finally:
                 with trio.CancelScope(shield=True):
                     await self.session.stop()
