@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Literal, NamedTuple, Protocol, get_args
 
 import sqlite_utils
@@ -38,6 +42,9 @@ MESSAGE_KINDS: frozenset[str] = frozenset(get_args(MessageKind))
 SEND_QUEUE_SIZE = 4096
 # Retention deletes in chunks, so senders get the writer between chunks.
 PRUNE_CHUNK = 5000
+# A refused send is logged at once, then at most once per this many seconds.
+REFUSAL_LOG_INTERVAL = 30.0
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass
@@ -81,6 +88,14 @@ class RecipientNotAllowed(BrokerError):
     """The sender may not message that recipient."""
 
 
+class InvalidIdempotencyKey(BrokerError):
+    """An idempotency key that is empty, too long, or has characters outside the allowed set."""
+
+
+class IdempotencyConflict(BrokerError):
+    """The sender already used this idempotency key for a different message."""
+
+
 class InvalidBody(BrokerError):
     """A body that is empty, too large, or not UTF-8 text."""
 
@@ -122,6 +137,7 @@ class _Draft(NamedTuple):
     kind: str
     body: str
     created_at: float
+    idempotency_key: str | None
 
 
 @dataclass(eq=False)
@@ -131,6 +147,8 @@ class _PendingSend:
     draft: _Draft
     done: trio.Event = field(default_factory=trio.Event)
     message: Message | None = None
+    repeat: bool = False
+    """``message`` was stored earlier under the same idempotency key; nothing new was."""
     error: Exception | None = None
 
 
@@ -225,11 +243,109 @@ def check_body(body: str | bytes, limit: int) -> str:
     return body
 
 
+def check_idempotency_key(key: object) -> str:
+    """Return ``key`` if it is 1-128 characters of letters, digits and ``. _ : -`` (a UUID fits)."""
+    if isinstance(key, str) and IDEMPOTENCY_KEY.fullmatch(key):
+        return key
+    shown = repr(key) if not isinstance(key, str) or len(key) <= 40 else f"{key[:40]!r}… ({len(key)} characters)"
+    raise InvalidIdempotencyKey(
+        f"idempotency key must be 1-128 characters of letters, digits, '.', '_', ':' and '-', not {shown}; "
+        "a fresh UUID for each new message works"
+    )
+
+
 def _too_large(size: int, limit: int) -> InvalidBody:
     return InvalidBody(
         f"message body is {size} bytes, over the {limit}-byte limit ([broker] max_body_bytes); "
         "send less, or write it to a file and send the path"
     )
+
+
+def _conflict(draft: _Draft, earlier: Message) -> IdempotencyConflict:
+    differs = [
+        name
+        for name, mine, theirs in (
+            ("recipient", draft.recipient, earlier.recipient),
+            ("kind", draft.kind, earlier.kind),
+            ("body", draft.body, earlier.body),
+        )
+        if mine != theirs
+    ]
+    return IdempotencyConflict(
+        f"idempotency key {draft.idempotency_key!r} was already used by {draft.sender!r} for message {earlier.id} "
+        f"to {earlier.recipient!r} with a different {' and '.join(differs)}; nothing was stored. "
+        "A retry must repeat the message exactly; a new message needs a new key"
+    )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database's filesystem (or its size limit) is full."""
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+class _RefusalLog:
+    """Logs refused writes so a person can act on them, without one line per send.
+
+    The first refusal is logged at once; after that, at most one line per
+    ``REFUSAL_LOG_INTERVAL``, counting the refusals held back. A full disk is one
+    line saying what to do; any other error shows its traceback the first time
+    its type is seen. The first write that works again says so.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last_report = -math.inf
+        self._held = 0
+        self._failing = False
+        self._traced: set[type[BaseException]] = set()
+
+    def reason(self, exc: BaseException) -> str:
+        """Why a send was refused, for its sender."""
+        if is_disk_full(exc):
+            return f"the disk holding {self.path} is full; free space on that filesystem, then send it again"
+        return f"{exc}; the daemon's log has details"
+
+    def refused(self, exc: BaseException, count: int) -> None:
+        self._failing = True
+        now = time.monotonic()
+        if now - self._last_report < REFUSAL_LOG_INTERVAL:
+            self._held += count
+            return
+        held, self._held, self._last_report = self._held, 0, now
+        since = f" ({held} more refused since the last report)" if held else ""
+        if is_disk_full(exc):
+            log.error(
+                "disk full: %d message(s) not stored at %s; free space on that filesystem; "
+                "senders got an error and nothing was lost%s",
+                count,
+                self.path,
+                since,
+            )
+        elif type(exc) in self._traced:
+            log.error(
+                "could not store %d message(s) at %s: %s: %s; senders got an error and nothing was lost%s",
+                count,
+                self.path,
+                type(exc).__name__,
+                exc,
+                since,
+            )
+        else:
+            self._traced.add(type(exc))
+            log.error(
+                "could not store %d message(s) at %s; senders got an error and nothing was lost%s",
+                count,
+                self.path,
+                since,
+                exc_info=exc,
+            )
+
+    def stored(self) -> None:
+        if not self._failing:
+            return
+        since = f"; {self._held} more were refused since the last report" if self._held else ""
+        log.warning("messages are stored again at %s%s", self.path, since)
+        self._failing, self._held = False, 0
 
 
 # -- the broker -------------------------------------------------------------------
@@ -265,6 +381,7 @@ class Broker:
         self.settings = settings or BrokerSection()
         self.policy: RecipientPolicy = policy if policy is not None else RecipientDirectory()
         self.stats = BrokerStats()
+        self._refusals = _RefusalLog(store.path)
         self._on_commit = on_commit
         self._queue: trio.MemorySendChannel[_PendingSend] | None = None
         self._arrivals: dict[str, trio.Event] = {}
@@ -275,13 +392,27 @@ class Broker:
 
     # -- sending ---------------------------------------------------------------
 
-    async def send(self, sender: str, recipient: str, body: str | bytes, kind: MessageKind = "text") -> Message:
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str | bytes,
+        kind: MessageKind = "text",
+        *,
+        idempotency_key: str | None = None,
+    ) -> Message:
         """Store a message for ``recipient``; return it once it is on disk.
 
+        :param idempotency_key: makes a retry safe: while the first message sent
+            with this key (by this sender) is retained, sending again with the key
+            stores nothing and returns that message.
         :raises BrokerError: an invalid sender or recipient, an unknown or
-            disallowed recipient, or a bad body. Nothing is stored.
+            disallowed recipient, a bad body or idempotency key, or a key this
+            sender already used for a different message. Nothing is stored.
+        :raises StoreError: the database refused the write (a full disk, say).
+            Nothing is stored.
         """
-        draft = self._draft(sender, recipient, body, kind)
+        draft = self._draft(sender, recipient, body, kind, idempotency_key)
         pending = _PendingSend(draft)
         if self._queue is not None:
             try:
@@ -293,14 +424,19 @@ class Broker:
         if pending.message is None and pending.error is None:
             # No writer (not started, or stopped during shutdown): commit alone.
             await self._commit([pending])
+        if isinstance(pending.error, BrokerError):
+            raise pending.error
         if pending.error is not None:
-            raise StoreError(f"message to {recipient!r} was not stored: {pending.error}") from pending.error
+            raise StoreError(
+                f"message to {recipient!r} was not stored: {self._refusals.reason(pending.error)}"
+            ) from pending.error
         assert pending.message is not None
-        if self._on_commit is not None:
+        # A repeat was announced when it was first stored (or its hooks died with a crash).
+        if self._on_commit is not None and not pending.repeat:
             await self._on_commit(pending.message)
         return pending.message
 
-    def _draft(self, sender: str, recipient: str, body: str | bytes, kind: str) -> _Draft:
+    def _draft(self, sender: str, recipient: str, body: str | bytes, kind: str, idempotency_key: str | None) -> _Draft:
         sender = check_address(sender, "sender")
         recipient = check_address(recipient, "recipient")
         if recipient == SYSTEM:
@@ -308,8 +444,10 @@ class Broker:
         if kind not in MESSAGE_KINDS:
             raise BrokerError(f"message kind must be one of {', '.join(sorted(MESSAGE_KINDS))}, not {kind!r}")
         text = check_body(body, self.settings.max_body_bytes)
+        if idempotency_key is not None:
+            idempotency_key = check_idempotency_key(idempotency_key)
         self.policy.check(sender, recipient)
-        return _Draft(sender, recipient, kind, text, time.time())
+        return _Draft(sender, recipient, kind, text, time.time(), idempotency_key)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the group-commit writer until cancelled."""
@@ -341,29 +479,36 @@ class Broker:
             if draft.recipient in self._waiting and draft.recipient not in self._ready
         }
         try:
-            ids, leased = await self.store.write(partial(_insert_messages, drafts, hand_over, time.time()))
+            stored, leased = await self.store.write(partial(_insert_messages, drafts, hand_over, time.time()))
         except trio.Cancelled:
             for pending in group:  # cancelled before the write began: nothing stored
                 pending.done.set()
             raise
         except Exception as exc:
-            log.exception("could not store %d message(s)", len(group))
+            self._refusals.refused(exc, len(group))
             for pending in group:
                 pending.error = exc
                 pending.done.set()
             return
-        self.stats.messages += len(group)
+        self._refusals.stored()
         self.stats.transactions += 1
         for recipient, messages in leased.items():
             if messages:
                 self._ready[recipient] = Batch(recipient, hand_over[recipient][0], messages)
         leased_now = {message.id: message for messages in leased.values() for message in messages}
-        for pending, message_id in zip(group, ids, strict=True):
-            pending.message = leased_now.get(message_id) or Message(
-                message_id, *pending.draft, state="queued", attempts=0, last_error=None
-            )
+        for pending, outcome in zip(group, stored, strict=True):
+            draft = pending.draft
+            if isinstance(outcome, int):
+                self.stats.messages += 1
+                pending.message = leased_now.get(outcome) or Message(
+                    outcome, draft.sender, draft.recipient, draft.kind, draft.body, draft.created_at, "queued", 0, None
+                )
+            elif (outcome.recipient, outcome.kind, outcome.body) == (draft.recipient, draft.kind, draft.body):
+                pending.message, pending.repeat = leased_now.get(outcome.id, outcome), True
+            else:
+                pending.error = _conflict(draft, outcome)
             pending.done.set()
-        self._wake(draft.recipient for draft in drafts)
+        self._wake(pending.draft.recipient for pending in group if pending.message and not pending.repeat)
 
     def _wake(self, recipients: Iterable[str]) -> None:
         """Wake whoever waits for these recipients; waiters re-arm a fresh event."""
@@ -560,14 +705,38 @@ def m001_messages(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX messages_acked_age ON messages (created_at) WHERE state = 'acked'")
 
 
+def m007_message_idempotency_keys(db: sqlite_utils.Database) -> None:
+    """A sender's idempotency key, unique per sender; it goes when retention deletes its message."""
+    db.execute("ALTER TABLE messages ADD COLUMN idempotency_key TEXT")
+    db.execute(
+        "CREATE UNIQUE INDEX messages_by_idempotency_key ON messages (sender, idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL"
+    )
+
+
+_INSERT = "INSERT INTO messages (sender, recipient, kind, body, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?)"
+_BY_KEY = f"SELECT {_COLUMNS} FROM messages WHERE sender = ? AND idempotency_key = ?"  # noqa: S608 - fixed fragments
+
+
 def _insert_messages(
     drafts: list[_Draft], hand_over: dict[str, tuple[str, int]], now: float, db: sqlite_utils.Database
-) -> tuple[list[int], dict[str, tuple[Message, ...]]]:
-    """Insert ``drafts``; lease for each waiting recipient in ``hand_over`` (token, limit)."""
-    sql = "INSERT INTO messages (sender, recipient, kind, body, created_at) VALUES (?, ?, ?, ?, ?)"
-    ids = [db.conn.execute(sql, draft).lastrowid for draft in drafts]
+) -> tuple[list[int | Message], dict[str, tuple[Message, ...]]]:
+    """Insert ``drafts``; lease for each waiting recipient in ``hand_over`` (token, limit).
+
+    Each draft gives its new id, or, when its sender already used its idempotency
+    key, the message stored under that key and nothing new. Drafts are written in
+    order, so a repeat later in the same group finds the earlier one.
+    """
+    stored: list[int | Message] = []
+    for draft in drafts:
+        if draft.idempotency_key is not None:
+            row = db.execute(_BY_KEY, (draft.sender, draft.idempotency_key)).fetchone()
+            if row is not None:
+                stored.append(Message(*row))
+                continue
+        stored.append(db.conn.execute(_INSERT, draft).lastrowid)
     leased = {recipient: _lease(recipient, token, limit, now, db) for recipient, (token, limit) in hand_over.items()}
-    return ids, leased
+    return stored, leased
 
 
 def _lease(recipient: str, token: str, limit: int, now: float, db: sqlite_utils.Database) -> tuple[Message, ...]:

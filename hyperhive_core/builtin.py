@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from hyperhive_core import core_tools, host_commands
 from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents
 from hyperhive_core.approvals import m006_approvals
-from hyperhive_core.broker import BrokerSection, Message, m001_messages
+from hyperhive_core.broker import BrokerSection, Message, m001_messages, m007_message_idempotency_keys
 from hyperhive_core.claude import ClaudeSection
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
 from hyperhive_core.containers.dbus_watch import UnitWatcher
@@ -24,7 +24,15 @@ if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
 
 # Core's schema, in order; append new steps, never rename a shipped one.
-CORE_MIGRATIONS = [m001_messages, m002_events, m003_agents, m004_turns, m005_agent_uids, m006_approvals]
+CORE_MIGRATIONS = [
+    m001_messages,
+    m002_events,
+    m003_agents,
+    m004_turns,
+    m005_agent_uids,
+    m006_approvals,
+    m007_message_idempotency_keys,
+]
 
 # Enough of a body for the sender's live tail; the message itself has all of it.
 PREVIEW_CHARS = 280

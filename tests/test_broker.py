@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import subprocess
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from hyperhive_core import broker as broker_module
 from hyperhive_core import hookimpl
 from hyperhive_core.broker import (
     Broker,
     BrokerError,
     BrokerSection,
+    IdempotencyConflict,
     InvalidAddress,
     InvalidBody,
+    InvalidIdempotencyKey,
     RecipientDirectory,
     RecipientNotAllowed,
     UnknownRecipient,
 )
 from hyperhive_core.builtin import CORE_MIGRATIONS
 from hyperhive_core.daemon import run_hive
-from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core.errors import ConfigError, HyperhiveError, StoreError
 from hyperhive_core.store import Store
 
 
@@ -221,6 +228,7 @@ async def test_recent_reads_and_inbox_depth(broker):
         ("SELECT * FROM messages WHERE recipient = 'b' ORDER BY id DESC LIMIT 50", "messages_by_recipient"),
         ("SELECT * FROM messages WHERE sender = 'b' ORDER BY id DESC LIMIT 50", "messages_by_sender"),
         ("SELECT count(*) FROM messages WHERE state IN ('queued', 'leased') AND recipient = 'b'", "messages_by_state"),
+        ("SELECT * FROM messages WHERE sender = 'b' AND idempotency_key = 'k'", "messages_by_idempotency_key"),
     ],
 )
 def test_reads_use_an_index_not_a_scan(store, sql, index):
@@ -378,3 +386,239 @@ async def test_daemon_start_requeues_leased_messages(make_pm, make_config):
 def test_nonsense_broker_settings_are_a_config_error(make_pm, make_config, key, value, says):
     with pytest.raises(ConfigError, match=says):
         make_config(make_pm(), broker={key: value})
+
+
+# -- idempotent sends ---------------------------------------------------------------
+
+
+class GatedStore(Store):
+    """A store whose writes wait at a gate, so a test can gather sends into one group."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.gate = trio.Event()
+        self.gate.set()
+
+    async def write(self, fn, *, durable=True):
+        await self.gate.wait()
+        return await super().write(fn, durable=durable)
+
+
+async def test_a_repeated_idempotency_key_returns_the_first_message_and_stores_nothing(store):
+    committed = []
+
+    async def on_commit(message):
+        committed.append(message.id)
+
+    broker = Broker(store, policy=directory("bob"), on_commit=on_commit)
+    first = await broker.send("operator", "bob", "deploy v2", idempotency_key="k-1")
+    again = await broker.send("operator", "bob", "deploy v2", idempotency_key="k-1")
+    assert again == first
+    # Keys belong to their sender: another sender's same key is another message.
+    other = await broker.send("alice", "bob", "deploy v2", idempotency_key="k-1")
+    plain = await broker.send("operator", "bob", "deploy v2")
+    assert rows(store) == [
+        (first.id, "operator", "bob", "deploy v2", "queued", 0),
+        (other.id, "alice", "bob", "deploy v2", "queued", 0),
+        (plain.id, "operator", "bob", "deploy v2", "queued", 0),
+    ]
+    assert committed == [first.id, other.id, plain.id]  # hooks hear of a message once
+    assert broker.stats.messages == 3
+
+    # Delivered and acked, a repeat still returns it, as it is now.
+    batch = await broker.lease("bob")
+    await broker.ack(batch)
+    acked = await broker.send("operator", "bob", "deploy v2", idempotency_key="k-1")
+    assert (acked.id, acked.state) == (first.id, "acked")
+    assert len(rows(store)) == 3
+
+
+async def test_copies_in_one_group_commit_store_one_message(store):
+    gated = GatedStore(store.path)
+    broker = Broker(gated, policy=directory("bob"))
+    returned = {}
+
+    async def send(n, key, body):
+        try:
+            returned[n] = (await broker.send("operator", "bob", body, idempotency_key=key)).id
+        except BrokerError as exc:
+            returned[n] = exc
+
+    async with trio.open_nursery() as writer:
+        await writer.start(broker.serve)
+        gated.gate = trio.Event()
+        async with trio.open_nursery() as senders:
+            senders.start_soon(send, "opener", None, "takes the first group alone")
+            await trio.testing.wait_all_tasks_blocked()  # the writer holds it at the gate
+            for n in range(8):
+                senders.start_soon(send, n, "same", "exactly once")
+            await trio.testing.wait_all_tasks_blocked()  # all queued behind the opener
+            senders.start_soon(send, "conflict", "same", "another body")
+            await trio.testing.wait_all_tasks_blocked()  # queued after them
+            gated.gate.set()
+        writer.cancel_scope.cancel()
+    gated.close()
+    assert broker.stats.transactions == 2  # the opener, then every copy together
+    [stored] = rows(store, "SELECT id FROM messages WHERE body = 'exactly once'")
+    assert {returned[n] for n in range(8)} == {stored[0]}
+    assert len(rows(store)) == 2
+    assert isinstance(returned["conflict"], IdempotencyConflict)
+
+
+@pytest.mark.parametrize(
+    ("retry", "says"),
+    [
+        ({"recipient": "alice"}, "with a different recipient"),
+        ({"body": "deploy v3"}, "with a different body"),
+        ({"body": "deploy v3", "kind": "event"}, "with a different kind and body"),
+    ],
+)
+async def test_a_key_reused_for_another_message_is_refused(broker, store, retry, says):
+    first = await broker.send("operator", "bob", "deploy v2", idempotency_key="k-1")
+    message = {"recipient": "bob", "body": "deploy v2", "kind": "text"} | retry
+    with pytest.raises(IdempotencyConflict) as caught:
+        await broker.send("operator", idempotency_key="k-1", **message)
+    assert str(caught.value) == (
+        f"idempotency key 'k-1' was already used by 'operator' for message {first.id} to 'bob' {says}; "
+        "nothing was stored. A retry must repeat the message exactly; a new message needs a new key"
+    )
+    assert len(rows(store)) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("", "not ''"),
+        ("k" * 129, f"not {'k' * 40!r}… (129 characters)"),
+        ("two words", "not 'two words'"),
+        ("ünïcode", "not 'ünïcode'"),
+        ("a/b", "not 'a/b'"),
+        (42, "not 42"),
+    ],
+)
+async def test_bad_idempotency_keys_are_refused(broker, store, key, says):
+    with pytest.raises(InvalidIdempotencyKey) as caught:
+        await broker.send("operator", "bob", "hi", idempotency_key=key)
+    assert str(caught.value) == (
+        "idempotency key must be 1-128 characters of letters, digits, '.', '_', ':' and '-', "
+        f"{says}; a fresh UUID for each new message works"
+    )
+    assert rows(store) == []
+    longest = "0123456789abcdef-_.:" * 6 + "K" * 8
+    assert (await broker.send("operator", "bob", "hi", idempotency_key=longest)).body == "hi"
+
+
+async def test_a_key_lasts_as_long_as_its_message_is_retained(store):
+    broker = Broker(store, BrokerSection(retention_days=1), policy=directory("bob"))
+    first = await broker.send("operator", "bob", "once", idempotency_key="k-1")
+    await broker.ack(await broker.lease("bob"))
+    assert await broker.prune(now=first.created_at + 2 * 86400) == 1
+    assert rows(store, "SELECT count(*) FROM messages WHERE idempotency_key IS NOT NULL") == [(0,)]
+    again = await broker.send("operator", "bob", "once", idempotency_key="k-1")
+    assert again.id > first.id
+
+
+def test_a_key_is_unique_per_sender_in_the_database_itself(store):
+    insert = (
+        "INSERT INTO messages (sender, recipient, kind, body, created_at, idempotency_key)"
+        " VALUES (?, 'bob', 'text', 'x', 0, 'k')"
+    )
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(insert, ("operator",))
+        conn.execute(insert, ("alice",))
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute(insert, ("operator",))
+
+
+# -- a refused write ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs), so the database can run out of space."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+def fill(directory) -> Path:
+    """Write a file until the filesystem is full; return it."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        for _ in range(1024):  # 1 MiB in 4 KiB blocks, then some: bounded
+            try:
+                out.write(b"x" * 4096)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return filler
+    raise AssertionError(f"{directory} never filled up")
+
+
+def refusals(caplog):
+    return [record for record in caplog.records if record.name == "hyperhive_core.broker"]
+
+
+async def test_a_full_disk_refuses_sends_clearly_loses_nothing_and_recovers(small_disk, caplog):
+    store = Store(small_disk / "hive.db")
+    store.migrate({"core": CORE_MIGRATIONS})
+    broker = Broker(store, policy=directory("bob"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.serve)
+        before = await broker.send("operator", "bob", "x" * 1000)
+        await store.checkpoint()  # an empty WAL: the next write must grow it
+        filler = fill(small_disk)
+        caplog.clear()
+        for n in range(5):
+            with pytest.raises(StoreError) as caught:
+                await broker.send("operator", "bob", f"{n}" * 1000, idempotency_key=f"k-{n}")
+            assert str(caught.value) == (
+                f"message to 'bob' was not stored: the disk holding {small_disk}/hive.db is full; "
+                "free space on that filesystem, then send it again"
+            )
+        [line] = [record.getMessage() for record in refusals(caplog)]
+        assert line == (
+            f"disk full: 1 message(s) not stored at {small_disk}/hive.db; free space on that filesystem; "
+            "senders got an error and nothing was lost"
+        )
+        assert refusals(caplog)[0].exc_info is None  # one line, no traceback
+
+        # Nothing half-stored: only the message from before, and a sound file.
+        assert rows(store, "SELECT id FROM messages") == [(before.id,)]
+        assert rows(store, "PRAGMA integrity_check") == [("ok",)]
+
+        filler.unlink()
+        caplog.clear()
+        after = await broker.send("operator", "bob", "0" * 1000, idempotency_key="k-0")
+        assert [record.getMessage() for record in refusals(caplog)] == [
+            f"messages are stored again at {small_disk}/hive.db; 4 more were refused since the last report"
+        ]
+        assert rows(store, "SELECT id, body FROM messages") == [(before.id, "x" * 1000), (after.id, "0" * 1000)]
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_other_write_errors_show_a_traceback_once_then_one_line(store, caplog, monkeypatch):
+    monkeypatch.setattr(broker_module, "REFUSAL_LOG_INTERVAL", 0.0)  # report every refusal
+    broker = Broker(store, policy=directory("bob"))
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("ALTER TABLE messages RENAME TO moved")
+    for _ in range(2):
+        with pytest.raises(StoreError, match="was not stored: no such table: messages; the daemon's log has details"):
+            await broker.send("operator", "bob", "hi")
+    first, second = refusals(caplog)
+    assert first.getMessage() == (
+        f"could not store 1 message(s) at {store.path}; senders got an error and nothing was lost"
+    )
+    assert "no such table: messages" in str(first.exc_info[1])
+    assert second.getMessage() == (
+        f"could not store 1 message(s) at {store.path}: OperationalError: no such table: messages; "
+        "senders got an error and nothing was lost"
+    )
+    assert second.exc_info is None
