@@ -20,6 +20,7 @@ import sqlite_utils
 
 from hyperhive_core.broker import RecipientDirectory
 from hyperhive_core.config import build_section, extra_tables, option
+from hyperhive_core.containers.cgroups import LIMIT_KEYS, limit_problems
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.names import OPERATOR, InvalidName, check_agent_name
 from hyperhive_core.plugins import HivePluginManager, collect
@@ -41,6 +42,15 @@ class AgentConfig:
     allowed_recipients: list[str] = option(
         [], help="Agents it may message, besides the operator and the manager (who may message anyone)."
     )
+    # Resource caps: in agent.toml too, since the operator approves every change to it.
+    memory_max_mb: int | None = option(
+        None, help="Hard memory cap in MiB (0: none). Default: [containers] memory_max_mb."
+    )
+    memory_high_mb: int | None = option(
+        None, help="Soft memory cap in MiB (0: none). Default: [containers] memory_high_mb."
+    )
+    pids_max: int | None = option(None, help="Process and thread cap (0: none). Default: [containers] pids_max.")
+    cpu_weight: int | None = option(None, help="CPU share, 1 to 10000. Default: [containers] cpu_weight.")
     sections: dict[str, Any] = extra_tables(
         help="Plugin sections follow as sub-tables, e.g. [agents.NAME.allowlist]; each plugin checks its own."
     )
@@ -48,6 +58,10 @@ class AgentConfig:
     def section(self, name: str, default: Any = None) -> Any:
         """A plugin's section of this agent's config (a dataclass once checked), or ``default``."""
         return self.sections.get(name, default)
+
+    def limit_overrides(self) -> dict[str, int | None]:
+        """The resource caps this agent sets itself (``None``: the hive's)."""
+        return {key: getattr(self, key) for key in LIMIT_KEYS}
 
 
 def check_agent_config(pm: HivePluginManager, name: str, config: AgentConfig, where: str) -> AgentConfig:
@@ -135,6 +149,7 @@ def core_agent_checks(agent: str, config: AgentConfig) -> list[str]:
             check_agent_name(recipient)
         except InvalidName as exc:
             problems.append(f"allowed_recipients: {exc}")
+    problems += limit_problems(**config.limit_overrides())
     return problems
 
 

@@ -11,6 +11,7 @@ from hyperhive_core.approvals import m006_approvals
 from hyperhive_core.broker import BrokerSection, Message, m001_messages, m007_message_idempotency_keys
 from hyperhive_core.claude import ClaudeSection
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
+from hyperhive_core.containers.cgroups import ContainersSection, hive_cgroups
 from hyperhive_core.containers.dbus_watch import UnitWatcher
 from hyperhive_core.containers.nspawn import NspawnBackend, make_nspawn_backend
 from hyperhive_core.containers.process import ProcessBackend
@@ -46,6 +47,7 @@ def register_config_sections(register: Callable[[str, type], None]) -> None:
     register("claude", ClaudeSection)
     register("agents", dict[str, AgentConfig])
     register("bwrap", BwrapSection)
+    register("containers", ContainersSection)
 
 
 @hookimpl(trylast=True)
@@ -59,7 +61,15 @@ def hive_services(hive: Hive) -> Iterable[Service]:
     if isinstance(hive.backend, NspawnBackend):
         # systemd owns the containers there: their unit states come over D-Bus.
         services.append(UnitWatcher(hive.container_event, is_agent=lambda name: name in hive.agents).run)
+    if isinstance(hive.backend, BwrapBackend) and hive.backend.cgroups and hive.backend.cgroups.version == 1:
+        # v1 has no memory.oom.group: after an OOM kill, the rest of the agent goes from here.
+        services.append(hive.backend.cgroups.watch_oom)
     return services
+
+
+@hookimpl(trylast=True)
+async def on_shutdown(hive: Hive) -> None:
+    await hive.backend.close()  # the agents' cgroups
 
 
 @hookimpl(trylast=True)
@@ -90,7 +100,8 @@ def register_container_backends(register: Callable[[str, Callable[..., object]],
 def make_bwrap_backend(hive: Hive) -> BwrapBackend:
     section = hive.config.section("bwrap", BwrapSection)
     uids = AgentUids(hive.store, section.uid_range_start, section.uid_range_size)
-    return BwrapBackend(section, uids, hive.paths.root)
+    cgroups, no_limits = hive_cgroups(hive.config.section("containers", ContainersSection), hive.paths.root)
+    return BwrapBackend(section, uids, hive.paths.root, cgroups, no_limits)
 
 
 @hookimpl(trylast=True)

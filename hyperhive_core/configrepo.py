@@ -202,6 +202,7 @@ def render_agent_toml(config: AgentConfig, plugin_sections: Iterable[str]) -> st
         lines.append('# model = "haiku"')
     lines.append(f"instructions = {_toml(config.instructions)}")
     lines.append(f"allowed_recipients = {_toml(config.allowed_recipients)}")
+    lines += [f"{key} = {value}" for key, value in config.limit_overrides().items() if value is not None]
     for name, section in sorted(config.sections.items()):
         values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
         lines += ["", f"[{name}]", *(f"{key} = {_toml(value)}" for key, value in values.items())]

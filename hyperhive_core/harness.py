@@ -306,6 +306,8 @@ class Harness:
         Mid-turn, the turn's own retry restarts it; between turns, this does.
         """
         detail = f"Claude Code exited with status {status}" if status >= 0 else f"killed by signal {-status}"
+        if cause := self.hive.backend.exit_cause(self.hive.container_spec(self.name)):
+            detail = f"{cause} ({detail})"
         await self.hive.container_event(ContainerEvent(self.name, ContainerEventKind.CRASHED, detail, log_tail))
         now = trio.current_time()
         self._crashes = [at for at in self._crashes if now - at < CRASH_WINDOW] + [now]

@@ -33,8 +33,10 @@ from hyperhive_core.containers import (
     ContainerEvent,
     ContainerEventKind,
     ContainerSpec,
+    Limits,
     collect_backends,
 )
+from hyperhive_core.containers.cgroups import ContainersSection, resolve_limits
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.events import EventBus, EventsSection
 from hyperhive_core.mcp_surface import AgentSockets
@@ -123,7 +125,13 @@ class Hive:
             state_dir=self.paths.agent_state(name),
             socket_dir=self.paths.agent_run(name),
             extra_binds=binds,
+            limits=self.agent_limits(name) if name in self.agents else None,
         )
+
+    def agent_limits(self, name: str) -> Limits:
+        """``name``'s resource caps: its own config's where it sets them, else ``[containers]``'s."""
+        section = self.config.section("containers", ContainersSection)
+        return resolve_limits(section, **self.agents.get(name).config.limit_overrides())
 
     def container_changed(self, name: str) -> None:
         """``name``'s container spec changed (a config repo appeared for the manager to see):

@@ -15,6 +15,7 @@ async def status(hive: Hive) -> dict[str, Any]:
     backend_status = {
         "name": hive.backend.name,
         "isolated": hive.backend.isolated,
+        "limits": hive.backend.limits_summary,
     }
     return {
         "state_dir": str(hive.paths.root),
@@ -30,8 +31,12 @@ async def agents(hive: Hive) -> list[dict[str, Any]]:
 
 
 async def agent(hive: Hive, name: str) -> dict[str, Any]:
-    """One agent: its live state, config and inbox depth."""
-    return {**hive.agents.get(name).snapshot(), "inbox_depth": await hive.broker.inbox_depth(name)}
+    """One agent: its live state, config, resource limits (with usage) and inbox depth."""
+    return {
+        **hive.agents.get(name).snapshot(),
+        "limits": await hive.backend.limits(hive.container_spec(name)),
+        "inbox_depth": await hive.broker.inbox_depth(name),
+    }
 
 
 async def send(hive: Hive, to: str, body: str, sender: str = OPERATOR) -> dict[str, Any]:

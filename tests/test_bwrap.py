@@ -16,8 +16,9 @@ import pytest
 import trio
 
 from hyperhive_core.claude import BUNDLED_CLI
-from hyperhive_core.containers import ContainerSpec, ContainerState, landlock
+from hyperhive_core.containers import ContainerSpec, ContainerState, Limits, landlock
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection, Sandbox, hive_runtime_paths
+from hyperhive_core.containers.cgroups import Cgroups
 from hyperhive_core.containers.uids import AgentUids, UidRangeExhausted, m005_agent_uids
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.store import Store
@@ -54,16 +55,17 @@ needs_bwrap = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or 
 class Hive:
     """A state root, a store and a bwrap backend, with agents whose sockets listen."""
 
-    def __init__(self, root: Path, store: Store, **section: object) -> None:
+    def __init__(self, root: Path, store: Store, cgroups: Cgroups | None = None, **section: object) -> None:
         self.root = root
         config = BwrapSection(uid_range_start=TEST_UIDS, uid_range_size=50, stop_timeout_seconds=1.0, **section)
         self.uids = AgentUids(store, config.uid_range_start, config.uid_range_size)
-        self.backend = BwrapBackend(config, self.uids, root)
+        self.backend = BwrapBackend(config, self.uids, root, cgroups)
         self.specs: list[ContainerSpec] = []
         self.listeners: list[socket.socket] = []
 
-    async def agent(self, name: str) -> ContainerSpec:
-        spec = ContainerSpec(name, "agent", self.root / "agents" / name / "state", self.root / "run" / name)
+    async def agent(self, name: str, limits: Limits | None = None) -> ContainerSpec:
+        state, run = self.root / "agents" / name / "state", self.root / "run" / name
+        spec = ContainerSpec(name, "agent", state, run, limits=limits)
         await self.backend.start(spec)
         spec.socket_dir.mkdir(parents=True, mode=0o700)
         # As the daemon opens it: root's, private.
@@ -378,7 +380,7 @@ async def test_stop_asks_politely_then_kills_every_sandbox(hive):
     stubborn_marker = unique_sleep()
     stubborn = await hive.backend.exec(alice, ["sh", "-c", f"trap '' TERM; sleep {stubborn_marker}"], {})
     await wait_for_pids(stubborn_marker)
-    assert (await hive.backend.status(alice)).detail.endswith("2 sandboxes")
+    assert (await hive.backend.status(alice)).detail.startswith(f"uid {TEST_UIDS}, 2 sandboxes, no limits")
     with trio.fail_after(10):
         await hive.backend.stop(alice)
     assert polite.returncode == 7

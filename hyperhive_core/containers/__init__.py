@@ -12,7 +12,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -26,6 +26,20 @@ class ContainerState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """An agent's resource caps, as ``[containers]`` and its own config resolve them; 0 is no cap."""
+
+    memory_max_mb: int
+    """Hard cap on the agent's memory (all its sandboxes together): over it, the kernel OOM-kills."""
+    memory_high_mb: int
+    """Soft cap: above it the kernel reclaims the agent's memory first (throttling it)."""
+    pids_max: int
+    """Processes and threads the agent may have at once; a fork over it fails."""
+    cpu_weight: int
+    """Its share of the CPU under contention, 1 to 10000 (100 is an even share)."""
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What a backend needs to know to build and run an agent's container (host paths)."""
 
@@ -35,6 +49,8 @@ class ContainerSpec:
     socket_dir: Path
     extra_binds: Mapping[str, Path] = field(default_factory=dict)
     """Container path → host path, mounted read-write (the manager's view of config repos)."""
+    limits: Limits | None = None
+    """The agent's resource caps; ``None``: none asked for."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,28 @@ class ContainerBackend(abc.ABC):
     @abc.abstractmethod
     async def status(self, spec: ContainerSpec) -> ContainerStatus:
         """The container's current state."""
+
+    @property
+    def limits_summary(self) -> str:
+        """How agents' resource caps are enforced (``cgroup v2 (...)``), or ``no limits: why``."""
+        return f"no limits: the {self.name} backend applies none"
+
+    async def limits(self, spec: ContainerSpec) -> dict[str, Any]:
+        """The agent's caps as enforced, with current usage where cheap to read (JSON-able).
+
+        ``{"enforced": False, "why": ...}`` when this backend applies none.
+        """
+        await trio.lowlevel.checkpoint()
+        return {"enforced": False, "why": self.limits_summary}
+
+    def exit_cause(self, spec: ContainerSpec) -> str | None:
+        """Why the agent's process just died, when the backend knows better than its exit status
+        (an OOM kill); ``None`` otherwise. Each cause is told once."""
+        return None
+
+    async def close(self) -> None:
+        """The daemon is stopping and no agent runs any more: release what the backend holds."""
+        await trio.lowlevel.checkpoint()
 
     @abc.abstractmethod
     async def exec(

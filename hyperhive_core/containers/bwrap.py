@@ -15,8 +15,9 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -31,6 +32,7 @@ from hyperhive_core.containers import (
     landlock,
 )
 from hyperhive_core.containers.acl import ensure_reachable
+from hyperhive_core.containers.cgroups import Cgroups, describe_limits
 from hyperhive_core.containers.spawn import SpawnedProcess
 from hyperhive_core.containers.uids import AgentUids
 from hyperhive_core.errors import ConfigError, HyperhiveError
@@ -149,9 +151,18 @@ class BwrapBackend(ContainerBackend):
     name = "bwrap"
     isolated = True
 
-    def __init__(self, section: BwrapSection, uids: AgentUids, state_root: Path) -> None:
+    def __init__(
+        self,
+        section: BwrapSection,
+        uids: AgentUids,
+        state_root: Path,
+        cgroups: Cgroups | None = None,
+        no_limits: str = "no limits: no cgroups were set up",
+    ) -> None:
         """
         :param state_root: hidden in every sandbox, even if it lies inside a bound path.
+        :param cgroups: where agents' caps are enforced; ``None``: they run without.
+        :param no_limits: why there are no caps, for status.
         """
         if os.geteuid() != 0:
             raise HyperhiveError(
@@ -175,6 +186,8 @@ class BwrapBackend(ContainerBackend):
                 abi,
                 landlock.SCOPE_ABI,
             )
+        self.cgroups = cgroups
+        self.no_limits = no_limits
         self._running: dict[str, int] = {}
         """Started agents, with their uids."""
         self._sandboxes: dict[str, set[Sandbox]] = {}
@@ -187,12 +200,16 @@ class BwrapBackend(ContainerBackend):
 
     async def start(self, spec: ContainerSpec) -> None:
         self._running[spec.agent] = await self._prepare(spec)
+        if self.cgroups is not None and spec.limits is not None:
+            self.cgroups.apply(spec.agent, spec.limits)
 
     async def stop(self, spec: ContainerSpec) -> None:
         self._running.pop(spec.agent, None)
         async with trio.open_nursery() as nursery:
             for sandbox in self._sandboxes.pop(spec.agent, set()):
                 nursery.start_soon(self._stop_sandbox, sandbox)
+        if self.cgroups is not None:
+            await self.cgroups.remove(spec.agent)
 
     async def destroy(self, spec: ContainerSpec, purge: bool) -> None:
         await self.stop(spec)
@@ -203,7 +220,10 @@ class BwrapBackend(ContainerBackend):
         uid = self._running.get(spec.agent)
         if uid is not None:
             live = sum(sandbox.returncode is None for sandbox in self._sandboxes.get(spec.agent, ()))
-            return ContainerStatus(ContainerState.RUNNING, isolated=True, detail=f"uid {uid}, {live} sandboxes")
+            cgroup = self.cgroups.get(spec.agent) if self.cgroups is not None else None
+            limits = describe_limits(cgroup.limits) if cgroup is not None else self.no_limits
+            detail = f"uid {uid}, {live} sandboxes, {limits}"
+            return ContainerStatus(ContainerState.RUNNING, isolated=True, detail=detail)
         uid = await self.uids.lookup(spec.agent)
         if uid is None:
             return ContainerStatus(ContainerState.ABSENT, isolated=True)
@@ -223,6 +243,8 @@ class BwrapBackend(ContainerBackend):
         for source in (*self.ro_paths, spec.state_dir, *spec.extra_binds.values(), socket):
             for directory in ensure_reachable(source, uid):
                 log.info("%s: uid %d may now pass through %s, to reach %s", spec.agent, uid, directory, source)
+        cgroup = self.cgroups.get(spec.agent) if self.cgroups is not None else None
+        procs = cgroup.open_procs() if cgroup is not None else []
         identity = [_data_fd(_passwd(spec.agent, uid)), _data_fd(_group(spec.agent, uid))]
         try:
             sandbox = Sandbox.start(
@@ -233,14 +255,38 @@ class BwrapBackend(ContainerBackend):
                 user=uid,
                 pass_fds=identity,
                 preexec=landlock.restrict_scope if self.scope_sockets else None,
+                cgroups=procs,  # joined between fork and exec: bwrap starts inside the agent's cgroup
             )
         finally:
-            for fd in identity:
+            for fd in identity + procs:
                 os.close(fd)
         live = self._sandboxes.setdefault(spec.agent, set())
         live.difference_update({done for done in live if done.returncode is not None})
         live.add(sandbox)
         return sandbox
+
+    @property
+    def limits_summary(self) -> str:
+        return self.cgroups.describe() if self.cgroups is not None else self.no_limits
+
+    async def limits(self, spec: ContainerSpec) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        if self.cgroups is None or spec.limits is None:
+            return {"enforced": False, "why": self.no_limits if self.cgroups is None else "no limits asked for"}
+        cgroup = self.cgroups.get(spec.agent)
+        return {
+            "enforced": True,
+            "via": f"cgroup v{self.cgroups.version}",
+            **asdict(cgroup.limits if cgroup is not None else spec.limits),
+            "usage": cgroup.usage() if cgroup is not None else None,
+        }
+
+    def exit_cause(self, spec: ContainerSpec) -> str | None:
+        return self.cgroups.exit_cause(spec.agent) if self.cgroups is not None else None
+
+    async def close(self) -> None:
+        if self.cgroups is not None:
+            await self.cgroups.close()
 
     def sandbox_argv(
         self,

@@ -18,7 +18,7 @@ import subprocess
 import termios
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import trio
 
@@ -89,6 +89,7 @@ class SpawnedProcess:
         user: int | None = None,
         pass_fds: Sequence[int] = (),
         preexec: Callable[[], None] | None = None,
+        cgroups: Sequence[int] = (),
     ) -> Self:
         """Start ``argv`` in a new session, from the calling (event loop) thread.
 
@@ -98,19 +99,19 @@ class SpawnedProcess:
             supplementary groups (the daemon must be root).
         :param pass_fds: descriptors the child inherits, besides the standard three.
         :param preexec: run in the child just before exec, after the privilege drop.
+        :param cgroups: open ``cgroup.procs`` files the child moves itself into,
+            before it drops privileges or runs anything (see ``_child_setup``).
         """
-        child_setup = preexec
+        child_setup = _child_setup(user, cgroups, pty, preexec)
         if pty:
             master, slave = os.openpty()
             _set_size(master, *DEFAULT_TERMINAL_SIZE)
             ours, theirs = [master], (slave, slave, slave)
-            child_setup = _with_controlling_terminal(preexec)
         else:
             stdin_read, stdin_write = os.pipe()
             stdout_read, stdout_write = os.pipe()
             stderr_read, stderr_write = os.pipe()
             ours, theirs = [stdin_write, stdout_read, stderr_read], (stdin_read, stdout_write, stderr_write)
-        identity: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
         try:
             popen = subprocess.Popen(
                 list(argv),
@@ -122,9 +123,9 @@ class SpawnedProcess:
                 start_new_session=True,
                 pass_fds=tuple(pass_fds),
                 # Safe here despite the daemon's threads: the setup makes plain syscalls
-                # (ioctl, prctl, landlock) and takes none of the locks a thread could hold.
+                # (write, setresuid, ioctl, prctl, landlock) and takes none of the locks a
+                # thread could hold.
                 preexec_fn=child_setup,  # noqa: PLW1509
-                **identity,
             )
         except BaseException:
             for fd in ours:
@@ -188,12 +189,32 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _with_controlling_terminal(preexec: Callable[[], None] | None) -> Callable[[], None]:
-    """A child setup that makes stdin (the pty) the new session's controlling terminal."""
+def _child_setup(
+    user: int | None, cgroups: Sequence[int], pty: bool, preexec: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    """What the child does between fork and exec, in this order:
+
+    1. join its cgroups, still as root. Nothing of the new program has run yet, so
+       nothing can fork outside the cgroup (writing the pid from the parent after the
+       spawn would leave that window), and the write needs root: the agent's uid may
+       not move itself into root's cgroup. ``0`` names the writing process.
+    2. drop to ``user`` (same-numbered group, no supplementary groups).
+    3. take the pty as its controlling terminal: without one a shell has no job
+       control, and ^C sends no SIGINT.
+    4. ``preexec``.
+    """
+    if user is None and not cgroups and not pty:
+        return preexec
 
     def setup() -> None:
-        # Without a controlling terminal a shell has no job control, and ^C sends no SIGINT.
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        for fd in cgroups:
+            os.write(fd, b"0")
+        if user is not None:
+            os.setgroups([])
+            os.setresgid(user, user, user)
+            os.setresuid(user, user, user)
+        if pty:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         if preexec is not None:
             preexec()
 
