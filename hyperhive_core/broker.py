@@ -100,6 +100,10 @@ class InvalidBody(BrokerError):
     """A body that is empty, too large, or not UTF-8 text."""
 
 
+class NotDeadLetter(BrokerError):
+    """A dead-letter operation named a message that is not in dead-letter; nothing was changed."""
+
+
 # -- messages -------------------------------------------------------------------
 
 
@@ -367,6 +371,8 @@ class Broker:
         agents come and go.
     :param on_commit: awaited with each message after it is durable, in the
         sender's task, before ``send`` returns.
+    :param on_dead: awaited with the messages a give-back just moved to
+        dead-letter, in the task that gave them back.
     """
 
     def __init__(
@@ -376,6 +382,7 @@ class Broker:
         *,
         policy: RecipientPolicy | None = None,
         on_commit: Callable[[Message], Awaitable[None]] | None = None,
+        on_dead: Callable[[list[Message]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or BrokerSection()
@@ -383,6 +390,7 @@ class Broker:
         self.stats = BrokerStats()
         self._refusals = _RefusalLog(store.path)
         self._on_commit = on_commit
+        self._on_dead = on_dead
         self._queue: trio.MemorySendChannel[_PendingSend] | None = None
         self._arrivals: dict[str, trio.Event] = {}
         # Recipients blocked in wait_for_messages (with their batch limit), and
@@ -595,11 +603,19 @@ class Broker:
 
     async def _unlease(self, where: str, params: tuple, error: str | None) -> list[int]:
         changed = await self.store.write(partial(_unlease, where, params, error, self.settings.max_attempts))
-        self._wake(recipient for _, recipient, state in changed if state == "queued")
-        dead = [message_id for message_id, _, state in changed if state == "dead"]
+        self._wake(message.recipient for message in changed if message.state == "queued")
+        dead = sorted((message for message in changed if message.state == "dead"), key=lambda message: message.id)
         if dead:
-            log.warning("moved %d message(s) to dead-letter after %d attempts", len(dead), self.settings.max_attempts)
-        return dead
+            log.warning(
+                "moved message(s) %s to dead-letter after %d attempts",
+                ", ".join(str(message.id) for message in dead),
+                self.settings.max_attempts,
+            )
+            if self._on_dead is not None:
+                await self._on_dead(dead)
+        return [message.id for message in dead]
+
+    # -- dead-letter ------------------------------------------------------------
 
     async def dead_letters(self, recipient: str | None = None, *, limit: int = 100) -> list[Message]:
         """Messages in dead-letter, newest first."""
@@ -607,11 +623,45 @@ class Broker:
             return await self._select("state = 'dead'", (), limit)
         return await self._select("state = 'dead' AND recipient = ?", (recipient,), limit)
 
-    async def requeue_dead(self, ids: Iterable[int]) -> int:
-        """Put dead-lettered messages back in the queue with fresh attempts; return how many."""
-        recipients = await self.store.write(partial(_requeue_dead, json.dumps(list(ids))))
-        self._wake(recipients)
-        return len(recipients)
+    async def dead_count(self, recipient: str | None = None) -> int:
+        """How many messages are in dead-letter (addressed to ``recipient``, if given)."""
+        if recipient is None:
+            return await self.store.read(lambda db: db.execute(_DEAD_COUNT).fetchone()[0])
+        sql = f"{_DEAD_COUNT} AND recipient = ?"
+        return await self.store.read(lambda db: db.execute(sql, (recipient,)).fetchone()[0])
+
+    async def dead_letter(self, message_id: int) -> Message:
+        """One dead-lettered message.
+
+        :raises NotDeadLetter: no message has that id, or it is not dead.
+        """
+        [message_id] = _check_ids([message_id])
+        found = await self._select("id = ?", (message_id,), 1)
+        if not found or found[0].state != "dead":
+            raise _not_dead("shown", {message_id: found[0].state if found else None})
+        return found[0]
+
+    async def requeue_dead(self, ids: Iterable[int]) -> list[Message]:
+        """Put dead letters back in the queue with fresh attempts; return them as requeued.
+
+        All or nothing: if any id is not a dead letter, nothing moves.
+
+        :raises NotDeadLetter: an id that is unknown or not dead, naming each.
+        """
+        messages = await self.store.write(partial(_requeue_dead, _check_ids(ids)))
+        self._wake(message.recipient for message in messages)
+        return messages
+
+    async def drop_dead(self, ids: Iterable[int]) -> list[Message]:
+        """Delete dead letters for good; return them as they were.
+
+        All or nothing: if any id is not a dead letter, nothing is deleted.
+
+        :raises NotDeadLetter: an id that is unknown or not dead, naming each.
+        """
+        messages = await self.store.write(partial(_drop_dead, _check_ids(ids)))
+        log.info("dropped dead letter(s) %s", ", ".join(str(message.id) for message in messages))
+        return messages
 
     # -- reads ----------------------------------------------------------------
 
@@ -765,29 +815,85 @@ def _ack(token: str, ids: list[int], now: float, db: sqlite_utils.Database) -> i
 
 def _unlease(
     where: str, params: tuple, error: str | None, max_attempts: int, db: sqlite_utils.Database
-) -> list[tuple[int, str, str]]:
-    return db.execute(
+) -> list[Message]:
+    rows = db.execute(
         f"""
         UPDATE messages
         SET state = CASE WHEN attempts >= ? THEN 'dead' ELSE 'queued' END,
             last_error = coalesce(?, last_error), lease_token = NULL, leased_at = NULL
         WHERE {where}
-        RETURNING id, recipient, state
+        RETURNING {_COLUMNS}
         """,  # noqa: S608 - fixed fragments
         (max_attempts, error, *params),
     ).fetchall()
+    return [Message(*row) for row in rows]
 
 
-def _requeue_dead(ids_json: str, db: sqlite_utils.Database) -> list[str]:
+_DEAD_COUNT = "SELECT count(*) FROM messages WHERE state = 'dead'"
+_STATES = "SELECT id, state FROM messages WHERE id IN (SELECT value FROM json_each(?))"
+
+# Why a message is not a dead letter, by its state (None: no such message).
+_NOT_DEAD_BECAUSE = {
+    None: "does not exist (never sent, or deleted by retention or a drop)",
+    "queued": "is queued, waiting for delivery",
+    "leased": "is in a turn right now",
+    "acked": "was delivered (acked)",
+}
+
+
+def _check_ids(ids: Iterable[object]) -> list[int]:
+    """``ids`` as a list of distinct message ids, in the order given."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise BrokerError(f"give message ids as a list of whole numbers, not {ids!r}")
+    checked = []
+    for message_id in ids:
+        if isinstance(message_id, bool) or not isinstance(message_id, int) or message_id < 1:
+            raise BrokerError(f"a message id is a whole number from 1 up, not {message_id!r}")
+        if message_id not in checked:
+            checked.append(message_id)
+    if not checked:
+        raise BrokerError("give at least one message id; `hyperhive dead list` shows the dead letters")
+    return checked
+
+
+def _not_dead(verb: str, states: dict[int, str | None]) -> NotDeadLetter:
+    reasons = "; ".join(f"message {message_id} {_NOT_DEAD_BECAUSE[state]}" for message_id, state in states.items())
+    return NotDeadLetter(
+        f"not a dead letter, so nothing was {verb}: {reasons}. `hyperhive dead list` shows the dead letters"
+    )
+
+
+def _dead_or_raise(ids: list[int], verb: str, db: sqlite_utils.Database) -> str:
+    """The ids as JSON, once each is checked to be a dead letter (inside the caller's transaction)."""
+    ids_json = json.dumps(ids)
+    states = dict(db.execute(_STATES, (ids_json,)))
+    not_dead = {message_id: states.get(message_id) for message_id in ids if states.get(message_id) != "dead"}
+    if not_dead:
+        raise _not_dead(verb, not_dead)
+    return ids_json
+
+
+def _requeue_dead(ids: list[int], db: sqlite_utils.Database) -> list[Message]:
     rows = db.execute(
-        """
+        f"""
         UPDATE messages SET state = 'queued', attempts = 0
         WHERE id IN (SELECT value FROM json_each(?)) AND state = 'dead'
-        RETURNING recipient
-        """,
-        (ids_json,),
+        RETURNING {_COLUMNS}
+        """,  # noqa: S608 - fixed fragments
+        (_dead_or_raise(ids, "requeued", db),),
     ).fetchall()
-    return [recipient for (recipient,) in rows]
+    return sorted((Message(*row) for row in rows), key=lambda message: message.id)
+
+
+def _drop_dead(ids: list[int], db: sqlite_utils.Database) -> list[Message]:
+    rows = db.execute(
+        f"""
+        DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) AND state = 'dead'
+        RETURNING {_COLUMNS}
+        """,  # noqa: S608 - fixed fragments
+        (_dead_or_raise(ids, "dropped", db),),
+    ).fetchall()
+    return sorted((Message(*row) for row in rows), key=lambda message: message.id)
 
 
 def _recipients(db: sqlite_utils.Database) -> list[str]:

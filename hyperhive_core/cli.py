@@ -14,6 +14,7 @@ import click
 from hyperhive_core.backup import backup_command
 from hyperhive_core.boot import boot, config_schemas, configured_plugins
 from hyperhive_core.config import find_config, read_toml, render_default_config
+from hyperhive_core.dead_letters import dead_command
 from hyperhive_core.errors import HyperhiveError, PluginError
 from hyperhive_core.plugins import (
     HivePluginManager,
@@ -117,6 +118,7 @@ def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
 cli.add_command(rehearse)
 cli.add_command(install_service)
 cli.add_command(backup_command)
+cli.add_command(dead_command)
 
 
 # -- talking to the running daemon over the host socket -----------------------------

@@ -55,10 +55,9 @@ async def run_hive(
             name: (check_agent_config(pm, name, agent_config, where), origin)
             for name, (agent_config, origin, where) in (await agents_to_start(hive)).items()
         }
-        # No turn survives a restart: whatever was leased goes back to the queue.
-        dead = await hive.broker.requeue_leased()
-        if dead:
-            log.warning("messages %s reached [broker] max_attempts and moved to dead-letter", dead)
+        # No turn survives a restart: whatever was leased goes back to the queue (or
+        # to dead-letter, reported once the hive is up).
+        await hive.broker.requeue_leased()
         async with trio.open_nursery() as core:
             await core.start(hive.events.serve)
             await core.start(hive.broker.serve)
@@ -75,6 +74,7 @@ async def run_hive(
                     hive.agent_nursery = nursery
                     for name, (agent_config, origin) in agents.items():
                         await hive.add_agent(name, agent_config, origin)
+                    await hive.started()
                     await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
                     log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))
                     task_status.started(hive)

@@ -87,7 +87,11 @@ class Hive:
         self.events = EventBus(store, config.section("events", EventsSection))
         directory = RecipientDirectory()
         self.broker = Broker(
-            store, config.section("broker", BrokerSection), policy=directory, on_commit=self._message_committed
+            store,
+            config.section("broker", BrokerSection),
+            policy=directory,
+            on_commit=self._message_committed,
+            on_dead=self._messages_dead,
         )
         self.agents = Agents(store, self.events, directory, self.settings.manager)
         self.surface = AgentSockets(self, collect_tools(pm))
@@ -100,6 +104,8 @@ class Hive:
         self.agent_nursery: trio.Nursery | None = None
         """Where agents' turn loops run; set by the daemon once it serves."""
         self._claude_cli: Path | None = None
+        # Dead letters found while the hive starts (the restart's requeue), reported once it is up.
+        self._dead_held: list[Message] | None = []
 
     @property
     def claude_cli(self) -> Path:
@@ -384,9 +390,26 @@ class Hive:
             log.exception("reporting a container event of %s failed", event.agent)
             self.events.publish(SYSTEM, "error", where="on_container_event", agent=event.agent, error=repr(exc))
 
-    async def notify(self, recipient: str, event: str, **fields: Any) -> Message:
-        """Send a hive event (``approval_resolved``, ``container_crash``, …) to an inbox."""
+    async def notify(self, recipient: str, event: str, /, **fields: Any) -> Message:
+        """Send a hive event (``approval_resolved``, ``container_crash``, …) to an inbox.
+
+        ``recipient`` and ``event`` are positional, so ``fields`` may use those names too.
+        """
         return await self.broker.send(SYSTEM, recipient, json.dumps({"event": event, **fields}), kind="event")
+
+    async def _messages_dead(self, messages: list[Message]) -> None:
+        """Messages moved to dead-letter: tell the dashboard, the hooks and the manager (docs/broker.md)."""
+        from hyperhive_core.dead_letters import report_dead
+
+        if self._dead_held is not None:  # the manager and the plugins are not up yet
+            self._dead_held.extend(messages)
+            return
+        await report_dead(self, messages)
+
+    async def started(self) -> None:
+        """The daemon calls this once every agent has started: report what was held meanwhile."""
+        held, self._dead_held = self._dead_held or [], None
+        await self._messages_dead(held)
 
     async def _message_committed(self, message: Message) -> None:
         """Run the ``on_message`` hooks; a failing one is reported, the message stays sent."""

@@ -100,6 +100,18 @@ def on_message(hive: Hive, message: Message) -> None:
     """
 
 
+@hookspec
+def on_dead_letter(hive: Hive, message: Message) -> None:
+    """Called after a message moved to dead-letter (leased ``max_attempts`` times without an ack).
+
+    :param hive: the running hive.
+    :param message: the dead ``hyperhive_core.broker.Message``: ``attempts`` and
+        ``last_error`` say what happened. Runs in the task that gave the message
+        back (a turn ending, a restart), so keep it quick. An exception is logged
+        and reported as an ``error`` event.
+    """
+
+
 # -- agents ---------------------------------------------------------------------
 
 

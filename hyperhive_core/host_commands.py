@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hyperhive_core import dead_letters
 from hyperhive_core.names import OPERATOR
 
 if TYPE_CHECKING:
@@ -144,4 +145,5 @@ COMMANDS = {
     "approve": approve,
     "deny": deny,
     "drafts": drafts,
+    **dead_letters.COMMANDS,
 }
