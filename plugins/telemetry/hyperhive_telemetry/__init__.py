@@ -56,6 +56,11 @@ async def on_turn_end(hive: Hive, agent: str, turn: Turn) -> None:
 
 
 @hookimpl
+async def on_dead_letter(hive: Hive, message: Message) -> None:
+    await hive.telemetry.dead_lettered(message)
+
+
+@hookimpl
 def register_routes(register: Callable[..., None]) -> None:
     for rule, view in web.ROUTES:
         register(rule, view)

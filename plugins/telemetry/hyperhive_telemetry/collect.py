@@ -14,7 +14,8 @@ Per turn (``on_turn_end``), keys and values:
 =====================  ==============================================
 
 Classes are ``peer`` (another agent), ``operator``, ``manager`` and ``system``
-(the hive's own events). The sampler records ``inbox_depth``,
+(the hive's own events). Each message moved to dead-letter (``on_dead_letter``)
+records ``dead_lettered`` = 1 for its recipient. The sampler records ``inbox_depth``,
 ``seconds_since_last_turn`` and ``notes_bytes`` per agent, and
 ``approval_queue`` for the agent ``hive``.
 """
@@ -122,6 +123,11 @@ class Telemetry:
         samples = turn_samples(turn, sent, time.time(), self.hive.agents.manager)
         # Telemetry may lose its last turn in a power cut: no fsync of its own.
         await self.hive.store.write(lambda db: store.record(db, samples, add_to_totals=True), durable=False)
+
+    async def dead_lettered(self, message: Message) -> None:
+        """Count a message that moved to dead-letter, for its recipient."""
+        sample = Sample(message.recipient, time.time(), "dead_lettered", 1)
+        await self.hive.store.write(lambda db: store.record(db, [sample], add_to_totals=True), durable=False)
 
     async def sample(self) -> None:
         samples = await current_samples(self.hive, time.time())

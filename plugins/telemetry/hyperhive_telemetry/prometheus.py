@@ -26,6 +26,11 @@ COUNTERS = {
     "tool_calls": ("hyperhive_tool_calls_total", "Tool calls, all tools.", None),
     "cost_usd": ("hyperhive_cost_usd_total", "Model spend in US dollars.", None),
     "permission_denials": ("hyperhive_permission_denials_total", "Tool calls refused by permission rules.", None),
+    "dead_lettered": (
+        "hyperhive_messages_dead_lettered_total",
+        "Messages to an agent moved to dead-letter after [broker] max_attempts deliveries without an ack.",
+        None,
+    ),
 }
 GAUGES = {
     "inbox_depth": ("hyperhive_inbox_depth", "Messages waiting for an agent (queued or leased)."),

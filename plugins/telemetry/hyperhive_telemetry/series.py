@@ -140,6 +140,7 @@ def summarise(samples: Iterable[Sample], since: float, until: float) -> dict[str
                 for direction in ("sent", "received")
             },
             "permission_denials": sum(keys["permission_denials"]),
+            "dead_lettered": sum(keys["dead_lettered"]),
             "cost_usd": sum(keys["cost_usd"]),
             "inbox_depth": _gauge(keys["inbox_depth"]),
             "seconds_since_last_turn": _last(keys["seconds_since_last_turn"]),

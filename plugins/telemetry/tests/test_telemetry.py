@@ -277,3 +277,34 @@ steps = [{ text = "recovered", status = 500, times = 1 }]
             s.labels["exit"]: s.value for s in families["hyperhive_turns"].samples if s.labels["agent"] == "worker"
         }
         assert exits == {"failure": 1, "ok": 1}
+
+
+@needs_claude
+async def test_a_dead_letter_is_counted_for_its_recipient(make_pm, tmp_path):
+    """A message whose only attempt fails moves to dead-letter: one count, in the summary and in /metrics."""
+    failing = '[[agents.worker.rules]]\nsteps = [{ text = "never", status = 500, times = 1000 }]\n'
+    pm = make_pm(telemetry=hyperhive_telemetry)
+    async with running_hive(
+        tmp_path,
+        pm,
+        failing,
+        agents={"worker": {}},
+        claude={"turn_attempts": 1, "api_retries": 0},
+        broker={"max_attempts": 1},
+    ) as hive:
+        sent = await hive.broker.send("operator", "worker", "hello")
+        with trio.fail_after(60):
+            died = await next_event(hive, "worker", "message_dead")
+            # The hooks ran before the turn ended: the count is written by then.
+            await next_event(hive, "worker", "turn_end", after=died.id)
+        assert died.data["id"] == sent.id
+        body = await stats_body(hive, {"agent": ["worker"], "key": ["dead_lettered"]})
+        assert body["summary"]["worker"]["dead_lettered"] == 1
+        families = {f.name: f for f in text_string_to_metric_families(await metrics_text(hive))}
+        [sample] = families["hyperhive_messages_dead_lettered"].samples
+        assert (sample.name, sample.labels, sample.value) == (
+            "hyperhive_messages_dead_lettered_total",
+            {"agent": "worker"},
+            1,
+        )
+        assert families["hyperhive_messages_dead_lettered"].type == "counter"

@@ -254,6 +254,7 @@
       ["sent per turn", format.family(perTurn.sent, 1)],
       ["received per turn", format.family(perTurn.received, 1)],
       ["permission denials", format.count(figures.permission_denials)],
+      ["dead-lettered", format.count(figures.dead_lettered)],
       ["cost", format.usd(figures.cost_usd)],
       ["inbox now / max", format.count(figures.inbox_depth.current) + " / " + format.count(figures.inbox_depth.max)],
       ["notes.md", format.bytes(figures.notes_bytes)],
