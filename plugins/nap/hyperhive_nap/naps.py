@@ -72,8 +72,9 @@ class Naps:
             )
         wake_at = time.time() + seconds
         row = {"agent": agent, "wake_at": wake_at, "started_at": time.time()}
-        await self.hive.store.write(lambda db: db[TABLE].upsert(row, pk="agent"))
+        # Known before it is stored: a /cancel meanwhile ends it (its delete is written after this).
         self._wake_at[agent] = wake_at
+        await self.hive.store.write(lambda db: db[TABLE].upsert(row, pk="agent"))
         self.hive.events.publish(agent, "note", text=f"napping for {seconds}s, until {wake_label(wake_at)}")
         return wake_at
 

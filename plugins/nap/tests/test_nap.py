@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 import subprocess
+import threading
 import time
+from functools import partial
 
 import hyperhive_nap
 import pytest
 import trio
+import trio.testing
 from hivekit import HeldClock, call_tool, needs_claude, next_event, running_hive
 
 from hyperhive_core import hookimpl
@@ -89,6 +92,27 @@ async def test_the_operator_wakes_a_nap_early(held_pm, tmp_path, autojump_clock,
             assert await trio.to_thread.run_sync(wake_over_socket, hive) == {"agent": "worker", "woken": False}
             notes = [e.data["text"] for e in await hive.events.history("worker") if e.type == "note"]
             assert "nap ended by the operator" in notes
+
+
+async def test_a_cancel_while_the_nap_is_being_stored_still_ends_it(pm, tmp_path):
+    """/cancel lands while the nap tool is still writing the nap: the agent does not sleep after all."""
+    async with running_hive(tmp_path, pm, QUIET, agents=WORKER) as hive:
+        release = threading.Event()
+        async with trio.open_nursery() as nursery:
+            # Hold the store's single writer, so the nap's write waits behind it.
+            nursery.start_soon(hive.store.write, lambda db: release.wait(30))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(partial(call_tool, hive, "worker", "nap", seconds=600))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(hive.cancel, "worker")
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert hive.naps.wake_time("worker") is None
+        assert await hive.store.read(lambda db: db["nap_naps"].count) == 0  # a restart does not bring it back
+        message = await hive.broker.send("operator", "worker", "still awake?")
+        with trio.fail_after(30):
+            turn = await next_event(hive, "worker", "turn_start")
+        assert turn.data["message_ids"] == [message.id]
 
 
 async def test_a_nap_out_of_range_is_refused_clearly(pm, tmp_path):
