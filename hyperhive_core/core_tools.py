@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from hyperhive_core.approvals import Approval
 from hyperhive_core.harness import render_batch
 from hyperhive_core.tools import ToolContext
@@ -13,8 +16,28 @@ async def send(ctx: ToolContext, to: str, body: str) -> str:
     :param to: the recipient: an agent's name, or "operator".
     :param body: the message text.
     """
-    message = await ctx.hive.broker.send(ctx.agent, to, body)
+    message = await ctx.hive.broker.send(ctx.agent, to, body, idempotency_key=turn_send_key(ctx, to, body))
     return f"sent message {message.id} to {to}"
+
+
+def turn_send_key(ctx: ToolContext, to: str, body: str) -> str | None:
+    """The idempotency key of a send in a turn, the same when a retried turn replays it.
+
+    A retried turn (after a daemon crash, an API error, a failed turn) handles the
+    same oldest message again and may make the same sends again. The key is the
+    agent, that message's id, the recipient, the body, and which repeat of that
+    same send this is in the attempt: a retry stores nothing new, while a send
+    repeated within one attempt, or in a later turn (a newer batch), is new.
+    Outside a turn nothing replays a send, so it gets no key.
+    """
+    harness = ctx.hive.harnesses.get(ctx.agent)
+    batch = harness.current_batch if harness is not None else None
+    if batch is None:
+        return None
+    send = hashlib.sha256(json.dumps([to, body]).encode()).hexdigest()
+    harness.attempt_sends[send] += 1
+    turn_work = json.dumps([ctx.agent, min(batch.ids), send, harness.attempt_sends[send]])
+    return "turn-" + hashlib.sha256(turn_work.encode()).hexdigest()[:40]
 
 
 async def recv(ctx: ToolContext) -> str:

@@ -12,6 +12,7 @@ loop:
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import logging
@@ -64,6 +65,10 @@ class Harness:
         self.session: ClaudeSession | None = None
         self.current_batch: Batch | None = None
         """The batch the running turn handles; ``None`` between turns."""
+        self.attempt_sends: collections.Counter[str] = collections.Counter()
+        """Sends made so far in the running attempt of the turn, by what they send. Each
+        attempt (a retry after an API error, a crashed session, a compaction) counts from
+        zero, so a replayed send gets the idempotency key it had (``core_tools.send``)."""
         self._nursery: trio.Nursery | None = None
         self._resumed = trio.Event()
         self._cancel_requested = False
@@ -221,6 +226,7 @@ class Harness:
         api_errors = 0
         for _attempt in range(settings.turn_attempts):
             self._cancel_requested = False
+            self.attempt_sends.clear()
             try:
                 await self._ensure_session()
                 assert self.session is not None

@@ -40,12 +40,14 @@ async def agent(hive: Hive, name: str) -> dict[str, Any]:
     }
 
 
-async def send(hive: Hive, to: str, body: str, sender: str = OPERATOR) -> dict[str, Any]:
-    """Send a message as the operator (``sender`` is fixed: the socket belongs to the operator)."""
-    if sender != OPERATOR:
-        raise PermissionError("the host socket sends as the operator only")
+async def send(hive: Hive, to: str, body: str, idempotency_key: str | None = None) -> dict[str, Any]:
+    """Send a message as the operator: the socket belongs to the operator.
+
+    A repeat with the same ``idempotency_key`` (a client retrying after a lost
+    answer) stores nothing and answers with the first message's id.
+    """
     hive.agents.get(to)
-    message = await hive.broker.send(OPERATOR, to, body)
+    message = await hive.broker.send(OPERATOR, to, body, idempotency_key=idempotency_key)
     return {"id": message.id, "to": to}
 
 

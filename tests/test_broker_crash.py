@@ -1,4 +1,4 @@
-"""Kill -9 a real daemon in the middle of 10k concurrent sends; nothing returned is lost.
+"""Kill -9 a real daemon mid-work: nothing returned is lost, and no retry stores a second copy.
 
 Run as a script, this file is that daemon: the real ``run_hive`` with a plugin
 whose services send from several tasks and consume like a harness, printing a line
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from hivekit import needs_claude, next_event, running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.boot import config_schemas
@@ -130,6 +131,67 @@ class Recipient:
     @hookimpl
     def on_startup(self, hive):
         hive.broker.policy.add("sink")
+
+
+# -- a retried turn replays its sends: the recipient gets one copy -------------------------
+
+REPLAYED_SENDS = """
+[[agents.manager.rules]]
+when = "from operator"
+steps = [
+  { tool = "send", input = { to = "operator", body = "twice on purpose" } },
+  { tool = "send", input = { to = "operator", body = "twice on purpose" } },
+  { tool = "hold" },
+  { text = "done" },
+]
+"""
+
+
+class Hold:
+    """A tool that hangs on its first call, so a test can kill Claude Code mid-turn."""
+
+    def __init__(self):
+        self.calls = 0
+        self.entered = trio.Event()
+
+    @hookimpl
+    def register_tools(self, register):
+        async def hold(ctx) -> str:
+            """Wait."""
+            self.calls += 1
+            if self.calls == 1:
+                self.entered.set()
+                await trio.sleep_forever()
+            return "go on"
+
+        register(hold)
+
+
+@needs_claude
+async def test_a_retried_turn_replays_its_sends_and_stores_none_twice(make_pm, tmp_path):
+    hold = Hold()
+    async with running_hive(tmp_path, make_pm(hold=hold), REPLAYED_SENDS) as hive:
+        await hive.broker.send("operator", "manager", "go")
+        with trio.fail_after(60):
+            await hold.entered.wait()
+            # Claude Code dies after both sends: the turn runs again from its prompt.
+            os.kill(hive.harnesses["manager"].session.pid, signal.SIGKILL)
+            first = await next_event(hive, "manager", "turn_end")
+        history = await hive.events.history("manager")
+        replies = [event.data["content"] for event in history if event.type == "tool_result"]
+        assert first.data["exit"] == "ok"
+        assert any("restarting it with --resume" in e.data["text"] for e in history if e.type == "error")
+        # The same send twice in one attempt is two messages; replayed, it stored none.
+        sent = await hive.broker.recent_from("manager")
+        assert [message.body for message in sent] == ["twice on purpose"] * 2
+        ids = sorted(message.id for message in sent)
+        assert replies == [*(f"sent message {id_} to operator" for id_ in ids)] * 2 + ["go on"]
+
+        # The same sends in a later turn, for a newer message, are new messages.
+        await hive.broker.send("operator", "manager", "go again")
+        with trio.fail_after(60):
+            await next_event(hive, "manager", "turn_end", after=first.id)
+        assert len(await hive.broker.recent_from("manager")) == 4
 
 
 if __name__ == "__main__":

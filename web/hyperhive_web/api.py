@@ -116,7 +116,11 @@ async def deny(approval_id: int) -> dict[str, Any]:
 
 @api.post("/api/agents/<name>/messages")
 async def send(name: str) -> dict[str, Any]:
-    return await host_commands.send(hive(), to=name, body=text_field(await body(), "body"))
+    # The standard Idempotency-Key header, bare or as a quoted structured-field string.
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    return await host_commands.send(hive(), to=name, body=text_field(await body(), "body"), idempotency_key=key)
 
 
 @api.post("/api/agents/<name>/model")

@@ -188,3 +188,26 @@ async def test_a_port_in_use_is_reported_clearly_and_the_hive_still_runs(tmp_pat
     gc.collect()
     assert f"the dashboard cannot listen on 127.0.0.1:{port}: Address already in use" in logged
     assert "set [web] port to a free port" in logged
+
+
+async def test_an_idempotency_key_makes_a_retried_send_store_one_message(hive):
+    http = operator(hive)
+    key = {"Idempotency-Key": "8e03978e-40d5-43e8-bc93-6894a57f9324"}
+    with trio.fail_after(10):
+        first = await http.post("/api/agents/manager/messages", {"body": "once"}, headers=key)
+        retried = await http.post("/api/agents/manager/messages", {"body": "once"}, headers=key)
+        # The header may also come as a quoted structured-field string.
+        quoted = {"Idempotency-Key": '"8e03978e-40d5-43e8-bc93-6894a57f9324"'}
+        quoted_retry = await http.post("/api/agents/manager/messages", {"body": "once"}, headers=quoted)
+        other_body = await http.post("/api/agents/manager/messages", {"body": "twice?"}, headers=key)
+        bad_key = await http.post("/api/agents/manager/messages", {"body": "x"}, headers={"Idempotency-Key": "a b"})
+    assert first.status == 200, first.body
+    assert retried.json() == quoted_retry.json() == first.json()
+    assert other_body.status == 400
+    assert other_body.json()["error"].startswith(
+        f"idempotency key '8e03978e-40d5-43e8-bc93-6894a57f9324' was already used by 'operator' "
+        f"for message {first.json()['id']} to 'manager' with a different body; nothing was stored."
+    )
+    assert bad_key.status == 400
+    assert "idempotency key must be 1-128 characters" in bad_key.json()["error"]
+    assert [m.body for m in await hive.broker.recent_from("operator")] == ["once"]
