@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from hyperhive_core.containers import ContainerSpec
+from hyperhive_core.containers import ContainerSpec, Limits
+from hyperhive_core.containers.cgroups import Hierarchy, Layout
 from hyperhive_core.containers.dbus_watch import UnitState
 from hyperhive_core.containers.nspawn import (
     SYSTEMD_BOOTED,
@@ -24,6 +25,7 @@ from hyperhive_core.containers.nspawn import (
     container_mounts,
     hand_over,
     in_container_argv,
+    join_argv,
     make_root,
     merge_env_file,
     nix_string,
@@ -34,7 +36,10 @@ from hyperhive_core.containers.nspawn import (
     parse_unit_state,
     render_agent_nix,
     root_uid,
+    set_limits_argv,
     start_unit_argv,
+    unit_limits,
+    unit_procs,
     userns_base,
 )
 from hyperhive_core.daemon import run_hive
@@ -92,6 +97,44 @@ def test_the_container_runs_as_its_unit():
     assert argv[:2] == ["systemd-run", "--unit=container@alice.service"]
     assert "--service-type=notify" in argv
     assert argv[argv.index("--") + 1 :] == nspawn
+
+
+def test_the_units_resource_properties_are_the_agents_caps():
+    nspawn = nspawn_argv("alice", Path("/srv/root"), MOUNTS, ["/usr/bin/sleep", "infinity"])
+    limits = Limits(memory_max_mb=2048, memory_high_mb=1536, pids_max=512, cpu_weight=200)
+    argv = start_unit_argv(nspawn, "alice", limits)
+    properties = [arg.removeprefix("--property=") for arg in argv[: argv.index("--")] if arg.startswith("--property=")]
+    caps = ["MemoryMax=2048M", "MemoryHigh=1536M", "TasksMax=512", "CPUWeight=200", "OOMPolicy=stop"]
+    assert properties == ["Delegate=yes", "Slice=machine.slice", "KillMode=mixed", *caps]
+    assert argv[argv.index("--") + 1 :] == nspawn
+    uncapped = unit_limits(Limits(memory_max_mb=0, memory_high_mb=0, pids_max=0, cpu_weight=100))
+    assert uncapped[:3] == ["MemoryMax=infinity", "MemoryHigh=infinity", "TasksMax=infinity"]
+    # A nixos-container's unit gets them at run time, before it starts.
+    assert set_limits_argv("alice", limits) == [
+        *("systemctl", "set-property", "--runtime", "container@alice.service"),
+        *caps[:4],
+    ]
+
+
+def test_an_exec_joins_its_units_cgroup_or_the_payload_nspawn_keeps_there(tmp_path):
+    mount = tmp_path / "cgroup"
+    unit = mount / "machine.slice" / "container@alice.service"
+    unit.mkdir(parents=True)
+    (unit / "cgroup.procs").write_text("")
+    layout = Layout(2, dict.fromkeys(("memory", "pids", "cpu"), Hierarchy(mount, "/")))
+    assert unit_procs(layout, "/machine.slice/container@alice.service") == [unit / "cgroup.procs"]
+    (unit / "payload").mkdir()
+    (unit / "payload" / "cgroup.procs").write_text("")
+    assert unit_procs(layout, "/machine.slice/container@alice.service") == [unit / "payload" / "cgroup.procs"]
+    assert unit_procs(layout, "/machine.slice/container@gone.service") == []
+    assert join_argv("alice") == ["systemctl", "show", "--property=ControlGroup", "--value", "container@alice.service"]
+
+
+def test_an_oom_killed_unit_says_so():
+    assert UnitState("failed", "failed", "oom-kill").describe() == (
+        "OOM-killed: over its memory cap (unit failed (failed), result oom-kill)"
+    )
+    assert UnitState("failed", "failed", "exit-code").describe() == "unit failed (failed), result exit-code"
 
 
 def test_a_read_only_path_holding_the_state_root_gets_it_hidden():

@@ -104,7 +104,9 @@ class UnitState:
     result: str = ""
 
     def describe(self) -> str:
-        return f"unit {self.active_state} ({self.sub_state}), result {self.result or 'unknown'}"
+        described = f"unit {self.active_state} ({self.sub_state}), result {self.result or 'unknown'}"
+        # systemd's result when the kernel OOM-killed a process of the unit (MemoryMax=).
+        return f"OOM-killed: over its memory cap ({described})" if self.result == "oom-kill" else described
 
 
 def event_kind(state: UnitState) -> ContainerEventKind | None:

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,16 @@ from hyperhive_core.containers import (
     ContainerState,
     ContainerStatus,
     ContainerView,
+    Limits,
 )
 from hyperhive_core.containers.bwrap import ETC_FILES, give_state_dir, hive_runtime_paths, outermost
+from hyperhive_core.containers.cgroups import (
+    MOUNTINFO,
+    PROC_CGROUP,
+    CgroupsUnavailable,
+    Layout,
+    detect_layout,
+)
 from hyperhive_core.containers.dbus_watch import UnitState, event_kind, unit_name
 from hyperhive_core.containers.spawn import SpawnedProcess
 from hyperhive_core.errors import HyperhiveError
@@ -132,8 +140,9 @@ def nspawn_argv(agent: str, root: Path, mounts: Mounts, command: Sequence[str], 
     return [*argv, "--", *command]
 
 
-def start_unit_argv(nspawn: Sequence[str], agent: str) -> list[str]:
-    """Run an ``nspawn_argv`` as the transient service ``container@<agent>.service``."""
+def start_unit_argv(nspawn: Sequence[str], agent: str, limits: Limits | None = None) -> list[str]:
+    """Run an ``nspawn_argv`` as the transient service ``container@<agent>.service``,
+    with ``limits`` as the unit's resource properties."""
     return [
         "systemd-run",
         f"--unit={unit_name(agent)}",
@@ -142,10 +151,53 @@ def start_unit_argv(nspawn: Sequence[str], agent: str) -> list[str]:
         "--property=Delegate=yes",
         "--property=Slice=machine.slice",
         "--property=KillMode=mixed",
+        *(f"--property={setting}" for setting in unit_limits(limits)),
         "--quiet",
         "--",
         *nspawn,
     ]
+
+
+def unit_limits(limits: Limits | None) -> list[str]:
+    """``limits`` as systemd resource-control settings (``MemoryMax=2048M``, ...).
+
+    An OOM kill stops the whole unit (``OOMPolicy=stop``): the agent restarts whole,
+    its unit's result ``oom-kill``.
+    """
+    if limits is None:
+        return []
+    return [
+        f"MemoryMax={f'{limits.memory_max_mb}M' if limits.memory_max_mb else 'infinity'}",
+        f"MemoryHigh={f'{limits.memory_high_mb}M' if limits.memory_high_mb else 'infinity'}",
+        f"TasksMax={limits.pids_max or 'infinity'}",
+        f"CPUWeight={limits.cpu_weight}",
+        "OOMPolicy=stop",
+    ]
+
+
+def set_limits_argv(agent: str, limits: Limits) -> list[str]:
+    """Give a nixos-container's unit ``limits`` until the next reboot, before it starts."""
+    settings = [setting for setting in unit_limits(limits) if not setting.startswith("OOMPolicy=")]
+    # OOMPolicy is not a runtime property; nixos-container's unit keeps systemd's default, stop.
+    return ["systemctl", "set-property", "--runtime", unit_name(agent), *settings]
+
+
+def join_argv(agent: str) -> list[str]:
+    """Ask systemd for the cgroup of the agent's container unit."""
+    return ["systemctl", "show", "--property=ControlGroup", "--value", unit_name(agent)]
+
+
+def unit_procs(layout: Layout, control_group: str) -> list[Path]:
+    """The ``cgroup.procs`` files an exec joins, so the unit's caps cover it too: the unit's
+    cgroup in each hierarchy, or its ``payload`` where nspawn keeps the container (v2,
+    delegated). ``nsenter`` alone would leave the process in the daemon's cgroup."""
+    files = []
+    for mount in dict.fromkeys(hierarchy.mount for hierarchy in layout.hierarchies.values()):
+        unit = mount / control_group.lstrip("/")
+        directory = unit / "payload" if (unit / "payload").is_dir() else unit
+        if (directory / "cgroup.procs").exists():
+            files.append(directory / "cgroup.procs")
+    return files
 
 
 def make_root(root: Path) -> None:
@@ -357,6 +409,8 @@ class NspawnBackend(ContainerBackend):
         self.read_only = outermost(hive_runtime_paths(), covered=[Path("/usr"), Path("/nix/store")])
         if not self.nixos:
             self.read_only += [Path("/etc", name) for name in ETC_FILES if Path("/etc", name).exists()]
+        self._layout: Layout | bool | None = None
+        """Where the unit cgroups are, once known; ``False`` when they cannot be found."""
 
     def view(self, spec: ContainerSpec) -> ContainerView:
         return ContainerView(state=CONTAINER_STATE, socket=Path(CONTAINER_SOCKET))
@@ -393,11 +447,13 @@ class NspawnBackend(ContainerBackend):
             await _run(["systemctl", "reset-failed", unit_name(spec.agent)])
         log.info("starting the container of %s (%s)", spec.agent, unit_name(spec.agent))
         if self.nixos:
+            if spec.limits is not None:
+                await _run(set_limits_argv(spec.agent, spec.limits))
             await _run(nixos_container_argv("start", spec.agent))
             return
         await self.create(spec)
         nspawn = nspawn_argv(spec.agent, self._root(spec), self.mounts(spec), ["/usr/bin/sleep", "infinity"])
-        await _run(start_unit_argv(nspawn, spec.agent))
+        await _run(start_unit_argv(nspawn, spec.agent, spec.limits))
 
     async def stop(self, spec: ContainerSpec) -> None:
         if await self._unit_state(spec) is None:
@@ -437,7 +493,22 @@ class NspawnBackend(ContainerBackend):
         run = nixos_container_argv("run", spec.agent, "--", *inside) if self.nixos else nsenter_argv(leader, inside)
         # The host side needs a PATH to find its tools; the inside gets exactly ``env``.
         host_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        return SpawnedProcess.start(run, env=host_env, cwd="/", pty=pty)
+        procs = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in await self._unit_procs(spec)]
+        try:
+            return SpawnedProcess.start(run, env=host_env, cwd="/", pty=pty, cgroups=procs)
+        finally:
+            for fd in procs:
+                os.close(fd)
+
+    @property
+    def limits_summary(self) -> str:
+        return "systemd (MemoryMax=, MemoryHigh=, TasksMax=, CPUWeight= on each container's unit)"
+
+    async def limits(self, spec: ContainerSpec) -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        if spec.limits is None:
+            return {"enforced": False, "why": "no limits asked for"}
+        return {"enforced": True, "via": "systemd", **asdict(spec.limits), "usage": None}
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -451,6 +522,20 @@ class NspawnBackend(ContainerBackend):
 
     async def _unit_state(self, spec: ContainerSpec) -> UnitState | None:
         return parse_unit_state(await _run(unit_state_argv(spec.agent)))
+
+    async def _unit_procs(self, spec: ContainerSpec) -> list[Path]:
+        """Where an exec joins its container's unit; nowhere (said once) without a cgroup layout."""
+        if spec.limits is None:
+            return []
+        if self._layout is None:
+            try:
+                self._layout = detect_layout(MOUNTINFO.read_text(), PROC_CGROUP.read_text())
+            except CgroupsUnavailable as exc:
+                log.warning("agents' execs stay outside their containers' caps: %s", exc)
+                self._layout = False
+        if not self._layout:
+            return []
+        return unit_procs(self._layout, (await _run(join_argv(spec.agent))).strip())
 
     async def _leader(self, spec: ContainerSpec) -> int:
         try:
