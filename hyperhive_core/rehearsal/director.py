@@ -20,7 +20,7 @@ from typing import Any
 from hyperhive_core.rehearsal.conversation import Turn, compaction_prompt, digest, read_turn, shorten
 from hyperhive_core.rehearsal.scenario import Rule, Scenario
 from hyperhive_core.rehearsal.templates import Context, TemplateError, as_text, render_value
-from hyperhive_core.rehearsal.wire import Fault, Message
+from hyperhive_core.rehearsal.wire import Cut, Fault, Message
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class Decision:
     rule: str | None = None
     step: int | None = None
     delay: float = 0.0
+    stream_seconds: float = 0.0
+    """How long streaming the reply takes, its events spread evenly over it."""
+    cut: Cut | None = None
+    """The connection breaks instead of carrying the whole reply."""
 
     def describe(self) -> str:
         """One line for the log: what matched and what is sent back."""
@@ -48,6 +52,8 @@ class Decision:
             source = f"rule {self.rule!r} step {self.step}"
         if isinstance(self.reply, Fault):
             return f"{source} → HTTP {self.reply.status} {self.reply.message!r}"
+        if self.cut is not None:
+            return f"{source} → {self.cut.how}"
         parts = [
             f"{block['name']} {json.dumps(block['input'])}" if block["type"] == "tool_use" else _quote(block["text"])
             for block in self.reply.content
@@ -94,9 +100,11 @@ class Director:
             return self._ending(agent, rule, Decision(reply, rule.name, turn.step))
         step = rule.steps[turn.step]
         served = (agent, rule.where, turn.step)
-        if step.status is not None and self._faults[served] < step.times:
+        fault = step.faults[self._faults[served]] if self._faults[served] < len(step.faults) else None
+        if fault is not None:
             self._faults[served] += 1
-            return Decision(Fault(step.status, step.message), rule.name, turn.step, step.delay)
+        if isinstance(fault, Fault):
+            return Decision(fault, rule.name, turn.step, step.delay)
         context = Context(agent=agent or "", prompt=prompt, results=turn.results, match=found)
         try:
             text = as_text(step.text.render(context)) if step.text is not None else None
@@ -104,7 +112,9 @@ class Director:
         except TemplateError as exc:
             log.warning("rehearsal: rule %r step %d: %s", rule.name, turn.step, exc)
             reply = Message.reply(f"[rehearsal] rule {rule.name!r} step {turn.step}: {exc}")
-        return self._ending(agent, rule, Decision(reply, rule.name, turn.step, step.delay))
+        decision = Decision(reply, rule.name, turn.step, step.delay, step.stream_seconds, fault)
+        # A cut reply never reached the client whole: the turn is not over.
+        return decision if fault is not None else self._ending(agent, rule, decision)
 
     def _ending(self, agent: str | None, rule: Rule, decision: Decision) -> Decision:
         """Use up a ``once`` rule when it ends a turn (not before: a retried request must still find it)."""

@@ -72,13 +72,27 @@ class HttpConnection:
             await self._send(h11.Data(data=data))
         await self._send(h11.EndOfMessage())
 
-    async def send_stream(self, content_type: str, chunks: Iterable[bytes]) -> None:
-        """A 200 response sent chunk by chunk (chunked transfer encoding)."""
+    async def send_stream(
+        self, content_type: str, chunks: Iterable[bytes], *, pace: float = 0.0, end: bool = True
+    ) -> None:
+        """A 200 response sent chunk by chunk (chunked transfer encoding).
+
+        :param pace: seconds to wait between chunks.
+        :param end: False leaves the response unfinished (a broken stream).
+        """
         headers = [*self._headers(content_type), ("cache-control", "no-cache")]
         await self._send(h11.Response(status_code=200, headers=headers))
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
+            if index and pace:
+                await trio.sleep(pace)
             await self._send(h11.Data(data=chunk))
-        await self._send(h11.EndOfMessage())
+        if end:
+            await self._send(h11.EndOfMessage())
+
+    async def wait_closed(self) -> None:
+        """Send nothing more; return once the client closes the connection."""
+        while await self.stream.receive_some(READ_SIZE):
+            pass
 
     @staticmethod
     def _headers(content_type: str, length: int | None = None) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from typing import Any
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.names import AGENT_NAME
 from hyperhive_core.rehearsal.templates import Ref, Template, TemplateError, compile_value, refs_in
+from hyperhive_core.rehearsal.wire import CUTS, Cut, Fault
 
 HIVE_TOOL_PREFIX = "mcp__hyperhive__"
 ANY_AGENT = "*"
@@ -29,7 +30,7 @@ DEFAULT_SUMMARY = Template.parse("Rehearsal summary for {{agent}}. The user mess
 PROMPT_TOO_LONG = "prompt is too long: 210000 tokens > 200000 maximum"
 
 RULE_KEYS = ("name", "when", "when_regex", "once", "steps")
-STEP_KEYS = ("text", "tool", "input", "status", "times", "message", "delay")
+STEP_KEYS = ("text", "tool", "input", "status", "times", "faults", "message", "delay", "stream_seconds")
 KINDS = {
     str: "a string",
     bool: "true or false",
@@ -46,15 +47,18 @@ class ScenarioError(HyperhiveError):
 
 @dataclass(frozen=True)
 class Step:
-    """One model reply within a turn: text, a tool call, or both; optionally after faults."""
+    """One model reply within a turn: text, a tool call, or both; optionally after faults.
+
+    ``faults`` are served one per request, in order, before the reply; ``status``
+    with ``times`` in the file is shorthand for that many of one HTTP error.
+    """
 
     text: Template | None = None
     tool: str | None = None
     input: Any = None
-    status: int | None = None
-    times: int = 1
-    message: str = ""
+    faults: tuple[Fault | Cut, ...] = ()
     delay: float = 0.0
+    stream_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -250,31 +254,62 @@ class _Reader:
             raise self.fail(f"{where}.tool", f"{tool!r} is not a tool name (letters, digits, '_' and '-')")
         if tool_input is not None and tool is None:
             raise self.fail(f"{where}.input", 'input without a tool; add tool = "NAME"')
-        status = self.get(table, where, "status", int)
-        if status is not None and not 400 <= status <= 599:
-            raise self.fail(f"{where}.status", f"{status} is not an error status; use 400-599")
-        for key in ("times", "message"):
-            if key in table and status is None:
-                raise self.fail(f"{where}.{key}", "only goes with status; add status = 500 (or another error)")
-        times = self.get(table, where, "times", int, 1)
-        if times < 1:
-            raise self.fail(f"{where}.times", "must be at least 1")
-        delay = self.get(table, where, "delay", float, 0.0)
-        if delay < 0:
-            raise self.fail(f"{where}.delay", "must be zero or more seconds")
         step = Step(
             text=self.template(text, f"{where}.text") if text is not None else None,
             tool=wire_tool_name(tool) if tool is not None else None,
             input=self.compiled(tool_input or {}, f"{where}.input") if tool is not None else None,
-            status=status,
-            times=times,
-            message=self.get(table, where, "message", str) or _default_message(status),
-            delay=float(delay),
+            faults=self.faults(table, where),
+            delay=self.seconds(table, where, "delay"),
+            stream_seconds=self.seconds(table, where, "stream_seconds"),
         )
         for key, value in (("text", step.text), ("input", step.input)):
             for ref in refs_in(value):
                 self.check_ref(ref, f"{where}.{key}", when, pattern, tools_before)
         return step
+
+    def faults(self, table: Mapping[str, Any], where: str) -> tuple[Fault | Cut, ...]:
+        """The step's faults, from ``status`` (with ``times``) or from ``faults``."""
+        status = self.get(table, where, "status", int)
+        listed = self.get(table, where, "faults", list)
+        if status is not None and listed is not None:
+            raise self.fail(where, "use either status (with times) or faults, not both")
+        if "times" in table and status is None:
+            raise self.fail(f"{where}.times", "only goes with status; add status = 500 (or another error)")
+        if "message" in table and status is None and not any(type(item) is int for item in listed or ()):
+            raise self.fail(f"{where}.message", "only goes with status or an HTTP status in faults")
+        message = self.get(table, where, "message", str)
+        if status is not None:
+            times = self.get(table, where, "times", int, 1)
+            if times < 1:
+                raise self.fail(f"{where}.times", "must be at least 1")
+            return (self.http_fault(status, message, f"{where}.status"),) * times
+        if listed is None:
+            return ()
+        if not listed:
+            raise self.fail(f"{where}.faults", "an empty list serves no fault; leave it out")
+        faults: list[Fault | Cut] = []
+        for index, item in enumerate(listed):
+            if type(item) is int:
+                faults.append(self.http_fault(item, message, f"{where}.faults[{index}]"))
+            elif item in CUTS:
+                faults.append(Cut(item))
+            else:
+                raise self.fail(
+                    f"{where}.faults[{index}]",
+                    f"{item!r} is not a fault; use an HTTP status (400-599), {', '.join(map(repr, CUTS))}",
+                )
+        return tuple(faults)
+
+    def http_fault(self, status: int, message: str | None, where: str) -> Fault:
+        if not 400 <= status <= 599:
+            raise self.fail(where, f"{status} is not an error status; use 400-599")
+        return Fault(status, message or _default_message(status))
+
+    def seconds(self, table: Mapping[str, Any], where: str, key: str) -> float:
+        value = self.get(table, where, key, float, 0.0)
+        if value < 0:
+            raise self.fail(f"{where}.{key}", "must be zero or more seconds")
+        return float(value)
 
     def template(self, text: str, where: str) -> Template:
         try:
@@ -310,9 +345,7 @@ class _Reader:
             raise self.fail(where, f"{placeholder}: when_regex has only {pattern.groups} group(s)")
 
 
-def _default_message(status: int | None) -> str:
-    if status is None:
-        return ""
+def _default_message(status: int) -> str:
     return PROMPT_TOO_LONG if status == 400 else f"rehearsal fault: HTTP {status}"
 
 

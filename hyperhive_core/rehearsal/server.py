@@ -25,7 +25,15 @@ from hyperhive_core.names import AGENT_NAME, check_agent_name
 from hyperhive_core.rehearsal.director import Decision, Director
 from hyperhive_core.rehearsal.http import HttpConnection, Incoming
 from hyperhive_core.rehearsal.scenario import Scenario
-from hyperhive_core.rehearsal.wire import Fault, estimate_tokens, message_json, model_json, models_json, sse_events
+from hyperhive_core.rehearsal.wire import (
+    STREAM_HEAD,
+    Fault,
+    estimate_tokens,
+    message_json,
+    model_json,
+    models_json,
+    sse_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,17 +213,34 @@ class RehearsalServer:
             decision = self.director.decide(agent, body, incoming.headers.get("x-claude-code-session-id"))
         else:
             decision = Decision(Fault(400, "rehearsal model: the request body must be a JSON object"))
-        reply = decision.reply
-        self._record(incoming, agent, body, reply.status if isinstance(reply, Fault) else 200, decision)
+        reply, cut = decision.reply, decision.cut
+        status = reply.status if isinstance(reply, Fault) else 0 if cut and cut.how == "hang" else 200
+        self._record(incoming, agent, body, status, decision)
         await trio.sleep(decision.delay)
         if isinstance(reply, Fault):
             await http.send_json(reply.status, reply.body())
             return
+        if cut and cut.how == "hang":
+            await http.wait_closed()
+            return
         model, input_tokens = body.get("model") or "rehearsal", estimate_tokens(body)
         if body.get("stream"):
-            await http.send_stream("text/event-stream", sse_events(reply, model, input_tokens))
+            content_type, chunks = "text/event-stream", list(sse_events(reply, model, input_tokens))
+        elif cut or decision.stream_seconds:
+            # A whole JSON reply in two halves, so it can be paced or broken too.
+            data = json.dumps(message_json(reply, model, input_tokens)).encode()
+            content_type, chunks = "application/json", [data[: len(data) // 2], data[len(data) // 2 :]]
         else:
             await http.send_json(200, message_json(reply, model, input_tokens))
+            return
+        pace = decision.stream_seconds / max(1, len(chunks) - 1)
+        if cut is None:
+            await http.send_stream(content_type, chunks, pace=pace)
+            return
+        await http.send_stream(content_type, chunks[: min(STREAM_HEAD, len(chunks) - 1)], pace=pace, end=False)
+        if cut.how == "stall":
+            await http.wait_closed()
+        # A drop returns with the response unfinished: the connection closes under it.
 
 
 def _split_agent(path: str) -> tuple[str | None, str]:

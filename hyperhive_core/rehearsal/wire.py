@@ -21,6 +21,9 @@ ERROR_TYPES = {
 MODELS = ("claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5")
 # Deltas are split so the CLI's streaming parser sees more than one of each.
 CHUNK = 40
+CUTS = ("hang", "stall", "drop")
+# What a ``stall`` or ``drop`` sends first: message_start, ping, the first block's start and a delta.
+STREAM_HEAD = 4
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,18 @@ class Fault:
     def body(self) -> dict[str, Any]:
         error_type = ERROR_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": error_type, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A broken connection instead of a whole reply.
+
+    ``hang`` reads the request and sends nothing; ``stall`` starts the streamed
+    reply, then sends nothing; ``drop`` starts it, then closes the connection.
+    ``hang`` and ``stall`` hold the connection until the client gives up on it.
+    """
+
+    how: str
 
 
 def new_id(prefix: str) -> str:
