@@ -113,6 +113,8 @@ class AgentStatus:
     since: float = field(default_factory=time.time)
     paused: bool = False
     pause_reason: str = ""
+    spend_cap_lifted_on: str | None = None
+    """The UTC day (``YYYY-MM-DD``) the operator lifted the daily spend cap by resuming."""
     failed: bool = False
     stopped: bool = False
     model: str = ""
@@ -188,6 +190,8 @@ class Agents:
         row = await self.store.write(lambda db: _upsert(db, name, role, origin, config))
         agent = Agent(name, role, config, session_id=row.get("session_id"))
         agent.status.paused = bool(row.get("paused"))
+        agent.status.pause_reason = row.get("pause_reason") or ""
+        agent.status.spend_cap_lifted_on = row.get("spend_cap_lifted_on")
         agent.status.model = row.get("model_override") or config.model or default_model
         self._agents[name] = agent
         # The manager may message anyone; others the operator, the manager and their list.
@@ -234,7 +238,7 @@ class Agents:
         )
 
     async def remember(self, name: str, **columns: Any) -> None:
-        """Persist per-agent facts that outlive the daemon (session id, model, paused)."""
+        """Persist per-agent facts that outlive the daemon (session id, model, paused and why)."""
         await self.store.write(lambda db: db["agents"].update(name, columns))
 
 
@@ -276,3 +280,9 @@ def m003_agents(db: sqlite_utils.Database) -> None:
         not_null={"role", "created_at"},
         defaults={"paused": 0},
     )
+
+
+def m008_agent_pause_reason(db: sqlite_utils.Database) -> None:
+    """Why an agent is paused, and the day the operator lifted its spend cap: both outlive a restart."""
+    db["agents"].add_column("pause_reason", str)
+    db["agents"].add_column("spend_cap_lifted_on", str)

@@ -546,9 +546,20 @@ class Broker:
             finally:
                 self._waiting.pop(recipient, None)
 
-    async def wait_for_arrival(self, recipient: str) -> None:
-        """Wait for the next message to ``recipient`` to commit, leasing nothing."""
-        await self._arrivals.setdefault(check_address(recipient, "recipient"), trio.Event()).wait()
+    async def wait_for_arrival(self, recipient: str, *, after_id: int = 0) -> None:
+        """Wait until a message to ``recipient`` newer than ``after_id`` awaits delivery; lease nothing.
+
+        Returns at once if one is queued or leased already, so a message committed
+        just before the wait began is never missed.
+        """
+        recipient = check_address(recipient, "recipient")
+        sql = "SELECT 1 FROM messages WHERE recipient = ? AND id > ? AND state IN ('queued', 'leased') LIMIT 1"
+        while True:
+            # Take the wake-up event before looking, so a commit in between is not missed.
+            arrived = self._arrivals.setdefault(recipient, trio.Event())
+            if await self.store.read(lambda db: db.execute(sql, (recipient, after_id)).fetchone()):
+                return
+            await arrived.wait()
 
     async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
         """Lease ``recipient``'s oldest queued messages now, or return ``None`` if none."""

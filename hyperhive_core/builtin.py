@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from hyperhive_core import core_tools, host_commands
-from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents
+from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents, m008_agent_pause_reason
 from hyperhive_core.approvals import m006_approvals
 from hyperhive_core.broker import BrokerSection, Message, m001_messages, m007_message_idempotency_keys
 from hyperhive_core.claude import ClaudeSection
@@ -33,6 +33,7 @@ CORE_MIGRATIONS = [
     m005_agent_uids,
     m006_approvals,
     m007_message_idempotency_keys,
+    m008_agent_pause_reason,
 ]
 
 # Enough of a body for the sender's live tail; the message itself has all of it.

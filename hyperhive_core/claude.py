@@ -5,6 +5,17 @@ events up to the ``result``. The process keeps the conversation warm between tur
 (tens of milliseconds to the first model request, against about half a second for
 a fresh ``claude -p``). It is restarted with ``--resume`` when it dies, when the
 model changes, or when the agent's config is re-applied.
+
+A turn whose model request makes no progress for ``stall_seconds`` is a stall: the
+session interrupts it (and kills the process if that goes unanswered), and the
+turn ends ``stalled`` for the harness to retry. Progress is any event of the
+model's streamed reply: with ``--include-partial-messages`` the CLI prints one
+``stream_event`` line per server-sent event it receives (every delta, so a long
+generation is a steady stream of lines; keep-alive pings are not passed on). The
+clock runs only while the CLI waits on the model: from the prompt, or from the
+last tool result, to the end of the reply. It stops while a tool runs, and a
+``system/api_retry`` (the CLI waiting on purpose before retrying a failed request)
+pushes the deadline back by the retry's delay.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import collections
 import enum
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -25,7 +37,7 @@ import trio
 
 from hyperhive_core.config import option
 from hyperhive_core.containers import ContainerBackend, ContainerProcess, ContainerSpec
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.errors import ConfigError, HyperhiveError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,16 @@ MAX_EVENT_LINE = 16 * 1024 * 1024
 CONTEXT_OVERFLOW = "prompt_too_long"
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 INTERRUPTED = ("aborted_streaming", "aborted_tools", "interrupted")
+# The pinned CLI prints each with this prefix; such lines are only counted, never parsed.
+STREAM_EVENT_PREFIX = b'{"type":"stream_event"'
+STREAM_EVENT: dict[str, Any] = {"type": "stream_event"}
+# How often, at most, a long wait on the model is reported; the first report comes after two.
+WAIT_REPORT_SECONDS = 5.0
+# How long a stalled CLI has to answer the interrupt before it is killed.
+INTERRUPT_GRACE_SECONDS = 10.0
+# Every model request streams, so the stall clock sees its progress: without this
+# the CLI falls back to an unstreamed request after a broken stream, silent until done.
+SESSION_ENV = {"CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1"}
 
 
 @dataclass
@@ -68,9 +90,25 @@ class ClaudeSection:
     )
     api_retries: int = option(2, help="Retries the CLI itself makes on a failed model request.")
     api_error_backoff_seconds: float = option(
-        5.0, help="First wait before the hive retries a turn that failed on the model API; doubles."
+        5.0,
+        help="Longest first wait before the hive retries a turn that failed on the model API\n"
+        "(an error or a stall); doubles each time, and each wait is drawn at random below it.",
     )
-    turn_attempts: int = option(5, help="Attempts at one turn (API errors, crashes) before its messages go back.")
+    turn_attempts: int = option(
+        5, help="Attempts at one turn (API errors, stalls, crashes) before its messages go back."
+    )
+    stall_seconds: float = option(
+        120.0,
+        help="Interrupt and retry a turn whose model request streams nothing for this long\n"
+        "(time spent running tools does not count); 0 never does.",
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("api_error_backoff_seconds", "stall_seconds"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"[claude] {key} must be zero or more seconds, not {getattr(self, key)}")
+        if self.turn_attempts < 1:
+            raise ConfigError(f"[claude] turn_attempts must be at least 1, not {self.turn_attempts}")
 
 
 class MissingCli(HyperhiveError):
@@ -98,6 +136,8 @@ class TurnExit(enum.StrEnum):
     OK = "ok"
     CONTEXT_OVERFLOW = "context_overflow"
     API_ERROR = "api_error"
+    STALLED = "stalled"
+    """No progress from the model API for ``stall_seconds``; the session interrupted the turn."""
     INTERRUPTED = "interrupted"
     FAILURE = "failure"
 
@@ -150,6 +190,68 @@ class SessionOptions:
 
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+_NOTHING_YET: Any = object()
+
+
+class ModelWatch:
+    """One turn's watch on the model API: whether the CLI waits on it, since when, and when that is a stall."""
+
+    def __init__(self, stall_seconds: float, now: float) -> None:
+        self.stall_seconds = stall_seconds
+        self.report_every = min(WAIT_REPORT_SECONDS, stall_seconds / 4) if stall_seconds else WAIT_REPORT_SECONDS
+        self.running_tools: set[str] = set()
+        self.shown = False
+        self._progress(now)
+
+    def _progress(self, now: float) -> None:
+        self.silent_since = now
+        self.deadline = now + self.stall_seconds if self.stall_seconds else math.inf
+        self.retry = ""
+        self.shown = False
+        self.next_report = now + 2 * self.report_every
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the CLI waits on the model, rather than on a tool."""
+        return not self.running_tools
+
+    def saw(self, event: dict[str, Any], now: float) -> bool:
+        """Take in one event; return True when it ends a wait that was reported."""
+        kind = event.get("type")
+        if kind == "system" and event.get("subtype") == "api_retry":
+            status = event.get("error_status")
+            cause = f"HTTP {status}" if status else f"{event.get('error') or 'connection'} error"
+            self.retry = f"{cause}, retry {event.get('attempt')} of {event.get('max_retries')}"
+            # The CLI waits on purpose before it retries; that wait is not a stall.
+            retry_at = now + (event.get("retry_delay_ms") or 0) / 1000
+            self.deadline = max(self.deadline, retry_at + self.stall_seconds) if self.stall_seconds else math.inf
+            self.next_report = now  # shown at once
+            return False
+        if kind not in ("stream_event", "assistant", "user", "result"):
+            return False
+        content = event.get("message", {}).get("content") if kind in ("assistant", "user") else None
+        for block in content if isinstance(content, list) else ():
+            if block.get("type") == "tool_use":
+                self.running_tools.add(block.get("id", ""))
+            elif block.get("type") == "tool_result":
+                self.running_tools.discard(block.get("tool_use_id", ""))
+        shown = self.shown
+        self._progress(now)
+        return shown
+
+    def check_at(self) -> float:
+        """When to look again: the next report or the stall deadline, while the model is awaited."""
+        return min(self.deadline, self.next_report) if self.waiting else math.inf
+
+    def stalled(self, now: float) -> bool:
+        return self.waiting and now >= self.deadline
+
+    def report(self, now: float) -> str:
+        """The wait as the agent's state detail shows it, e.g. ``waiting on model API · 45s``."""
+        self.shown = True
+        self.next_report = now + self.report_every
+        text = f"waiting on model API · {now - self.silent_since:.0f}s"
+        return f"{text} · {self.retry}" if self.retry else text
 
 
 class ClaudeSession:
@@ -160,6 +262,10 @@ class ClaudeSession:
         ``note`` and ``error``.
     :param on_exit: awaited with the exit status and the last stderr lines when
         the process exits without ``stop`` (a crash, or killed from outside).
+    :param on_wait: called while a turn waits long on the model API, with the wait
+        as text (``waiting on model API · 45s``), and with ``""`` once it ends.
+    :param stall_seconds: a turn without progress from the model for this long is
+        interrupted and ends ``stalled``; 0 never.
     """
 
     def __init__(
@@ -171,12 +277,16 @@ class ClaudeSession:
         on_exit: Callable[[int, tuple[str, ...]], Awaitable[None]],
         *,
         session_id: str | None = None,
+        on_wait: Callable[[str], None] = lambda text: None,
+        stall_seconds: float = 0.0,
     ) -> None:
         self.cli = cli
         self.backend = backend
         self.spec = spec
         self.on_event = on_event
         self.on_exit = on_exit
+        self.on_wait = on_wait
+        self.stall_seconds = stall_seconds
         self.session_id = session_id
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._process: ContainerProcess | None = None
@@ -203,6 +313,8 @@ class ClaudeSession:
             "--output-format",
             "stream-json",
             "--verbose",
+            # A line per streamed model event: the progress a stall is measured against.
+            "--include-partial-messages",
             "--model",
             options.model,
             "--mcp-config",
@@ -241,7 +353,7 @@ class ClaudeSession:
         await self.stop()
         argv = self.command(options)
         log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
-        self._process = await self.backend.exec(self.spec, argv, options.env)
+        self._process = await self.backend.exec(self.spec, argv, {**SESSION_ENV, **options.env})
         self._options = options
         self._buffer.clear()
         self._cost_so_far = 0.0
@@ -268,10 +380,13 @@ class ClaudeSession:
             assert process.stdin is not None
             await process.stdin.aclose()  # EOF: the CLI exits once idle
             await process.wait()
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await _kill(process)
+
+    async def kill(self) -> None:
+        """End the process at once (it is hung); the conversation stays on disk for ``--resume``."""
+        process, self._process = self._process, None
+        if process is not None:
+            await _kill(process)
 
     async def run_turn(self, prompt: str) -> TurnResult:
         """Send ``prompt`` as one user message and follow the turn to its result.
@@ -305,7 +420,30 @@ class ClaudeSession:
         tools_used: list[str] = []
         results: dict[str, str] = {}  # tool_use_id → what the tool answered
         denied: set[str] = set()  # tool_use_ids already reported as permission_denied
-        while (event := await self._next_event()) is not None:
+        watch = ModelWatch(self.stall_seconds, trio.current_time())
+        give_up_at: float | None = None  # once a stall is interrupted: when to kill the CLI instead
+        while True:
+            event = _NOTHING_YET
+            with trio.move_on_at(watch.check_at() if give_up_at is None else give_up_at):
+                event = await self._next_event()
+            now = trio.current_time()
+            if event is _NOTHING_YET:
+                if give_up_at is not None:
+                    await self.on_event("error", {"text": "Claude Code did not answer the interrupt; killing it"})
+                    await self.kill()
+                    return self._stalled(tools_used)
+                if watch.stalled(now):
+                    silent = now - watch.silent_since
+                    await self.on_event("error", {"text": f"no progress from the model API for {silent:.0f}s (stall)"})
+                    give_up_at = now + min(INTERRUPT_GRACE_SECONDS, self.stall_seconds)
+                    await self.interrupt()
+                else:
+                    self.on_wait(watch.report(now))
+                continue
+            if event is None:
+                break
+            if watch.saw(event, now):
+                self.on_wait("")
             kind = event.get("type")
             if kind == "assistant":
                 await self._publish_assistant(event, tools_used)
@@ -315,7 +453,10 @@ class ClaudeSession:
                 await self._publish_system(event, denied)
             elif kind == "result":
                 await self._publish_hook_denials(event, results, denied)
-                return self._result(event, tools_used)
+                result = self._result(event, tools_used)
+                if give_up_at is not None and result.exit is TurnExit.INTERRUPTED:
+                    result.exit = TurnExit.STALLED
+                return result
         with trio.move_on_after(2):
             await self._stderr_done.wait()  # so the reason is in the tail
         status = self._process.returncode if self._process else None
@@ -340,6 +481,9 @@ class ClaudeSession:
                     return None
                 self._buffer += chunk
                 continue
+            if self._buffer.startswith(STREAM_EVENT_PREFIX):
+                del self._buffer[: newline + 1]
+                return STREAM_EVENT  # progress only: the whole reply follows as an assistant event
             line = bytes(self._buffer[:newline])
             del self._buffer[: newline + 1]
             if line.strip():
@@ -410,6 +554,21 @@ class ClaudeSession:
             if failed:
                 await self.on_event("error", {"text": f"MCP server {', '.join(failed)} failed to start"})
 
+    def _stalled(self, tools_used: list[str]) -> TurnResult:
+        """What a stalled turn came to when the CLI had to be killed: no result event to read."""
+        return TurnResult(
+            exit=TurnExit.STALLED,
+            text="the model API stalled and Claude Code did not answer the interrupt",
+            duration_ms=0,
+            cost_usd=0.0,
+            tool_calls=len(tools_used),
+            tools_used=tools_used,
+            usage={},
+            permission_denials=[],
+            terminal_reason="stalled",
+            session_id=self.session_id,
+        )
+
     def _result(self, event: dict[str, Any], tools_used: list[str]) -> TurnResult:
         # total_cost_usd is cumulative for the process; a turn costs the difference.
         total = float(event.get("total_cost_usd") or 0.0)
@@ -439,6 +598,13 @@ class ClaudeSession:
                     self.stderr_tail.extend(line.decode(errors="replace") for line in lines if line.strip())
         finally:
             done.set()
+
+
+async def _kill(process: ContainerProcess) -> None:
+    if process.returncode is None:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
 
 
 def short_tool_name(name: str) -> str:

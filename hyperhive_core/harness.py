@@ -3,16 +3,22 @@
 ```
 loop:
     before_recv hooks            (a nap parks here)
+    after a cancel: hold until a message newer than the cancelled batch waits
     batch = wait for messages    (wakes on commit; leased)
     thinking → run the turn      (context overflow → /compact and retry once;
-                                  API error → back off, batch stays leased)
+                                  API error or stall → back off with jitter,
+                                  batch stays leased)
     ack on success, else release → idle, turn_end, on_turn_end hooks
 ```
+
+Every wait for mail is level-triggered: it looks at the queue after taking its
+wake-up, so a message committed just before a wait begins still ends it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import json
 import logging
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 
 NOTES_FILE = "notes.md"
 SPEND_CAP = "daily spend cap reached"
+# The longest wait before retrying a turn that failed on the model API.
+RETRY_WAIT_MAX = 300.0
 
 
 @dataclass
@@ -54,6 +62,7 @@ class Turn:
     """``ok``, ``compact-retry`` (ok after compacting), ``interrupted`` or ``failure``."""
     duration_ms: int = 0
     cost_usd: float = 0.0
+    """What every attempt at the turn cost together; always 0 on the rehearsal model."""
 
 
 class Harness:
@@ -72,11 +81,16 @@ class Harness:
         self._nursery: trio.Nursery | None = None
         self._resumed = trio.Event()
         self._cancel_requested = False
-        self._hold_after_cancel = False
+        self._hold_after: int | None = None
+        """After a cancelled turn, its newest message id: the loop holds until a newer message waits."""
         self._crashes: list[float] = []
         self._waiting = trio.CancelScope()
+        self._retry_wait = trio.CancelScope()
+        self._session_lock = trio.Lock()
         self._container_changed = False
-        self.cap_lifted_on: datetime.date | None = None
+        self._detail = ""
+        """The state detail of what the turn does now; a long wait on the model shows over it."""
+        self.api_backoff = Backoff(initial=hive.claude.api_error_backoff_seconds, maximum=RETRY_WAIT_MAX)
 
     @property
     def agent(self) -> Any:
@@ -98,16 +112,19 @@ class Harness:
                 self._publish,
                 self._session_exited,
                 session_id=self.agent.session_id,
+                on_wait=self._model_wait,
+                stall_seconds=hive.claude.stall_seconds,
             )
             task_status.started()
             try:
                 while True:
                     await self._wait_until_runnable()
                     await await_all(hive.pm.hook.before_recv(hive=hive, agent=self.name))
-                    if self._hold_after_cancel:
-                        # The cancelled turn's messages are queued again; run them with the next one.
-                        await hive.broker.wait_for_arrival(self.name)
-                        self._hold_after_cancel = False
+                    if self._hold_after is not None:
+                        # The cancelled turn's messages are queued again; run them with the next one
+                        # (one that arrived while the turn was still ending counts).
+                        await hive.broker.wait_for_arrival(self.name, after_id=self._hold_after)
+                        self._hold_after = None
                     # A pause cancels the wait (a batch already handed over stays ready).
                     batch = None
                     with trio.CancelScope() as self._waiting:
@@ -129,21 +146,28 @@ class Harness:
     # -- operator controls --------------------------------------------------------
 
     async def cancel(self) -> bool:
-        """Interrupt the current turn; its messages go back to the queue. False if idle."""
-        if self.session is None or not self.session.running or self.agent.status.state is not State.THINKING:
+        """Interrupt the current turn, or its wait to retry; its messages go back to the queue. False if idle."""
+        if self.current_batch is None or self.agent.status.state is not State.THINKING:
             return False
         self._cancel_requested = True
-        await self.session.interrupt()
+        self._retry_wait.cancel()
+        if self.session is not None and self.session.running:
+            with contextlib.suppress(SessionDied):  # it just exited: the turn ends anyway
+                await self.session.interrupt()
         return True
 
     def pause(self) -> None:
         """Stop waiting for messages; the loop then holds until resumed (a running turn finishes)."""
         self._waiting.cancel()
 
-    def resume(self) -> None:
-        """Wake a paused loop (the caller clears the flag). Resuming lifts the spend cap for today."""
-        if self.agent.status.pause_reason.startswith(SPEND_CAP):
-            self.cap_lifted_on = _utc_today()
+    def resume(self, *, lift_spend_cap: bool = True) -> None:
+        """Wake a paused loop (the caller clears the flag and persists the status).
+
+        Resuming an agent the spend cap paused lifts the cap for the rest of the UTC day.
+        """
+        status = self.agent.status
+        if lift_spend_cap and status.pause_reason.startswith(SPEND_CAP):
+            status.spend_cap_lifted_on = _utc_today().isoformat()
         self._resumed.set()
 
     # -- the turn -------------------------------------------------------------------
@@ -158,26 +182,27 @@ class Harness:
                 deadline = _next_utc_midnight() if status.pause_reason.startswith(SPEND_CAP) else math.inf
                 with trio.move_on_at(deadline):
                     await self._resumed.wait()
-                if status.paused:
-                    await self.hive.resume(self.name)
+                if status.paused:  # a new day: the cap holds again, not lifted
+                    await self.hive.resume(self.name, lift_spend_cap=False)
                 continue
             cap = self.hive.claude.daily_spend_cap_usd
-            if cap and self.cap_lifted_on != _utc_today():
+            if cap and status.spend_cap_lifted_on != _utc_today().isoformat():
                 spent = await self.hive.store.read(lambda db: spent_today(db, self.name))
                 if spent >= cap:
-                    await self.hive.pause(self.name, f"{SPEND_CAP}: ${spent:.2f} of ${cap:.2f} today")
+                    await self.hive.pause(self.name, spend_cap_reason(self.name, spent, cap))
                     continue
             return
 
     async def _take_turn(self, batch: Batch) -> None:
         hive = self.hive
         turn = Turn(self.name, batch.messages, render_batch(batch.messages))
-        hive.agents.set_state(self.name, State.THINKING, f"{len(batch.messages)} message(s)")
+        self._cancel_requested = False
+        self._set_state(State.THINKING, f"{len(batch.messages)} message(s)")
         hive.events.publish(self.name, "turn_start", message_ids=batch.ids)
         await await_all(hive.pm.hook.on_turn_start(hive=hive, agent=self.name, turn=turn))
         started = trio.current_time()
         try:
-            turn.result, turn.exit = await self._run_with_retries(turn.prompt)
+            turn.result, turn.exit = await self._run_with_retries(turn)
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 await hive.broker.release(batch, error="the daemon stopped mid-turn")
@@ -188,12 +213,11 @@ class Harness:
                 self._end_turn_state()
             raise
         turn.duration_ms = round((trio.current_time() - started) * 1000)
-        turn.cost_usd = turn.result.cost_usd if turn.result else 0.0
         if turn.exit in ("ok", "compact-retry"):
             await hive.broker.ack(batch)
         elif turn.exit == "interrupted":
             await hive.broker.release(batch, error="turn cancelled by the operator")
-            self._hold_after_cancel = True
+            self._hold_after = max(batch.ids)
             hive.events.publish(self.name, "note", text="turn cancelled; its messages wait for the next one")
         else:
             reason = turn.result.terminal_reason if turn.result else "no result"
@@ -219,60 +243,95 @@ class Harness:
         if self.agent.status.state in (State.THINKING, State.COMPACTING):
             self.hive.agents.set_state(self.name, State.IDLE)
 
-    async def _run_with_retries(self, prompt: str) -> tuple[TurnResult | None, str]:
-        """Run the turn, recovering from what can be recovered; return the result and exit kind."""
-        settings = self.hive.claude
+    async def _run_with_retries(self, turn: Turn) -> tuple[TurnResult | None, str]:
+        """Run the turn, recovering from what can be recovered; return the last result and the exit kind.
+
+        Adds what each attempt cost to ``turn.cost_usd``.
+        """
+        attempts = self.hive.claude.turn_attempts
         compacted = False
-        api_errors = 0
-        for _attempt in range(settings.turn_attempts):
-            self._cancel_requested = False
+        api_failures = 0
+        result = None
+        for attempt in range(1, attempts + 1):
+            if self._cancel_requested:  # during a wait to retry, or before the CLI had the prompt
+                return result, "interrupted"
             self.attempt_sends.clear()
             try:
                 await self._ensure_session()
                 assert self.session is not None
-                result = await self.session.run_turn(prompt)
+                result = self._priced(turn, await self.session.run_turn(turn.prompt))
             except SessionDied as exc:
                 self.hive.events.publish(self.name, "error", text=f"{exc}; restarting it with --resume")
                 await self._persist_session_id()
                 continue
             await self._persist_session_id()
+            if self._cancel_requested and result.exit in (TurnExit.INTERRUPTED, TurnExit.STALLED):
+                return result, "interrupted"
             if result.exit is TurnExit.CONTEXT_OVERFLOW and not compacted:
                 compacted = True
-                self.hive.agents.set_state(self.name, State.COMPACTING, "context overflow: /compact, then retry")
+                self._set_state(State.COMPACTING, "context overflow: /compact, then retry")
                 self.hive.events.publish(self.name, "note", text="context overflow: compacting and retrying once")
-                await self.session.compact()
-                self.hive.agents.set_state(self.name, State.THINKING, "retrying after /compact")
+                self._priced(turn, await self.session.compact())
+                self._set_state(State.THINKING, "retrying after /compact")
                 continue
-            if result.exit is TurnExit.API_ERROR:
-                api_errors += 1
-                delay = settings.api_error_backoff_seconds * 2 ** (api_errors - 1)
-                self.hive.events.publish(
-                    self.name, "error", text=f"model API error ({result.text[:200]}); retrying the turn in {delay:.0f}s"
-                )
-                await trio.sleep(delay)
+            if result.exit in (TurnExit.API_ERROR, TurnExit.STALLED):
+                api_failures += 1
+                if attempt < attempts:
+                    await self._wait_to_retry(result, api_failures, attempt + 1)
                 continue
             if result.exit is TurnExit.OK:
                 return result, "compact-retry" if compacted else "ok"
-            if result.exit is TurnExit.INTERRUPTED and self._cancel_requested:
-                return result, "interrupted"
             return result, "failure"
-        return None, "failure"
+        return result, "failure"
+
+    def _priced(self, turn: Turn, result: TurnResult) -> TurnResult:
+        """Count ``result``'s cost into the turn's; the rehearsal model costs nothing, whatever the CLI says."""
+        if self.hive.rehearsal is not None:
+            result.cost_usd = 0.0
+        turn.cost_usd += result.cost_usd
+        return result
+
+    async def _wait_to_retry(self, result: TurnResult, failures: int, attempt: int) -> None:
+        """Back off (with jitter) before the next attempt at a turn the model API failed; a cancel ends the wait."""
+        delay = self.api_backoff.delay(failures)
+        stalled = result.exit is TurnExit.STALLED
+        cause = "model API stalled" if stalled else "model API error"
+        what = cause if stalled else f"{cause} ({result.text[:200]})"
+        of = f"attempt {attempt} of {self.hive.claude.turn_attempts}"
+        self.hive.events.publish(self.name, "error", text=f"{what}; retrying the turn in {delay:.1f}s ({of})")
+        self._set_state(State.THINKING, f"{cause}; retrying in {delay:.0f}s ({of})")
+        with trio.CancelScope() as self._retry_wait:
+            await trio.sleep(delay)
+        self._set_state(State.THINKING, of)
+
+    def _set_state(self, state: State, detail: str) -> None:
+        self._detail = detail
+        self.hive.agents.set_state(self.name, state, detail)
+
+    def _model_wait(self, text: str) -> None:
+        """The session's report of a long wait on the model API, shown as the detail; ``""`` once it ends."""
+        state = self.agent.status.state
+        if state in (State.THINKING, State.COMPACTING):
+            self.hive.agents.set_state(self.name, state, text or self._detail)
 
     def container_changed(self) -> None:
         """The agent's container spec changed: restart its container (and session) before the next turn."""
         self._container_changed = True
 
     async def _ensure_session(self) -> None:
+        """Start the CLI if it is not running. One start at a time: a restart after a crash
+        and a turn's own start must not both start one."""
         assert self.session is not None
         assert self._nursery is not None
-        if self._container_changed:
-            self._container_changed = False
-            await self.session.stop()  # the next start resumes the conversation
-            await self.hive.backend.stop(self.session.spec)
-            self.session.spec = self.hive.container_spec(self.name)
-            await self.hive.backend.start(self.session.spec)
-        if not self.session.running:
-            await self.session.start(self._nursery, await self.session_options())
+        async with self._session_lock:
+            if self._container_changed:
+                self._container_changed = False
+                await self.session.stop()  # the next start resumes the conversation
+                await self.hive.backend.stop(self.session.spec)
+                self.session.spec = self.hive.container_spec(self.name)
+                await self.hive.backend.start(self.session.spec)
+            if not self.session.running:
+                await self.session.start(self._nursery, await self.session_options())
 
     async def session_options(self) -> SessionOptions:
         """The CLI's options for this agent, after ``configure_session`` hooks."""
@@ -362,6 +421,15 @@ async def supervise_agent(
 
 def _utc_today() -> datetime.date:
     return datetime.datetime.now(datetime.UTC).date()
+
+
+def spend_cap_reason(agent: str, spent: float, cap: float) -> str:
+    """The pause reason when ``agent`` reached the cap: what it spent, and how to lift the cap."""
+    return (
+        f"{SPEND_CAP}: ${spent:.2f} of ${cap:.2f} today (UTC). To lift it for the rest of the day, "
+        f"resume the agent (`hyperhive resume {agent}`, or resume on the dashboard); "
+        "or raise [claude] daily_spend_cap_usd"
+    )
 
 
 def _next_utc_midnight() -> float:

@@ -333,17 +333,19 @@ class Hive:
         harness = self.harnesses.get(name)
         if harness is not None:
             harness.pause()
-        await self.agents.remember(name, paused=1)
+        await self.agents.remember(name, paused=1, pause_reason=reason)
         self.events.publish(name, "note", text=f"paused: {reason}")
         self.agents.publish_status(name)
 
-    async def resume(self, name: str) -> None:
+    async def resume(self, name: str, *, lift_spend_cap: bool = True) -> None:
+        """Let ``name`` take turns again; if the spend cap paused it, the cap is lifted for the
+        rest of the UTC day (unless ``lift_spend_cap`` is False: the day turned)."""
         status = self.agents.get(name).status
         harness = self.harnesses.get(name)
         if harness is not None:
-            harness.resume()
+            harness.resume(lift_spend_cap=lift_spend_cap)
         status.paused, status.pause_reason, status.failed = False, "", False
-        await self.agents.remember(name, paused=0)
+        await self.agents.remember(name, paused=0, pause_reason="", spend_cap_lifted_on=status.spend_cap_lifted_on)
         self.agents.publish_status(name)
 
     async def cancel(self, name: str) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -16,14 +17,25 @@ CrashHandler = Callable[[BaseException], Awaitable[bool]]
 
 @dataclass
 class Backoff:
-    """Exponential delay between restarts, reset after a long enough healthy run."""
+    """Exponential delay between retries with full jitter, reset after a long enough healthy run.
+
+    The n-th delay is drawn uniformly from ``[0, min(maximum, initial * 2**(n-1)))``,
+    so many tasks that failed together (a hundred agents on one API outage) spread
+    their retries out instead of retrying in lockstep.
+    """
 
     initial: float = 0.5
     maximum: float = 30.0
     healthy_after: float = 60.0
+    rng: Callable[[], float] = field(default=random.random, repr=False)
+    """A number in ``[0, 1)`` per delay; tests pass their own for exact delays."""
 
-    def delay(self, consecutive_crashes: int) -> float:
-        return min(self.maximum, self.initial * 2 ** max(0, consecutive_crashes - 1))
+    def ceiling(self, consecutive_failures: int) -> float:
+        """The longest the ``consecutive_failures``-th delay can be."""
+        return min(self.maximum, self.initial * 2 ** max(0, consecutive_failures - 1))
+
+    def delay(self, consecutive_failures: int) -> float:
+        return self.ceiling(consecutive_failures) * self.rng()
 
 
 async def supervise(

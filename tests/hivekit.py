@@ -34,14 +34,20 @@ async def running_hive(
     agents: dict[str, dict[str, Any]] | None = None,
     claude: dict[str, Any] | None = None,
     hive: dict[str, Any] | None = None,
+    endpoint: str | None = None,
     **sections: dict[str, Any],
 ) -> AsyncIterator[Hive]:
-    """A hive on the process backend, its agents on the rehearsal model with ``scenario``."""
+    """A hive on the process backend, its agents on the rehearsal model with ``scenario``.
+
+    With ``endpoint``, the agents talk to that Messages API URL as to Claude instead (a
+    test's own rehearsal server, priced like the real API); ``scenario`` is unused.
+    """
     scenario_path = tmp_path / "scenario.toml"
     scenario_path.write_text(textwrap.dedent(scenario))
+    model = {"base_url": endpoint} if endpoint else {"rehearsal_scenario": str(scenario_path)}
     raw = {
         "hive": {"state_dir": str(tmp_path / "state"), "container_backend": "process", **(hive or {})},
-        "claude": {"rehearsal_scenario": str(scenario_path), "api_error_backoff_seconds": 0.2, **(claude or {})},
+        "claude": {**model, "api_error_backoff_seconds": 0.2, **(claude or {})},
         "agents": agents or {},
         **sections,
     }
