@@ -26,12 +26,37 @@
       ? ` <span class="k">· switched <span data-ago="${agent.model_switched_at}">${ago(agent.model_switched_at)}</span></span>`
       : "";
     $("model").innerHTML = `<span class="k">model</span> <span class="v">${escape(agent.model)}</span>${queued}${switched}`;
+    renderLimits(agent.limits);
     $("cancel").hidden = !["thinking", "napping", "compacting"].includes(agent.state);
     const pause = $("pause");
     const paused = agent.paused || agent.failed;
     pause.textContent = paused ? "R3SUM3" : "P4US3";
     pause.className = paused ? "go" : "quiet";
     pause.setAttribute("aria-label", paused ? `resume ${name}` : `pause ${name} after its turn`);
+  }
+
+  // Caps against current usage: "mem 159/2048 MiB · pids 13/512 · cpu 100", or why there are none.
+  function renderLimits(limits) {
+    const chip = $("limits");
+    if (!limits || !limits.enforced) {
+      chip.className = "chip limits none";
+      chip.innerHTML = `<span class="v">no limits</span>`;
+      chip.title = limits ? limits.why : "";
+      return;
+    }
+    const usage = limits.usage || {};
+    const cap = (value) => (value ? value : "∞");
+    const used = (value) => (value == null ? "" : `${value}/`);
+    const parts = [
+      `<span class="k">mem</span> <span class="v">${used(usage.memory_mb == null ? null : Math.round(usage.memory_mb))}${cap(limits.memory_max_mb)} MiB</span>`,
+      `<span class="k">pids</span> <span class="v">${used(usage.pids)}${cap(limits.pids_max)}</span>`,
+      `<span class="k">cpu</span> <span class="v">${escape(String(limits.cpu_weight))}</span>`,
+    ];
+    if (usage.oom_kills) parts.push(`<span class="oom">${usage.oom_kills} OOM kill${usage.oom_kills === 1 ? "" : "s"}</span>`);
+    chip.className = "chip limits";
+    chip.innerHTML = parts.join(" · ");
+    const soft = limits.memory_high_mb ? `, soft memory cap ${limits.memory_high_mb} MiB` : "";
+    chip.title = `enforced with ${limits.via}${soft}`;
   }
 
   let lastStateAt = 0;
