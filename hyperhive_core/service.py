@@ -57,7 +57,6 @@ HARDENING: dict[str, Any] = {
         "PrivateTmp": True,
         "NoNewPrivileges": True,
         "ProtectKernelModules": True,
-        "ProtectControlGroups": True,
         "RestrictSUIDSGID": True,
         "RestrictRealtime": True,
         "LockPersonality": True,
@@ -70,6 +69,10 @@ HARDENING: dict[str, Any] = {
     "backends": {
         "bwrap": {
             "User": "root",
+            # The daemon gives each agent a cgroup with its caps, in the unit's own
+            # subtree: systemd hands that over (Delegate) and it must stay writable.
+            "Delegate": True,
+            "ProtectControlGroups": False,
             # Measured: the bwrap tests pass with exactly these (setpriv --bounding-set).
             # Switch to agent uids, hand them their state, signal and inspect their
             # sandboxes; read and rewrite files agents own (compaction, purge).
@@ -86,8 +89,14 @@ HARDENING: dict[str, Any] = {
         },
         # nsenter, machinectl and nixos-container need more than bwrap does, and
         # no host here can measure how much: the bounding set stays whole.
-        "nspawn": {"User": "root"},
-        "process": {"User": SERVICE_USER, "Group": SERVICE_USER, "CapabilityBoundingSet": ""},
+        # An exec joins its container unit's cgroup, so the unit's caps cover it.
+        "nspawn": {"User": "root", "ProtectControlGroups": False},
+        "process": {
+            "User": SERVICE_USER,
+            "Group": SERVICE_USER,
+            "CapabilityBoundingSet": "",
+            "ProtectControlGroups": True,
+        },
     },
 }
 
