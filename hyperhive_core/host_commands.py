@@ -31,12 +31,12 @@ async def agents(hive: Hive) -> list[dict[str, Any]]:
     return [await agent(hive, each.name) for each in hive.agents]
 
 
-async def agent(hive: Hive, name: str) -> dict[str, Any]:
+async def agent(hive: Hive, agent: str) -> dict[str, Any]:
     """One agent: its live state, config, resource limits (with usage) and inbox depth."""
     return {
-        **hive.agents.get(name).snapshot(),
-        "limits": await hive.backend.limits(hive.container_spec(name)),
-        "inbox_depth": await hive.broker.inbox_depth(name),
+        **hive.agents.get(agent).snapshot(),
+        "limits": await hive.backend.limits(hive.container_spec(agent)),
+        "inbox_depth": await hive.broker.inbox_depth(agent),
     }
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import grp
+import inspect
 import json
+import re
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 import trio
@@ -14,7 +17,15 @@ from hivekit import running_hive
 from hyperhive_core import hookimpl
 from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import HyperhiveError
-from hyperhive_core.hostsock import PROTOCOL_VERSION, DaemonNotRunning, HostCommandError, request
+from hyperhive_core.hostsock import (
+    PROTOCOL_VERSION,
+    DaemonNotRunning,
+    HostCommand,
+    HostCommandError,
+    request,
+    subscribe,
+)
+from hyperhive_core.plugins import callers_by_plugin, make_plugin_manager
 
 QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 
@@ -143,3 +154,73 @@ async def test_a_missing_admin_group_is_a_clear_error(make_pm, make_config, tmp_
     with pytest.raises(HyperhiveError, match=r"admin_group = 'no-such-group-here' does not exist; create it"):
         await run_hive(config, pm)
     assert not (tmp_path / "state").exists()
+
+
+# -- the documented commands are the real ones ----------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def documented_host_commands(doc: Path) -> dict[str, set[str]]:
+    """The commands in ``doc``'s ``| cmd | arguments | result |`` tables, with their arguments.
+
+    An argument is a backticked name in the arguments cell; text in brackets (a
+    default, or ``optional``) is not one.
+    """
+    documented: dict[str, set[str]] = {}
+    in_table = False
+    for line in doc.read_text().splitlines():
+        if line.startswith("| cmd | arguments | result |"):
+            in_table = True
+        elif not line.startswith("|"):
+            in_table = False
+        elif in_table and not line.startswith("| ---"):
+            commands, arguments = line.split("|")[1:3]
+            named = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", arguments)))
+            documented |= dict.fromkeys(re.findall(r"`([\w-]+)`", commands), named)
+    return documented
+
+
+def host_commands_by_owner() -> dict[str, dict[str, HostCommand]]:
+    """Every installed plugin's (and core's) host commands, by plugin."""
+    pm = make_plugin_manager(None)
+    by_owner: dict[str, dict[str, HostCommand]] = {}
+    for owner, caller in callers_by_plugin(pm, "register_host_commands"):
+        caller(register=lambda name, handler, owner=owner: by_owner.setdefault(owner, {}).update({name: handler}))
+    return by_owner
+
+
+def doc_of(owner: str) -> Path:
+    """Core's commands are in docs/hostsock.md; a bundled plugin's in its README."""
+    if owner == "core":
+        return REPO / "docs" / "hostsock.md"
+    package = Path(inspect.getfile(make_plugin_manager(None).get_plugin(owner)))
+    return package.parent.parent / "README.md"
+
+
+def arguments_of(handler: HostCommand) -> set[str]:
+    return set(list(inspect.signature(handler).parameters)[1:])  # after hive
+
+
+OWNERS = host_commands_by_owner()
+
+
+def test_core_and_every_bundled_plugin_with_host_commands_is_checked():
+    assert {"core", "nap", "telemetry", "compaction", "questions"} <= set(OWNERS)
+
+
+@pytest.mark.parametrize("owner", sorted(OWNERS))
+def test_every_host_command_is_documented_with_its_arguments(owner):
+    doc = doc_of(owner)
+    documented = documented_host_commands(doc)
+    for name, handler in OWNERS[owner].items():
+        assert name in documented, f"host command {name!r} ({owner}) is not in the command table of {doc}"
+        assert documented[name] == arguments_of(handler), (
+            f"{doc} documents {name!r} with arguments {sorted(documented[name])}, "
+            f"the code takes {sorted(arguments_of(handler))}"
+        )
+    # And nothing documented that does not exist; subscribe is the socket's own.
+    socket_commands = {"subscribe": set(list(inspect.signature(subscribe).parameters)[1:])} if owner == "core" else {}
+    assert set(documented) == set(OWNERS[owner]) | set(socket_commands), f"{doc} documents unknown commands"
+    for name, arguments in socket_commands.items():
+        assert documented[name] == arguments
