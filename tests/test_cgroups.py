@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tomllib
 from pathlib import Path
 
 import hyperhive_crashwatch
@@ -17,6 +18,7 @@ from test_bwrap import Hive, finish, needs_bwrap
 from hyperhive_core import hookimpl, host_commands
 from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.config import build_section
+from hyperhive_core.configrepo import render_agent_toml
 from hyperhive_core.containers import Limits
 from hyperhive_core.containers.cgroups import (
     MIB,
@@ -476,3 +478,30 @@ async def test_an_agent_over_its_cap_crashes_as_oom_and_resumes_its_session(make
         status = await host_commands.status(hive)
         assert status["backend"]["limits"].startswith("cgroup v")
         print("figures:", json.dumps({"hog": after["limits"]["usage"]}))
+
+        # New caps (an approved agent.toml, say) take effect with the rebuild.
+        cgroups = hive.backend.cgroups
+        await hive.rebuild("hog", AgentConfig(memory_max_mb=1536, pids_max=300))
+        cgroup = cgroups.get("hog")
+        hard = "memory.limit_in_bytes" if cgroup.version == 1 else "memory.max"
+        assert (cgroup.dirs["memory"] / hard).read_text().strip() == str(1536 * MIB)
+        assert (cgroup.dirs["pids"] / "pids.max").read_text().strip() == "300"
+        # Destroying an agent removes its cgroup; stopping the daemon, the hive's.
+        calm = cgroups.get("calm").distinct_dirs
+        await hive.destroy("calm")
+        assert not any(path.exists() for path in calm)
+        hive_dirs = cgroups.hive_dirs().values()
+    assert not any(path.exists() for path in hive_dirs)
+
+
+def test_an_agent_toml_keeps_the_caps_its_config_sets(tmp_path):
+    text = render_agent_toml(AgentConfig(memory_max_mb=4096, cpu_weight=50), [])
+    assert "memory_max_mb = 4096\ncpu_weight = 50\n" in text
+    assert "# pids_max: Process and thread cap (0: none). Default: [containers] pids_max." in text
+    parsed = build_section(AgentConfig, tomllib.loads(text), "agent", tmp_path / "agent.toml")
+    assert parsed.limit_overrides() == {
+        "memory_max_mb": 4096,
+        "memory_high_mb": None,
+        "pids_max": None,
+        "cpu_weight": 50,
+    }
