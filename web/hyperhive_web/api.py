@@ -73,7 +73,12 @@ async def agent_json(name: str) -> dict[str, Any]:
 async def state() -> dict[str, Any]:
     dashboard = current_dashboard()
     status = await host_commands.status(dashboard.hive)
-    return {**status, "manager": dashboard.hive.agents.manager, "dashboard_port": dashboard.port}
+    return {
+        **status,
+        "manager": dashboard.hive.agents.manager,
+        "dashboard_port": dashboard.port,
+        "dead_letters": await dashboard.hive.broker.dead_count(),
+    }
 
 
 @api.get("/api/agents/<name>/state")

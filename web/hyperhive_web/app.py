@@ -15,10 +15,12 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from hyperhive_core.agents import UnknownAgent
+from hyperhive_core.broker import NotDeadLetter
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_web.api import api
 from hyperhive_web.auth import CSRF_HEADER, Refused, Session, bearer_token, check_host, check_origin
 from hyperhive_web.dashboard import current_dashboard
+from hyperhive_web.dead_letters import dead_letters
 from hyperhive_web.pages import pages
 from hyperhive_web.routes import PluginRoute
 from hyperhive_web.terminal import terminal
@@ -50,7 +52,7 @@ def create_app(dashboard: Dashboard) -> QuartTrio:
     app.before_request(guard_request)
     app.before_websocket(guard_websocket)
     app.after_request(add_security_headers)
-    for blueprint in (pages, api, terminal):
+    for blueprint in (pages, api, dead_letters, terminal):
         app.register_blueprint(blueprint)
     for route in dashboard.routes:
         app.add_url_rule(
@@ -152,7 +154,7 @@ async def handle_error(error: Exception) -> Response:
     """A refusal or a user's mistake in words; anything else is logged as a bug."""
     if isinstance(error, Refused):
         status, message = error.status, str(error)
-    elif isinstance(error, UnknownAgent):
+    elif isinstance(error, UnknownAgent | NotDeadLetter):
         status, message = 404, str(error)
     elif isinstance(error, HyperhiveError):
         status, message = 400, str(error)

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
 
-from hyperhive_core import host_commands
+from hyperhive_core import dead_letters, host_commands
 from hyperhive_core.names import OPERATOR
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
 from hyperhive_web.dashboard import current_dashboard
@@ -100,6 +100,7 @@ async def host_page() -> str:
         "inbox": await host_commands.recv(hive, agent=OPERATOR, limit=INBOX_LIMIT),
         "approvals": recent_approvals(await host_commands.approvals(hive)),
         "drafts": await host_commands.drafts(hive),
+        "dead_letters": await dead_letters.dead_letters(hive),
     }
     return await render_template(
         "host.html",
