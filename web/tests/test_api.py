@@ -20,7 +20,8 @@ async def test_state_lists_the_hive_its_agents_and_the_dashboard_port(hive):
     assert reply.status == 200
     state = reply.json()
     assert state["dashboard_port"] == hive.web.port
-    assert state["backend"] == {"name": "process", "isolated": False}
+    limits = "no limits: the process backend applies none"
+    assert state["backend"] == {"name": "process", "isolated": False, "limits": limits}
     assert state["rehearsal"] == hive.rehearsal.url
     assert state["manager"] == "manager"
     names = [agent["name"] for agent in state["agents"]]
