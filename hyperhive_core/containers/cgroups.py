@@ -349,8 +349,7 @@ class AgentCgroup:
         """Every process in the cgroup (on v1, in any of its hierarchies)."""
         pids: set[int] = set()
         for directory in self.distinct_dirs:
-            with contextlib.suppress(FileNotFoundError):
-                pids.update(int(pid) for pid in (directory / "cgroup.procs").read_text().split())
+            pids |= _read_ints(directory / "cgroup.procs")
         return pids
 
     def kill_all(self) -> None:
@@ -630,19 +629,28 @@ def _bytes_or(mib: int, unlimited: str) -> str:
     return str(mib * MIB) if mib else unlimited
 
 
-def _read_int(path: Path) -> int | None:
+def _read(path: Path) -> str | None:
+    """A small interface file's text, ``None`` if unreadable; one ``read()``, none of
+    ``open()``'s layers: usage is read for every agent of every status."""
     try:
-        text = path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 65536).decode()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: Path) -> int | None:
+    text = (_read(path) or "").strip()
     return int(text) if text.lstrip("-").isdigit() else None
 
 
 def _read_words(path: Path) -> set[str]:
-    try:
-        return set(path.read_text().split())
-    except OSError:
-        return set()
+    return set((_read(path) or "").split())
 
 
 def _read_ints(path: Path) -> set[int]:
@@ -652,11 +660,7 @@ def _read_ints(path: Path) -> set[int]:
 def _read_keyed(path: Path) -> dict[str, int]:
     """A flat keyed file (``memory.events``, ``memory.oom_control``, ``pids.events``)."""
     values = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
-    for line in lines:
+    for line in (_read(path) or "").splitlines():
         key, _, value = line.partition(" ")
         if value.strip().isdigit():
             values[key] = int(value)
