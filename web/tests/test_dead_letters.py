@@ -136,6 +136,18 @@ async def test_the_section_lists_requeues_and_drops_dead_letters_live(tmp_path, 
             screenshot(page, "host-dead-letter")
 
         await browser.run(one_arrives)
+        tail = await browser.page()
+
+        def the_agents_tail_says_so() -> None:
+            from playwright.sync_api import expect
+
+            tail.goto(f"{hive.web.url}/login?token={hive.web.token}&next=/agent/worker/")
+            tail.wait_for_selector("#link.live")
+            line = tail.locator("#tail .ev.message_dead")
+            expect(line).to_contain_text(f"message #{first} from operator is dead after 1 attempt: turn failure")
+            expect(line.get_by_role("link", name="D34D L3TT3RS")).to_have_attribute("href", f"/#dead-{first}")
+
+        await browser.run(the_agents_tail_says_so)
         with trio.fail_after(60):
             second = await dead_letter(hive, "doomed: the second")
 
@@ -178,5 +190,12 @@ async def test_the_section_lists_requeues_and_drops_dead_letters_live(tmp_path, 
             start = await next_event(hive, "worker", "turn_start", after=requeued.id)
             end = await next_event(hive, "worker", "turn_end", after=start.id)
         assert start.data["message_ids"] == [first]
+
+        def the_tail_has_the_requeue() -> None:
+            from playwright.sync_api import expect
+
+            expect(tail.locator("#tail .ev.message_requeued")).to_contain_text(f"#{first} requeued by the operator")
+
+        await browser.run(the_tail_has_the_requeue)
         assert end.data["exit"] == "ok"
         assert await hive.broker.dead_count() == 0

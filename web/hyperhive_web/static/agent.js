@@ -130,6 +130,11 @@
         return ["→", `${escape(d.to)}${d.kind === "event" ? " (event)" : ""}: ${folded(d.preview || "", 280)}`];
       case "state_change":
         return ["◇", `${escape(d.state)}${d.detail ? ` · ${escape(d.detail)}` : ""}${d.paused ? " · paused" : ""}${d.failed ? " · failed" : ""}`];
+      case "message_dead":
+        return ["✕", `message #${escape(d.id)} from ${escape(d.sender)} is dead after ${escape(d.attempts)} attempt${d.attempts === 1 ? "" : "s"}: ${escape(d.last_error || "")} · <a href="/#dead-${escape(d.id)}">D34D L3TT3RS</a>`, "failed"];
+      case "message_requeued":
+      case "message_dropped":
+        return ["·", `dead letter ${(d.ids || []).map((id) => `#${escape(id)}`).join(", ")} ${ev.type === "message_requeued" ? "requeued" : "dropped"} by the operator`];
       case "approval_requested":
       case "approval_resolved":
         return ["◆", `approval #${escape(d.id)} ${escape(d.kind || "")} ${escape(d.status || "requested")}${d.note ? `: ${escape(d.note)}` : ""}`];
