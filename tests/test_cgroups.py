@@ -254,6 +254,10 @@ def test_v2_an_oom_kill_is_told_once_as_the_exit_cause(v2_tree):
     (hive / "worker/memory.events").write_text("max 12\noom 1\noom_kill 1\noom_group_kill 1\n")
     assert cgroups.exit_cause("worker") == "OOM-killed: over its memory cap of 64 MiB"
     assert cgroups.exit_cause("worker") is None
+    # Without a cap of its own, the host (or the daemon's cgroup) ran out.
+    cgroups.apply("worker", Limits(memory_max_mb=0, memory_high_mb=0, pids_max=32, cpu_weight=100))
+    (hive / "worker/memory.events").write_text("max 0\noom 2\noom_kill 2\n")
+    assert cgroups.exit_cause("worker") == "OOM-killed: out of memory (it has no memory cap of its own)"
 
 
 def test_v2_a_cgroup_shared_with_other_processes_cannot_hand_controllers_down(v2_tree):

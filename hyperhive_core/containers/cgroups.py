@@ -16,6 +16,7 @@ has the whole story.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import math
@@ -383,12 +384,12 @@ def _kill_if_member(pid: int, cgroup: AgentCgroup) -> None:
     in between (the daemon is root) must never get the signal."""
     try:
         pidfd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
+    except OSError:  # gone already
         return
     try:
-        if cgroup.member(Path(f"/proc/{pid}/cgroup").read_text()):
+        if cgroup.member(_read(Path(f"/proc/{pid}/cgroup")) or ""):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except (ProcessLookupError, FileNotFoundError):
+    except ProcessLookupError:
         pass
     finally:
         os.close(pidfd)
@@ -454,21 +455,34 @@ class Cgroups:
                 "run it as a systemd service with Delegate=yes (hyperhive install-service and the NixOS module do)"
             )
         if base != hierarchy.mount and not _enabled(base):
-            others = _read_ints(base / "cgroup.procs") - {os.getpid()}
-            if others:
-                raise CgroupsUnavailable(
-                    f"the daemon shares its cgroup {hierarchy.own} with {len(others)} other process(es), and cgroup v2 "
-                    "hands controllers down only from a cgroup with no process in it; run it as a systemd service "
-                    "with Delegate=yes (hyperhive install-service and the NixOS module do)"
-                )
-            leaf = base / DAEMON_LEAF
-            leaf.mkdir(exist_ok=True)
-            write_file(leaf / "cgroup.procs", str(os.getpid()))
-            log.info("moved the daemon into %s, so its cgroup can hand controllers to the agents'", leaf)
+            self._leave(base, hierarchy.own)
         for directory in (base, base / "hyperhive", base / "hyperhive" / self.hive):
             directory.mkdir(exist_ok=True)
-            if not _enabled(directory):
-                write_file(directory / "cgroup.subtree_control", " ".join(f"+{name}" for name in CONTROLLERS))
+            if _enabled(directory):
+                continue
+            try:
+                _enable(directory)
+            except OSError as exc:
+                # The root of a cgroup namespace (a container's) looks like the real root, but
+                # is not exempt: a process in it blocks the hand-down as anywhere else.
+                if exc.errno != errno.EBUSY or directory != base:
+                    raise
+                self._leave(base, hierarchy.own)
+                _enable(directory)
+
+    def _leave(self, base: Path, own: str) -> None:
+        """Move the daemon out of ``base`` into a leaf of its own, if nothing else lives there."""
+        others = _read_ints(base / "cgroup.procs") - {os.getpid()}
+        if others:
+            raise CgroupsUnavailable(
+                f"the daemon shares its cgroup {own} with {len(others)} other process(es), and cgroup v2 "
+                "hands controllers down only from a cgroup with no process in it; run it as a systemd service "
+                "with Delegate=yes (hyperhive install-service and the NixOS module do)"
+            )
+        leaf = base / DAEMON_LEAF
+        leaf.mkdir(exist_ok=True)
+        write_file(leaf / "cgroup.procs", str(os.getpid()))
+        log.info("moved the daemon into %s, so its cgroup can hand controllers to the agents'", leaf)
 
     def get(self, agent: str) -> AgentCgroup | None:
         return self._agents.get(agent)
@@ -487,7 +501,8 @@ class Cgroups:
             cgroup = AgentCgroup(agent, self.version, dirs, limits, mounts=mounts)
             cgroup.oom_told = cgroup.oom_handled = cgroup.oom_kills()
             self._agents[agent] = cgroup
-            self._new_send.send_nowait(cgroup)
+            if self.version == 1:
+                self._new_send.send_nowait(cgroup)  # for watch_oom
         cgroup.write_limits(limits)
         return cgroup
 
@@ -500,6 +515,8 @@ class Cgroups:
         if kills <= cgroup.oom_told:
             return None
         cgroup.oom_told = kills
+        if not cgroup.limits.memory_max_mb:
+            return "OOM-killed: out of memory (it has no memory cap of its own)"
         return f"OOM-killed: over its memory cap of {cgroup.limits.memory_max_mb} MiB"
 
     async def remove(self, agent: str) -> None:
@@ -665,6 +682,10 @@ def _read_keyed(path: Path) -> dict[str, int]:
         if value.strip().isdigit():
             values[key] = int(value)
     return values
+
+
+def _enable(directory: Path) -> None:
+    write_file(directory / "cgroup.subtree_control", " ".join(f"+{name}" for name in CONTROLLERS))
 
 
 def _enabled(directory: Path) -> bool:
