@@ -83,6 +83,35 @@ in
       '';
     };
 
+    # [containers]: every agent's resource caps; null keeps the daemon's default.
+    # An agent's own caps go in its entry: agents.<name>.memory_max_mb, ...
+    containers = {
+      memoryMaxMb = mkOption {
+        type = types.nullOr types.int;
+        default = null;
+        example = 4096;
+        description = "[containers] memory_max_mb: each agent's hard memory cap in MiB; 0 is none. Default: 2048.";
+      };
+      memoryHighMb = mkOption {
+        type = types.nullOr types.int;
+        default = null;
+        example = 3072;
+        description = "[containers] memory_high_mb: each agent's soft memory cap in MiB; 0 is none. Default: 1536.";
+      };
+      pidsMax = mkOption {
+        type = types.nullOr types.int;
+        default = null;
+        example = 1024;
+        description = "[containers] pids_max: processes and threads per agent; 0 is none. Default: 512.";
+      };
+      cpuWeight = mkOption {
+        type = types.nullOr types.int;
+        default = null;
+        example = 200;
+        description = "[containers] cpu_weight: each agent's CPU share, 1 to 10000. Default: 100.";
+      };
+    };
+
     agents = mkOption {
       type = types.attrsOf (
         types.submodule {

@@ -1,6 +1,7 @@
 # The hyperhive.toml the module writes, from its options: each typed option under
 # the config key it is named after (stateDir -> [hive] state_dir,
-# agents.<name>.allowedRecipients -> [agents.<name>] allowed_recipients; the
+# agents.<name>.allowedRecipients -> [agents.<name>] allowed_recipients,
+# containers.memoryMaxMb -> [containers] memory_max_mb; the
 # dashboard's options are the dashboard plugin's [web] section), over the freeform
 # `settings`. tests/test_nix.py checks these keys against the ones `hyperhive init`
 # writes.
@@ -29,6 +30,12 @@ let
       admin_group = cfg.adminGroup;
     };
     web = withoutNulls { bind = cfg.dashboard.bind; };
+    containers = withoutNulls {
+      memory_max_mb = cfg.containers.memoryMaxMb or null;
+      memory_high_mb = cfg.containers.memoryHighMb or null;
+      pids_max = cfg.containers.pidsMax or null;
+      cpu_weight = cfg.containers.cpuWeight or null;
+    };
     agents = builtins.mapAttrs (name: agent) cfg.agents;
   };
 in

@@ -53,7 +53,7 @@ let
     mkOption = attrs: attrs // { _option = true; };
     mkEnableOption = what: { _option = true; type = "bool"; default = false; };
     types = {
-      bool = "bool"; str = "str"; package = "package";
+      bool = "bool"; str = "str"; int = "int"; package = "package";
       nullOr = t: { nullOr = t; }; listOf = t: { listOf = t; }; attrsOf = t: { attrsOf = t; };
       submodule = m: { submodule = m; };
     };
@@ -223,6 +223,7 @@ def full_cfg() -> dict[str, Any]:
         "dashboard": {"bind": "0.0.0.0"},
         "plugins": ["nap"],
         "adminGroup": "operators",
+        "containers": {"memoryMaxMb": 4096, "memoryHighMb": 3072, "pidsMax": 1024, "cpuWeight": 200},
         "agents": {
             "scout": {
                 "model": "sonnet",
@@ -256,6 +257,7 @@ def test_the_written_config_uses_exactly_the_options_keys(tmp_path):
         "allowlist": {"bash": ["git *"]},
     }
     assert toml["claude"] == {"model": "opus"}
+    assert toml["containers"] == {"memory_max_mb": 4096, "memory_high_mb": 3072, "pids_max": 1024, "cpu_weight": 200}
     # The daemon accepts what the module writes.
     schemas = config_schemas(make_plugin_manager(None))
     assert toml["web"] == {"bind": "0.0.0.0"}
@@ -267,7 +269,8 @@ def test_the_written_config_uses_exactly_the_options_keys(tmp_path):
 
 
 def test_options_left_unset_write_no_keys():
-    cfg = full_cfg() | {"dashboard": {"bind": None}, "plugins": None, "agents": {}, "settings": {}}
+    unset = {"memoryMaxMb": None, "memoryHighMb": None, "pidsMax": None, "cpuWeight": None}
+    cfg = full_cfg() | {"dashboard": {"bind": None}, "plugins": None, "agents": {}, "settings": {}, "containers": unset}
     written = nix_eval(f"(import {NIX / 'settings.nix'} (builtins.fromJSON ''{json.dumps(cfg)}'')).toml")
     assert written == {"hive": {"state_dir": "/srv/hive", "admin_group": "operators"}}
 
