@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import sqlite3
 import subprocess
 
@@ -306,8 +308,14 @@ async def test_leases_given_back_at_start_are_reported_once_the_hive_is_up(make_
 @pytest.mark.slow
 async def test_the_dead_commands(make_pm, tmp_path, hyperhive, clean_env):
     config = tmp_path / "hyperhive.toml"
+    three_failures = DOOMED.replace("times = 2", "times = 3")  # one per message below; the requeue succeeds
     async with running_hive(
-        tmp_path, make_pm(), DOOMED, agents={"worker": {}}, claude=FAIL_FAST, broker={"max_attempts": 1}
+        tmp_path,
+        make_pm(),
+        three_failures,
+        agents={"worker": {}},
+        claude=FAIL_FAST,
+        broker={"max_attempts": 1},
     ) as hive:
         config.write_text(f'[hive]\nstate_dir = "{hive.paths.root}"\n')
 
@@ -324,11 +332,23 @@ async def test_the_dead_commands(make_pm, tmp_path, hyperhive, clean_env):
         async def run(*args):
             return await trio.to_thread.run_sync(lambda: cli(*args))
 
+        def cli_on_a_terminal(answer, *args):
+            terminal, stdin = pty.openpty()
+            try:
+                os.write(terminal, answer.encode())
+                return cli(*args, stdin=stdin)
+            finally:
+                os.close(stdin)
+                os.close(terminal)
+
+        async def run_on_a_terminal(answer, *args):
+            return await trio.to_thread.run_sync(lambda: cli_on_a_terminal(answer, *args))
+
         empty = await run("list")
         assert (empty.returncode, empty.stdout) == (0, "no dead letters\n")
         doomed = []
         with trio.fail_after(60):
-            for n in range(2):  # one at a time: a turn each
+            for n in range(3):  # one at a time: a turn each
                 doomed.append((await hive.broker.send("operator", "worker", f"doomed {n}")).id)
                 await turn_end_after(hive, "worker", await dead_event(hive, doomed[-1]))
 
@@ -336,15 +356,13 @@ async def test_the_dead_commands(make_pm, tmp_path, hyperhive, clean_env):
         assert listed.returncode == 0, listed.stderr
         header, *lines = listed.stdout.splitlines()
         assert header.split() == ["ID", "TO", "FROM", "TRIES", "AGE", "LAST", "ERROR"]
-        assert [line.split()[:4] for line in lines] == [
-            [f"#{doomed[1]}", "worker", "operator", "1"],
-            [f"#{doomed[0]}", "worker", "operator", "1"],
-        ]  # newest first
+        # Newest first.
+        assert [line.split()[:4] for line in lines] == [[f"#{i}", "worker", "operator", "1"] for i in doomed[::-1]]
         last_error = (await hive.broker.dead_letter(doomed[0])).last_error
         assert last_error.startswith("turn failure")
         assert all(line.endswith(f"  {last_error}") for line in lines)
         as_json = json.loads((await run("list", "--json")).stdout)
-        assert as_json["total"] == 2
+        assert as_json["total"] == 3
         assert [letter["id"] for letter in as_json["dead_letters"]] == doomed[::-1]
 
         shown = await run("show", str(doomed[0]))
@@ -371,26 +389,37 @@ async def test_the_dead_commands(make_pm, tmp_path, hyperhive, clean_env):
         not_a_number = await run("drop", "twelve")
         assert not_a_number.returncode == 2
         assert "'twelve' is not a valid integer" in not_a_number.stderr
-        assert await hive.broker.dead_count() == 2
+        assert await hive.broker.dead_count() == 3
 
-        # Drop asks first; without a terminal and without --yes it refuses.
+        # Drop asks first: without a terminal it refuses unless --yes; on one, "n" keeps it and "y" drops it.
         refused = await run("drop", str(doomed[1]))
         assert refused.returncode == 1
         assert (
             refused.stderr
             == f"Error: refusing to drop dead letter #{doomed[1]} for good without confirmation; pass --yes\n"
         )
-        assert await hive.broker.dead_count() == 2
-        dropped = await run("drop", str(doomed[1]), "--yes", "--json")
-        assert json.loads(dropped.stdout) == {"dropped": [doomed[1]]}
-        with pytest.raises(NotDeadLetter):
-            await hive.broker.dead_letter(doomed[1])
+        assert await hive.broker.dead_count() == 3
+        kept = await run_on_a_terminal("n\n", "drop", str(doomed[1]))
+        assert kept.returncode == 1
+        assert kept.stdout == f"drop dead letter #{doomed[1]} for good? [y/N]: "
+        assert kept.stderr == "Aborted!\n"
+        assert await hive.broker.dead_count() == 3
+        confirmed = await run_on_a_terminal("y\n", "drop", str(doomed[1]))
+        assert confirmed.returncode == 0, confirmed.stderr
+        assert confirmed.stdout.endswith(f"? [y/N]: dropped #{doomed[1]}\n")
+        dropped = await run("drop", str(doomed[2]), "--yes", "--json")
+        assert json.loads(dropped.stdout) == {"dropped": [doomed[2]]}
+        for gone in doomed[1:]:
+            with pytest.raises(NotDeadLetter):
+                await hive.broker.dead_letter(gone)
 
         requeued = await run("requeue", str(doomed[0]))
         assert requeued.returncode == 0, requeued.stderr
         assert requeued.stdout == f"requeued #{doomed[0]} with fresh attempts\n"
         assert requeued.stderr == f"note: {REQUEUE_WARNING}\n"
         with trio.fail_after(60):
-            start = await next_event(hive, "worker", "turn_start", lambda e: doomed[0] in e.data["message_ids"])
-            await next_event(hive, "worker", "turn_end", after=start.id)
+            back = await next_event(hive, "worker", "message_requeued")
+            start = await next_event(hive, "worker", "turn_start", after=back.id)
+            end = await next_event(hive, "worker", "turn_end", after=start.id)
+        assert (back.data, start.data["message_ids"], end.data["exit"]) == ({"ids": [doomed[0]]}, [doomed[0]], "ok")
         assert (await run("list")).stdout == "no dead letters\n"
