@@ -618,9 +618,7 @@ class Broker:
         dead = sorted((message for message in changed if message.state == "dead"), key=lambda message: message.id)
         if dead:
             log.warning(
-                "moved message(s) %s to dead-letter after %d attempts",
-                ", ".join(str(message.id) for message in dead),
-                self.settings.max_attempts,
+                "moved message(s) %s to dead-letter after %d attempts", _some_ids(dead), self.settings.max_attempts
             )
             if self._on_dead is not None:
                 await self._on_dead(dead)
@@ -671,7 +669,7 @@ class Broker:
         :raises NotDeadLetter: an id that is unknown or not dead, naming each.
         """
         messages = await self.store.write(partial(_drop_dead, _check_ids(ids)))
-        log.info("dropped dead letter(s) %s", ", ".join(str(message.id) for message in messages))
+        log.info("dropped dead letter(s) %s", _some_ids(messages))
         return messages
 
     # -- reads ----------------------------------------------------------------
@@ -850,6 +848,12 @@ _NOT_DEAD_BECAUSE = {
     "leased": "is in a turn right now",
     "acked": "was delivered (acked)",
 }
+
+
+def _some_ids(messages: list[Message], shown: int = 20) -> str:
+    """The messages' ids for a log line: the first ``shown``, then how many more."""
+    text = ", ".join(str(message.id) for message in messages[:shown])
+    return text + (f" and {len(messages) - shown} more" if len(messages) > shown else "")
 
 
 def _check_ids(ids: Iterable[object]) -> list[int]:
