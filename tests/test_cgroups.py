@@ -439,7 +439,7 @@ def sandboxed_claude(sandbox: int) -> int:
 @needs_claude
 @needs_bwrap
 async def test_an_agent_over_its_cap_crashes_as_oom_and_resumes_its_session(make_pm, tmp_path):
-    host_cgroups(tmp_path / "probe")  # skips where this host has no cgroups
+    await host_cgroups(tmp_path / "probe").close()  # skips where this host has no cgroups
     pm = make_pm(crashwatch=hyperhive_crashwatch, park=ParkManager())
     async with running_hive(
         tmp_path,

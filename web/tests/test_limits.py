@@ -39,8 +39,10 @@ async def test_the_process_backend_shows_no_limits_and_why(hive, browser):
 
 @needs_bwrap
 async def test_a_capped_agent_shows_its_caps_against_its_usage(tmp_path, web_pm, browser):
-    if hive_cgroups(ContainersSection(), tmp_path / "probe")[0] is None:
-        pytest.skip("this host gives the daemon no cgroups")
+    probe, why = hive_cgroups(ContainersSection(), tmp_path / "probe")
+    if probe is None:
+        pytest.skip(why)
+    await probe.close()
     async with dashboard_hive(
         tmp_path,
         web_pm,
