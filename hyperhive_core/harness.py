@@ -253,12 +253,12 @@ class Harness:
         api_failures = 0
         result = None
         for attempt in range(1, attempts + 1):
-            if self._cancel_requested:  # during a wait to retry, or before the CLI had the prompt
-                return result, "interrupted"
             self.attempt_sends.clear()
             try:
                 await self._ensure_session()
                 assert self.session is not None
+                if self._cancel_requested:  # while it waited to retry, or while the CLI started
+                    return result, "interrupted"
                 result = self._priced(turn, await self.session.run_turn(turn.prompt))
             except SessionDied as exc:
                 self.hive.events.publish(self.name, "error", text=f"{exc}; restarting it with --resume")

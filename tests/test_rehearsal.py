@@ -109,6 +109,18 @@ ERRORS = [
     ("[[agents.manager.rules]]\nsteps = [{ text = 'a', times = 2 }]", "steps[0].times: only goes with status"),
     ("[[agents.manager.rules]]\nsteps = [{ text = 'a', status = 200 }]", "steps[0].status: 200 is not an error"),
     ("[[agents.manager.rules]]\nsteps = [{ text = 'a', delay = -1 }]", "steps[0].delay: must be zero or more"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', stream_seconds = -1 }]", "stream_seconds: must be zero or more"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', faults = 'hang' }]", "steps[0].faults: expected an array"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', faults = [] }]", "faults: an empty list serves no fault"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', faults = [500, 'hung'] }]", "faults[1]: 'hung' is not a fault"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', faults = [200] }]", "faults[0]: 200 is not an error status"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', faults = [true] }]", "faults[0]: True is not a fault"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', status = 500, faults = [529] }]", "either status"),
+    ("[[agents.manager.rules]]\nsteps = [{ text = 'a', faults = ['drop'], message = 'm' }]", "message: only goes with"),
+    (
+        "[[agents.manager.rules]]\nsteps = [{ text = 'a', faults = ['drop'], times = 2 }]",
+        "times: only goes with status",
+    ),
     ("[[agents.manager.rules]]\nsteps = [{ text = 'a' }, { text = 'b' }]", "steps[1]: never runs"),
     ("[[agents.manager.rules]]\nsteps = [{ text = '{{result}}' }]", "no earlier step of this rule calls a tool"),
     (
@@ -311,6 +323,28 @@ def test_faults_are_served_the_given_number_of_times_then_the_step():
     assert too_long.reply.body()["error"] == {"type": "invalid_request_error", "message": PROMPT_TOO_LONG}
 
 
+def test_a_fault_list_is_served_in_order_then_the_step():
+    director = scenario("""
+        [[agents."*".rules]]
+        name = "flaky"
+        once = true
+        steps = [{ text = "finally", faults = [500, "hang", 529, "drop", "stall"], message = "busy" }]
+
+        [[agents."*".rules]]
+        steps = [{ text = "the next turn" }]
+    """)
+    served = [reply(director, [user("go")]) for _ in range(6)]
+    assert [(d.reply.status, d.reply.message) for d in served[0:3:2]] == [(500, "busy"), (529, "busy")]
+    assert [d.cut.how if d.cut else None for d in served] == [None, "hang", None, "drop", "stall", None]
+    assert [d.describe() for d in served[1:6:2]] == [
+        "rule 'flaky' step 0 → hang",
+        "rule 'flaky' step 0 → drop",
+        "rule 'flaky' step 0 → 'finally'",
+    ]
+    # A cut reply never reached the client, so it did not use up the once rule; the whole one did.
+    assert texts_of(reply(director, [user("go")])) == "the next turn"
+
+
 def test_summary_requests_get_a_summary_built_from_the_conversation():
     director = scenario("""
         [agents.worker]
@@ -503,6 +537,86 @@ async def test_wait_for_request_wakes_on_a_request_before_its_delayed_reply(serv
         seen = server.request_count
         nursery.start_soon(http, server.url, "POST", "/agents/worker/v1/messages", body)
         assert (await server.wait_for_request(after=seen)).seq == 2
+
+
+async def open_request(url: str, path: str, body: Any) -> tuple[trio.SocketStream, h11.Connection]:
+    """Send one request; the caller reads the answer (or its absence) off the stream."""
+    address = urlsplit(url)
+    data = json.dumps(body).encode()
+    connection = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream(address.hostname, address.port)
+    headers = [("host", address.netloc), ("content-length", str(len(data)))]
+    await stream.send_all(connection.send(h11.Request(method="POST", target=path, headers=headers)))
+    await stream.send_all(connection.send(h11.Data(data=data)) + connection.send(h11.EndOfMessage()))
+    return stream, connection
+
+
+async def received_until_quiet(stream: trio.SocketStream, quiet: float = 0.3) -> tuple[bytes, bool]:
+    """What arrives until nothing more does for ``quiet`` seconds, and whether the server closed."""
+    received = b""
+    while True:
+        with trio.move_on_after(quiet):
+            chunk = await stream.receive_some()
+            if not chunk:
+                return received, True
+            received += chunk
+            continue
+        return received, False
+
+
+def faulty(faults: str) -> str:
+    """A scenario whose one reply, long enough for several deltas, comes after ``faults``."""
+    text = "a reply long enough to take several deltas of the stream"
+    return f'[[agents.manager.rules]]\nsteps = [{{ text = "{text}", faults = {faults} }}]'
+
+
+STREAMED = {"model": "claude-haiku-5-5", "stream": True, "messages": [user("hi")]}
+
+
+async def test_a_hang_reads_the_request_and_answers_nothing_until_the_client_leaves(serve):
+    server = await serve(faulty('["hang"]'))
+    stream, _ = await open_request(server.url, "/agents/manager/v1/messages", STREAMED)
+    with trio.fail_after(5):
+        assert await received_until_quiet(stream) == (b"", False)
+        (request,) = server.requests
+        assert (request.status, request.reply) == (0, "rule 'agents.manager.rules[0]' step 0 → hang")
+        await stream.aclose()
+        # The connection is let go: the next request is served as usual.
+        assert (await http(server.url, "POST", "/agents/manager/v1/messages", STREAMED))[0] == 200
+
+
+async def test_a_stall_starts_the_stream_then_sends_nothing_and_a_drop_breaks_it_off(serve):
+    server = await serve(faulty('["stall", "drop"]'))
+    for how, closed in (("stall", False), ("drop", True)):
+        stream, connection = await open_request(server.url, "/agents/manager/v1/messages", STREAMED)
+        with trio.fail_after(5):
+            data, server_closed = await received_until_quiet(stream)
+        assert server_closed is closed, how
+        connection.receive_data(data)
+        assert connection.next_event().status_code == 200
+        body = b""
+        while isinstance(event := connection.next_event(), h11.Data):
+            body += event.data
+        assert event is h11.NEED_DATA  # the response never ends
+        kinds = [event["type"] for event in sse(body)]
+        assert kinds == ["message_start", "ping", "content_block_start", "content_block_delta"], how
+        await stream.aclose()
+    assert [request.reply.split(" → ")[1] for request in server.requests] == ["stall", "drop"]
+
+
+async def test_stream_seconds_spreads_the_reply_over_time(serve):
+    server = await serve('[[agents.manager.rules]]\nsteps = [{ text = "slowly now", stream_seconds = 2 }]')
+    stream, _ = await open_request(server.url, "/agents/manager/v1/messages", STREAMED)
+    with trio.fail_after(10):
+        first = await stream.receive_some()
+        assert b"message_start" in first
+        with trio.move_on_after(1) as early:  # the pace only ever waits: never done this soon
+            while b"message_stop" not in first:
+                first += await stream.receive_some()
+        assert early.cancelled_caught
+        while b"message_stop" not in first:
+            first += await stream.receive_some()
+    await stream.aclose()
 
 
 async def test_requests_are_logged_as_json_lines_and_kept_bounded(serve, tmp_path):
