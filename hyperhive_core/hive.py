@@ -339,7 +339,10 @@ class Hive:
 
     async def resume(self, name: str, *, lift_spend_cap: bool = True) -> None:
         """Let ``name`` take turns again; if the spend cap paused it, the cap is lifted for the
-        rest of the UTC day (unless ``lift_spend_cap`` is False: the day turned)."""
+        rest of the UTC day (unless ``lift_spend_cap`` is False: the day turned).
+
+        A ``failed`` agent's loop gave up after crashing too often: it starts again.
+        """
         status = self.agents.get(name).status
         harness = self.harnesses.get(name)
         if harness is not None:
@@ -347,6 +350,12 @@ class Hive:
         status.paused, status.pause_reason, status.failed = False, "", False
         await self.agents.remember(name, paused=0, pause_reason="", spend_cap_lifted_on=status.spend_cap_lifted_on)
         self.agents.publish_status(name)
+        run = self._runs.get(name)
+        if harness is not None and run is not None and run.finished.is_set():
+            assert self.agent_nursery is not None
+            run = self._runs[name] = _AgentRun()
+            await self.agent_nursery.start(run.supervise, self, harness)
+            self.events.publish(name, "note", text="turn loop started again")
 
     async def cancel(self, name: str) -> bool:
         """Interrupt ``name``'s current turn, and let ``on_cancel`` plugins let go (end a nap).

@@ -298,6 +298,32 @@ async def test_five_crashes_in_a_minute_mark_the_agent_failed(make_pm, tmp_path)
         assert event.data["message_ids"] == [inbox[0].id]
 
 
+@pytest.mark.slow
+async def test_resuming_a_failed_agent_starts_its_loop_again(make_pm, tmp_path):
+    class Crasher:
+        crashing = True
+
+        @hookimpl
+        def before_recv(self, hive, agent):
+            if agent == "worker" and self.crashing:
+                raise RuntimeError("boom")
+
+    crasher = Crasher()
+    scenario = '[[agents."*".rules]]\nsteps = [{ text = "back" }]\n'
+    async with running_hive(tmp_path, make_pm(crasher=crasher), scenario, agents={"worker": {}}) as hive:
+        with trio.fail_after(60):
+            failed = await next_event(hive, "worker", "state_change", lambda e: e.data["failed"])
+        message = await hive.broker.send("operator", "worker", "are you back?")
+        crasher.crashing = False  # whatever broke is fixed
+        await hive.resume("worker")
+        assert hive.agents.get("worker").status.failed is False
+        with trio.fail_after(60):
+            start = await next_event(hive, "worker", "turn_start", after=failed.id)
+            end = await next_event(hive, "worker", "turn_end", after=start.id)
+        assert start.data["message_ids"] == [message.id]
+        assert end.data["exit"] == "ok"
+
+
 async def test_cancel_interrupts_the_turn_and_keeps_its_messages(make_pm, tmp_path):
     scenario = """
     [[agents.manager.rules]]
