@@ -38,6 +38,7 @@ import trio
 from hyperhive_core.config import option
 from hyperhive_core.containers import ContainerBackend, ContainerProcess, ContainerSpec
 from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core.models import InvalidModel, check_extra_models, check_model
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,16 @@ class ClaudeSection:
         help="The claude executable. Default: the pinned CLI that `make up` installs into\n"
         ".tools/claude, else `claude` on PATH.",
     )
-    model: str = option("haiku", help="The default model; an agent's config can override it.")
+    model: str = option(
+        "haiku",
+        help="The default model; an agent's config can override it. An alias (haiku, sonnet,\n"
+        "opus, ...), a full model id (claude-sonnet-4-5), or one of extra_models.",
+    )
+    extra_models: list[str] = option(
+        [],
+        help="Model names to allow besides the CLI's aliases and full claude-... ids, e.g. a\n"
+        "proxy's own names. Each starts with a letter or digit.",
+    )
     rehearsal_scenario: Path | None = option(
         None,
         help="Run every agent on the rehearsal model with this scenario file, even with\n"
@@ -104,6 +114,14 @@ class ClaudeSection:
     )
 
     def __post_init__(self) -> None:
+        try:
+            check_extra_models(self.extra_models)
+        except InvalidModel as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            check_model(self.model, self.extra_models)
+        except InvalidModel as exc:
+            raise ConfigError(f"[claude] model: {exc}") from None
         for key in ("api_error_backoff_seconds", "stall_seconds"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"[claude] {key} must be zero or more seconds, not {getattr(self, key)}")
@@ -315,8 +333,8 @@ class ClaudeSession:
             "--verbose",
             # A line per streamed model event: the progress a stall is measured against.
             "--include-partial-messages",
-            "--model",
-            options.model,
+            # One argument: even a model name that slipped past check_model is never an option.
+            f"--model={options.model}",
             "--mcp-config",
             json.dumps(options.mcp_config),
             "--strict-mcp-config",
@@ -436,7 +454,8 @@ class ClaudeSession:
                     silent = now - watch.silent_since
                     await self.on_event("error", {"text": f"no progress from the model API for {silent:.0f}s (stall)"})
                     give_up_at = now + min(INTERRUPT_GRACE_SECONDS, self.stall_seconds)
-                    await self.interrupt()
+                    with trio.move_on_at(give_up_at):  # a hung CLI may not even read its input
+                        await self.interrupt()
                 else:
                     self.on_wait(watch.report(now))
                 continue
