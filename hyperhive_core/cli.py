@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -182,13 +183,40 @@ def agents(state: CliState, as_json: bool) -> None:
         click.echo(agent_line(agent))
 
 
+# How long ``hyperhive send`` keeps trying while the hive is down or restarting (docs/hostsock.md).
+SEND_RETRY_FOR = 30.0
+
+
 @cli.command()
 @click.argument("name")
 @click.argument("message")
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=SEND_RETRY_FOR,
+    show_default=True,
+    metavar="SECONDS",
+    help="Keep trying this long while the hive is not running, restarting, or drops the answer; 0 fails at once. "
+    "A retry never stores a second copy.",
+)
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Store the message once per KEY: running this again with the same KEY sends nothing new. "
+    "Default: a new random key.",
+)
 @pass_state
-def send(state: CliState, name: str, message: str) -> None:
+def send(state: CliState, name: str, message: str, retry_for: float, idempotency_key: str | None) -> None:
     """Send MESSAGE to agent NAME, as the operator."""
-    result = ask_daemon(state, "send", to=name, body=message)
+    # One key for every try, so a retry after a lost answer gets the stored message back, not a copy;
+    # 128 random bits, as many as a UUID4 has.
+    key = idempotency_key or os.urandom(16).hex()
+
+    def notice(exc: HyperhiveError) -> None:
+        click.echo(f"{exc}; trying again for up to {retry_for:g} s", err=True)
+
+    arguments = {"to": name, "body": message, "idempotency_key": key}
+    result = ask_daemon(state, "send", retry_for=retry_for, on_retry=notice, **arguments)
     click.echo(f"sent message {result['id']} to {name}")
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST = 1024 * 1024
 
 HostCommand = Callable[..., Awaitable[Any] | Any]
+# With ``retry_for``: the wait before the second try, doubled each time up to RETRY_MAX.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
 
 
 class DaemonNotRunning(HyperhiveError):
@@ -41,6 +45,10 @@ class DaemonNotRunning(HyperhiveError):
 
 class HostCommandError(HyperhiveError):
     """The daemon refused a request; the message says why."""
+
+
+class ConnectionLost(HostCommandError):
+    """The connection dropped before the answer: the daemon may or may not have carried out the request."""
 
 
 def collect_host_commands(pm: HivePluginManager) -> Registry:
@@ -194,16 +202,58 @@ def _connect(path: Path, timeout: float | None) -> socket.socket:
     return client
 
 
-def request(path: Path, cmd: str, timeout: float | None = 60.0, **arguments: Any) -> Any:
+def request(
+    path: Path,
+    cmd: str,
+    timeout: float | None = 60.0,
+    *,
+    retry_for: float = 0.0,
+    on_retry: Callable[[HyperhiveError], object] | None = None,
+    **arguments: Any,
+) -> Any:
     """Send one command to the daemon and return its result.
 
+    :param retry_for: for up to this many seconds, try again while the daemon is not
+        running (not started yet, or restarting) or the connection drops before the
+        answer; the waits double from ``RETRY_FIRST`` up to ``RETRY_MAX``. Only for a
+        request that is safe to repeat: a read, or a ``send`` with an
+        ``idempotency_key``, which the daemon stores once however often it comes.
+    :param on_retry: called with the error before the first retry, to tell a person.
     :raises DaemonNotRunning: nothing listens at ``path``.
-    :raises HostCommandError: the daemon answered with an error.
+    :raises ConnectionLost: the connection dropped before the answer.
+    :raises HostCommandError: the daemon answered with an error (never retried).
     """
-    with _connect(path, timeout) as client, client.makefile("rwb") as wire:
-        wire.write(json.dumps({"cmd": cmd, **arguments}).encode() + b"\n")
-        wire.flush()
-        return _unwrap(wire.readline())
+    if retry_for and cmd == "send" and not arguments.get("idempotency_key"):
+        raise ValueError("retrying a send without an idempotency_key could store it twice; give it one")
+    line = json.dumps({"cmd": cmd, **arguments}).encode() + b"\n"
+    deadline = time.monotonic() + retry_for
+    wait = RETRY_FIRST
+    while True:
+        try:
+            return _request_once(path, line, timeout)
+        except (DaemonNotRunning, ConnectionLost) as exc:
+            if not retry_for:
+                raise
+            if time.monotonic() + wait > deadline:
+                raise type(exc)(f"{exc} (tried again for {retry_for:g} s)") from None
+            if on_retry is not None and wait == RETRY_FIRST:
+                on_retry(exc)
+        time.sleep(wait)
+        wait = min(wait * 2, RETRY_MAX)
+
+
+def _request_once(path: Path, line: bytes, timeout: float | None) -> Any:
+    try:
+        with _connect(path, timeout) as client, client.makefile("rwb") as wire:
+            wire.write(line)
+            wire.flush()
+            return _unwrap(wire.readline())
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        raise ConnectionLost(
+            f"the connection to the daemon at {path} was lost before its answer ({exc.strerror}); check its log"
+        ) from None
+    except TimeoutError:
+        raise HostCommandError(f"the daemon at {path} did not answer within {timeout:g} s; check its log") from None
 
 
 def subscribe(path: Path, agent: str | None = None, after_id: int | None = None) -> Iterator[dict[str, Any]]:
@@ -218,7 +268,7 @@ def subscribe(path: Path, agent: str | None = None, after_id: int | None = None)
 
 def _unwrap(line: bytes) -> Any:
     if not line:
-        raise HostCommandError("the daemon closed the connection without answering; check its log")
+        raise ConnectionLost("the daemon closed the connection without answering; check its log")
     response = json.loads(line)
     if "error" in response:
         raise HostCommandError(response["error"])

@@ -127,6 +127,52 @@ async def test_cli_talks_to_the_daemon(make_pm, tmp_path, hyperhive, clean_env):
         assert unknown.stderr == "Error: no agent named 'ghost'; known agents: manager\n"
 
 
+async def test_cli_send_waits_for_a_starting_hive_and_a_key_sends_once(make_pm, tmp_path, hyperhive, clean_env):
+    config = tmp_path / "hyperhive.toml"
+    config.write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\n')
+
+    def cli(*args):
+        return subprocess.run([hyperhive, "-c", str(config), *args], capture_output=True, text=True, env=clean_env)
+
+    argv = [hyperhive, "-c", str(config), "send", "manager", "are you up?"]
+    early = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env)
+    try:
+        with trio.fail_after(30):  # it says it will try again before the hive starts
+            notice = await early.stderr.receive_some(65536)
+        assert notice.decode() == (
+            f"the hive is not running (no socket at {tmp_path}/state/host.sock); start it with `hyperhive up`; "
+            "trying again for up to 30 s\n"
+        )
+        async with running_hive(tmp_path, make_pm(), QUIET) as hive:
+            with trio.fail_after(30):
+                assert await early.wait() == 0
+            [message] = await hive.broker.recent_from("operator")
+            assert (await early.stdout.receive_some(65536)).decode() == f"sent message {message.id} to manager\n"
+
+            # A script may run the same send again with its own key: stored once.
+            keyed = ("send", "--idempotency-key", "job-7", "manager")
+            first = await trio.to_thread.run_sync(cli, *keyed, "nightly report")
+            again = await trio.to_thread.run_sync(cli, *keyed, "nightly report")
+            other = await trio.to_thread.run_sync(cli, *keyed, "another")
+            assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+            assert again.stdout == first.stdout
+            assert other.returncode == 1
+            assert "idempotency key 'job-7' was already used by 'operator'" in other.stderr
+            assert [m.body for m in await hive.broker.recent_from("operator")] == ["nightly report", "are you up?"]
+    finally:
+        early.kill()
+    refused = await trio.to_thread.run_sync(cli, "send", "--retry-for", "0", "manager", "hello?")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        f"Error: the hive is not running (no socket at {tmp_path}/state/host.sock); start it with `hyperhive up`\n",
+    )
+
+
+def test_a_send_is_retried_only_with_an_idempotency_key(tmp_path):
+    with pytest.raises(ValueError, match="retrying a send without an idempotency_key could store it twice"):
+        request(tmp_path / "host.sock", "send", retry_for=30, to="manager", body="hi")
+
+
 def test_cli_without_a_daemon_says_so(tmp_path, hyperhive, clean_env):
     (tmp_path / "hyperhive.toml").write_text(f'[hive]\nstate_dir = "{tmp_path}"\n')
     result = subprocess.run([hyperhive, "status"], capture_output=True, text=True, env=clean_env)
