@@ -62,9 +62,14 @@ def raw_commits(directory: Path, count: int) -> tuple[float, list[float]]:
         latencies.append(time.perf_counter() - start)
     elapsed = time.perf_counter() - began
     db.conn.close()
+    remove_database(path)
+    return count / elapsed, latencies
+
+
+def remove_database(path: Path) -> None:
+    """Delete a database and its WAL files, so the next round starts from an empty one."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return count / elapsed, latencies
 
 
 def directory_of(*names: str) -> RecipientDirectory:
@@ -74,16 +79,19 @@ def directory_of(*names: str) -> RecipientDirectory:
     return policy
 
 
-async def durable_sends_per_second(directory: Path, count: int, senders: int) -> tuple[float, float]:
-    """Sends/s with ``senders`` concurrent tasks, and messages per transaction."""
-    store = fresh_store(directory, f"sends-{senders}.db")
+async def durable_sends_per_second(
+    directory: Path, count: int, senders: int, *, keyed: bool = False
+) -> tuple[float, float]:
+    """Sends/s with ``senders`` concurrent tasks (each send with an idempotency key if ``keyed``),
+    and messages per transaction."""
+    store = fresh_store(directory, f"sends-{senders}{'-keyed' if keyed else ''}.db")
     broker = Broker(store, policy=directory_of("bob"))
     async with trio.open_nursery() as nursery:
         await nursery.start(broker.serve)
 
         async def send_share(sender: str) -> None:
-            for _ in range(count // senders):
-                await broker.send(sender, "bob", BODY)
+            for n in range(count // senders):
+                await broker.send(sender, "bob", BODY, idempotency_key=f"{sender}-{n}" if keyed else None)
 
         began = time.perf_counter()
         async with trio.open_nursery() as group:
@@ -92,6 +100,7 @@ async def durable_sends_per_second(directory: Path, count: int, senders: int) ->
         elapsed = time.perf_counter() - began
         nursery.cancel_scope.cancel()
     store.close()
+    remove_database(store.path)
     return broker.stats.messages / elapsed, broker.stats.messages / broker.stats.transactions
 
 
@@ -181,7 +190,7 @@ async def read_latencies(path: Path, calls: int, recipients: int) -> dict[str, l
 async def main(directory: Path, sends: int, rows: int, rounds: int) -> None:
     # Raw and broker runs alternate, and each ratio is taken within its round, so
     # a disk that speeds up or slows down mid-run skews no ratio.
-    raws, ones, eights, per_transaction, commit_latencies = [], [], [], [], []
+    raws, ones, eights, keyed_eights, per_transaction, commit_latencies = [], [], [], [], [], []
     for _ in range(rounds):
         raw, latencies = raw_commits(directory, sends)
         raws.append(raw)
@@ -190,6 +199,7 @@ async def main(directory: Path, sends: int, rows: int, rounds: int) -> None:
         eight, batch = await durable_sends_per_second(directory, sends, 8)
         eights.append(eight)
         per_transaction.append(batch)
+        keyed_eights.append((await durable_sends_per_second(directory, sends, 8, keyed=True))[0])
     median = statistics.median
     emit("raw_full_commits_per_s", median(raws), "commits/s", rounds=[round(raw) for raw in raws])
     # The floor under any durable send, and so under send→wake.
@@ -209,6 +219,13 @@ async def main(directory: Path, sends: int, rows: int, rounds: int) -> None:
         ratio_to_raw=round(median(eight / raw for eight, raw in zip(eights, raws, strict=True)), 2),
         target_ratio=1.0,
         messages_per_transaction=round(median(per_transaction), 1),
+    )
+    # What an idempotency key costs a send: one indexed lookup in the same transaction.
+    emit(
+        "durable_sends_per_s_8_senders_with_idempotency_keys",
+        median(keyed_eights),
+        "sends/s",
+        ratio_to_unkeyed=round(median(k / e for k, e in zip(keyed_eights, eights, strict=True)), 2),
     )
 
     from_send, from_commit = await send_to_wake(directory, min(sends, 1000))
