@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,15 @@ from hyperhive_core.broker import RecipientDirectory
 from hyperhive_core.config import build_section, extra_tables, option
 from hyperhive_core.containers.cgroups import LIMIT_KEYS, limit_problems
 from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core.models import InvalidModel, check_model
 from hyperhive_core.names import OPERATOR, InvalidName, check_agent_name
 from hyperhive_core.plugins import HivePluginManager, collect
 
 if TYPE_CHECKING:
     from hyperhive_core.events import EventBus
     from hyperhive_core.store import Store
+
+log = logging.getLogger(__name__)
 
 MANAGER = "manager"
 AGENT = "agent"
@@ -64,14 +68,22 @@ class AgentConfig:
         return {key: getattr(self, key) for key in LIMIT_KEYS}
 
 
-def check_agent_config(pm: HivePluginManager, name: str, config: AgentConfig, where: str) -> AgentConfig:
-    """Type the plugin sections and run every ``validate_agent_config``; return the checked config.
+def check_agent_config(
+    pm: HivePluginManager, name: str, config: AgentConfig, where: str, *, extra_models: Collection[str] = ()
+) -> AgentConfig:
+    """Check the model, type the plugin sections and run every ``validate_agent_config``; return the checked config.
 
     :param where: the file (and table) the config came from, quoted in errors.
+    :param extra_models: ``[claude] extra_models``, the model names allowed besides the known ones.
     :raises ConfigError: one sentence per problem, all of them at once.
     """
     schemas = collect(pm, "register_agent_sections", "agent config section", lambda key, schema: (key, schema))
     problems = []
+    if config.model is not None:
+        try:
+            check_model(config.model, extra_models)
+        except InvalidModel as exc:
+            problems.append(str(exc))
     for key in sorted(set(config.sections) - set(schemas)):
         known = ", ".join(f"[{known}]" for known in sorted(schemas)) or "none"
         problems.append(f"unknown section [{key}] (sections plugins read: {known})")
@@ -144,8 +156,6 @@ class Agent:
 def core_agent_checks(agent: str, config: AgentConfig) -> list[str]:
     """Core's own checks of an agent config (registered as a ``validate_agent_config``)."""
     problems = []
-    if config.model is not None and (not config.model.strip() or any(ch.isspace() for ch in config.model)):
-        problems.append(f"model {config.model!r} must be one word, like 'haiku' or 'sonnet'")
     for recipient in config.allowed_recipients:
         try:
             check_agent_name(recipient)
@@ -178,12 +188,16 @@ class Agents:
             known = ", ".join(sorted(self._agents)) or "none"
             raise UnknownAgent(f"no agent named {name!r}; known agents: {known}") from None
 
-    async def add(self, name: str, config: AgentConfig, default_model: str, origin: str) -> Agent:
+    async def add(
+        self, name: str, config: AgentConfig, default_model: str, origin: str, extra_models: Collection[str] = ()
+    ) -> Agent:
         """Register an agent (and remember it, with its config); it may now send and receive.
 
         :param origin: ``config`` (declared in hyperhive.toml), ``applied`` (spawned
             with config repos; restarted from its applied repo) or ``spawn`` (added at
             run time without repos, restarted from the stored config).
+        :param extra_models: ``[claude] extra_models``: the operator's stored model
+            override must still be allowed, or the agent runs its configured model.
         """
         check_agent_name(name)
         role = MANAGER if name == self.manager else AGENT
@@ -192,7 +206,15 @@ class Agents:
         agent.status.paused = bool(row.get("paused"))
         agent.status.pause_reason = row.get("pause_reason") or ""
         agent.status.spend_cap_lifted_on = row.get("spend_cap_lifted_on")
-        agent.status.model = row.get("model_override") or config.model or default_model
+        override = row.get("model_override")
+        if override:
+            try:
+                check_model(override, extra_models)
+            except InvalidModel as exc:
+                log.warning("%s: dropping the model the operator chose earlier: %s", name, exc)
+                override = None
+                await self.remember(name, model_override=None)
+        agent.status.model = override or config.model or default_model
         self._agents[name] = agent
         # The manager may message anyone; others the operator, the manager and their list.
         may_message = None if agent.is_manager else {self.manager, *config.allowed_recipients}

@@ -381,7 +381,8 @@ class Approvals:
     async def checked_config(self, name: str, sha: str) -> AgentConfig:
         """``agent.toml`` at ``sha``, checked by core and every plugin's ``validate_agent_config``."""
         config = await self.hive.repos.read_config(name, sha)
-        return check_agent_config(self.hive.pm, name, config, f"{name}'s {AGENT_TOML} at {sha[:12]}")
+        where = f"{name}'s {AGENT_TOML} at {sha[:12]}"
+        return check_agent_config(self.hive.pm, name, config, where, extra_models=self.hive.claude.extra_models)
 
     def agent_sections(self) -> builtins.list[str]:
         """The plugin sections an ``agent.toml`` may have."""

@@ -254,7 +254,11 @@ def cancel(state: CliState, name: str) -> None:
 @click.argument("model")
 @pass_state
 def model(state: CliState, name: str, model: str) -> None:
-    """Switch agent NAME to MODEL once its current turn ends."""
+    """Switch agent NAME to MODEL once its current turn ends.
+
+    MODEL is an alias (haiku, sonnet, opus, ...), a full model id (claude-sonnet-4-5),
+    or a name [claude] extra_models allows; the daemon checks it.
+    """
     result = ask_daemon(state, "model", agent=name, model=model)
     queued = f" (queued: {result['queued']})" if result["queued"] else ""
     click.echo(f"{name}: model {result['model']}{queued}")

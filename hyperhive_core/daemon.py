@@ -52,7 +52,7 @@ async def run_hive(
         hive.rehearsal = rehearsal_server(hive)
         # Every agent's config is checked before anything starts.
         agents = {
-            name: (check_agent_config(pm, name, agent_config, where), origin)
+            name: (check_agent_config(pm, name, agent_config, where, extra_models=hive.claude.extra_models), origin)
             for name, (agent_config, origin, where) in (await agents_to_start(hive)).items()
         }
         # No turn survives a restart: whatever was leased goes back to the queue (or

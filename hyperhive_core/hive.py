@@ -40,6 +40,7 @@ from hyperhive_core.containers.cgroups import ContainersSection, resolve_limits
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.events import EventBus, EventsSection
 from hyperhive_core.mcp_surface import AgentSockets
+from hyperhive_core.models import check_model
 from hyperhive_core.names import SYSTEM, check_agent_name
 from hyperhive_core.paths import StatePaths
 from hyperhive_core.plugins import HivePluginManager, await_all
@@ -180,7 +181,7 @@ class Hive:
         """
         from hyperhive_core.harness import Harness
 
-        agent = await self.agents.add(name, config, self.claude.model, origin)
+        agent = await self.agents.add(name, config, self.claude.model, origin, self.claude.extra_models)
         self.paths.agent_state(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         spec = self.container_spec(name)
         await self.backend.create(spec)
@@ -210,7 +211,9 @@ class Hive:
         defaults), and it runs from the applied one.
         """
         await self.approvals.check_free(check_agent_name(name))
-        config = check_agent_config(self.pm, name, config or AgentConfig(), f"the config of {name!r}")
+        config = check_agent_config(
+            self.pm, name, config or AgentConfig(), f"the config of {name!r}", extra_models=self.claude.extra_models
+        )
         sha = await self.repos.create(name, config, self.approvals.agent_sections())
         try:
             await self.add_applied(name, config, sha)
@@ -295,7 +298,9 @@ class Hive:
         row = (await self.kept_state()).get(name)
         if row is None:
             raise HyperhiveError(f"no kept state named {name!r}; `hyperhive kept` lists what can be restored")
-        config = check_agent_config(self.pm, name, *await self.stored_config(name, row))
+        config = check_agent_config(
+            self.pm, name, *await self.stored_config(name, row), extra_models=self.claude.extra_models
+        )
         await self.add_agent(name, config, row["origin"])
         self.events.publish(name, "note", text="restored from kept state")
         return self.agents.get(name).snapshot()
@@ -370,10 +375,8 @@ class Hive:
 
     async def set_model(self, name: str, model: str) -> dict[str, Any]:
         """Switch ``name`` to ``model`` once its current turn ends; return its model status."""
-        agent = self.agents.get(name)
-        if not model or not model.strip() or any(ch.isspace() for ch in model):
-            raise HyperhiveError(f"model name {model!r} is not valid; give one word, like 'haiku' or 'sonnet'")
-        status = agent.status
+        status = self.agents.get(name).status
+        check_model(model, self.claude.extra_models)
         if model == status.model:
             status.queued_model = None
         elif status.state in (State.THINKING, State.COMPACTING):

@@ -59,7 +59,7 @@ def test_hook_validate_agent_config(make_pm):
     pm = make_pm(greeting=Greeting())
     with pytest.raises(ConfigError, match="worker may not be rude"):
         check_agent_config(pm, "worker", parse({"greeting": {"words": ["rude"]}}), "w.toml")
-    with pytest.raises(ConfigError, match="model 'two words' must be one word"):
+    with pytest.raises(ConfigError, match="model name 'two words' is not valid"):
         check_agent_config(pm, "worker", parse({"model": "two words"}), "w.toml")
     with pytest.raises(ConfigError, match=r"allowed_recipients: invalid agent name '\.\.'"):
         check_agent_config(pm, "worker", parse({"allowed_recipients": [".."]}), "w.toml")
