@@ -1,7 +1,11 @@
-"""The ``hyperhive`` command: ``relay`` fast, everything else through the click CLI.
+"""The ``hyperhive`` command: the quick commands first, everything else through the click CLI.
 
-Claude Code starts ``hyperhive relay`` for every agent session, so it is dispatched
-here before click, pluggy or any plugin is imported (they cost hundreds of ms).
+Claude Code starts ``hyperhive relay`` for every agent session, and the operator
+and scripts run ``send``, ``status`` and ``agents`` all the time; so these are
+dispatched here before click, pluggy or any plugin is imported (they cost hundreds
+of ms). ``relay`` imports only the interpreter's built-in modules;
+``hyperhive_core.fastcli`` takes the plain forms of the other three and leaves
+anything else (``--help``, other options) to click.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ def main(argv: list[str] | None = None) -> None:
         from hyperhive_core import relay
 
         relay.run(argv[1:])  # exits; never returns
+
+    from hyperhive_core import fastcli
+
+    status = fastcli.main(argv)
+    if status is not None:
+        sys.exit(status)
 
     from hyperhive_core import cli
 

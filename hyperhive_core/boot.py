@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from hyperhive_core.config import Config, find_config, load_config, read_toml
-from hyperhive_core.errors import ConfigError
+from hyperhive_core.config import Config, load_config
+from hyperhive_core.configfile import configured_plugins, find_config, read_toml
 from hyperhive_core.plugins import (
     HivePluginManager,
     collect,
@@ -26,15 +25,6 @@ class Booted:
 def config_schemas(pm: HivePluginManager) -> dict[str, type]:
     """Every config section the loaded plugins declare, by name."""
     return collect(pm, "register_config_sections", "config section", lambda name, schema: (name, schema)).items
-
-
-def configured_plugins(path: Path, raw: dict[str, Any]) -> list[str] | None:
-    """``[hive] plugins`` from the raw file, checked just enough to pick plugins."""
-    hive = raw.get("hive", {})
-    plugins = hive.get("plugins") if isinstance(hive, dict) else None
-    if plugins is not None and not (isinstance(plugins, list) and all(isinstance(p, str) for p in plugins)):
-        raise ConfigError(f"{path}: hive.plugins must be a list of plugin names, not {plugins!r}")
-    return plugins
 
 
 def boot(explicit_config: str | Path | None) -> Booted:

@@ -1,41 +1,78 @@
-"""The ``hyperhive`` command line."""
+"""The ``hyperhive`` command line.
+
+Loading the plugins imports all of them (the dashboard's web stack, MCP, ...):
+hundreds of ms that core's commands never need. So modules load only inside the
+commands that use them, and the plugins' commands only when a command name is
+not core's or ``--help`` lists them all (:class:`HiveGroup`). ``send``, ``status``
+and ``agents`` even skip click when they can: ``hyperhive_core.fastcli``.
+tests/test_cli_startup.py keeps it that way.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 import logging
-import os
 import sys
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from hyperhive_core import fastcli
 from hyperhive_core.backup import backup_command
-from hyperhive_core.boot import boot, config_schemas, configured_plugins
-from hyperhive_core.config import find_config, read_toml, render_default_config
+from hyperhive_core.configfile import configured_plugins, find_config, read_toml
 from hyperhive_core.dead_letters import dead_command
 from hyperhive_core.errors import HyperhiveError, PluginError
-from hyperhive_core.plugins import (
-    HivePluginManager,
-    callers_by_plugin,
-    describe_plugins,
-    make_plugin_manager,
-    plugin_selection,
-)
 from hyperhive_core.rehearsal.command import rehearse
 from hyperhive_core.service import install_service
-from hyperhive_core.supervise import root_cause
+
+if TYPE_CHECKING:
+    from hyperhive_core.boot import Booted
+    from hyperhive_core.plugins import HivePluginManager
+
+# Where HiveGroup keeps one invocation's plugin commands, in its context's meta.
+PLUGIN_COMMANDS = "hyperhive.plugin_commands"
 
 
 class HiveGroup(click.Group):
-    """Shows a user-caused error as one clear line and a non-zero exit, not a traceback."""
+    """Core's commands, and the plugins' ones loaded only when asked for.
+
+    Also shows a user-caused error as one clear line and a non-zero exit, not a traceback.
+    """
+
+    # make_cli's groups carry their plugins' commands already.
+    plugins_added = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self.plugin_commands(ctx).get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.plugin_commands(ctx)])
+
+    def plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        """The commands the plugins add, by name; the plugins load on the first call."""
+        if self.plugins_added:
+            return {}
+        meta = ctx.find_root().meta
+        if PLUGIN_COMMANDS not in meta:
+            try:
+                group = make_cli(plugins_for_commands(ctx.find_root().params.get("config_path")))
+            except HyperhiveError as exc:
+                raise click.ClickException(str(exc)) from None
+            meta[PLUGIN_COMMANDS] = {
+                name: command for name, command in group.commands.items() if name not in self.commands
+            }
+        return meta[PLUGIN_COMMANDS]
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (HyperhiveError, BaseExceptionGroup) as exc:
+        except HyperhiveError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BaseExceptionGroup as exc:
+            from hyperhive_core.supervise import root_cause  # trio's: only the daemon raises groups
+
             cause = root_cause(exc)  # a startup error raised inside the daemon's nurseries
             if not isinstance(cause, HyperhiveError):
                 raise
@@ -48,7 +85,10 @@ class CliState:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
 
-    def boot(self) -> Any:
+    def boot(self) -> Booted:
+        """The validated config and the plugins it selects (they all load)."""
+        from hyperhive_core.boot import boot
+
         return boot(self.config_path)
 
 
@@ -62,6 +102,7 @@ pass_state = click.make_pass_decorator(CliState)
     "-c",
     "config_path",
     metavar="FILE",
+    is_eager=True,  # read before --help, which lists the commands of the plugins this config selects
     help="Config file. Default: $HYPERHIVE_CONFIG, then ./hyperhive.toml.",
 )
 @click.option("-v", "--verbose", count=True, help="More log detail (-v debug).")
@@ -89,6 +130,10 @@ def up(state: CliState) -> None:
 @pass_state
 def init(state: CliState, force: bool) -> None:
     """Write a commented default config (every installed plugin's sections)."""
+    from hyperhive_core.boot import config_schemas
+    from hyperhive_core.config import render_default_config
+    from hyperhive_core.plugins import make_plugin_manager
+
     path, _ = find_config(state.config_path)
     if path.exists() and not force:
         raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
@@ -103,6 +148,8 @@ def init(state: CliState, force: bool) -> None:
 @pass_state
 def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
     """List loaded plugins, their versions and the hooks they implement."""
+    from hyperhive_core.plugins import describe_plugins
+
     infos = [info for info in describe_plugins(state.boot().pm) if show_all or not info.builtin]
     if as_json:
         click.echo(json.dumps([asdict(info) for info in infos], indent=2))
@@ -127,28 +174,19 @@ cli.add_command(dead_command)
 
 def ask_daemon(state: CliState, cmd: str, **arguments: Any) -> Any:
     """Send one command to the running daemon; errors become one clear line."""
-    from hyperhive_core.daemon import state_paths
-    from hyperhive_core.hostsock import request
-
-    return request(state_paths(state.boot().config).host_socket, cmd, **arguments)
+    return fastcli.ask(state.config_path, cmd, **arguments)
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    click.echo(fastcli.to_json(value))
 
 
-def agent_line(agent: dict[str, Any]) -> str:
-    """One agent as ``status`` and ``agents`` list it."""
-    return (
-        f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} "
-        f"model {agent['model']:<10} inbox {agent['inbox_depth']}"
-    )
+def echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
-def describe_state(agent: dict[str, Any]) -> str:
-    flags = [flag for flag in ("paused", "failed", "stopped") if agent.get(flag)]
-    state = agent["state"] + (f" ({agent['detail']})" if agent.get("detail") else "")
-    return ", ".join([state, *flags])
+# The next three run in hyperhive_core.fastcli, which answers their plain forms without click.
 
 
 @cli.command()
@@ -156,18 +194,7 @@ def describe_state(agent: dict[str, Any]) -> str:
 @pass_state
 def status(state: CliState, as_json: bool) -> None:
     """The running hive: backend, model endpoint, agents."""
-    result = ask_daemon(state, "status")
-    if as_json:
-        echo_json(result)
-        return
-    backend = result["backend"]
-    isolation = "" if backend["isolated"] else "  (NO ISOLATION: agents run with the daemon's privileges)"
-    click.echo(f"state dir  {result['state_dir']}")
-    click.echo(f"backend    {backend['name']}{isolation}")
-    if result["rehearsal"]:
-        click.echo(f"model      REHEARSAL MODEL at {result['rehearsal']} (no real Claude)")
-    for agent in result["agents"]:
-        click.echo(agent_line(agent))
+    echo_lines(fastcli.status(state.config_path, as_json))
 
 
 @cli.command()
@@ -175,16 +202,7 @@ def status(state: CliState, as_json: bool) -> None:
 @pass_state
 def agents(state: CliState, as_json: bool) -> None:
     """List agents with their state, model and inbox depth."""
-    result = ask_daemon(state, "agents")
-    if as_json:
-        echo_json(result)
-        return
-    for agent in result:
-        click.echo(agent_line(agent))
-
-
-# How long ``hyperhive send`` keeps trying while the hive is down or restarting (docs/hostsock.md).
-SEND_RETRY_FOR = 30.0
+    echo_lines(fastcli.agents(state.config_path, as_json))
 
 
 @cli.command()
@@ -193,7 +211,7 @@ SEND_RETRY_FOR = 30.0
 @click.option(
     "--retry-for",
     type=click.FloatRange(min=0),
-    default=SEND_RETRY_FOR,
+    default=fastcli.SEND_RETRY_FOR,
     show_default=True,
     metavar="SECONDS",
     help="Keep trying this long while the hive is not running, restarting, or drops the answer; 0 fails at once. "
@@ -208,16 +226,7 @@ SEND_RETRY_FOR = 30.0
 @pass_state
 def send(state: CliState, name: str, message: str, retry_for: float, idempotency_key: str | None) -> None:
     """Send MESSAGE to agent NAME, as the operator."""
-    # One key for every try, so a retry after a lost answer gets the stored message back, not a copy;
-    # 128 random bits, as many as a UUID4 has.
-    key = idempotency_key or os.urandom(16).hex()
-
-    def notice(exc: HyperhiveError) -> None:
-        click.echo(f"{exc}; trying again for up to {retry_for:g} s", err=True)
-
-    arguments = {"to": name, "body": message, "idempotency_key": key}
-    result = ask_daemon(state, "send", retry_for=retry_for, on_retry=notice, **arguments)
-    click.echo(f"sent message {result['id']} to {name}")
+    echo_lines(fastcli.send(state.config_path, name, message, retry_for, idempotency_key))
 
 
 def agent_action(name: str, done: str, help: str) -> click.Command:
@@ -397,6 +406,8 @@ def debug_config(state: CliState) -> None:
 
 def add_plugin_commands(group: click.Group, pm: HivePluginManager) -> None:
     """Let each plugin add commands; a name two owners claim is an error naming both."""
+    from hyperhive_core.plugins import callers_by_plugin
+
     owners = dict.fromkeys(group.commands, "hyperhive")
     for owner, caller in callers_by_plugin(pm, "register_commands"):
         before = dict(group.commands)
@@ -413,46 +424,33 @@ def add_plugin_commands(group: click.Group, pm: HivePluginManager) -> None:
 
 
 def make_cli(pm: HivePluginManager) -> click.Group:
-    """The ``hyperhive`` group with core's commands plus those the plugins add."""
+    """The ``hyperhive`` group with core's commands plus those the plugins in ``pm`` add."""
     group = copy.copy(cli)
     group.commands = dict(cli.commands)
     add_plugin_commands(group, pm)
+    group.plugins_added = True
     return group
 
 
-def plugins_for_commands(argv: list[str]) -> HivePluginManager:
-    """Load plugins early, before click parses ``argv``, so their commands exist.
+def plugins_for_commands(config_path: str | None) -> HivePluginManager:
+    """The plugins whose commands ``hyperhive`` offers: those the config selects.
 
     A broken config must not hide ``init`` or ``--help``: fall back to every
     installed plugin, and let the command itself report the problem.
     """
-    explicit = _config_option(argv)
+    from hyperhive_core.plugins import make_plugin_manager, plugin_selection
+
     try:
-        path, required = find_config(explicit)
+        path, required = find_config(config_path)
         selection, source = plugin_selection(configured_plugins(path, read_toml(path, required)))
         return make_plugin_manager(selection, source)
     except HyperhiveError:
         return make_plugin_manager(None)
 
 
-def _config_option(argv: list[str]) -> str | None:
-    for index, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg in ("--config", "-c") and index + 1 < len(argv):
-            return argv[index + 1]
-    return None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        group = make_cli(plugins_for_commands(argv))
-    except HyperhiveError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    group.main(args=argv, prog_name="hyperhive")
+    cli.main(args=sys.argv[1:] if argv is None else argv, prog_name="hyperhive")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
-"""``hyperhive.toml``: finding it, validating it against typed sections, writing defaults.
+"""``hyperhive.toml``: validating it against typed sections, writing defaults.
 
 Core and every plugin declare their sections as dataclasses through the
 ``register_config_sections`` hook. A section's fields are its keys: an unknown key
-or a value of the wrong type is an error naming the key and the file.
+or a value of the wrong type is an error naming the key and the file. Finding and
+reading the file is ``hyperhive_core.configfile``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -18,39 +17,7 @@ from typing import Any, TypeVar
 
 from hyperhive_core.errors import ConfigError
 
-CONFIG_ENV = "HYPERHIVE_CONFIG"
-DEFAULT_CONFIG_NAME = "hyperhive.toml"
-
 T = TypeVar("T")
-
-
-def find_config(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
-    """Where the config lives: ``--config``, then ``$HYPERHIVE_CONFIG``, then ``./hyperhive.toml``.
-
-    :return: the path, and whether the user named it (a named file must exist).
-    """
-    if explicit:
-        return Path(explicit), True
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV]), True
-    return Path(DEFAULT_CONFIG_NAME), False
-
-
-def read_toml(path: Path, required: bool) -> dict[str, Any]:
-    """Parse the file, or return ``{}`` when an unnamed default file is absent."""
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(
-                f"config file {path} does not exist; create one with `hyperhive init --config {path}`"
-            ) from None
-        return {}
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
 
 
 def help_text(field: dataclasses.Field[Any]) -> str:

@@ -14,19 +14,31 @@ import grp
 import json
 import logging
 import os
-import socket
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from hyperhive_core.errors import HyperhiveError, PluginError
+from hyperhive_core.hostclient import ConnectionLost, DaemonNotRunning, HostCommandError, request, subscribe
 from hyperhive_core.plugins import HivePluginManager, Registry, collect
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
+
+# The client half lives in hostclient, quick to import without trio; plugins import it from here too.
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ConnectionLost",
+    "DaemonNotRunning",
+    "HostCommandError",
+    "collect_host_commands",
+    "group_id",
+    "request",
+    "serve_host_socket",
+    "subscribe",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +46,6 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST = 1024 * 1024
 
 HostCommand = Callable[..., Awaitable[Any] | Any]
-# With ``retry_for``: the wait before the second try, doubled each time up to RETRY_MAX.
-RETRY_FIRST = 0.05
-RETRY_MAX = 1.0
-
-
-class DaemonNotRunning(HyperhiveError):
-    """Nothing answers on the host socket."""
-
-
-class HostCommandError(HyperhiveError):
-    """The daemon refused a request; the message says why."""
-
-
-class ConnectionLost(HostCommandError):
-    """The connection dropped before the answer: the daemon may or may not have carried out the request."""
 
 
 def collect_host_commands(pm: HivePluginManager) -> Registry:
@@ -176,107 +173,3 @@ async def _reply(stream: trio.SocketStream, response: dict[str, Any]) -> None:
     line = json.dumps({"version": PROTOCOL_VERSION, **response}, default=str).encode() + b"\n"
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):  # the client left
         await stream.send_all(line)
-
-
-# -- the client side (the CLI): plain blocking sockets ------------------------------
-
-
-def _connect(path: Path, timeout: float | None) -> socket.socket:
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    try:
-        client.connect(str(path))
-    except FileNotFoundError:
-        client.close()
-        raise DaemonNotRunning(f"the hive is not running (no socket at {path}); start it with `hyperhive up`") from None
-    except ConnectionRefusedError:
-        client.close()
-        raise DaemonNotRunning(
-            f"the hive is not running (nothing answers at {path}); start it with `hyperhive up`"
-        ) from None
-    except PermissionError:
-        client.close()
-        raise HostCommandError(
-            f"permission denied on {path}; run as the daemon's user or join its admin group"
-        ) from None
-    return client
-
-
-def request(
-    path: Path,
-    cmd: str,
-    timeout: float | None = 60.0,
-    *,
-    retry_for: float = 0.0,
-    on_retry: Callable[[HyperhiveError], object] | None = None,
-    **arguments: Any,
-) -> Any:
-    """Send one command to the daemon and return its result.
-
-    :param retry_for: for up to this many seconds, try again while the daemon is not
-        running (not started yet, or restarting) or the connection drops before the
-        answer; the waits double from ``RETRY_FIRST`` up to ``RETRY_MAX``. Only for a
-        request that is safe to repeat: a read, or a ``send`` with an
-        ``idempotency_key``, which the daemon stores once however often it comes.
-    :param on_retry: called with the error before the first retry, to tell a person.
-    :raises DaemonNotRunning: nothing listens at ``path``.
-    :raises ConnectionLost: the connection dropped before the answer.
-    :raises HostCommandError: the daemon answered with an error (never retried).
-    """
-    if retry_for and cmd == "send" and not arguments.get("idempotency_key"):
-        raise ValueError("retrying a send without an idempotency_key could store it twice; give it one")
-    line = json.dumps({"cmd": cmd, **arguments}).encode() + b"\n"
-    deadline = time.monotonic() + retry_for
-    wait = RETRY_FIRST
-    while True:
-        try:
-            return _request_once(path, line, timeout)
-        except (DaemonNotRunning, ConnectionLost) as exc:
-            if not retry_for:
-                raise
-            if time.monotonic() + wait > deadline:
-                raise type(exc)(f"{exc} (tried again for {retry_for:g} s)") from None
-            if on_retry is not None and wait == RETRY_FIRST:
-                on_retry(exc)
-        time.sleep(wait)
-        wait = min(wait * 2, RETRY_MAX)
-
-
-def _request_once(path: Path, line: bytes, timeout: float | None) -> Any:
-    try:
-        with _connect(path, timeout) as client, client.makefile("rwb") as wire:
-            wire.write(line)
-            wire.flush()
-            return _unwrap(wire.readline())
-    except (ConnectionResetError, BrokenPipeError) as exc:
-        raise ConnectionLost(
-            f"the connection to the daemon at {path} was lost before its answer ({exc.strerror}); check its log"
-        ) from None
-    except TimeoutError:
-        raise HostCommandError(f"the daemon at {path} did not answer within {timeout:g} s; check its log") from None
-
-
-def subscribe(path: Path, agent: str | None = None, after_id: int | None = None) -> Iterator[dict[str, Any]]:
-    """Yield live events from the daemon until it closes the connection."""
-    with _connect(path, None) as client, client.makefile("rwb") as wire:
-        wire.write(json.dumps({"cmd": "subscribe", "agent": agent, "after_id": after_id}).encode() + b"\n")
-        wire.flush()
-        _unwrap(wire.readline())
-        for line in wire:
-            yield _unwrap_event(line)
-
-
-def _unwrap(line: bytes) -> Any:
-    if not line:
-        raise ConnectionLost("the daemon closed the connection without answering; check its log")
-    response = json.loads(line)
-    if "error" in response:
-        raise HostCommandError(response["error"])
-    return response.get("ok")
-
-
-def _unwrap_event(line: bytes) -> dict[str, Any]:
-    response = json.loads(line)
-    if "error" in response:
-        raise HostCommandError(response["error"])
-    return response["event"]

@@ -4,6 +4,9 @@ The hardening is data, ``HARDENING``, shared with the NixOS module through
 ``nix/hardening.json`` (a test keeps the file equal to it), so the unit written
 here and the one NixOS builds cannot drift. docs/operations.md explains each
 setting left out, and why.
+
+The CLI imports this module to list the command, so the plugins and the container
+backends load inside the functions that use them.
 """
 
 from __future__ import annotations
@@ -20,11 +23,8 @@ from typing import Any
 
 import click
 
-from hyperhive_core.boot import boot, config_schemas
-from hyperhive_core.config import render_default_config, toml_value
-from hyperhive_core.containers.bwrap import hive_runtime_paths
+from hyperhive_core.config import toml_value
 from hyperhive_core.errors import HyperhiveError
-from hyperhive_core.plugins import make_plugin_manager
 
 DEFAULT_UNIT_PATH = Path("/etc/systemd/system/hyperhive.service")
 DEFAULT_CONFIG_PATH = Path("/etc/hyperhive/hyperhive.toml")
@@ -180,6 +180,10 @@ def unit_value(value: UnitValue) -> str:
 
 def sample_config(plan: ServicePlan) -> str:
     """``hyperhive init``'s config, with the settings the unit depends on filled in."""
+    from hyperhive_core.boot import config_schemas
+    from hyperhive_core.config import render_default_config
+    from hyperhive_core.plugins import make_plugin_manager
+
     text = render_default_config(config_schemas(make_plugin_manager(None)))
     return set_hive_keys(
         text,
@@ -223,6 +227,8 @@ def plan_service(
     }
     exists = config_path.exists()
     if exists:
+        from hyperhive_core.boot import boot
+
         hive = boot(config_path).config.hive
         chosen = {
             "state_dir": hive.state_dir,
@@ -279,6 +285,8 @@ def hyperhive_executable() -> Path:
 def check_paths(plan: ServicePlan) -> ServicePlan:
     """Refuse paths a unit cannot hold plainly, or that ProtectHome would hide or freeze;
     return the plan with ``visible_home`` set when hyperhive runs from a home directory."""
+    from hyperhive_core.containers.bwrap import hive_runtime_paths
+
     named = {
         "the hyperhive command": plan.executable,
         "the config": plan.config_path,

@@ -11,7 +11,8 @@ import pytest
 
 from hyperhive_core import hookimpl
 from hyperhive_core.boot import boot, config_schemas
-from hyperhive_core.config import find_config, load_config, option, read_toml, render_default_config
+from hyperhive_core.config import load_config, option, render_default_config
+from hyperhive_core.configfile import find_config, read_toml
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.paths import default_state_dir
 

@@ -1,0 +1,223 @@
+"""``hyperhive send``, ``status`` and ``agents``, answered before click loads.
+
+The operator and scripts run these all the time, and each only asks the running
+daemon one question over the host socket. Importing click costs about as much as
+starting Python, and the plugins many times that; so ``hyperhive_core.__main__``
+offers argv here first. :func:`main` takes exactly these commands' plain forms
+(``--config``, ``-v`` and ``-q``, then the command and its arguments) and answers
+them with the standard library. Anything else (``--help``, an unknown option, a
+missing argument, shell completion) goes on to the click CLI, which gives its usual
+help and errors. The click commands call the functions here too, so both ways
+print the same.
+
+Keep module-level imports to the standard library and core's light modules:
+tests/test_cli_startup.py fails if mcp, trio, pluggy, the plugins or the like load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from hyperhive_core.configfile import configured_state_dir, find_config, read_toml
+from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.hostclient import DaemonNotRunning, request
+from hyperhive_core.paths import StatePaths, default_state_dir
+
+# click's shell completion runs through the click CLI.
+COMPLETE_VAR = "_HYPERHIVE_COMPLETE"
+# The top-level flags that only set the log level; these commands log nothing.
+LOG_FLAGS = re.compile(r"-[vq]+|--verbose|--quiet")
+
+
+def host_socket(config_path: str | None) -> Path:
+    """The running daemon's host socket, from ``[hive] state_dir`` of the config.
+
+    Only that key is read (``configfile.configured_state_dir``): validating the
+    whole file needs every plugin, and the daemon validated it when it started.
+    """
+    path, required = find_config(config_path)
+    state_dir = configured_state_dir(path, read_toml(path, required))
+    return StatePaths(state_dir or default_state_dir()).host_socket
+
+
+def ask(config_path: str | None, cmd: str, **arguments: Any) -> Any:
+    """Send one command to the running daemon and return its result.
+
+    :raises HyperhiveError: the config or the daemon says no; the message says what to do.
+    """
+    try:
+        return request(host_socket(config_path), cmd, **arguments)
+    except DaemonNotRunning:
+        check_config(config_path)
+        raise
+
+
+def check_config(config_path: str | None) -> None:
+    """Check the whole config when no daemon answers, and raise what is wrong with it.
+
+    Only state_dir was read: a mistake elsewhere in the file (a misspelt
+    ``state_dir`` key, say) may be why there is no daemon here. The full check (it
+    loads the plugins) names it; a valid config leaves "not running".
+    """
+    from hyperhive_core.boot import boot
+
+    boot(config_path)
+
+
+def to_json(value: Any) -> str:
+    """A result as ``--json`` prints it."""
+    return json.dumps(value, indent=2, default=str)
+
+
+# -- the commands: each returns the lines to print -----------------------------------
+
+
+# How long ``hyperhive send`` keeps trying while the hive is down or restarting (docs/hostsock.md).
+SEND_RETRY_FOR = 30.0
+
+
+def send(
+    config_path: str | None,
+    name: str,
+    message: str,
+    retry_for: float = SEND_RETRY_FOR,
+    idempotency_key: str | None = None,
+) -> list[str]:
+    """Send ``message`` to agent ``name``, as the operator: stored once, however often it is tried.
+
+    Every try carries the same idempotency key, so a retry after a lost answer gets
+    the stored message back instead of storing a copy.
+    """
+    # 128 random bits, as many as a UUID4 has, without importing uuid (and platform).
+    key = idempotency_key or os.urandom(16).hex()
+
+    def notice(exc: HyperhiveError) -> None:
+        if isinstance(exc, DaemonNotRunning):
+            check_config(config_path)  # a wrong config, not a stopped hive, may be why: say so at once
+        sys.stderr.write(f"{exc}; trying again for up to {retry_for:g} s\n")
+
+    arguments = {"to": name, "body": message, "idempotency_key": key}
+    result = ask(config_path, "send", retry_for=retry_for, on_retry=notice, **arguments)
+    return [f"sent message {result['id']} to {name}"]
+
+
+def status(config_path: str | None, as_json: bool) -> list[str]:
+    """The running hive: state dir, backend, model endpoint, agents."""
+    result = ask(config_path, "status")
+    if as_json:
+        return [to_json(result)]
+    backend = result["backend"]
+    isolation = "" if backend["isolated"] else "  (NO ISOLATION: agents run with the daemon's privileges)"
+    lines = [f"state dir  {result['state_dir']}", f"backend    {backend['name']}{isolation}"]
+    if backend.get("limits"):
+        lines.append(f"limits     {backend['limits']}")  # how agents' caps are enforced, or "no limits: why"
+    if result["rehearsal"]:
+        lines.append(f"model      REHEARSAL MODEL at {result['rehearsal']} (no real Claude)")
+    return lines + [agent_line(agent) for agent in result["agents"]]
+
+
+def agents(config_path: str | None, as_json: bool) -> list[str]:
+    """Every agent with its state, model and inbox depth."""
+    result = ask(config_path, "agents")
+    return [to_json(result)] if as_json else [agent_line(agent) for agent in result]
+
+
+def agent_line(agent: dict[str, Any]) -> str:
+    """One agent as ``status`` and ``agents`` list it."""
+    return (
+        f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} "
+        f"model {agent['model']:<10} inbox {agent['inbox_depth']}"
+    )
+
+
+def describe_state(agent: dict[str, Any]) -> str:
+    flags = [flag for flag in ("paused", "failed", "stopped") if agent.get(flag)]
+    state = agent["state"] + (f" ({agent['detail']})" if agent.get("detail") else "")
+    return ", ".join([state, *flags])
+
+
+# -- dispatch --------------------------------------------------------------------------
+
+
+def parse(argv: list[str]) -> Callable[[], list[str]] | None:
+    """The command ``argv`` asks for, ready to run, if it is plain enough to run here; else None.
+
+    Any other option, ``--`` or ``--help`` (anything starting with ``-``) is left
+    to click, which knows them all.
+    """
+    config_path = None
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in ("-c", "--config"):
+            if not rest or rest[0].startswith("-"):
+                return None
+            config_path = rest.pop(0)
+        elif option.startswith("--config="):
+            config_path = option.removeprefix("--config=")
+        elif option.startswith("-c") and not option.startswith("--"):
+            config_path = option.removeprefix("-c")  # -cFILE, as click reads it
+        elif not LOG_FLAGS.fullmatch(option):
+            return None
+    match rest:
+        case ["send", *args]:
+            return _parse_send(config_path, args)
+        case ["status" | "agents" as command, *flags] if set(flags) <= {"--json"}:
+            return partial(status if command == "status" else agents, config_path, bool(flags))
+    return None
+
+
+def _parse_send(config_path: str | None, args: list[str]) -> Callable[[], list[str]] | None:
+    """``send NAME MESSAGE`` with ``--retry-for SECONDS`` and ``--idempotency-key KEY`` anywhere among them."""
+    positional: list[str] = []
+    options: dict[str, str] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        option, has_value, value = arg.partition("=")
+        if option in ("--retry-for", "--idempotency-key"):
+            if not has_value:
+                if not rest or rest[0].startswith("-"):
+                    return None
+                value = rest.pop(0)
+            options[option] = value
+        elif arg.startswith("-"):
+            return None
+        else:
+            positional.append(arg)
+    try:
+        retry_for = float(options.get("--retry-for", SEND_RETRY_FOR))
+    except ValueError:
+        return None
+    if len(positional) != 2 or not retry_for >= 0:  # click says what is wrong
+        return None
+    return partial(send, config_path, *positional, retry_for, options.get("--idempotency-key"))
+
+
+def main(argv: list[str]) -> int | None:
+    """Run ``argv`` if it is one of the commands here: its exit status, or None to leave it to click."""
+    command = None if COMPLETE_VAR in os.environ else parse(argv)
+    if command is None:
+        return None
+    try:
+        lines = command()
+    except HyperhiveError as exc:
+        sys.stderr.write(f"Error: {exc}\n")  # as click shows it
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\nAborted!\n")
+        return 1
+    try:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (``| head``): end quietly, as click does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
