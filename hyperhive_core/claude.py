@@ -35,6 +35,7 @@ from typing import Any
 
 import trio
 
+from hyperhive_core.agentenv import CLAUDE_DIR, PROJECTS
 from hyperhive_core.config import option
 from hyperhive_core.containers import ContainerBackend, ContainerProcess, ContainerSpec
 from hyperhive_core.errors import ConfigError, HyperhiveError
@@ -338,8 +339,8 @@ class ClaudeSession:
             "--mcp-config",
             json.dumps(options.mcp_config),
             "--strict-mcp-config",
-            # HOME is the agent's own /state: settings files there are the agent's to write,
-            # so none are read; the hive passes everything with --settings.
+            # The CLI's config dir is in the agent's own /state: settings files there are the
+            # agent's to write, so none are read; the hive passes everything with --settings.
             "--setting-sources",
             "",
             "--allowedTools",
@@ -358,12 +359,13 @@ class ClaudeSession:
         return argv + options.extra_args
 
     def transcript_exists(self) -> bool:
-        """Whether the CLI saved this session (under ``$HOME/.claude/projects``) and can resume it.
+        """Whether the CLI saved this session (under ``$CLAUDE_CONFIG_DIR/projects``, in the
+        agent's state dir) and can resume it.
 
         A process killed before its first write leaves nothing to resume; it then
         starts a fresh session instead of failing on ``--resume``.
         """
-        projects = self.spec.state_dir / ".claude" / "projects"
+        projects = self.spec.state_dir / CLAUDE_DIR / PROJECTS
         return any(projects.glob(f"*/{self.session_id}.jsonl"))
 
     async def start(self, nursery: trio.Nursery, options: SessionOptions) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from hyperhive_core.agentenv import AGENT_HOME, agent_env
 from hyperhive_core.agents import (
     AGENT,
     MANAGER,
@@ -147,10 +148,16 @@ class Hive:
         if harness is not None:
             harness.container_changed()
 
-    def session_env(self, name: str, home: Path) -> dict[str, str]:
-        """The Claude Code process's environment: the model endpoint, and no phoning home."""
+    def session_env(self, name: str, state: Path) -> dict[str, str]:
+        """The Claude Code process's environment: the model endpoint, and no phoning home.
+
+        :param state: the agent's state dir as it sees it. ``HOME`` is elsewhere, where the
+            agent cannot write (see ``agentenv``); without a container, a directory that
+            is not there, beside its state dir.
+        """
+        home = AGENT_HOME if self.backend.isolated else self.paths.agent_state(name).parent / "home"
         env = {
-            "HOME": str(home),
+            **agent_env(state, home),
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "DISABLE_TELEMETRY": "1",

@@ -194,7 +194,7 @@ async def test_each_agent_runs_as_its_own_unprivileged_host_uid(hive):
         assert host_ids(pid, "Uid") == [alice_uid] * 4
         assert host_ids(pid, "Gid") == [alice_uid] * 4
         assert host_ids(pid, "Groups") == []
-    assert (await hive.run(bob, "id -u; id -un; echo $HOME"))[1].split() == [str(bob_uid), "bob", "/state"]
+    assert (await hive.run(bob, "id -u; id -un; echo $HOME"))[1].split() == [str(bob_uid), "bob", "/home/agent"]
     sandbox.kill()
     await sandbox.wait()
 
@@ -269,6 +269,21 @@ async def test_host_paths_are_read_only(hive):
     _, out, _ = await hive.run(alice, script + "touch /state/ok /tmp/ok && echo own-dirs-ok")
     assert out.split() == ["own-dirs-ok"]
     assert not any(path.exists() for path in canaries)
+
+
+@needs_bwrap
+async def test_home_is_empty_and_no_dotfile_can_be_planted_there(hive):
+    """HOME is not the state dir: Claude Code's Bash tool sources ~/.bashrc, ~/.profile, … before each command."""
+    alice = await hive.agent("alice")
+    dotfiles = [".bashrc", ".profile", ".bash_profile", ".gitconfig", ".ssh/config"]
+    script = "".join(f"touch ~/{name} 2>/dev/null && echo wrote {name}; " for name in dotfiles)
+    script += "mkdir ~/.ssh 2>/dev/null && echo made .ssh; chmod 777 ~ 2>/dev/null && echo chmod; "
+    # Programs that look the home up in passwd (ssh does) find the same directory.
+    script += "echo $HOME; getent passwd alice | cut -d: -f6; ls -A ~ | wc -l"
+    rc, out, err = await hive.run(alice, script)
+    assert (rc, err) == (0, "")
+    assert out.split() == ["/home/agent", "/home/agent", "0"]  # empty, and nothing could be written
+    assert not any(name.startswith(".") for name in os.listdir(alice.state_dir))
 
 
 @needs_bwrap
@@ -489,6 +504,7 @@ async def test_uids_are_distinct_stable_and_skip_host_accounts(tmp_path):
         ({"ro_paths": [Path("relative")]}, "not an absolute path"),
         ({"ro_paths": [Path("/nonexistent/hyperhive")]}, "not an absolute path to something that exists"),
         ({"stop_timeout_seconds": 0.0}, "must be positive"),
+        ({"ro_paths": [Path("/home")]}, "would cover the agents' read-only HOME, /home/agent"),
     ],
 )
 def test_bwrap_section_checks_its_values(values, message):

@@ -50,7 +50,8 @@ SPEC = ContainerSpec(
     state_dir=Path("/var/lib/hyperhive/agents/alice/state"),
     socket_dir=Path("/var/lib/hyperhive/run/alice"),
 )
-MOUNTS = container_mounts(SPEC, [Path("/opt/hyperhive")], Path("/var/lib/hyperhive"))
+EMPTY = Path("/var/lib/hyperhive/nspawn/empty_home")
+MOUNTS = container_mounts(SPEC, [Path("/opt/hyperhive")], Path("/var/lib/hyperhive"), EMPTY)
 PROFILE = AgentProfile(
     model="haiku",
     env={
@@ -84,6 +85,7 @@ def test_nspawn_argv():
         "--bind-ro=/opt/hyperhive",
         "--bind=/var/lib/hyperhive/agents/alice/state:/state",
         "--bind=/var/lib/hyperhive/run/alice:/run/hyperhive",
+        "--bind-ro=/var/lib/hyperhive/nspawn/empty_home:/home/agent",
         "--",
         "/usr/bin/sleep",
         "infinity",
@@ -139,7 +141,7 @@ def test_an_oom_killed_unit_says_so():
 
 def test_a_read_only_path_holding_the_state_root_gets_it_hidden():
     spec = ContainerSpec("bob", "agent", Path("/src/hive/state/agents/bob/state"), Path("/src/hive/state/run/bob"))
-    mounts = container_mounts(spec, [Path("/src/hive")], Path("/src/hive/state"))
+    mounts = container_mounts(spec, [Path("/src/hive")], Path("/src/hive/state"), EMPTY)
     assert mounts.hidden == [Path("/src/hive/state")]
     argv = nspawn_argv("bob", Path("/srv/root"), mounts, ["true"])
     # nspawn mounts deeper paths after shallower ones, whatever their order here.
@@ -149,7 +151,7 @@ def test_a_read_only_path_holding_the_state_root_gets_it_hidden():
 
 def test_extra_binds_reach_the_container():
     spec = ContainerSpec("manager", "manager", Path("/s/state"), Path("/s/run"), {"/agents/bob/config": Path("/c")})
-    mounts = container_mounts(spec, [], Path("/s"))
+    mounts = container_mounts(spec, [], Path("/s"), EMPTY)
     assert "--bind=/c:/agents/bob/config" in nspawn_argv("manager", Path("/r"), mounts, [])
 
 
@@ -195,6 +197,7 @@ def test_the_generated_agent_nix():
             "/state" = { hostPath = "/var/lib/hyperhive/agents/alice/state"; isReadOnly = false; };
             "/run/hyperhive" = { hostPath = "/var/lib/hyperhive/run/alice"; isReadOnly = false; };
             "/opt/hyperhive" = { hostPath = "/opt/hyperhive"; isReadOnly = true; };
+            "/home/agent" = { hostPath = "/var/lib/hyperhive/nspawn/empty_home"; isReadOnly = true; };
           };
           config = { pkgs, ... }: {
             boot.isContainer = true;
@@ -234,7 +237,8 @@ def test_host_settings_for_an_imperative_nixos_container():
         "LOCAL_ADDRESS": "",
         "PRIVATE_USERS": "pick",
         "EXTRA_NSPAWN_FLAGS": "--private-users-ownership=auto --bind-ro=/opt/hyperhive "
-        "--bind=/var/lib/hyperhive/agents/alice/state:/state --bind=/var/lib/hyperhive/run/alice:/run/hyperhive",
+        "--bind=/var/lib/hyperhive/agents/alice/state:/state --bind=/var/lib/hyperhive/run/alice:/run/hyperhive "
+        "--bind-ro=/var/lib/hyperhive/nspawn/empty_home:/home/agent",
     }
     written_by_create = "PRIVATE_NETWORK=1\nHOST_ADDRESS=10.233.1.1\nLOCAL_ADDRESS=10.233.1.2\nAUTO_START=0\n"
     merged = merge_env_file(written_by_create, settings)
@@ -242,7 +246,7 @@ def test_host_settings_for_an_imperative_nixos_container():
     assert 'PRIVATE_NETWORK="0"\nHOST_ADDRESS=""\nLOCAL_ADDRESS=""\nPRIVATE_USERS="pick"\n' in merged
     assert merge_env_file(merged, settings) == merged  # an update replaces, never repeats
 
-    spaced = container_mounts(SPEC, [Path("/opt/my hive")], Path("/var/lib/hyperhive"))
+    spaced = container_mounts(SPEC, [Path("/opt/my hive")], Path("/var/lib/hyperhive"), EMPTY)
     with pytest.raises(NspawnError, match="without spaces"):
         nixos_host_settings(spaced)
 
@@ -272,10 +276,11 @@ async def test_the_nixos_config_describes_the_hives_agent(make_pm, make_config, 
             nursery.cancel_scope.cancel()
     assert profile.model == hive.agents.get("manager").status.model
     assert profile.mcp_config == hive.surface.mcp_config("/run/hyperhive/agent.sock")
-    assert profile.env["HOME"] == "/state"
-    text = render_agent_nix(spec, profile, container_mounts(spec, [], hive.paths.root))
+    assert profile.env["CLAUDE_CONFIG_DIR"] == "/state/.claude"
+    text = render_agent_nix(spec, profile, container_mounts(spec, [], hive.paths.root, EMPTY))
     assert nix_string(json.dumps(profile.mcp_config, indent=2, sort_keys=True)) in text
     assert f'"/state" = {{ hostPath = "{spec.state_dir}"; isReadOnly = false; }};' in text
+    assert f'"/home/agent" = {{ hostPath = "{EMPTY}"; isReadOnly = true; }};' in text
 
 
 def test_the_backend_needs_systemd_as_init(tmp_path):
@@ -318,7 +323,9 @@ async def container(tmp_path) -> tuple[ContainerSpec, Path, Mounts]:
     reason = await nspawn_runs_here(root)
     if reason:
         pytest.skip(reason)
-    return spec, root, container_mounts(spec, [], state_root)
+    empty = tmp_path / "empty_home"
+    empty.mkdir(mode=0o555)
+    return spec, root, container_mounts(spec, [], state_root, empty)
 
 
 @pytest.mark.slow
@@ -337,7 +344,8 @@ async def test_a_real_container_runs_the_agent_as_an_unprivileged_uid(container)
         assert uid >= 65536
         hand_over(spec, uid)
         script = f"id -u; echo hello > /state/note; test -e {spec.state_dir} || echo hive hidden"
-        assert (await run("/usr/bin/sh", "-c", script)).split("\n") == ["0", "hive hidden", ""]
+        script += "; touch /home/agent/.bashrc 2>/dev/null || echo home read-only"
+        assert (await run("/usr/bin/sh", "-c", script)).split("\n") == ["0", "hive hidden", "home read-only", ""]
     note = spec.state_dir / "note"
     assert note.read_text() == "hello\n"
     assert (note.stat().st_uid, spec.socket_dir.stat().st_uid) == (uid, uid)

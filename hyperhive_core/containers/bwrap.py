@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 import hyperhive_core
+from hyperhive_core.agentenv import AGENT_HOME
 from hyperhive_core.config import option
 from hyperhive_core.containers import (
     ContainerBackend,
@@ -93,6 +94,11 @@ class BwrapSection:
         for path in self.ro_paths:
             if not path.is_absolute() or not path.exists():
                 raise ConfigError(f"[bwrap] ro_paths: {path} is not an absolute path to something that exists")
+            if AGENT_HOME.is_relative_to(path):
+                raise ConfigError(
+                    f"[bwrap] ro_paths: {path} would cover the agents' read-only HOME, {AGENT_HOME}; "
+                    "list the directories inside it that agents need instead"
+                )
         if self.stop_timeout_seconds <= 0:
             raise ConfigError(f"[bwrap] stop_timeout_seconds must be positive, not {self.stop_timeout_seconds}")
 
@@ -326,6 +332,8 @@ class BwrapBackend(ContainerBackend):
         for inside, source in spec.extra_binds.items():
             args += ["--bind", str(source), inside]
         args += ["--bind", str(spec.socket_dir / "agent.sock"), str(SANDBOX_SOCKET)]
+        # HOME: empty, on the root tmpfs that turns read-only next, so no dotfile can be planted.
+        args += ["--dir", str(AGENT_HOME)]
         args += ["--remount-ro", "/", "--chdir", str(SANDBOX_STATE), "--cap-drop", "ALL", "--", *argv]
         return args
 
@@ -360,7 +368,7 @@ def give_state_dir(state_dir: Path, uid: int) -> None:
 
 
 def _sandbox_env(agent: str, env: Mapping[str, str], pty: bool) -> dict[str, str]:
-    base = {"HOME": str(SANDBOX_STATE), "USER": agent, "LOGNAME": agent, "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+    base = {"HOME": str(AGENT_HOME), "USER": agent, "LOGNAME": agent, "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
     if pty:
         base["TERM"] = "xterm-256color"
     return base | dict(env)
@@ -369,7 +377,7 @@ def _sandbox_env(agent: str, env: Mapping[str, str], pty: bool) -> dict[str, str
 def _passwd(agent: str, uid: int) -> str:
     return (
         "root:x:0:0:root:/root:/usr/sbin/nologin\n"
-        f"{agent}:x:{uid}:{uid}:hyperhive agent:{SANDBOX_STATE}:/bin/bash\n"
+        f"{agent}:x:{uid}:{uid}:hyperhive agent:{AGENT_HOME}:/bin/bash\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
     )
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from hyperhive_core.agentenv import AGENT_HOME
 from hyperhive_core.containers import (
     ContainerBackend,
     ContainerEventKind,
@@ -69,6 +70,7 @@ CONFIGURATION_NIX = (
 )
 
 CONTAINER_STATE = Path("/state")
+EMPTY_HOME = "empty_home"  # under the containers dir; no agent name has an underscore
 CONTAINER_RUN = Path(CONTAINER_SOCKET).parent
 PICK_USERS = "--private-users=pick"
 OWN_ROOT = "--private-users-ownership=auto"
@@ -106,15 +108,18 @@ class Mounts:
     """Shown at the same path, read-only."""
     hidden: list[Path] = field(default_factory=list)
     """Covered by an empty tmpfs: the state root, where a read-only path holds it."""
+    read_only_at: dict[str, Path] = field(default_factory=dict)
+    """Container path → host path, read-only: the agent's empty HOME."""
 
 
-def container_mounts(spec: ContainerSpec, read_only: Sequence[Path], state_root: Path) -> Mounts:
+def container_mounts(spec: ContainerSpec, read_only: Sequence[Path], state_root: Path, empty_home: Path) -> Mounts:
     """The state dir, the socket's directory (rather than the socket, so one the daemon
-    re-creates is the one the agent sees), the spec's extra binds, and ``read_only``
-    with the state root hidden under them."""
+    re-creates is the one the agent sees), the spec's extra binds, ``read_only`` with
+    the state root hidden under them, and ``empty_home`` as the agent's read-only HOME
+    (root in the container cannot remount it: the mount belongs to the host)."""
     binds = {str(CONTAINER_STATE): spec.state_dir, str(CONTAINER_RUN): spec.socket_dir, **spec.extra_binds}
     hidden = [state_root] if any(state_root.is_relative_to(path) for path in read_only) else []
-    return Mounts(binds, list(read_only), hidden)
+    return Mounts(binds, list(read_only), hidden, {str(AGENT_HOME): empty_home})
 
 
 # -- plain systemd-nspawn ------------------------------------------------------------
@@ -137,6 +142,7 @@ def nspawn_argv(agent: str, root: Path, mounts: Mounts, command: Sequence[str], 
     argv += ["--bind-ro=/usr", *(f"--bind-ro={path}" for path in mounts.read_only)]
     argv += [f"--tmpfs={path}" for path in mounts.hidden]
     argv += [f"--bind={source}:{inside}" for inside, source in mounts.binds.items()]
+    argv += [f"--bind-ro={source}:{inside}" for inside, source in mounts.read_only_at.items()]
     return [*argv, "--", *command]
 
 
@@ -208,7 +214,7 @@ def make_root(root: Path) -> None:
         if not (root / link).is_symlink():
             (root / link).symlink_to(f"usr/{link}")
     (root / "etc" / "os-release").write_text('ID=hyperhive-agent\nNAME="hyperhive agent"\n')
-    (root / "etc" / "passwd").write_text(f"root:x:0:0:hyperhive agent:{CONTAINER_STATE}:/bin/bash\n")
+    (root / "etc" / "passwd").write_text(f"root:x:0:0:hyperhive agent:{AGENT_HOME}:/bin/bash\n")
     (root / "etc" / "group").write_text("root:x:0:\n")
 
 
@@ -230,6 +236,7 @@ def render_agent_nix(
     """
     bound = [(inside, source, False) for inside, source in mounts.binds.items()]
     bound += [(str(path), path, True) for path in mounts.read_only]
+    bound += [(inside, source, True) for inside, source in mounts.read_only_at.items()]
     binds = "".join(
         f"    {nix_string(inside)} = {{ hostPath = {nix_string(str(source))}; isReadOnly = {str(ro).lower()}; }};\n"
         for inside, source, ro in bound
@@ -275,6 +282,7 @@ def nixos_host_settings(mounts: Mounts) -> dict[str, str]:
     flags = [OWN_ROOT, *(f"--bind-ro={path}" for path in mounts.read_only)]
     flags += [f"--tmpfs={path}" for path in mounts.hidden]
     flags += [f"--bind={source}:{inside}" for inside, source in mounts.binds.items()]
+    flags += [f"--bind-ro={source}:{inside}" for inside, source in mounts.read_only_at.items()]
     # The container's unit word-splits EXTRA_NSPAWN_FLAGS.
     for flag in flags:
         if any(char.isspace() or char in '"\\$`' for char in flag):
@@ -417,9 +425,11 @@ class NspawnBackend(ContainerBackend):
 
     def mounts(self, spec: ContainerSpec) -> Mounts:
         """What ``spec.agent``'s container shows of the host."""
-        return container_mounts(spec, self.read_only, self.state_root)
+        return container_mounts(spec, self.read_only, self.state_root, self.containers_dir / EMPTY_HOME)
 
     async def create(self, spec: ContainerSpec) -> None:
+        # Root's, read and search only: nothing in any container can write it.
+        (self.containers_dir / EMPTY_HOME).mkdir(mode=0o555, parents=True, exist_ok=True)
         if not self.nixos:
             await trio.to_thread.run_sync(make_root, self._root(spec))
             return
