@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from quart import Response, g, has_websocket_context, jsonify, redirect, render_template, request, websocket
 from quart_trio import QuartTrio
@@ -18,9 +19,10 @@ from hyperhive_core.agents import UnknownAgent
 from hyperhive_core.broker import NotDeadLetter
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_web.api import api
-from hyperhive_web.auth import CSRF_HEADER, Refused, Session, bearer_token, check_host, check_origin
+from hyperhive_web.auth import CSRF_HEADER, Refused, Session, bearer_token, check_host, check_origin, safe_next
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.dead_letters import dead_letters
+from hyperhive_web.jsonbody import BoundedJSONProvider
 from hyperhive_web.pages import pages
 from hyperhive_web.routes import PluginRoute
 from hyperhive_web.terminal import terminal
@@ -49,6 +51,7 @@ def create_app(dashboard: Dashboard) -> QuartTrio:
     app = QuartTrio(__name__, static_folder=str(HERE / "static"), static_url_path="/static")
     app.config["HYPERHIVE_DASHBOARD"] = dashboard
     app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
+    app.json = BoundedJSONProvider(app)  # every request's JSON, a plugin route's too
     app.before_request(guard_request)
     app.before_websocket(guard_websocket)
     app.after_request(add_security_headers)
@@ -90,12 +93,12 @@ async def guard_request() -> Response | None:
         if request.method not in SAFE_METHODS:
             check_origin(request.headers, request.host_url.rstrip("/"), state_changing=True)
         return None
-    if authenticated_by_bearer(dashboard, request.headers.get("Authorization")):
+    if await authenticated_by_bearer(dashboard, request.headers.get("Authorization"), request.scope):
         return None
     session = session_from_cookie(dashboard, request.cookies)
     if session is None:
         if request.method == "GET" and not wants_json(request.path):
-            return redirect(f"/login?next={request.full_path.rstrip('?')}", 303)
+            return redirect(f"/login?next={quote(safe_next(request.full_path.rstrip('?')), safe='/')}", 303)
         raise Refused(401, "log in first: open the /login?token=… address that `hyperhive up` printed")
     own_origin = request.host_url.rstrip("/")
     state_changing = request.method not in SAFE_METHODS
@@ -112,7 +115,7 @@ async def guard_websocket() -> None:
     """Websockets: the same host and login checks, and they must come from the dashboard's pages."""
     dashboard = current_dashboard()
     check_host(websocket.headers.get("Host"), dashboard.settings.hosts)
-    if authenticated_by_bearer(dashboard, websocket.headers.get("Authorization")):
+    if await authenticated_by_bearer(dashboard, websocket.headers.get("Authorization"), websocket.scope):
         return
     if session_from_cookie(dashboard, websocket.cookies) is None:
         raise Refused(401, "log in first")
@@ -121,12 +124,12 @@ async def guard_websocket() -> None:
         raise Refused(403, "missing or wrong csrf parameter; reload the page")
 
 
-def authenticated_by_bearer(dashboard: Dashboard, authorization: str | None) -> bool:
+async def authenticated_by_bearer(dashboard: Dashboard, authorization: str | None, scope: Mapping[str, Any]) -> bool:
     """Scripts send the operator token itself; a browser never adds it on its own."""
     token = bearer_token(authorization)
     if token is None:
         return False
-    if not dashboard.sessions.token_matches(token):
+    if not await dashboard.token_matches(token, scope):
         raise Refused(401, "wrong bearer token")
     g.csrf = ""
     return True
@@ -165,10 +168,13 @@ async def handle_error(error: Exception) -> Response:
         log.error("dashboard request %s failed", where, exc_info=error)
         status, message = 500, f"the dashboard failed: {type(error).__name__}: {error}. the daemon log has details."
     if has_websocket_context():
-        return Response(message, status=status)
-    if wants_json(request.path) or request.method not in SAFE_METHODS:
+        response = Response(message, status=status)
+    elif wants_json(request.path) or request.method not in SAFE_METHODS:
         response = jsonify({"error": message})
         response.status_code = status
-        return response
-    html = await render_template("error.html", status=status, message=message)
-    return Response(html, status=status, content_type="text/html; charset=utf-8")
+    else:
+        html = await render_template("error.html", status=status, message=message)
+        response = Response(html, status=status, content_type="text/html; charset=utf-8")
+    if isinstance(error, Refused) and error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response

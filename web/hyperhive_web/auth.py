@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 TOKEN_FILE = "operator-token"  # noqa: S105 - the file name, not a secret
 COOKIE = "hyperhive_session"
@@ -29,11 +30,15 @@ CSRF_HEADER = "X-CSRF-Token"
 
 
 class Refused(Exception):
-    """A request the guard turns away; ``status`` and a message that says why."""
+    """A request the guard turns away; ``status`` and a message that says why.
 
-    def __init__(self, status: int, message: str) -> None:
+    :param retry_after: for a 429, the seconds until the client may try again.
+    """
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 def load_or_create_token(directory: Path) -> str:
@@ -154,3 +159,40 @@ def bearer_token(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header."""
     scheme, _, value = (authorization or "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+# What a redirect target may hold: RFC 3986's path, query and fragment characters. No
+# backslash, whitespace, control or non-ASCII character: browsers read those loosely
+# (``/\evil.example`` and ``/<TAB>/evil.example`` both go to evil.example).
+REDIRECT_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?#%]{1,2000}")
+# Percent-decoding rounds a target is checked through (a proxy or a browser may decode once more).
+DECODINGS = 3
+
+
+def safe_next(target: str | None) -> str:
+    """A redirect target from a request (``?next=``), made a path on this dashboard: ``/`` if it is anything else.
+
+    It must be a path that starts with a single ``/``, made of plain URL characters;
+    so must each percent-decoding of it (``/%2F%2Fevil.example`` is refused too).
+    """
+    if not target or not REDIRECT_CHARS.fullmatch(target):
+        return "/"
+    decoded = target
+    for _ in range(DECODINGS):
+        if not _same_origin_path(decoded):
+            return "/"
+        decoded, previous = unquote(decoded), decoded
+        if decoded == previous:
+            return target
+    return "/"  # still encoded after that many rounds: nobody needs that
+
+
+def _same_origin_path(target: str) -> bool:
+    """A path with no way to name another host: one leading ``/``, no ``//`` in it, no ``\\``, no control or space."""
+    path = target.partition("?")[0].partition("#")[0]
+    return (
+        path.startswith("/")
+        and "//" not in path
+        and "\\" not in target
+        and not any(char.isspace() or not char.isprintable() for char in target)
+    )

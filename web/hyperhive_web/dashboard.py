@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from quart import current_app
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.supervise import root_cause
 from hyperhive_web.auth import COOKIE, Sessions, load_or_create_token
+from hyperhive_web.limiter import FailureLimiter, client_key
 from hyperhive_web.panels import PanelAssets
 from hyperhive_web.routes import PluginRoutes, collect_routes
 from hyperhive_web.settings import WebSection
@@ -46,6 +48,7 @@ class Dashboard:
         self.directory = web_dir(hive.paths.root)
         self.token = load_or_create_token(self.directory)
         self.sessions = Sessions(self.token, self.settings.session_days * 86400)
+        self.limiter = FailureLimiter(self.settings.token_failures_per_minute)
         # Collected once, so a clash between plugins stops the daemon at startup.
         self.routes: PluginRoutes = collect_routes(hive.pm)
         self.slash_commands: SlashCommands = collect_slash_commands(hive.pm)
@@ -68,6 +71,21 @@ class Dashboard:
     @property
     def login_url(self) -> str:
         return f"{self.url}/login?token={self.token}"
+
+    async def token_matches(self, candidate: str, scope: Mapping[str, Any]) -> bool:
+        """Whether ``candidate`` is the operator token: ``/login``'s check and the bearer token's.
+
+        :param scope: the request's ASGI scope: who asks, for the failure limiter.
+        :raises Refused: 429, this client (or every client) has had too many wrong tokens lately.
+        """
+        client = await trio.to_thread.run_sync(client_key, scope.get("client"), scope.get("server"))
+        self.limiter.acquire(client)
+        if self.sessions.token_matches(candidate):
+            self.limiter.release(client)
+            return True
+        if self.limiter.remaining(client) < 1:
+            log.warning("dashboard: too many wrong operator tokens from %s; its attempts wait a while", client)
+        return False
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the dashboard until cancelled."""

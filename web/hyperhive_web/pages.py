@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
 
 from hyperhive_core import dead_letters, host_commands
 from hyperhive_core.names import OPERATOR
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
+from hyperhive_web.auth import Refused, safe_next
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.panels import PlacedPanel, collect_panels
 
@@ -17,14 +17,6 @@ pages = Blueprint("pages", __name__)
 
 TAIL_EVENTS = 300
 RESOLVED_SHOWN = 10
-
-
-def safe_next(target: str | None) -> str:
-    """Where to go after login: a path on this dashboard only, never another site."""
-    parts = urlsplit(target or "/")
-    if parts.scheme or parts.netloc or not (target or "/").startswith("/") or (target or "").startswith("//"):
-        return "/"
-    return target or "/"
 
 
 @pages.route("/login", methods=["GET", "POST"])
@@ -37,7 +29,12 @@ async def login() -> Any:
         token, target = request.args.get("token", ""), request.args.get("next")
     if not token:
         return await render_template("login.html", next=safe_next(target), error=None)
-    if not dashboard.sessions.token_matches(token):
+    try:
+        matches = await dashboard.token_matches(token, request.scope)
+    except Refused as refused:
+        html = await render_template("login.html", next=safe_next(target), error=str(refused))
+        return Response(html, status=refused.status, headers={"Retry-After": str(refused.retry_after)})
+    if not matches:
         html = await render_template("login.html", next=safe_next(target), error="that token is not this hive's")
         return Response(html, status=401)
     response = redirect(safe_next(target), 303)

@@ -24,6 +24,11 @@ class WebSection:
         "names and the bind address. Anything else is refused (DNS rebinding).",
     )
     session_days: int = option(30, help="How long a browser stays logged in.")
+    token_failures_per_minute: int = option(
+        10,
+        help="Wrong operator tokens (at /login, or as a bearer token) one client may send at\n"
+        "once; they come back evenly over a minute. Then it gets 429 until one is back.",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -34,6 +39,10 @@ class WebSection:
             raise ConfigError(f"[web] port must be between 0 and 65535 (0 picks a free one), not {self.port}")
         if self.session_days < 1:
             raise ConfigError(f"[web] session_days must be at least 1, not {self.session_days}")
+        if self.token_failures_per_minute < 1:
+            raise ConfigError(
+                f"[web] token_failures_per_minute must be at least 1, not {self.token_failures_per_minute}"
+            )
         for host in self.allowed_hosts:
             if not host or (any(char in host for char in "/:@ ") and not _is_ipv6(host)):
                 raise ConfigError(f"[web] allowed_hosts: {host!r} is not a host name; give names like 'hive.lan'")

@@ -7,7 +7,6 @@ code 1000 and ``shell exited with status N`` when the shell ends.
 
 from __future__ import annotations
 
-import json
 import signal
 from typing import Any
 
@@ -16,6 +15,7 @@ from quart import Blueprint, websocket
 
 from hyperhive_core.containers import ContainerProcess
 from hyperhive_web.dashboard import current_dashboard
+from hyperhive_web.jsonbody import TooDeep, loads
 
 terminal = Blueprint("terminal", __name__)
 
@@ -62,9 +62,9 @@ async def copy_output(shell: ContainerProcess, done: trio.CancelScope) -> None:
 def apply_control(shell: ContainerProcess, text: str) -> None:
     """A resize from the client; anything else is ignored, as a terminal ignores line noise."""
     try:
-        message: Any = json.loads(text)
+        message: Any = loads(text)
         rows, cols = message["resize"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, TooDeep):
         return
     if isinstance(rows, int) and isinstance(cols, int) and 0 < rows <= MAX_SIZE and 0 < cols <= MAX_SIZE:
         shell.resize(rows, cols)

@@ -77,7 +77,7 @@ async def test_bad_input_gets_a_clear_error(hive):
     assert bad_limit.json()["error"] == "?limit= must be a whole number, not 'many'"
     assert bad_name.status == 400
     assert "invalid agent name" in bad_name.json()["error"]
-    assert "one word" in bad_model.json()["error"]
+    assert "model name 'two words' is not valid" in bad_model.json()["error"]
 
 
 async def test_model_switches_at_once_when_idle(hive):

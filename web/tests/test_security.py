@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import sys
 import textwrap
+from typing import Any
+from urllib.parse import quote, urlsplit
 
+import hyperhive_questions
+import hyperhive_web
 import pytest
 import trio
 from hivekit import needs_claude
-from webkit import Http, browser_session, dashboard_hive, operator
+from test_auth import HOSTILE_NEXT, NOBODY
+from webkit import Http, browser_session, dashboard_hive, fork_as, operator
 
 pytestmark = needs_claude
 
+INJECTION = "--dangerously-skip-permissions"
 OTHER_PORT = "http://127.0.0.1:9"  # an agent's own web server on this host: same site, other origin
 
 
@@ -206,3 +213,198 @@ async def test_code_in_an_agents_sandbox_cannot_approve_or_read_another_agents_d
     assert results["approve"][0] == 401
     assert results["guessed_login"][0] == 401
     assert results["token_file"] in ("FileNotFoundError", "PermissionError")
+
+
+# -- request bodies -----------------------------------------------------------------------------
+
+# Every route that reads a JSON body: the dashboard's own, and a plugin's (the questions plugin's contract route).
+JSON_ROUTES = [
+    "/api/approvals/1/approve",
+    "/api/approvals/1/deny",
+    "/api/agents/worker/messages",
+    "/api/agents/worker/model",
+    "/api/spawn",
+    "/api/agents/worker/destroy",
+    "/-/web/agents/worker/slash",
+    "/api/answer-question",
+]
+
+
+@pytest.fixture
+async def questions_hive(tmp_path, make_pm):
+    async with dashboard_hive(tmp_path, make_pm(web=hyperhive_web, questions=hyperhive_questions)) as hive:
+        yield hive
+
+
+async def test_json_nested_too_deep_is_a_400_on_every_route_that_reads_json(questions_hive):
+    hive = questions_hive
+    browser, csrf = await browser_session(hive)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    shallow_but_over = b'{"body": ' + b"[" * 65 + b"]" * 65 + b"}"
+    json_header = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+    with trio.fail_after(60):
+        replies = {
+            (route, len(body)): await browser.request("POST", route, body=body, headers=json_header)
+            for route in JSON_ROUTES
+            for body in (deep, shallow_but_over)
+        }
+    for (route, size), reply in replies.items():
+        assert reply.status == 400, (route, size, reply.body)
+        assert reply.json()["error"].startswith("the JSON body nests deeper than 64 levels"), (route, reply.body)
+    assert [m.body for m in await hive.broker.recent_for("worker")] == []  # nothing half-done
+    assert "worker" in hive.agents
+
+
+async def test_a_body_over_4_mib_is_refused_with_413(hive):
+    browser, csrf = await browser_session(hive)
+    body = json.dumps({"body": "x" * (4 * 1024 * 1024)}).encode()
+    with trio.fail_after(30):
+        reply = await browser.request("POST", "/api/agents/worker/messages", body=body, headers={"X-CSRF-Token": csrf})
+    assert reply.status == 413
+    assert "error" in reply.json()
+    assert await hive.broker.recent_for("worker") == []
+
+
+# -- model names ------------------------------------------------------------------------------------
+
+
+async def test_the_dashboard_refuses_a_model_that_is_not_one(hive):
+    browser, csrf = await browser_session(hive)
+    headers = {"X-CSRF-Token": csrf}
+    with trio.fail_after(20):
+        route = await browser.post("/api/agents/worker/model", {"model": INJECTION}, headers=headers)
+        slash = await browser.post("/-/web/agents/worker/slash", {"line": f"/model {INJECTION}"}, headers=headers)
+        unknown = await browser.post("/-/web/agents/worker/slash", {"line": "/model gpt-4o"}, headers=headers)
+        fine = await browser.post("/-/web/agents/worker/slash", {"line": "/model opus"}, headers=headers)
+    for reply in (route, slash):
+        assert reply.status == 400, reply.body
+        assert f"model name '{INJECTION}' is not valid" in reply.json()["error"]
+    assert unknown.status == 400
+    assert (
+        'To run another model, allow it in hyperhive.toml: [claude] extra_models = ["gpt-4o"]'
+        in (unknown.json()["error"])
+    )
+    assert fine.status == 200, fine.body
+    assert hive.agents.get("worker").status.model == "opus"
+    assert (await hive.agents.stored())["worker"]["model_override"] == "opus"
+
+
+# -- wrong tokens ----------------------------------------------------------------------------------------
+
+
+async def test_wrong_tokens_get_429_with_retry_after_and_the_right_one_works_after(tmp_path, web_pm):
+    # 12 a minute: a burst of 12, then one back every 5 s.
+    async with dashboard_hive(tmp_path, web_pm, web={"token_failures_per_minute": 12}) as hive:
+        anonymous = Http(hive.web.url)
+        right_bearer = operator(hive)
+        with trio.fail_after(60):
+            wrong = []
+            while len(wrong) < 50 and (not wrong or wrong[-1].status == 401):
+                wrong.append(await anonymous.get(f"/login?token=guess-{len(wrong)}"))
+            locked = wrong.pop()
+            right_while_locked = await anonymous.get(f"/login?token={hive.web.token}")
+            bearer_while_locked = await right_bearer.get("/api/state")
+            await trio.sleep(int(locked.headers["retry-after"]))
+            right_after = await anonymous.get(f"/login?token={hive.web.token}")
+            bearer_after = await right_bearer.get("/api/state")
+        assert len(wrong) >= 12
+        assert {reply.status for reply in wrong} == {401}
+        assert locked.status == 429
+        assert 1 <= int(locked.headers["retry-after"]) <= 5
+        assert f"too many wrong tokens from loopback uid {os.getuid()}; try again in" in locked.body.decode()
+        assert right_while_locked.status == 429  # not even compared
+        assert bearer_while_locked.status == 429
+        assert 1 <= int(bearer_while_locked.headers["retry-after"]) <= 5
+        assert bearer_while_locked.json()["error"].startswith(f"too many wrong tokens from loopback uid {os.getuid()}")
+        assert right_after.status == 303
+        assert bearer_after.status == 200
+
+
+# A wrong bearer token, again and again, from another uid on this host: the statuses it got, one byte each.
+def guess_tokens(port: int, attempts: int, out: int) -> None:
+    for attempt in range(attempts):
+        with socket.socket() as client:
+            client.connect(("127.0.0.1", port))
+            request = f"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer guess{attempt}\r\n"
+            client.sendall((request + "Connection: close\r\n\r\n").encode())
+            status = client.recv(64).split(b" ")[1]
+        os.write(out, b"L" if status == b"429" else b"4" if status == b"401" else b"?")
+        if status == b"429":
+            return
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the guesser runs as another uid")
+async def test_another_uids_wrong_tokens_never_lock_the_operator_out(tmp_path, web_pm):
+    """An agent guessing tokens (its own uid) runs out of attempts alone; the operator's uid keeps its own."""
+    async with dashboard_hive(tmp_path, web_pm, web={"token_failures_per_minute": 5}) as hive:
+        statuses, out = os.pipe()
+        pid = fork_as(NOBODY, lambda: guess_tokens(hive.web.port, 50, out))
+        os.close(out)
+        with trio.fail_after(60):
+            _, code = await trio.to_thread.run_sync(os.waitpid, pid, 0)
+            seen = await trio.to_thread.run_sync(os.read, statuses, 100)
+            login = await Http(hive.web.url).get(f"/login?token={hive.web.token}")
+            bearer = await operator(hive).get("/api/state")
+        os.close(statuses)
+        assert code == 0
+        assert seen == b"44444L"  # five wrong tokens, then locked
+        assert hive.web.limiter.remaining(f"loopback uid {NOBODY}") == 0
+        assert login.status == 303
+        assert bearer.status == 200
+        assert hive.web.limiter.remaining(f"loopback uid {os.getuid()}") == 5
+
+
+# -- where the browser goes after login ---------------------------------------------------------
+
+
+async def test_a_page_asked_for_before_login_comes_back_through_the_same_check(hive):
+    anonymous = Http(hive.web.url)
+    with trio.fail_after(10):
+        query = await anonymous.get("/agent/worker/?tab=inbox&x=1")
+        back = await anonymous.get(f"/login?token={hive.web.token}&next=/agent/worker/%3Ftab%3Dinbox%26x%3D1")
+        offsite = await anonymous.get(f"/login?token={hive.web.token}&next=/%5Cevil.example/")
+    assert (query.status, query.headers["location"]) == (303, "/login?next=/agent/worker/%3Ftab%3Dinbox%26x%3D1")
+    assert (back.status, back.headers["location"]) == (303, "/agent/worker/?tab=inbox&x=1")
+    assert (offsite.status, offsite.headers["location"]) == (303, "/")
+
+
+@pytest.mark.slow
+async def test_no_hostile_next_takes_chromium_off_the_dashboard(hive, browser):
+    """Chromium's own URL parsing decides where a Location goes: it must stay on the dashboard."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    page = await browser.page()
+    own = urlsplit(hive.web.url)
+    # Each hostile target percent-encoded into the query, and a few as typed, unencoded:
+    # Chromium strips tabs and newlines from a URL itself.
+    queries = [quote(target, safe="") for target in HOSTILE_NEXT]
+    queries += ["//evil.example/", "/\\evil.example/", "/\t/evil.example/", "/\n/evil.example/", "\\\\evil.example"]
+
+    def land(query: str) -> tuple[str, list[str]]:
+        """Log in with ``next`` as this raw query text: where the page ends, and every URL it asked for."""
+        asked: list[str] = []
+
+        def record(request: Any) -> None:
+            asked.append(request.url)
+
+        page.on("request", record)
+        try:
+            page.goto(f"{hive.web.url}/login?token={hive.web.token}&next={query}")
+        except PlaywrightError:  # how an off-site navigation ends here: nothing resolves evil.example
+            pass
+        finally:
+            page.remove_listener("request", record)
+        return page.url, asked
+
+    def steps() -> dict[str, tuple[str, list[str]]]:
+        return {query: land(query) for query in [*queries, quote("/agent/worker/", safe="")]}
+
+    with trio.fail_after(240):
+        landings = await browser.run(steps)
+    assert len(landings) == len(HOSTILE_NEXT) + 6
+    for query, (url, asked) in landings.items():
+        landed = urlsplit(url)
+        assert (landed.scheme, landed.netloc) == (own.scheme, own.netloc), (query, url)
+        assert asked, query
+        assert all(urlsplit(seen).netloc == own.netloc for seen in asked), (query, asked)
+        assert landed.path == ("/agent/worker/" if "worker" in query else "/"), (query, url)

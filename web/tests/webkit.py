@@ -8,6 +8,7 @@ foreign Origin). Chromium runs through playwright's sync API on a thread of its 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -218,6 +219,28 @@ class SseStream:
                 lines.append(value)
         message.data = "\n".join(lines)
         return message
+
+
+def fork_as(uid: int, work: Callable[[], object]) -> int:
+    """Run ``work`` in a forked child with ``uid`` (and that gid, no groups); return the child's pid.
+
+    A fork, not an exec: the test's interpreter may live where another uid cannot
+    reach it. So ``work`` must import nothing, not even lazily (``create_connection``
+    loads the idna codec): plain sockets to numeric addresses. The child exits with 0
+    if ``work`` returned, 1 if it raised.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        work()
+        code = 0
+    finally:
+        os._exit(code)
 
 
 # -- hives, sessions and the browser -------------------------------------------------

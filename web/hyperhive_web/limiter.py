@@ -1,0 +1,169 @@
+"""Wrong operator tokens, limited: per client, and for all clients together.
+
+Each client has a token bucket of attempts at the operator token: ``per_minute``
+of them at once, refilled evenly over a minute. A wrong token spends one; a right
+one gives it back. With the bucket empty, the client's next attempts get a 429
+with ``Retry-After`` (the seconds until one attempt is back) and are not checked at
+all, so a guesser learns nothing more by trying harder.
+
+All clients together have a bucket six times as big, the ceiling for many
+addresses guessing at once. It only holds back clients that have failed lately
+themselves: a client whose own bucket is full (one with no wrong token in the
+last minute, such as the operator's browser) is never refused because of other
+clients' failures. Only when more clients are failing than the limiter remembers
+(``clients_max``) does the ceiling hold everyone back, each for the seconds until
+the next attempt is free.
+
+Who is "a client": the remote address, an IPv6 one by its /64 (one machine usually
+has the whole network). Every local connection comes from a loopback address, and
+agents run on this host, so a loopback client is told apart by the uid owning its
+end of the connection (Linux's ``/proc/net/tcp``): each agent of an isolating
+backend has a host uid of its own, and the operator's browser or ``hyperhive
+attach`` has the operator's. Loopback clients whose uid cannot be found share one
+bucket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyperhive_web.auth import Refused
+
+# All clients together may fail this many times as often as one.
+GLOBAL_FACTOR = 6
+CLIENTS_MAX = 4096
+PROC_NET = Path("/proc/net")
+ESTABLISHED, CLOSE_WAIT = "01", "08"  # TCP states as /proc/net/tcp prints them
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class FailureLimiter:
+    """Token buckets of attempts at the operator token, by client (see the module's docs)."""
+
+    def __init__(
+        self, per_minute: int, *, clients_max: int = CLIENTS_MAX, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = float(per_minute)
+        self.rate = per_minute / 60
+        self.clients_max = clients_max
+        self._clock = clock
+        self._everyone = _Bucket(self.burst * GLOBAL_FACTOR, clock())
+        # Oldest attempt first, so the front is the first to refill and to be forgotten.
+        self._clients: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many clients it remembers."""
+        return len(self._clients)
+
+    def acquire(self, client: str) -> None:
+        """Spend one of ``client``'s attempts; raise a 429 :class:`Refused` if it has none."""
+        now = self._clock()
+        self._forget_refilled(now)
+        bucket = self._clients.get(client)
+        tokens = self._level(bucket, self.burst, self.rate, now) if bucket else self.burst
+        if tokens < 1:
+            raise TooManyAttempts(
+                f"too many wrong tokens from {client}", (1 - tokens) / self.rate, "check the operator token"
+            )
+        everyone = self._level(self._everyone, self.burst * GLOBAL_FACTOR, self.rate * GLOBAL_FACTOR, now)
+        crowded = bucket is None and len(self._clients) >= self.clients_max
+        if everyone < 1 and (tokens < self.burst or crowded):
+            wait = (1 - everyone) / (self.rate * GLOBAL_FACTOR)
+            raise TooManyAttempts("too many wrong tokens from many clients", wait, "the daemon log says which")
+        if bucket is None:
+            if crowded:
+                self._clients.popitem(last=False)
+            bucket = self._clients[client] = _Bucket(tokens, now)
+        self._clients.move_to_end(client)
+        bucket.tokens, bucket.at = tokens - 1, now
+        self._everyone.tokens, self._everyone.at = max(0.0, everyone - 1), now
+
+    def release(self, client: str) -> None:
+        """``client``'s attempt was right: it costs nothing."""
+        now = self._clock()
+        bucket = self._clients.get(client)
+        if bucket is not None:
+            bucket.tokens, bucket.at = min(self.burst, self._level(bucket, self.burst, self.rate, now) + 1), now
+        limit, rate = self.burst * GLOBAL_FACTOR, self.rate * GLOBAL_FACTOR
+        self._everyone.tokens, self._everyone.at = min(limit, self._level(self._everyone, limit, rate, now) + 1), now
+
+    def remaining(self, client: str) -> int:
+        """Attempts ``client`` has left now."""
+        bucket = self._clients.get(client)
+        return int(self._level(bucket, self.burst, self.rate, self._clock())) if bucket else int(self.burst)
+
+    @staticmethod
+    def _level(bucket: _Bucket, limit: float, rate: float, now: float) -> float:
+        return min(limit, bucket.tokens + (now - bucket.at) * rate)
+
+    def _forget_refilled(self, now: float) -> None:
+        """Drop the clients whose bucket is full again: remembering them changes nothing."""
+        while self._clients:
+            bucket = next(iter(self._clients.values()))
+            if self._level(bucket, self.burst, self.rate, now) < self.burst:
+                return
+            self._clients.popitem(last=False)
+
+
+class TooManyAttempts(Refused):
+    """A 429: no attempts left; ``retry_after`` says for how many seconds."""
+
+    def __init__(self, what: str, wait: float, hint: str) -> None:
+        seconds = max(1, math.ceil(wait))
+        super().__init__(429, f"{what}; try again in {seconds} s ({hint})", retry_after=seconds)
+
+
+def client_key(client: tuple[str, int] | None, server: tuple[str, int] | None) -> str:
+    """Who a connection is, as the limiter counts clients (see the module's docs).
+
+    Reads ``/proc/net/tcp`` for a loopback client: call it off the event loop.
+    """
+    if not client:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return client[0]  # a unix socket's path
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        uid = loopback_peer_uid(client, server) if server else None
+        return "loopback" if uid is None else f"loopback uid {uid}"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def loopback_peer_uid(client: tuple[str, int], server: tuple[str, int], proc_net: Path = PROC_NET) -> int | None:
+    """The uid owning the client's end of a TCP connection on this host, or ``None``."""
+    local, remote = _proc_endpoint(*client), _proc_endpoint(*server)
+    try:
+        table = (proc_net / ("tcp" if len(local) == 13 else "tcp6")).read_text()
+    except OSError:
+        return None
+    # Each line: "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid ...". The
+    # connection is established, or half-closed by the client; a TIME_WAIT ghost of the same ports has uid 0.
+    for state in ESTABLISHED, CLOSE_WAIT:
+        found = table.find(f" {local} {remote} {state} ")
+        if found >= 0:
+            return int(table[found : table.find("\n", found)].split()[6])
+    return None
+
+
+def _proc_endpoint(host: str, port: int) -> str:
+    """``host:port`` as ``/proc/net/tcp{,6}`` prints it: the address as native-endian 32-bit words, in hex."""
+    packed = ipaddress.ip_address(host).packed
+    words = "".join(f"{int.from_bytes(packed[i : i + 4], sys.byteorder):08X}" for i in range(0, len(packed), 4))
+    return f"{words}:{port:04X}"
