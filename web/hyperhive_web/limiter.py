@@ -45,8 +45,22 @@ ESTABLISHED, CLOSE_WAIT = "01", "08"  # TCP states as /proc/net/tcp prints them
 
 @dataclass
 class _Bucket:
+    """Up to ``limit`` attempts, ``rate`` of them coming back each second."""
+
+    limit: float
+    rate: float
     tokens: float
     at: float
+
+    def level(self, now: float) -> float:
+        return min(self.limit, self.tokens + (now - self.at) * self.rate)
+
+    def add(self, attempts: float, now: float) -> None:
+        self.tokens, self.at = max(0.0, min(self.limit, self.level(now) + attempts)), now
+
+    def wait(self, now: float) -> float:
+        """Seconds until one attempt is back."""
+        return (1 - self.level(now)) / self.rate
 
 
 class FailureLimiter:
@@ -59,7 +73,8 @@ class FailureLimiter:
         self.rate = per_minute / 60
         self.clients_max = clients_max
         self._clock = clock
-        self._everyone = _Bucket(self.burst * GLOBAL_FACTOR, clock())
+        everyone = self.burst * GLOBAL_FACTOR
+        self._everyone = _Bucket(everyone, self.rate * GLOBAL_FACTOR, everyone, clock())
         # Oldest attempt first, so the front is the first to refill and to be forgotten.
         self._clients: OrderedDict[str, _Bucket] = OrderedDict()
 
@@ -72,48 +87,37 @@ class FailureLimiter:
         now = self._clock()
         self._forget_refilled(now)
         bucket = self._clients.get(client)
-        tokens = self._level(bucket, self.burst, self.rate, now) if bucket else self.burst
-        if tokens < 1:
-            raise TooManyAttempts(
-                f"too many wrong tokens from {client}", (1 - tokens) / self.rate, "check the operator token"
-            )
-        everyone = self._level(self._everyone, self.burst * GLOBAL_FACTOR, self.rate * GLOBAL_FACTOR, now)
+        tokens = bucket.level(now) if bucket else self.burst
+        if bucket and tokens < 1:
+            raise TooManyAttempts(f"too many wrong tokens from {client}", bucket.wait(now), "check the operator token")
         crowded = bucket is None and len(self._clients) >= self.clients_max
-        if everyone < 1 and (tokens < self.burst or crowded):
-            wait = (1 - everyone) / (self.rate * GLOBAL_FACTOR)
-            raise TooManyAttempts("too many wrong tokens from many clients", wait, "the daemon log says which")
+        # The ceiling holds back a client that failed lately, or anyone once too many clients fail.
+        if self._everyone.level(now) < 1 and (tokens < self.burst or crowded):
+            what, hint = "too many wrong tokens from many clients", "a browser already logged in still works"
+            raise TooManyAttempts(what, self._everyone.wait(now), hint)
         if bucket is None:
             if crowded:
                 self._clients.popitem(last=False)
-            bucket = self._clients[client] = _Bucket(tokens, now)
+            bucket = self._clients[client] = _Bucket(self.burst, self.rate, self.burst, now)
         self._clients.move_to_end(client)
-        bucket.tokens, bucket.at = tokens - 1, now
-        self._everyone.tokens, self._everyone.at = max(0.0, everyone - 1), now
+        bucket.add(-1, now)
+        self._everyone.add(-1, now)
 
     def release(self, client: str) -> None:
         """``client``'s attempt was right: it costs nothing."""
         now = self._clock()
-        bucket = self._clients.get(client)
-        if bucket is not None:
-            bucket.tokens, bucket.at = min(self.burst, self._level(bucket, self.burst, self.rate, now) + 1), now
-        limit, rate = self.burst * GLOBAL_FACTOR, self.rate * GLOBAL_FACTOR
-        self._everyone.tokens, self._everyone.at = min(limit, self._level(self._everyone, limit, rate, now) + 1), now
+        if client in self._clients:
+            self._clients[client].add(1, now)
+        self._everyone.add(1, now)
 
     def remaining(self, client: str) -> int:
         """Attempts ``client`` has left now."""
         bucket = self._clients.get(client)
-        return int(self._level(bucket, self.burst, self.rate, self._clock())) if bucket else int(self.burst)
-
-    @staticmethod
-    def _level(bucket: _Bucket, limit: float, rate: float, now: float) -> float:
-        return min(limit, bucket.tokens + (now - bucket.at) * rate)
+        return int(bucket.level(self._clock())) if bucket else int(self.burst)
 
     def _forget_refilled(self, now: float) -> None:
         """Drop the clients whose bucket is full again: remembering them changes nothing."""
-        while self._clients:
-            bucket = next(iter(self._clients.values()))
-            if self._level(bucket, self.burst, self.rate, now) < self.burst:
-                return
+        while self._clients and next(iter(self._clients.values())).level(now) >= self.burst:
             self._clients.popitem(last=False)
 
 

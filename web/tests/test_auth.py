@@ -252,7 +252,9 @@ def test_the_ceiling_holds_back_failing_clients_but_never_one_that_has_not_faile
     for client in range(12):
         limiter.acquire(f"10.0.1.{client}")  # each has one attempt left; everyone together none
     error = refused(limiter, "10.0.1.0")
-    assert str(error) == "too many wrong tokens from many clients; try again in 5 s (the daemon log says which)"
+    assert str(error) == (
+        "too many wrong tokens from many clients; try again in 5 s (a browser already logged in still works)"
+    )
     assert error.retry_after == 5
     assert refused(limiter, "192.0.2.7") is None  # the operator, new here, is let through
     assert limiter.remaining("192.0.2.7") == 1

@@ -256,12 +256,26 @@ async def test_json_nested_too_deep_is_a_400_on_every_route_that_reads_json(ques
 
 
 async def test_a_body_over_4_mib_is_refused_with_413(hive):
+    """Refused on its Content-Length, before the body is read: so the client sends none, and reads the answer."""
     browser, csrf = await browser_session(hive)
-    body = json.dumps({"body": "x" * (4 * 1024 * 1024)}).encode()
+    cookie = browser.headers["Cookie"]
+    head = (
+        f"POST /api/agents/worker/messages HTTP/1.1\r\nHost: 127.0.0.1:{hive.web.port}\r\nCookie: {cookie}\r\n"
+        f"Origin: {hive.web.url}\r\nX-CSRF-Token: {csrf}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {4 * 1024 * 1024 + 1}\r\n\r\n"
+    )
     with trio.fail_after(30):
-        reply = await browser.request("POST", "/api/agents/worker/messages", body=body, headers={"X-CSRF-Token": csrf})
-    assert reply.status == 413
-    assert "error" in reply.json()
+        stream = await trio.open_tcp_stream("127.0.0.1", hive.web.port)
+        async with stream:
+            await stream.send_all(head.encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = await stream.receive_some(65536)
+                assert chunk, answer
+                answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split(b" ")[1] == b"413", answer
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
     assert await hive.broker.recent_for("worker") == []
 
 
