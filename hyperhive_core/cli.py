@@ -399,8 +399,10 @@ def debug_recv(state: CliState, name: str, limit: int) -> None:
 @pass_state
 def debug_config(state: CliState) -> None:
     """Print the effective config, defaults filled in, as JSON."""
+    from hyperhive_core.config import plain
+
     config = state.boot().config
-    sections = {name: asdict(section) for name, section in config.sections.items()}
+    sections = {name: plain(section) for name, section in config.sections.items()}
     click.echo(json.dumps({"path": str(config.path), "sections": sections}, indent=2, default=str))
 
 

@@ -9,6 +9,7 @@ reading the file is ``hyperhive_core.configfile``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -207,17 +208,94 @@ def _field_default(field: dataclasses.Field[Any]) -> Any:
     return None
 
 
+def plain(value: Any) -> Any:
+    """A section as plain values: dataclasses become dicts, also inside a table of entries."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+# -- the TOML writer: every file the hive writes for people to edit -------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# TOML's basic strings may hold neither a quote, a backslash nor a control character
+# other than tab: each becomes its escape, the ones without a short form \uXXXX.
+_STRING_ESCAPES = {code: f"\\u{code:04x}" for code in [*range(0x20), 0x7F]} | {
+    ord('"'): '\\"',
+    ord("\\"): "\\\\",
+    ord("\b"): "\\b",
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\f"): "\\f",
+    ord("\r"): "\\r",
+}
+TOML_INTEGERS = range(-(2**63), 2**63)
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a one-line TOML basic string.
+
+    :raises ConfigError: it holds a lone surrogate, which no UTF-8 file can.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"cannot write {text!r} as TOML: it holds a lone surrogate; remove it") from None
+    return '"' + text.translate(_STRING_ESCAPES) + '"'
+
+
+def toml_key(key: str) -> str:
+    """A key as TOML: bare when it can be, quoted otherwise (so ``a.b`` stays one key)."""
+    return key if _BARE_KEY.fullmatch(key) else toml_string(key)
+
+
 def toml_value(value: Any) -> str:
-    """Render a plain value (string, number, bool, path, list, table) as TOML."""
+    """A value (string, number, bool, path, list, table) as inline TOML.
+
+    A table's keys whose value is ``None`` are left out: TOML has no null, and an
+    absent key means the default.
+
+    :raises ConfigError: TOML cannot hold the value (an integer past 64 bits, a
+        ``None`` in a list, a lone surrogate).
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
+    if isinstance(value, int):
+        if value not in TOML_INTEGERS:
+            raise ConfigError(f"cannot write {value} as TOML: integers must fit in 64 bits; write it as a string")
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # inf, -inf and nan are TOML's spellings too
     if isinstance(value, str | Path):
-        escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    if isinstance(value, list):
+        return toml_string(str(value))
+    if isinstance(value, list | tuple):
+        if any(item is None for item in value):
+            raise ConfigError(f"cannot write {value!r} as TOML: a list cannot hold a missing value (None)")
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + " }"
+    if isinstance(value, Mapping):
+        pairs = [f"{toml_key(key)} = {toml_value(item)}" for key, item in value.items() if item is not None]
+        return "{ " + ", ".join(pairs) + " }" if pairs else "{}"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_document(tree: Mapping[str, Any]) -> str:
+    """A TOML document: each table's plain keys first, then each sub-table under its ``[header]``.
+
+    Tables inside lists are written inline. ``None`` values are left out, as in :func:`toml_value`.
+    """
+    return "\n".join(_table_lines(tree, ())).lstrip("\n") + "\n"
+
+
+def _table_lines(table: Mapping[str, Any], where: tuple[str, ...]) -> list[str]:
+    lines = [
+        f"{toml_key(key)} = {toml_value(value)}"
+        for key, value in table.items()
+        if value is not None and not isinstance(value, Mapping)
+    ]
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            header = ".".join(toml_key(part) for part in (*where, key))
+            lines += ["", f"[{header}]", *_table_lines(value, (*where, key))]
+    return lines

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import re
 import shutil
@@ -29,12 +28,11 @@ import tempfile
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from hyperhive_core.agents import AgentConfig
-from hyperhive_core.config import build_section, help_text
+from hyperhive_core.config import build_section, help_text, plain, toml_document, toml_value
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.names import AGENT_NAME, RESERVED
 from hyperhive_core.paths import StatePaths
@@ -186,7 +184,7 @@ def render_agent_toml(config: AgentConfig, plugin_sections: Iterable[str]) -> st
     for field in dataclasses.fields(AgentConfig):
         if field.metadata.get("extra_tables"):
             continue
-        lines.append(f"# {field.name}: {help_text(field)}")
+        lines += [f"# {line}" for line in f"{field.name}: {help_text(field)}".splitlines()]
     sections = ", ".join(f"[{name}]" for name in sorted(plugin_sections)) or "none are loaded"
     lines += [
         "#",
@@ -197,31 +195,14 @@ def render_agent_toml(config: AgentConfig, plugin_sections: Iterable[str]) -> st
         "",
     ]
     if config.model is not None:
-        lines.append(f"model = {_toml(config.model)}")
+        lines.append(f"model = {toml_value(config.model)}")
     else:
         lines.append('# model = "haiku"')
-    lines.append(f"instructions = {_toml(config.instructions)}")
-    lines.append(f"allowed_recipients = {_toml(config.allowed_recipients)}")
-    lines += [f"{key} = {value}" for key, value in config.limit_overrides().items() if value is not None]
-    for name, section in sorted(config.sections.items()):
-        values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
-        lines += ["", f"[{name}]", *(f"{key} = {_toml(value)}" for key, value in values.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _toml(value: Any) -> str:
-    """A plain value as TOML; JSON's string escapes are TOML's too."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(key)} = {_toml(item)}" for key, item in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")
+    lines.append(f"instructions = {toml_value(config.instructions)}")
+    lines.append(f"allowed_recipients = {toml_value(config.allowed_recipients)}")
+    lines += [f"{key} = {toml_value(value)}" for key, value in config.limit_overrides().items() if value is not None]
+    tables = {name: plain(section) for name, section in sorted(config.sections.items())}
+    return "\n".join(lines) + "\n" + (f"\n{toml_document(tables)}" if tables else "")
 
 
 README_TEXT = """# {name}: config repo

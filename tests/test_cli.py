@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import click
 import pytest
@@ -161,3 +163,25 @@ def test_bad_config_is_one_clear_line(clean_env, tmp_path, hyperhive):
         "Error: hyperhive.toml: unknown key hive.state_dri. Valid keys in [hive]: admin_group, "
         "container_backend, manager, plugins, state_dir.\n"
     )
+
+
+def test_debug_config_prints_every_section_with_defaults_filled_in(clean_env, tmp_path, hyperhive):
+    """Sections of every shape: core's, a table of named agents, a plugin's."""
+    config = tmp_path / "hive.toml"
+    config.write_text(
+        '[hive]\nmanager = "boss"\nstate_dir = "~/hive"\n[agents.scout]\ninstructions = "map\\nthe docs"\n'
+        "[nap]\nmax_seconds = 30\n"
+    )
+    result = subprocess.run(
+        [hyperhive, "-c", str(config), "debug", "config"], env=clean_env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["path"] == str(config)
+    sections = shown["sections"]
+    assert sections["hive"]["manager"] == "boss"
+    assert sections["hive"]["state_dir"] == str(Path("~/hive").expanduser())
+    assert sections["broker"]["max_attempts"] == 5  # a default
+    assert sections["agents"]["scout"]["instructions"] == "map\nthe docs"
+    assert sections["agents"]["scout"]["model"] is None
+    assert sections["nap"]["max_seconds"] == 30

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hyperhive_core import hookimpl
 from hyperhive_core.boot import boot, config_schemas
-from hyperhive_core.config import load_config, option, render_default_config
+from hyperhive_core.config import load_config, option, render_default_config, toml_document, toml_value
 from hyperhive_core.configfile import find_config, read_toml
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.paths import default_state_dir
@@ -123,3 +125,84 @@ def test_boot_reads_plugins_from_config(monkeypatch, tmp_path):
     path.write_text('[hive]\nplugins = "nap"\n')
     with pytest.raises(ConfigError, match="hive.plugins must be a list of plugin names"):
         boot(path)
+
+
+# -- the TOML writer ---------------------------------------------------------------
+
+# Strings TOML is picky about, mixed into the random ones (which hold control characters too).
+AWKWARD = [
+    "",
+    "a\nb",
+    'say "hi"',
+    "back\\slash",
+    "tab\there",
+    "\r\n",
+    "\x00\x1f\x7f",
+    '"""',
+    "'''",
+    "é ✓ 𝄞",
+    "a.b",
+    "[x]",
+]
+STRINGS = st.text() | st.sampled_from(AWKWARD)
+# No nan among them: nan != nan, so it has its own test.
+SCALARS = STRINGS | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.booleans()
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(STRINGS, inner, max_size=4), max_leaves=24
+)
+TREES = st.dictionaries(STRINGS, VALUES, max_size=6)
+
+
+def typed(value):
+    """``value`` with each leaf's type beside it: ``1 == True == 1.0`` must not pass for a round trip."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (type(value).__name__, repr(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(TREES)
+def test_any_value_tree_round_trips_through_a_toml_document(tree):
+    text = toml_document(tree)
+    assert typed(tomllib.loads(text)) == typed(tree), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(VALUES)
+def test_any_value_round_trips_as_an_inline_value(value):
+    assert typed(tomllib.loads(f"v = {toml_value(value)}")["v"]) == typed(value)
+
+
+def test_the_writer_keeps_dotted_keys_and_multi_line_strings_whole():
+    tree = {"a.b": {"c.d": "one\ntwo", "e": {"f g": 1}}, "inline": [{"x.y": True}]}
+    text = toml_document(tree)
+    assert tomllib.loads(text) == tree
+    assert '["a.b"]\n"c.d" = "one\\ntwo"\n' in text
+    special = tomllib.loads(toml_document({"x": float("nan"), "y": float("-inf")}))
+    assert special["x"] != special["x"]
+    assert special["y"] == float("-inf")
+
+
+def test_the_writer_leaves_out_none_in_tables():
+    assert toml_document({"a": None, "t": {"b": None, "c": 1}}) == "[t]\nc = 1\n"
+    assert toml_value({"b": None}) == "{}"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (2**63, "cannot write 9223372036854775808 as TOML: integers must fit in 64 bits; write it as a string"),
+        (["a", None], r"cannot write \['a', None\] as TOML: a list cannot hold a missing value \(None\)"),
+        ("x\ud800", r"cannot write 'x\\ud800' as TOML: it holds a lone surrogate; remove it"),
+    ],
+)
+def test_what_toml_cannot_hold_is_a_clear_error(value, message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        toml_document({"key": value})
+
+
+def test_only_plain_values_are_written():
+    with pytest.raises(TypeError, match="cannot write <object object at"):
+        toml_value(object())

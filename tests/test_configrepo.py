@@ -66,6 +66,16 @@ def test_the_template_renders_every_value_as_toml():
     }
 
 
+def test_the_template_keeps_awkward_strings_and_keys_whole():
+    import tomllib
+
+    config = AgentConfig(instructions='line one\nline "two"\x00\x7f end')
+    config.sections["allowlist"] = {"commands": {"git.status": ["-s"], "a b": []}}
+    parsed = tomllib.loads(render_agent_toml(config, ["allowlist"]))
+    assert parsed["instructions"] == config.instructions
+    assert parsed["allowlist"] == {"commands": {"git.status": ["-s"], "a b": []}}
+
+
 async def test_a_request_pins_the_commit_and_diffs_from_what_runs(repos):
     base = await repos.create("scout", AgentConfig(), [])
     proposed = repos.proposed("scout")
