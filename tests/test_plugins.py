@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 
 import pytest
 import trio
 
-from hyperhive_core import hookimpl
+from hyperhive_core import hookimpl, iso_utc
 from hyperhive_core.errors import PluginError
 from hyperhive_core.plugins import (
     await_all,
@@ -132,3 +133,18 @@ def test_trace_env_prints_hook_calls(clean_env, hyperhive):
     result = subprocess.run([hyperhive, "plugins"], env=env, capture_output=True, text=True, check=True)
     assert "[plugin trace]" in result.stderr
     assert "register_config_sections" in result.stderr
+
+
+PLUS_TWO = datetime.timezone(datetime.timedelta(hours=2))
+
+
+@pytest.mark.parametrize(
+    ("moment", "shown"),
+    [
+        (datetime.datetime(2026, 11, 22, 12, 30, 5, 900_000, tzinfo=datetime.UTC), "2026-11-22T12:30:05Z"),
+        (datetime.datetime(2027, 1, 1, 1, 0, tzinfo=PLUS_TWO), "2026-12-31T23:00:00Z"),
+    ],
+)
+def test_iso_utc_writes_a_moment_in_utc_to_the_second(moment, shown):
+    assert iso_utc(moment.timestamp()) == shown
+    assert datetime.datetime.fromisoformat(shown) == moment.replace(microsecond=0)

@@ -12,7 +12,6 @@ and never waits; ``serve``, a hive service, does the storing and the sending.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from hyperhive_core import iso_utc
 from hyperhive_core.containers import ContainerEvent
 from hyperhive_crashwatch import records
 from hyperhive_crashwatch.config import CrashwatchSection
@@ -86,12 +86,6 @@ def bounded_log(lines: Sequence[str], keep: int) -> tuple[str, ...]:
     """The last ``keep`` lines, each cut to ``LINE_CHARS``."""
     kept = lines[-keep:] if keep else ()
     return tuple(line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + "…" for line in kept)
-
-
-def timestamp(at: float) -> str:
-    """A wall-clock time as ISO 8601 in UTC: ``2026-11-22T12:30:05Z``."""
-    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Crashwatch:
@@ -204,8 +198,8 @@ class Crashwatch:
             "status": burst.detail,
             "log": list(burst.log_tail),
             "count": burst.count,
-            "first_at": timestamp(burst.first_at),
-            "last_at": timestamp(burst.last_at),
+            "first_at": iso_utc(burst.first_at),
+            "last_at": iso_utc(burst.last_at),
             "burst": "over" if over else "ongoing",
             "note": note,
         }

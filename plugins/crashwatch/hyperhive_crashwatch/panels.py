@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from hyperhive_core import iso_utc
 from hyperhive_core.panels import Panel
-from hyperhive_crashwatch.bursts import timestamp
 
 TITLE = "CR4SH W4TCH"
 LABEL = "container crashes"
@@ -64,5 +64,5 @@ def _row(row: dict[str, Any], looping: bool, *, show_agent: bool) -> str:
 
 
 def _time(at: float) -> str:
-    label = timestamp(at)
+    label = iso_utc(at)
     return f'<time datetime="{label}">{label}</time>'

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_core import hookimpl
+from hyperhive_core import hookimpl, iso_utc
 from hyperhive_core.panels import Panel
 from hyperhive_core.tools import ToolContext
-from hyperhive_nap.naps import Naps, NapSection, m001_naps, wake_label
+from hyperhive_nap.naps import Naps, NapSection, m001_naps
 from hyperhive_nap.web import WAKE_ROUTE, nap_panel
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
 
-__all__ = ["NapSection", "Naps", "wake_label"]
+__all__ = ["NapSection", "Naps"]
 
 
 def naps_of(hive: Hive) -> Naps:
@@ -38,7 +38,7 @@ async def nap(ctx: ToolContext, seconds: int) -> str:
     """
     wake_at = await naps_of(ctx.hive).start(ctx.agent, seconds)
     return (
-        f"napping until {wake_label(wake_at)} ({seconds}s). End your turn now: call no more tools, "
+        f"napping until {iso_utc(wake_at)} ({seconds}s). End your turn now: call no more tools, "
         "just finish with a short final message. Messages that arrive meanwhile will wait for you."
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 import sqlite_utils
 import trio
 
+from hyperhive_core import iso_utc
 from hyperhive_core.agents import State
 from hyperhive_core.config import option
 from hyperhive_core.errors import ConfigError, HyperhiveError
@@ -29,15 +29,6 @@ class NapSection:
     def __post_init__(self) -> None:
         if self.max_seconds < 1:
             raise ConfigError(f"[nap] max_seconds must be at least 1, not {self.max_seconds}")
-
-
-def wake_label(wake_at: float) -> str:
-    """The wake time as the state detail shows it: ISO 8601 in UTC, ``2026-11-22T12:30:05Z``.
-
-    The dashboard counts down to it; ``Date.parse`` reads it as is.
-    """
-    moment = datetime.datetime.fromtimestamp(wake_at, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Naps:
@@ -75,7 +66,7 @@ class Naps:
         # Known before it is stored: a /cancel meanwhile ends it (its delete is written after this).
         self._wake_at[agent] = wake_at
         await self.hive.store.write(lambda db: db[TABLE].upsert(row, pk="agent"))
-        self.hive.events.publish(agent, "note", text=f"napping for {seconds}s, until {wake_label(wake_at)}")
+        self.hive.events.publish(agent, "note", text=f"napping for {seconds}s, until {iso_utc(wake_at)}")
         return wake_at
 
     async def wait(self, agent: str) -> None:
@@ -90,7 +81,7 @@ class Naps:
         remaining = wake_at - time.time()
         if remaining > 0:
             woken = self._woken[agent] = trio.Event()
-            self.hive.agents.set_state(agent, State.NAPPING, wake_label(wake_at))
+            self.hive.agents.set_state(agent, State.NAPPING, iso_utc(wake_at))
             try:
                 with trio.move_on_after(remaining):
                     await woken.wait()

@@ -6,8 +6,8 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from hyperhive_core import iso_utc
 from hyperhive_core.panels import Panel
-from hyperhive_nap.naps import wake_label
 
 STATIC = Path(__file__).parent / "static"
 WAKE_ROUTE = "/-/nap/agents/<agent>/wake"
@@ -21,7 +21,7 @@ def nap_panel(agent: str, wake_at: float | None, waiting: int) -> Panel:
     if wake_at is None:
         html = '<p class="nap nap-awake">awake.</p>'
     else:
-        label, name = wake_label(wake_at), escape(agent)
+        label, name = iso_utc(wake_at), escape(agent)
         queued = f"{waiting} message{'s' if waiting != 1 else ''} wait{'s' if waiting == 1 else ''} for it"
         html = (
             f'<div class="nap"><p>napping until <time datetime="{label}">{label}</time> · {queued}.</p>'

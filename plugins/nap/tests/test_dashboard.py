@@ -15,6 +15,8 @@ import pytest
 import trio
 from hivekit import call_tool, dashboard_page, needs_claude, next_event, running_hive
 
+from hyperhive_core import iso_utc
+
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "nap"
 
@@ -60,7 +62,7 @@ async def test_the_nap_section_and_the_wake_route(hive):
     text, is_error = await call_tool(hive, "worker", "nap", seconds=600)
     assert not is_error, text
     _, napping = await request("/-/web/agents/worker/panels/nap")
-    label = hyperhive_nap.wake_label(hive.naps.wake_time("worker"))
+    label = iso_utc(hive.naps.wake_time("worker"))
     assert f'napping until <time datetime="{label}">{label}</time> · 0 messages wait for it.' in napping["html"]
     assert 'data-api="/-/nap/agents/worker/wake"' in napping["html"]
     assert await request("/-/nap/agents/worker/wake", "POST") == (200, {"agent": "worker", "woken": True})

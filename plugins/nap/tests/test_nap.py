@@ -14,7 +14,7 @@ import trio
 import trio.testing
 from hivekit import HeldClock, call_tool, needs_claude, next_event, running_hive
 
-from hyperhive_core import hookimpl
+from hyperhive_core import hookimpl, iso_utc
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.hostsock import request
 
@@ -55,7 +55,7 @@ async def test_a_nap_survives_a_restart_and_holds_messages_until_it_ends(held_pm
         wake_at = await napping_after_restart(tmp_path, held_pm, 600)
         async with running_hive(tmp_path, held_pm, QUIET, agents=WORKER) as hive:
             napping = await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == "napping")
-            assert napping.data["detail"] == hyperhive_nap.wake_label(wake_at)
+            assert napping.data["detail"] == iso_utc(wake_at)
             first = await hive.broker.send("operator", "worker", "one")
             second = await hive.broker.send("operator", "worker", "two")
             await clock.advance(590)
@@ -133,11 +133,6 @@ async def test_a_nap_out_of_range_is_refused_clearly(pm, tmp_path):
 def test_max_seconds_must_be_positive(make_config, pm):
     with pytest.raises(ConfigError, match=r"\[nap\] max_seconds must be at least 1, not 0"):
         make_config(pm, nap={"max_seconds": 0})
-
-
-def test_wake_label_is_iso_utc():
-    moment = datetime.datetime(2026, 11, 22, 12, 30, 5, tzinfo=datetime.UTC)
-    assert hyperhive_nap.wake_label(moment.timestamp()) == "2026-11-22T12:30:05Z"
 
 
 NAPPER = """

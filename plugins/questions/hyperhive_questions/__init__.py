@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_core import hookimpl
+from hyperhive_core import hookimpl, iso_utc
 from hyperhive_core.panels import Panel
 from hyperhive_core.tools import ToolContext
 from hyperhive_questions.commands import HOST_COMMANDS, add_commands, questions_of
-from hyperhive_questions.questions import EVENT, Question, Questions, QuestionsSection, iso, m001_questions
+from hyperhive_questions.questions import EVENT, Question, Questions, QuestionsSection, m001_questions
 from hyperhive_questions.web import ANSWER_ROUTE, answer_view, questions_panel
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ async def ask_operator(
     """
     asked = await questions_of(ctx.hive).ask(ctx.agent, question, options, ttl_seconds)
     return (
-        f"question {asked.id} is with the operator, open until {iso(asked.deadline)}. "
+        f"question {asked.id} is with the operator, open until {iso_utc(asked.deadline)}. "
         f"The answer will arrive as an {EVENT} hive event with id {asked.id}; don't wait for it."
     )
 

@@ -9,7 +9,6 @@ asker's loop next waits for messages.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlite_utils
 import trio
 
+from hyperhive_core import iso_utc
 from hyperhive_core.config import option
 from hyperhive_core.errors import ConfigError, HyperhiveError
 
@@ -82,12 +82,6 @@ class Question:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def iso(timestamp: float) -> str:
-    """``2026-11-22T12:30:05Z``: a moment in UTC, as questions and events show it."""
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Questions:
@@ -268,7 +262,7 @@ def _resolve(question_id: int, answer: str, status: str, now: float, db: sqlite_
     if row["status"] != PENDING:
         raise QuestionError(
             f"question {question_id} is already {row['status']} (answer {row['answer']!r} at "
-            f"{iso(row['answered_at'])}); there is nothing left to answer"
+            f"{iso_utc(row['answered_at'])}); there is nothing left to answer"
         )
     options = json.loads(row["options_json"]) if row["options_json"] else None
     if status == ANSWERED and options and answer not in options:

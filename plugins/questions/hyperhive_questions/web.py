@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from hyperhive_core import iso_utc
 from hyperhive_core.panels import Panel
 from hyperhive_questions.commands import answer_question, cancel_question
-from hyperhive_questions.questions import Question, QuestionError, iso
+from hyperhive_questions.questions import Question, QuestionError
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -56,7 +57,7 @@ def _question(question: Question) -> str:
         f'<article class="question" data-question="{qid}" aria-label="question {qid} from {asker}">'
         f'<header><span class="id">#{qid}</span> from <a href="/agent/{quote(question.asker)}/">{asker}</a>'
         f' · asked <span data-ago="{question.asked_at}"></span>'
-        f' · expires in <time data-countdown="{iso(question.deadline)}"></time></header>'
+        f' · expires in <time data-countdown="{iso_utc(question.deadline)}"></time></header>'
         f'<p class="text">{escape(question.question)}</p>'
         '<div class="reply">'
         f'<form class="answer" data-api="{ANSWER_ROUTE}" data-body=\'{body}\' '
