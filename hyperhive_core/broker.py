@@ -1,6 +1,12 @@
 """The message broker: durable sends, wake on commit, at-least-once delivery.
 
-A message is stored before ``send`` returns (``synchronous=FULL``). Concurrent
+``MessageBroker`` is the interface the hive uses, whatever stores the messages;
+``[broker] backend`` picks one from those registered with
+``register_broker_backends``: ``sqlite`` (this module's ``SqliteBroker``, the
+default) or ``jetstream`` (``hyperhive_core.brokers.jetstream``). Both pass one
+conformance suite (tests/test_broker_conformance.py).
+
+The sqlite backend: a message is stored before ``send`` returns (``synchronous=FULL``). Concurrent
 sends share one transaction (group commit): a single writer task drains every
 pending send, writes them together, then wakes each sender and each waiting
 recipient. A recipient's turn leases a batch and acks it when the turn succeeds;
@@ -11,6 +17,7 @@ never reused, so a consumer can dedupe by id.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -49,8 +56,13 @@ IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 @dataclass
 class BrokerSection:
-    """The message broker: limits, delivery attempts, retention."""
+    """The message broker: where messages live, limits, delivery attempts, retention."""
 
+    backend: str = option(
+        "sqlite",
+        help="Where messages live: sqlite (the hive's database, the default) or jetstream\n"
+        "(a NATS cluster, see [jetstream]).",
+    )
     max_body_bytes: int = option(65536, help="Largest message body accepted, in bytes of UTF-8.")
     max_attempts: int = option(5, help="Deliveries of a message without an ack before it moves to dead-letter.")
     batch_limit: int = option(50, help="Most messages handed to one turn.")
@@ -296,7 +308,7 @@ class _RefusalLog:
     its type is seen. The first write that works again says so.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         self.path = path
         self._last_report = -math.inf
         self._held = 0
@@ -363,8 +375,12 @@ class BrokerStats:
     transactions: int = 0
 
 
-class Broker:
-    """The hive's mailboxes. Run ``serve`` in a nursery for group commit.
+class MessageBroker(abc.ABC):
+    """The hive's mailboxes: what every backend provides (docs/broker.md).
+
+    A backend validates with ``draft`` before it stores anything, awaits
+    ``announce`` once a new message is durable, and ``report_dead`` once messages
+    moved to dead-letter. Run ``serve`` in a nursery for the life of the hive.
 
     :param policy: who may message whom; the default is an empty
         ``RecipientDirectory`` (only the operator receives). Replace or fill it as
@@ -377,6 +393,159 @@ class Broker:
 
     def __init__(
         self,
+        settings: BrokerSection | None = None,
+        *,
+        policy: RecipientPolicy | None = None,
+        on_commit: Callable[[Message], Awaitable[None]] | None = None,
+        on_dead: Callable[[list[Message]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings or BrokerSection()
+        self.policy: RecipientPolicy = policy if policy is not None else RecipientDirectory()
+        self.stats = BrokerStats()
+        self._on_commit = on_commit
+        self._on_dead = on_dead
+
+    # -- what backends share -------------------------------------------------------
+
+    def draft(self, sender: str, recipient: str, body: str | bytes, kind: str, idempotency_key: str | None) -> _Draft:
+        """Check a send: addresses, kind, body, key, policy. Raises ``BrokerError``; stores nothing."""
+        sender = check_address(sender, "sender")
+        recipient = check_address(recipient, "recipient")
+        if recipient == SYSTEM:
+            raise InvalidAddress(f"recipient: {SYSTEM!r} is the hive itself and receives no messages")
+        if kind not in MESSAGE_KINDS:
+            raise BrokerError(f"message kind must be one of {', '.join(sorted(MESSAGE_KINDS))}, not {kind!r}")
+        text = check_body(body, self.settings.max_body_bytes)
+        if idempotency_key is not None:
+            idempotency_key = check_idempotency_key(idempotency_key)
+        self.policy.check(sender, recipient)
+        return _Draft(sender, recipient, kind, text, time.time(), idempotency_key)
+
+    async def announce(self, message: Message) -> None:
+        """A new message is durable: run ``on_commit``."""
+        if self._on_commit is not None:
+            await self._on_commit(message)
+
+    async def report_dead(self, dead: list[Message]) -> None:
+        """Messages just moved to dead-letter: one log line, then ``on_dead``."""
+        if not dead:
+            return
+        dead = sorted(dead, key=lambda message: message.id)
+        log.warning("moved message(s) %s to dead-letter after %d attempts", _some_ids(dead), self.settings.max_attempts)
+        if self._on_dead is not None:
+            await self._on_dead(dead)
+
+    async def run_retention(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Prune, then compact, every ``retention_interval_seconds``, forever."""
+        task_status.started()
+        while True:
+            deleted = await self.prune()
+            await self.compact()
+            if deleted:
+                log.info("retention deleted %d acked message(s)", deleted)
+            await trio.sleep(self.settings.retention_interval_seconds)
+
+    async def compact(self) -> None:  # noqa: B027 - a backend with nothing to compact keeps it
+        """Give space back after a prune."""
+
+    async def aclose(self) -> None:  # noqa: B027 - a backend that holds no connection keeps it
+        """Let go of connections and threads; a broker used again opens them again."""
+
+    # -- sending and delivery ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The backend's own work (group commit, lease heartbeats) until cancelled."""
+
+    @abc.abstractmethod
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str | bytes,
+        kind: MessageKind = "text",
+        *,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        """Store a message for ``recipient``; return it once it is durable.
+
+        :param idempotency_key: makes a retry safe: sending again with the key
+            (by this sender) stores nothing and returns the first message.
+        :raises BrokerError: bad input, or a key already used for a different
+            message. Nothing is stored.
+        :raises StoreError: the store refused the write or cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def wait_for_messages(self, recipient: str, *, limit: int | None = None) -> Batch:
+        """Wait until ``recipient`` has queued messages; lease and return them, oldest first. No polling."""
+
+    @abc.abstractmethod
+    async def wait_for_arrival(self, recipient: str, *, after_id: int = 0) -> None:
+        """Wait until a message to ``recipient`` newer than ``after_id`` awaits delivery; lease nothing."""
+
+    @abc.abstractmethod
+    async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
+        """Lease ``recipient``'s oldest queued messages now, or return ``None`` if none."""
+
+    @abc.abstractmethod
+    async def ack(self, batch: Batch) -> int:
+        """Mark ``batch`` delivered, durably; return how many were still leased to it."""
+
+    @abc.abstractmethod
+    async def release(self, batch: Batch, *, error: str | None = None) -> list[int]:
+        """Give ``batch`` back after a failed turn; return the ids moved to dead-letter."""
+
+    @abc.abstractmethod
+    async def requeue_leased(self, recipient: str | None = None) -> list[int]:
+        """Give back every lease (of ``recipient``, or all); return the ids moved to dead-letter."""
+
+    # -- dead-letter --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def dead_letters(self, recipient: str | None = None, *, limit: int = 100) -> list[Message]:
+        """Messages in dead-letter, newest first."""
+
+    @abc.abstractmethod
+    async def dead_count(self, recipient: str | None = None) -> int:
+        """How many messages are in dead-letter (addressed to ``recipient``, if given)."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, message_id: int) -> Message:
+        """One dead-lettered message. :raises NotDeadLetter: unknown, or not dead."""
+
+    @abc.abstractmethod
+    async def requeue_dead(self, ids: Iterable[int]) -> list[Message]:
+        """Put dead letters back in the queue with fresh attempts, all or none; return them as requeued."""
+
+    @abc.abstractmethod
+    async def drop_dead(self, ids: Iterable[int]) -> list[Message]:
+        """Delete dead letters for good, all or none; return them as they were."""
+
+    # -- reads and retention ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def recent_for(self, recipient: str, limit: int = 50) -> list[Message]:
+        """The newest ``limit`` messages to ``recipient``, any state, newest first."""
+
+    @abc.abstractmethod
+    async def recent_from(self, sender: str, limit: int = 50) -> list[Message]:
+        """The newest ``limit`` messages from ``sender``, any state, newest first."""
+
+    @abc.abstractmethod
+    async def inbox_depth(self, recipient: str) -> int:
+        """How many messages to ``recipient`` await delivery (queued or leased)."""
+
+    @abc.abstractmethod
+    async def prune(self, *, now: float | None = None) -> int:
+        """Delete acked messages past the age limit or the per-recipient cap; return how many."""
+
+
+class SqliteBroker(MessageBroker):
+    """The default backend: messages in the hive's sqlite file. Run ``serve`` for group commit."""
+
+    def __init__(
+        self,
         store: Store,
         settings: BrokerSection | None = None,
         *,
@@ -384,13 +553,9 @@ class Broker:
         on_commit: Callable[[Message], Awaitable[None]] | None = None,
         on_dead: Callable[[list[Message]], Awaitable[None]] | None = None,
     ) -> None:
+        super().__init__(settings, policy=policy, on_commit=on_commit, on_dead=on_dead)
         self.store = store
-        self.settings = settings or BrokerSection()
-        self.policy: RecipientPolicy = policy if policy is not None else RecipientDirectory()
-        self.stats = BrokerStats()
         self._refusals = _RefusalLog(store.path)
-        self._on_commit = on_commit
-        self._on_dead = on_dead
         self._queue: trio.MemorySendChannel[_PendingSend] | None = None
         self._arrivals: dict[str, trio.Event] = {}
         # Recipients blocked in wait_for_messages (with their batch limit), and
@@ -420,7 +585,7 @@ class Broker:
         :raises StoreError: the database refused the write (a full disk, say).
             Nothing is stored.
         """
-        draft = self._draft(sender, recipient, body, kind, idempotency_key)
+        draft = self.draft(sender, recipient, body, kind, idempotency_key)
         pending = _PendingSend(draft)
         if self._queue is not None:
             try:
@@ -440,22 +605,9 @@ class Broker:
             ) from pending.error
         assert pending.message is not None
         # A repeat was announced when it was first stored (or its hooks died with a crash).
-        if self._on_commit is not None and not pending.repeat:
-            await self._on_commit(pending.message)
+        if not pending.repeat:
+            await self.announce(pending.message)
         return pending.message
-
-    def _draft(self, sender: str, recipient: str, body: str | bytes, kind: str, idempotency_key: str | None) -> _Draft:
-        sender = check_address(sender, "sender")
-        recipient = check_address(recipient, "recipient")
-        if recipient == SYSTEM:
-            raise InvalidAddress(f"recipient: {SYSTEM!r} is the hive itself and receives no messages")
-        if kind not in MESSAGE_KINDS:
-            raise BrokerError(f"message kind must be one of {', '.join(sorted(MESSAGE_KINDS))}, not {kind!r}")
-        text = check_body(body, self.settings.max_body_bytes)
-        if idempotency_key is not None:
-            idempotency_key = check_idempotency_key(idempotency_key)
-        self.policy.check(sender, recipient)
-        return _Draft(sender, recipient, kind, text, time.time(), idempotency_key)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the group-commit writer until cancelled."""
@@ -616,12 +768,7 @@ class Broker:
         changed = await self.store.write(partial(_unlease, where, params, error, self.settings.max_attempts))
         self._wake(message.recipient for message in changed if message.state == "queued")
         dead = sorted((message for message in changed if message.state == "dead"), key=lambda message: message.id)
-        if dead:
-            log.warning(
-                "moved message(s) %s to dead-letter after %d attempts", _some_ids(dead), self.settings.max_attempts
-            )
-            if self._on_dead is not None:
-                await self._on_dead(dead)
+        await self.report_dead(dead)
         return [message.id for message in dead]
 
     # -- dead-letter ------------------------------------------------------------
@@ -722,15 +869,13 @@ class Broker:
             if count < PRUNE_CHUNK:
                 return deleted
 
-    async def run_retention(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Prune and checkpoint the WAL every ``retention_interval_seconds``, forever."""
-        task_status.started()
-        while True:
-            deleted = await self.prune()
-            await self.store.checkpoint()
-            if deleted:
-                log.info("retention deleted %d acked message(s)", deleted)
-            await trio.sleep(self.settings.retention_interval_seconds)
+    async def compact(self) -> None:
+        """Fold the WAL into the database and truncate it."""
+        await self.store.checkpoint()
+
+
+# The default backend, under the name scripts and tests have always used.
+Broker = SqliteBroker
 
 
 # -- SQL, run on the store's threads ---------------------------------------------
