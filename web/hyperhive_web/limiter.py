@@ -17,16 +17,19 @@ the next attempt is free.
 Who is "a client": the remote address, an IPv6 one by its /64 (one machine usually
 has the whole network). Every local connection comes from a loopback address, and
 agents run on this host, so a loopback client is told apart by the uid owning its
-end of the connection (Linux's ``/proc/net/tcp``): each agent of an isolating
-backend has a host uid of its own, and the operator's browser or ``hyperhive
-attach`` has the operator's. Loopback clients whose uid cannot be found share one
-bucket.
+end of the connection (Linux's sock_diag, else ``/proc/net/tcp``): each agent of
+an isolating backend has a host uid of its own, and the operator's browser or
+``hyperhive attach`` has the operator's. Loopback clients whose uid cannot be
+found share one bucket.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import socket
+import struct
 import sys
 import time
 from collections import OrderedDict
@@ -41,6 +44,12 @@ GLOBAL_FACTOR = 6
 CLIENTS_MAX = 4096
 PROC_NET = Path("/proc/net")
 ESTABLISHED, CLOSE_WAIT = "01", "08"  # TCP states as /proc/net/tcp prints them
+# Netlink's sock_diag (linux/sock_diag.h, linux/inet_diag.h).
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HEADER = 4, 20, 1, 2, 16
+ALL_STATES, NO_COOKIE = 0xFFFFFFFF, (0xFFFFFFFF, 0xFFFFFFFF)
+# Where struct inet_diag_msg has the uid: after family, state, timer, retrans (4 bytes), the
+# inet_diag_sockid (48) and expires, rqueue, wqueue (12).
+DIAG_MSG_UID = 4 + 48 + 12
 
 
 @dataclass
@@ -132,7 +141,7 @@ class TooManyAttempts(Refused):
 def client_key(client: tuple[str, int] | None, server: tuple[str, int] | None) -> str:
     """Who a connection is, as the limiter counts clients (see the module's docs).
 
-    Reads ``/proc/net/tcp`` for a loopback client: call it off the event loop.
+    May read ``/proc/net/tcp`` for a loopback client: call it off the event loop.
     """
     if not client:
         return "unknown"
@@ -151,7 +160,46 @@ def client_key(client: tuple[str, int] | None, server: tuple[str, int] | None) -
 
 
 def loopback_peer_uid(client: tuple[str, int], server: tuple[str, int], proc_net: Path = PROC_NET) -> int | None:
-    """The uid owning the client's end of a TCP connection on this host, or ``None``."""
+    """The uid owning the client's end of a TCP connection on this host, or ``None``.
+
+    Asks the kernel for that one socket (sock_diag, microseconds); where that is not
+    available, finds it in ``/proc/net/tcp``, which lists every socket on the host.
+    """
+    try:
+        return diag_peer_uid(client, server)
+    except OSError:
+        return proc_peer_uid(client, server, proc_net)
+
+
+def diag_peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int:
+    """The uid sock_diag reports for the socket bound to ``client`` and connected to ``server``.
+
+    :raises OSError: no such socket, or no sock_diag for TCP in this kernel (the same ``ENOENT``).
+    """
+    local, remote = ipaddress.ip_address(client[0]), ipaddress.ip_address(server[0])
+    family = socket.AF_INET if local.version == 4 else socket.AF_INET6
+    # struct inet_diag_req_v2: family, protocol, ext, pad, states, then the inet_diag_sockid of one
+    # socket: its ports and addresses (network order), any interface, no cookie.
+    request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, ALL_STATES)
+    request += struct.pack(
+        "!HH16s16s", client[1], server[1], local.packed.ljust(16, b"\0"), remote.packed.ljust(16, b"\0")
+    )
+    request += struct.pack("=III", 0, *NO_COOKIE)
+    header = struct.pack("=IHHII", NLMSG_HEADER + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as netlink:
+        netlink.settimeout(1.0)
+        netlink.sendto(header + request, (0, 0))
+        reply = netlink.recv(65536)
+    _, kind = struct.unpack_from("=IH", reply)
+    if kind == NLMSG_ERROR:
+        (error,) = struct.unpack_from("=i", reply, NLMSG_HEADER)
+        raise OSError(-error, os.strerror(-error))
+    (uid,) = struct.unpack_from("=I", reply, NLMSG_HEADER + DIAG_MSG_UID)
+    return uid
+
+
+def proc_peer_uid(client: tuple[str, int], server: tuple[str, int], proc_net: Path = PROC_NET) -> int | None:
+    """The same from ``/proc/net/tcp{,6}``, a list of every TCP socket on the host; ``None`` if it is not there."""
     local, remote = _proc_endpoint(*client), _proc_endpoint(*server)
     try:
         table = (proc_net / ("tcp" if len(local) == 13 else "tcp6")).read_text()

@@ -20,7 +20,14 @@ from hyperhive_web.auth import (
     safe_next,
 )
 from hyperhive_web.jsonbody import MAX_DEPTH, TooDeep, loads, nesting_exceeds
-from hyperhive_web.limiter import FailureLimiter, TooManyAttempts, client_key, loopback_peer_uid
+from hyperhive_web.limiter import (
+    FailureLimiter,
+    TooManyAttempts,
+    client_key,
+    diag_peer_uid,
+    loopback_peer_uid,
+    proc_peer_uid,
+)
 from hyperhive_web.settings import WebSection
 from webkit import fork_as
 
@@ -287,6 +294,9 @@ def test_client_keys():
     assert client_key(None, None) == "unknown"
     # A loopback connection that does not exist (port 9 is discard): no uid to tell it by.
     assert client_key(("127.0.0.1", 9), ("127.0.0.1", 9)) == "loopback"
+    assert loopback_peer_uid(("127.0.0.1", 9), ("127.0.0.1", 9)) is None
+    with pytest.raises(FileNotFoundError):
+        diag_peer_uid(("127.0.0.1", 9), ("127.0.0.1", 9))
 
 
 NOBODY = 65534
@@ -312,7 +322,8 @@ def test_a_loopback_client_is_known_by_the_uid_owning_its_end(family, host):
             accepted, address = server.accept()
             with accepted:
                 client, own = address[:2], accepted.getsockname()[:2]
-                assert loopback_peer_uid(client, own) == uid
+                assert diag_peer_uid(client, own) == uid
+                assert proc_peer_uid(client, own) == uid  # where the kernel has no sock_diag
                 assert client_key(client, own) == f"loopback uid {uid}"
         finally:
             os.close(release)
