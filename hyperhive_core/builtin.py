@@ -9,6 +9,7 @@ from hyperhive_core import core_tools, host_commands
 from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents, m008_agent_pause_reason
 from hyperhive_core.approvals import m006_approvals
 from hyperhive_core.broker import BrokerSection, Message, m001_messages, m007_message_idempotency_keys
+from hyperhive_core.brokers import JetStreamSection, make_jetstream_broker, make_sqlite_broker
 from hyperhive_core.claude import ClaudeSection
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
 from hyperhive_core.containers.cgroups import ContainersSection, hive_cgroups
@@ -44,6 +45,7 @@ PREVIEW_CHARS = 280
 def register_config_sections(register: Callable[[str, type], None]) -> None:
     register("hive", HiveSection)
     register("broker", BrokerSection)
+    register("jetstream", JetStreamSection)
     register("events", EventsSection)
     register("claude", ClaudeSection)
     register("agents", dict[str, AgentConfig])
@@ -89,6 +91,12 @@ def on_message(hive: Hive, message: Message) -> None:
 def register_tools(register: Callable[..., None]) -> None:
     for tool, roles in core_tools.TOOLS:
         register(tool, roles=roles)
+
+
+@hookimpl(trylast=True)
+def register_broker_backends(register: Callable[[str, Callable[..., object]], None]) -> None:
+    register("sqlite", make_sqlite_broker)
+    register("jetstream", make_jetstream_broker)
 
 
 @hookimpl(trylast=True)

@@ -25,7 +25,8 @@ from hyperhive_core.agents import (
     config_from_json,
 )
 from hyperhive_core.approvals import Approvals
-from hyperhive_core.broker import Broker, BrokerSection, Message, RecipientDirectory
+from hyperhive_core.broker import Message, MessageBroker, RecipientDirectory
+from hyperhive_core.brokers import make_broker
 from hyperhive_core.claude import ClaudeSection, find_cli
 from hyperhive_core.config import Config, option
 from hyperhive_core.configrepo import ORIGIN_APPLIED, ConfigRepos
@@ -88,12 +89,8 @@ class Hive:
         self.claude: ClaudeSection = config.section("claude", ClaudeSection)
         self.events = EventBus(store, config.section("events", EventsSection))
         directory = RecipientDirectory()
-        self.broker = Broker(
-            store,
-            config.section("broker", BrokerSection),
-            policy=directory,
-            on_commit=self._message_committed,
-            on_dead=self._messages_dead,
+        self.broker: MessageBroker = make_broker(
+            self, policy=directory, on_commit=self._message_committed, on_dead=self._messages_dead
         )
         self.agents = Agents(store, self.events, directory, self.settings.manager)
         self.surface = AgentSockets(self, collect_tools(pm))

@@ -221,6 +221,17 @@ def register_container_backends(register: Callable[[str, Callable[..., Any]], No
 
 
 @hookspec
+def register_broker_backends(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Add message broker backends, selected by ``[broker] backend``.
+
+    :param register: ``register(name, factory)``; ``factory(hive, *, policy,
+        on_commit, on_dead)`` returns a ``hyperhive_core.broker.MessageBroker``
+        that passes the broker conformance suite, handing those three to its
+        constructor. Core registers ``sqlite`` and ``jetstream``.
+    """
+
+
+@hookspec
 def on_container_event(hive: Hive, event: ContainerEvent) -> None:
     """Called when an agent's container starts, stops or crashes.
 

@@ -1,0 +1,797 @@
+"""The broker on NATS JetStream (``[broker] backend = "jetstream"``), through nats-py.
+
+Three streams per hive, each with ``[jetstream] replicas`` copies (docs/cluster.md):
+
+- ``HIVE_<name>_INBOX``, a work-queue stream, subjects
+  ``hive.<name>.inbox.<recipient>.<sender>.<token>``: messages awaiting delivery.
+  Each recipient has a durable pull consumer filtered on its subjects; a message's
+  id is its stream sequence. ``<token>`` makes each message's subject its own, so
+  the stream's per-subject index lists a recipient's inbox.
+- ``HIVE_<name>_ACKED``, subjects ``hive.<name>.acked.<recipient>.<sender>.<id>``: a
+  copy of each delivered message, for ``recent_for`` and friends; retention
+  purges it.
+- ``HIVE_<name>_DEAD``, subjects ``hive.<name>.dead.<recipient>.<sender>.<id>``: dead
+  letters, until the operator requeues or drops them.
+
+A lease is messages fetched and not yet acked; ``serve`` keeps them alive with
+``in_progress`` every ``heartbeat_seconds``, and a lease whose holder died runs
+out after ``ack_wait_seconds`` and is delivered again. ``release`` naks, or, on a
+message's last attempt, copies it to dead-letter and acks it away. A delivery
+past ``max_attempts`` (the holder died on the last attempt) goes straight to
+dead-letter. The idempotency key is the ``Nats-Msg-Id``. Every read goes to a
+stream's leader, so it sees every write that returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+from nats.aio.msg import Msg
+from nats.js import api
+
+from hyperhive_core.broker import (
+    Batch,
+    BrokerError,
+    BrokerSection,
+    Message,
+    MessageBroker,
+    MessageKind,
+    RecipientPolicy,
+    _check_ids,
+    _conflict,
+    _Draft,
+    _not_dead,
+    _RefusalLog,
+    check_address,
+)
+from hyperhive_core.brokers import JetStreamSection
+from hyperhive_core.errors import ConfigError, StoreError
+from hyperhive_core.natsbridge import AsyncioThread
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A waiting pull asks the server for this long, then asks again: one request per
+# idle recipient per this many seconds, and the longest a cancelled wait keeps
+# its request open to give back whatever still arrives for it.
+PULL_SECONDS = 30.0
+# The acked and dead copies dedupe a repeat (a crash between copy and ack) within this window.
+COPY_WINDOW_SECONDS = 300.0
+# Not a nats-py error, but what a JetStream request can end in when the cluster is away.
+UNREACHABLE = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+def connect_options(section: JetStreamSection) -> dict[str, Any]:
+    """nats-py ``connect`` arguments for credentials and TLS; checks the files now, so a bad one stops the start."""
+    options: dict[str, Any] = {}
+    path = section.credentials_file
+    if path is not None:
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"[jetstream] credentials_file {path}: {exc.strerror}; point it at the file") from None
+        if mode & 0o077:
+            raise ConfigError(
+                f"[jetstream] credentials_file {path} can be read by others (mode {mode & 0o777:o}); "
+                f"it holds the NATS credentials: run chmod 600 {path}"
+            )
+        text = path.read_text().strip()
+        if "BEGIN NATS USER JWT" in text:
+            options["user_credentials"] = str(path)
+        elif text.startswith("SU") and "\n" not in text:
+            options["nkeys_seed_str"] = text
+        elif ":" in text and "\n" not in text:
+            options["user"], options["password"] = text.split(":", 1)
+        else:
+            raise ConfigError(
+                f"[jetstream] credentials_file {path} holds neither user:password on one line, "
+                "an nkey seed (SU...), nor a NATS .creds file"
+            )
+    if section.tls_ca or section.tls_cert:
+        try:
+            context = ssl.create_default_context(cafile=str(section.tls_ca) if section.tls_ca else None)
+            if section.tls_cert and section.tls_key:
+                context.load_cert_chain(str(section.tls_cert), str(section.tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"[jetstream] TLS files: {exc}; check tls_ca, tls_cert and tls_key") from None
+        options["tls"] = context
+    return options
+
+
+@dataclass
+class _Lease:
+    recipient: str
+    messages: dict[int, Msg]
+    """By message id: what came from the consumer, to ack, nak or keep alive."""
+
+
+class JetStreamBroker(MessageBroker):
+    """The hive's mailboxes on a NATS JetStream cluster. Run ``serve`` to keep leases alive."""
+
+    def __init__(
+        self,
+        section: JetStreamSection,
+        settings: BrokerSection | None = None,
+        *,
+        policy: RecipientPolicy | None = None,
+        on_commit: Callable[[Message], Awaitable[None]] | None = None,
+        on_dead: Callable[[list[Message]], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(settings, policy=policy, on_commit=on_commit, on_dead=on_dead)
+        self.section = section
+        self.options = connect_options(section)
+        self.where = ", ".join(section.urls)
+        prefix = f"hive.{section.name}"
+        self.inbox_subject, self.acked_subject, self.dead_subject = (f"{prefix}.{kind}" for kind in KINDS)
+        self.inbox_stream, self.acked_stream, self.dead_stream = (
+            f"HIVE_{section.name}_{kind.upper()}" for kind in KINDS
+        )
+        self._refusals = _RefusalLog(f"the NATS cluster at {self.where}")
+        self._bridge: AsyncioThread | None = None
+        self._nc: nats.NATS | None = None
+        self._js: Any = None
+        self._connected: asyncio.Event | None = None
+        self._connecting = trio.Lock()
+        self._consumers: set[str] = set()
+        self._leases: dict[str, _Lease] = {}
+        self._given_back: dict[int, tuple[int, str | None]] = {}
+        """Attempts and last error of messages given back by this process, by id (the stream keeps neither)."""
+
+    # -- the connection ------------------------------------------------------------
+
+    async def _call(self, make: Callable[[], Coroutine[Any, Any, T]], **kwargs: Any) -> T:
+        """Run ``make()`` on the NATS loop; a cluster that does not answer is a ``StoreError`` naming it."""
+        await self._connect()
+        assert self._bridge is not None
+        try:
+            return await self._bridge.run(make, **kwargs)
+        except UNREACHABLE as exc:
+            raise StoreError(self._unreachable(exc)) from exc
+
+    def _unreachable(self, exc: BaseException) -> str:
+        return (
+            f"the NATS cluster at {self.where} did not answer ({type(exc).__name__}: {exc or 'no reply'}); "
+            "check that its nodes are up and reachable"
+        )
+
+    async def _connect(self) -> None:
+        async with self._connecting:
+            if self._nc is not None and not self._nc.is_closed:
+                return
+            if self._bridge is None or not self._bridge.running:
+                self._bridge = AsyncioThread(f"nats {self.section.name}")
+            try:
+                await self._bridge.run(self._open)
+            except UNREACHABLE as exc:
+                raise StoreError(f"cannot connect to {self._unreachable(exc).removeprefix('the ')}") from exc
+
+    async def _open(self) -> None:
+        """On the loop: connect (nats-py reconnects from then on, forever), then make sure the streams exist."""
+        connected = asyncio.Event()
+
+        async def up() -> None:
+            connected.set()
+            log.info("connected to the NATS cluster at %s", self.where)
+
+        async def down() -> None:
+            connected.clear()
+            if self._nc is nc:  # not while closing
+                log.warning("lost the NATS cluster at %s; reconnecting", self.where)
+
+        async def error(exc: Exception) -> None:
+            log.debug("NATS client: %r", exc)
+
+        nc = await nats.connect(
+            servers=self.section.urls,
+            name=f"hyperhive {self.section.name}",
+            connect_timeout=self.section.request_timeout_seconds,
+            reconnect_time_wait=0.5,
+            max_reconnect_attempts=-1,
+            reconnected_cb=up,
+            disconnected_cb=down,
+            error_cb=error,
+            **self.options,
+        )
+        connected.set()
+        try:
+            js = nc.jetstream(timeout=self.section.request_timeout_seconds)
+            for name, subject, retention, window in (
+                (self.inbox_stream, self.inbox_subject, "workqueue", self.section.duplicate_window_seconds),
+                (self.acked_stream, self.acked_subject, "limits", COPY_WINDOW_SECONDS),
+                (self.dead_stream, self.dead_subject, "limits", COPY_WINDOW_SECONDS),
+            ):
+                await _ensure_stream(js, self._stream_config(name, subject, retention, window))
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._js, self._connected = nc, js, connected
+        self._consumers.clear()
+
+    def _stream_config(self, name: str, subject: str, retention: str, window: float) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=name,
+            subjects=[f"{subject}.>"],
+            retention=api.RetentionPolicy(retention),
+            storage=api.StorageType(self.section.storage),
+            num_replicas=self.section.replicas,
+            duplicate_window=window,
+            # A body at the limit, escaped into the JSON record, with room for the record's other fields.
+            max_msg_size=self.settings.max_body_bytes * 6 + 4096,
+            allow_direct=False,  # followers may lag: every read goes to the leader
+        )
+
+    async def _until_connected(self) -> None:
+        """On the loop: wait for a reconnect in progress, as long as a request may take."""
+        assert self._connected is not None
+        await asyncio.wait_for(self._connected.wait(), self.section.request_timeout_seconds)
+
+    async def _consumer(self, recipient: str) -> None:
+        """Make sure ``recipient``'s durable pull consumer exists with the current settings."""
+        if recipient in self._consumers:
+            return
+        config = api.ConsumerConfig(
+            durable_name=recipient,
+            filter_subject=f"{self.inbox_subject}.{recipient}.>",
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.section.ack_wait_seconds,
+            # One delivery past the last attempt: it is how a lease whose holder died
+            # on the last attempt comes back, to go to dead-letter.
+            max_deliver=self.settings.max_attempts + 1,
+            max_ack_pending=-1,
+        )
+        await self._call(lambda: self._js.add_consumer(self.inbox_stream, config))
+        self._consumers.add(recipient)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep every lease alive while its turn runs, until cancelled; then let go of the cluster."""
+        await self._connect()
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.section.heartbeat_seconds)
+                held = [msg for lease in self._leases.values() for msg in lease.messages.values()]
+                if held:
+                    try:
+                        await self._call(
+                            lambda held=held: _each(self._nc, held, "+WPI", self.section.request_timeout_seconds)
+                        )
+                    except StoreError as exc:
+                        log.warning("could not keep %d leased message(s) alive: %s", len(held), exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._bridge is None:
+            return
+        bridge, nc, self._bridge, self._nc = self._bridge, self._nc, None, None
+        self._consumers.clear()
+        if nc is not None:
+            await bridge.run(nc.close)
+        bridge.stop()
+
+    # -- sending -------------------------------------------------------------------
+
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        body: str | bytes,
+        kind: MessageKind = "text",
+        *,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        draft = self.draft(sender, recipient, body, kind, idempotency_key)
+        subject = f"{self.inbox_subject}.{draft.recipient}.{draft.sender}.{secrets.token_hex(8)}"
+        record = {"kind": draft.kind, "body": draft.body, "created_at": draft.created_at}
+        headers = {"Nats-Msg-Id": f"{draft.sender}:{draft.idempotency_key}"} if draft.idempotency_key else None
+        try:
+            ack = await self._call(lambda: self._publish(subject, record, headers))
+        except StoreError as exc:
+            self._refusals.refused(exc.__cause__ or exc, 1)
+            raise StoreError(
+                f"message to {draft.recipient!r} was not stored, or not confirmed: {exc}; "
+                "send it again (with the same idempotency key, if it had one)"
+            ) from exc.__cause__
+        self._refusals.stored()
+        if ack.duplicate:
+            return await self._repeat(draft, ack.seq)
+        self.stats.messages += 1
+        self.stats.transactions += 1
+        message = Message(
+            ack.seq, draft.sender, draft.recipient, draft.kind, draft.body, draft.created_at, "queued", 0, None
+        )
+        await self.announce(message)
+        return message
+
+    async def _publish(self, subject: str, record: dict[str, Any], headers: dict[str, str] | None) -> api.PubAck:
+        await self._until_connected()
+        return await self._js.publish(subject, _encode(record), headers=headers)
+
+    async def _repeat(self, draft: _Draft, message_id: int) -> Message:
+        """The message first stored under ``draft``'s key, or why the repeat is refused."""
+        earlier = await self._find(message_id)
+        if earlier is None:
+            raise BrokerError(
+                f"idempotency key {draft.idempotency_key!r} was already used by {draft.sender!r} for message "
+                f"{message_id}, which is no longer stored (delivered and deleted by retention, or dropped); "
+                "nothing was stored. A new message needs a new key"
+            )
+        if (earlier.recipient, earlier.kind, earlier.body) != (draft.recipient, draft.kind, draft.body):
+            raise _conflict(draft, earlier)
+        return earlier
+
+    # -- delivery --------------------------------------------------------------------
+
+    async def wait_for_messages(self, recipient: str, *, limit: int | None = None) -> Batch:
+        recipient = check_address(recipient, "recipient")
+        await self._consumer(recipient)
+        limit = limit or self.settings.batch_limit
+        while True:  # each pull waits on the server for the first message: no polling
+            batch = await self._pull(recipient, limit, PULL_SECONDS)
+            if batch is not None:
+                return batch
+
+    async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
+        recipient = check_address(recipient, "recipient")
+        await self._consumer(recipient)
+        return await self._pull(recipient, limit or self.settings.batch_limit, None)
+
+    async def _pull(self, recipient: str, limit: int, wait: float | None) -> Batch | None:
+        msgs = await self._call(lambda: self._fetch(recipient, limit, wait), abandoned=self._give_back_now)
+        leased: dict[int, Msg] = {}
+        overdue: list[tuple[Msg, Message]] = []
+        for msg in msgs:
+            message = self._from_delivery(recipient, msg)
+            if message.attempts > self.settings.max_attempts:
+                # Its last attempt's lease ran out: whoever held it stopped mid-turn.
+                overdue.append((msg, message))
+            else:
+                leased[message.id] = msg
+        if overdue:
+            error = "lease expired: the process holding it stopped mid-turn"
+            await self._bury(
+                [(msg, _replace(message, attempts=message.attempts - 1, last_error=error)) for msg, message in overdue]
+            )
+        if not leased:
+            return None
+        token = secrets.token_hex(8)
+        self._leases[token] = _Lease(recipient, leased)
+        return Batch(recipient, token, tuple(self._from_delivery(recipient, msg) for msg in leased.values()))
+
+    async def _fetch(self, recipient: str, limit: int, wait: float | None) -> list[Msg]:
+        """On the loop: one pull request; with ``wait``, it waits for the first message, then takes what is there."""
+        await self._until_connected()
+        nc = self._nc
+        assert nc is not None
+        sub = await nc.subscribe(nc.new_inbox())
+        request: dict[str, Any] = {"batch": limit, "no_wait": True}
+        if wait is not None:
+            request["expires"] = int(wait * 1e9)
+        msgs: list[Msg] = []
+        try:
+            await nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.inbox_stream}.{recipient}",
+                json.dumps(request).encode(),
+                reply=sub.subject,
+            )
+            while len(msgs) < limit:
+                msg = await sub.next_msg(timeout=(wait or 0) + self.section.request_timeout_seconds)
+                status = (msg.headers or {}).get(api.Header.STATUS)
+                if status is None:
+                    msgs.append(msg)
+                elif status not in ("100",):  # 404 none, 408 expired, 409 leadership moved: this request is over
+                    break
+        except asyncio.CancelledError:
+            # The caller went away: give back what came, and whatever still comes for this request.
+            asyncio.get_running_loop().create_task(self._drain(sub, msgs, (wait or 0) + 1))
+            raise
+        except nats.errors.TimeoutError:
+            if not msgs:
+                raise
+        await sub.unsubscribe()
+        return msgs
+
+    async def _drain(self, sub: Any, msgs: list[Msg], seconds: float) -> None:
+        deadline = asyncio.get_running_loop().time() + seconds
+        try:
+            while True:
+                await self._give_back_now(msgs)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return
+                msg = await sub.next_msg(timeout=remaining)
+                if (msg.headers or {}).get(api.Header.STATUS) is not None:
+                    return
+                msgs = [msg]
+        except UNREACHABLE:
+            pass  # unanswered: its lease runs out and it comes again
+        finally:
+            await sub.unsubscribe()
+
+    async def _give_back_now(self, msgs: list[Msg]) -> None:
+        """On the loop: nak fetched messages nobody took."""
+        await _each(self._nc, msgs, "-NAK", self.section.request_timeout_seconds)
+
+    def _from_delivery(self, recipient: str, msg: Msg) -> Message:
+        metadata = msg.metadata
+        message = self._decode(msg.subject, metadata.sequence.stream, msg.data, "leased")
+        attempts = metadata.num_delivered
+        return _replace(
+            message, attempts=attempts, last_error=self._given_back.get(message.id, (0, message.last_error))[1]
+        )
+
+    async def wait_for_arrival(self, recipient: str, *, after_id: int = 0) -> None:
+        recipient = check_address(recipient, "recipient")
+        await self._call(lambda: self._arrival(recipient, after_id))
+
+    async def _arrival(self, recipient: str, after_id: int) -> None:
+        """On the loop: subscribe to the recipient's subjects first, then look, so nothing slips in between."""
+        nc = self._nc
+        assert nc is not None
+        filter_subject = f"{self.inbox_subject}.{recipient}.>"
+        sub = await nc.subscribe(filter_subject)
+        try:
+            while True:
+                seq = after_id + 1
+                while True:
+                    try:
+                        found = await self._js.get_msg(self.inbox_stream, seq=seq, next=True, subject=filter_subject)
+                    except nats.js.errors.NotFoundError:
+                        break
+                    if json.loads(found.data).get("id", found.seq) > after_id:
+                        return
+                    seq = found.seq + 1  # a requeued copy of an older message
+                await sub.next_msg(timeout=None)
+        finally:
+            await sub.unsubscribe()
+
+    async def ack(self, batch: Batch) -> int:
+        lease = self._leases.pop(batch.token, None)
+        if lease is None:
+            log.warning("ack for %s: %d of %d messages were no longer leased", batch.recipient, 0, len(batch.ids))
+            return 0
+        copies = [
+            (msg, self._acked_copy(message)) for message in batch.messages if (msg := lease.messages.get(message.id))
+        ]
+        try:
+            acked = await self._call(lambda: self._ack_all(copies))
+        except StoreError:
+            self._leases[batch.token] = lease  # still leased: it can be acked or released again
+            raise
+        for message in batch.messages:
+            self._given_back.pop(message.id, None)
+        if acked < len(batch.messages):
+            log.warning("ack for %s: %d of %d messages were no longer leased", batch.recipient, acked, len(batch.ids))
+        return acked
+
+    def _acked_copy(self, message: Message) -> tuple[str, dict[str, Any]]:
+        subject = f"{self.acked_subject}.{message.recipient}.{message.sender}.{message.id}"
+        return subject, _record(message)
+
+    async def _ack_all(self, copies: list[tuple[Msg, tuple[str, dict[str, Any]]]]) -> int:
+        """On the loop: store the acked copies, then ack the originals away; return how many acks the server took."""
+        await asyncio.gather(
+            *(
+                self._js.publish(
+                    subject, _encode(record), headers={"Nats-Msg-Id": f"acked:{msg.metadata.sequence.stream}"}
+                )
+                for msg, (subject, record) in copies
+            )
+        )
+        return await _each(self._nc, [msg for msg, _ in copies], "+ACK", self.section.request_timeout_seconds)
+
+    async def release(self, batch: Batch, *, error: str | None = None) -> list[int]:
+        lease = self._leases.pop(batch.token, None)
+        if lease is None:
+            return []
+        return await self._give_back(lease, batch.messages, error)
+
+    async def _give_back(self, lease: _Lease, messages: Iterable[Message], error: str | None) -> list[int]:
+        naks: list[Msg] = []
+        dead: list[tuple[Msg, Message]] = []
+        for message in messages:
+            msg = lease.messages.get(message.id)
+            if msg is None:
+                continue
+            last_error = error if error is not None else message.last_error
+            if message.attempts >= self.settings.max_attempts:
+                dead.append((msg, _replace(message, state="dead", last_error=last_error)))
+            else:
+                naks.append(msg)
+                self._given_back[message.id] = (message.attempts, last_error)
+        await self._call(lambda: _each(self._nc, naks, "-NAK", self.section.request_timeout_seconds))
+        return await self._bury(dead)
+
+    async def _bury(self, dead: list[tuple[Msg, Message]]) -> list[int]:
+        """Copy messages to dead-letter, ack them away from the inbox, and report them."""
+        if not dead:
+            return []
+        buried = [_replace(message, state="dead") for _, message in dead]
+
+        async def copy_then_ack() -> None:
+            await asyncio.gather(
+                *(
+                    self._js.publish(
+                        f"{self.dead_subject}.{message.recipient}.{message.sender}.{message.id}",
+                        _encode(_record(message)),
+                        headers={"Nats-Msg-Id": f"dead:{msg.metadata.sequence.stream}"},
+                    )
+                    for (msg, _), message in zip(dead, buried, strict=True)
+                )
+            )
+            await _each(self._nc, [msg for msg, _ in dead], "+ACK", self.section.request_timeout_seconds)
+
+        await self._call(copy_then_ack)
+        for message in buried:
+            self._given_back.pop(message.id, None)
+        await self.report_dead(buried)
+        return sorted(message.id for message in buried)
+
+    async def requeue_leased(self, recipient: str | None = None) -> list[int]:
+        # Leases of an earlier process are not ours to give back: they run out after ack_wait_seconds.
+        dead: list[int] = []
+        for token, lease in list(self._leases.items()):
+            if recipient is None or lease.recipient == recipient:
+                del self._leases[token]
+                messages = [self._from_delivery(lease.recipient, msg) for msg in lease.messages.values()]
+                dead += await self._give_back(lease, messages, "lease abandoned: restarted mid-turn")
+        return sorted(dead)
+
+    # -- dead-letter ---------------------------------------------------------------
+
+    async def dead_letters(self, recipient: str | None = None, *, limit: int = 100) -> list[Message]:
+        filter_subject = f"{self.dead_subject}.{recipient or '*'}.*.*"
+        return await self._newest(self.dead_stream, filter_subject, limit, "dead")
+
+    async def dead_count(self, recipient: str | None = None) -> int:
+        if recipient is None:
+            info = await self._call(lambda: self._js.stream_info(self.dead_stream))
+            return info.state.messages
+        return len(await self._subjects(self.dead_stream, f"{self.dead_subject}.{recipient}.*.*"))
+
+    async def dead_letter(self, message_id: int) -> Message:
+        [message_id] = _check_ids([message_id])
+        found = await self._find(message_id)
+        if found is None or found.state != "dead":
+            raise _not_dead("shown", {message_id: found.state if found else None})
+        return found
+
+    async def _dead_or_raise(self, ids: list[int], verb: str) -> list[tuple[int, Message]]:
+        """Each id's dead letter with its sequence in the dead stream; ``NotDeadLetter`` names any other."""
+        found = {message_id: await self._find_with_seq(message_id) for message_id in ids}
+        not_dead = {
+            message_id: (hit[1].state if hit else None)
+            for message_id, hit in found.items()
+            if hit is None or hit[1].state != "dead"
+        }
+        if not_dead:
+            raise _not_dead(verb, not_dead)
+        return [hit for hit in found.values() if hit is not None]
+
+    async def requeue_dead(self, ids: Iterable[int]) -> list[Message]:
+        dead = await self._dead_or_raise(_check_ids(ids), "requeued")
+
+        async def requeue() -> None:
+            for seq, message in dead:
+                record = {**_record(message), "id": message.id}
+                subject = f"{self.inbox_subject}.{message.recipient}.{message.sender}.r{message.id}"
+                await self._js.publish(subject, _encode(record), headers={"Nats-Msg-Id": f"requeue:{seq}"})
+                await self._js.delete_msg(self.dead_stream, seq)
+
+        await self._call(requeue)
+        return sorted((_replace(message, state="queued", attempts=0) for _, message in dead), key=lambda m: m.id)
+
+    async def drop_dead(self, ids: Iterable[int]) -> list[Message]:
+        dead = await self._dead_or_raise(_check_ids(ids), "dropped")
+
+        async def drop() -> None:
+            for seq, _ in dead:
+                await self._js.delete_msg(self.dead_stream, seq)
+
+        await self._call(drop)
+        messages = sorted((message for _, message in dead), key=lambda m: m.id)
+        log.info("dropped dead letter(s) %s", ", ".join(str(message.id) for message in messages[:20]))
+        return messages
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def recent_for(self, recipient: str, limit: int = 50) -> list[Message]:
+        return await self._recent(f"{recipient}.*", limit)
+
+    async def recent_from(self, sender: str, limit: int = 50) -> list[Message]:
+        return await self._recent(f"*.{sender}", limit)
+
+    async def _recent(self, addresses: str, limit: int) -> list[Message]:
+        """Newest first across the three streams; a message caught between two (a crash mid-ack) counts once."""
+        found: dict[int, Message] = {}
+        for stream, subject, state in (
+            (self.inbox_stream, self.inbox_subject, "queued"),
+            (self.acked_stream, self.acked_subject, "acked"),
+            (self.dead_stream, self.dead_subject, "dead"),
+        ):
+            for message in await self._newest(stream, f"{subject}.{addresses}.*", limit, state):
+                found[message.id] = message
+        return sorted(found.values(), key=lambda message: message.id, reverse=True)[:limit]
+
+    async def inbox_depth(self, recipient: str) -> int:
+        return len(await self._subjects(self.inbox_stream, f"{self.inbox_subject}.{recipient}.*.*"))
+
+    async def _subjects(self, stream: str, filter_subject: str) -> list[str]:
+        """Every subject in ``stream`` matching ``filter_subject``: one per message, from the leader."""
+        info = await self._call(lambda: self._js.stream_info(stream, subjects_filter=filter_subject))
+        return list(info.state.subjects or ())
+
+    async def _newest(self, stream: str, filter_subject: str, limit: int, state: str) -> list[Message]:
+        """The newest ``limit`` messages matching ``filter_subject``, newest first.
+
+        The acked and dead streams name each message's id in its subject, so only
+        those ``limit`` are read; the inbox's subjects do not, so all of a
+        recipient's queued messages are read (one request each, pipelined).
+        """
+        subjects = await self._subjects(stream, filter_subject)
+        if stream != self.inbox_stream:
+            subjects = sorted(subjects, key=lambda subject: int(subject.rsplit(".", 1)[1]), reverse=True)[:limit]
+
+        async def read() -> list[Any]:
+            return await asyncio.gather(*(self._js.get_msg(stream, subject=subject) for subject in subjects))
+
+        stored = await self._call(read) if subjects else []
+        messages = [self._decode(raw.subject, raw.seq, raw.data, state) for raw in stored]
+        return sorted(messages, key=lambda message: message.id, reverse=True)[:limit]
+
+    async def _find(self, message_id: int) -> Message | None:
+        hit = await self._find_with_seq(message_id)
+        return hit[1] if hit else None
+
+    async def _find_with_seq(self, message_id: int) -> tuple[int, Message] | None:
+        """Message ``message_id`` wherever it is now, with its sequence in that stream; ``None`` if nowhere."""
+
+        async def look() -> tuple[str, Any] | None:
+            try:
+                raw = await self._js.get_msg(self.inbox_stream, seq=message_id)
+                if "id" not in json.loads(raw.data):
+                    return "queued", raw
+            except nats.js.errors.NotFoundError:
+                pass
+            for stream, subject, state in (
+                (self.dead_stream, f"{self.dead_subject}.*.*.{message_id}", "dead"),
+                (self.acked_stream, f"{self.acked_subject}.*.*.{message_id}", "acked"),
+                (self.inbox_stream, f"{self.inbox_subject}.*.*.r{message_id}", "queued"),
+            ):
+                try:
+                    return state, await self._js.get_msg(stream, subject=subject)
+                except nats.js.errors.NotFoundError:
+                    continue
+            return None
+
+        hit = await self._call(look)
+        if hit is None:
+            return None
+        state, raw = hit
+        return raw.seq, self._decode(raw.subject, raw.seq, raw.data, state)
+
+    def _decode(self, subject: str, seq: int, data: bytes, state: str) -> Message:
+        """A stored record as a ``Message``; an inbox message is ``leased`` while this process holds it."""
+        _, _, _, recipient, sender, _ = subject.split(".")
+        record = json.loads(data)
+        message_id = record.get("id", seq)
+        attempts, last_error = record.get("attempts", 0), record.get("last_error")
+        if state in ("queued", "leased"):
+            held = any(message_id in lease.messages for lease in self._leases.values())
+            state = "leased" if held or state == "leased" else "queued"
+            attempts, last_error = self._given_back.get(message_id, (attempts, last_error))
+        return Message(
+            message_id,
+            sender,
+            recipient,
+            record["kind"],
+            record["body"],
+            record["created_at"],
+            state,
+            attempts,
+            last_error,
+        )
+
+    # -- retention -------------------------------------------------------------------
+
+    async def prune(self, *, now: float | None = None) -> int:
+        """Purge acked copies older than ``retention_days`` (counted from the ack), then keep each recipient's newest.
+
+        Only the acked stream is touched: queued, leased and dead messages live elsewhere.
+        """
+        now = time.time() if now is None else now
+        cutoff = datetime.fromtimestamp(now - self.settings.retention_days * 86400, UTC)
+
+        async def purge() -> int:
+            api_prefix = "$JS.API.STREAM"
+            reply = await self._api(f"{api_prefix}.MSG.GET.{self.acked_stream}", {"start_time": cutoff.isoformat()})
+            if "message" in reply:
+                first_kept = reply["message"]["seq"]
+            else:  # nothing as new as the cutoff: everything before the end goes
+                first_kept = (await self._js.stream_info(self.acked_stream)).state.last_seq + 1
+            deleted = (await self._api(f"{api_prefix}.PURGE.{self.acked_stream}", {"seq": first_kept}))["purged"]
+            for recipient in await self._recipients():
+                keep = {
+                    "filter": f"{self.acked_subject}.{recipient}.*.*",
+                    "keep": self.settings.retention_per_recipient,
+                }
+                deleted += (await self._api(f"{api_prefix}.PURGE.{self.acked_stream}", keep))["purged"]
+            return deleted
+
+        return await self._call(purge)
+
+    async def _recipients(self) -> list[str]:
+        """On the loop: every recipient with a consumer, which is every one that ever acked."""
+        return [info.name for info in await self._js.consumers_info(self.inbox_stream)]
+
+    async def _api(self, subject: str, request: dict[str, Any]) -> dict[str, Any]:
+        reply = await self._nc.request(
+            subject, json.dumps(request).encode(), timeout=self.section.request_timeout_seconds
+        )
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error and error.get("err_code") != 10037:  # 10037: no message found, an answer like any other
+            raise nats.js.errors.APIError.from_error(error)
+        return answer
+
+
+KINDS = ("inbox", "acked", "dead")
+
+
+async def _ensure_stream(js: Any, config: api.StreamConfig) -> None:
+    """Create the stream, or bring an existing one to ``config`` (new replicas, a new window)."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10058:  # stream name already in use with a different configuration
+            raise
+        await js.update_stream(config)
+
+
+async def _each(nc: nats.NATS, msgs: list[Msg], verb: str, timeout: float) -> int:
+    """Send an ack of kind ``verb`` (``+ACK``, ``-NAK``, ``+WPI``) for each message, waiting for the server to take it.
+
+    Returns how many it took; one it did not answer is left to run out its lease.
+    """
+    results = await asyncio.gather(
+        *(nc.request(msg.reply, verb.encode(), timeout=timeout) for msg in msgs), return_exceptions=True
+    )
+    failed = [result for result in results if isinstance(result, BaseException)]
+    if failed and len(failed) == len(results):
+        raise failed[0]
+    return len(results) - len(failed)
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode()
+
+
+def _record(message: Message) -> dict[str, Any]:
+    return {
+        "kind": message.kind,
+        "body": message.body,
+        "created_at": message.created_at,
+        "attempts": message.attempts,
+        "last_error": message.last_error,
+        "id": message.id,
+    }
+
+
+_replace = dataclasses.replace

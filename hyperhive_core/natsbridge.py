@@ -1,0 +1,96 @@
+"""The one place asyncio meets trio: nats-py runs on an asyncio loop in a thread of its own.
+
+nats-py is an asyncio library; the daemon is trio. Of the two ways to join them,
+trio-asyncio would run asyncio *inside* trio, which means every entry point that
+may touch the broker (the daemon, tests, scripts, benchmarks) must open its loop
+first, and nats-py's reconnect logic, pings and flusher would be scheduled by
+trio-asyncio's emulation. Instead one daemon thread runs a plain asyncio loop that
+owns the NATS connection, and trio code calls into it through ``AsyncioThread.run``:
+the coroutine is started with ``call_soon_threadsafe`` and its end wakes the trio
+task with ``TrioToken.run_sync_soon``, so a waiting call holds no thread. A call
+costs two cross-thread hops; nats-py keeps its own timers and reconnects whatever
+trio is doing.
+
+Cancelling the trio side cancels the asyncio task and waits for it to finish, so
+nothing runs on behind the caller's back; a result that was ready anyway goes to
+the call's ``abandoned`` callback (the broker gives fetched messages back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class AsyncioThread:
+    """An asyncio event loop in a daemon thread; ``run`` awaits a coroutine on it from trio."""
+
+    def __init__(self, name: str = "nats") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    async def run(
+        self,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        *,
+        abandoned: Callable[[T], Coroutine[Any, Any, None]] | None = None,
+    ) -> T:
+        """Run ``make()`` on the loop; return its result or raise its exception.
+
+        :param abandoned: if the trio caller is cancelled but the coroutine finished
+            with a result anyway, it is handed to this coroutine (on the loop), so
+            it can be given back instead of dropped.
+        """
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: dict[str, asyncio.Task[T]] = {}
+
+        def finished(_: asyncio.Future[T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the trio side is gone; nobody waits
+                token.run_sync_soon(done.set)
+
+        def start() -> None:
+            task = box["task"] = self._loop.create_task(make())
+            task.add_done_callback(finished)
+
+        def cancel() -> None:
+            box["task"].cancel()
+
+        self._loop.call_soon_threadsafe(start)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            # Callbacks run in order, so the task exists by the time cancel runs.
+            self._loop.call_soon_threadsafe(cancel)
+            with trio.CancelScope(shield=True):
+                await done.wait()
+                task = box["task"]
+                if abandoned is not None and not task.cancelled() and task.exception() is None:
+                    await self.run(lambda: abandoned(task.result()))
+            raise
+        return box["task"].result()
+
+    def stop(self) -> None:
+        """Stop the loop and its thread (after the caller closed what runs on it)."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
