@@ -22,6 +22,7 @@ import sqlite_utils
 from hyperhive_core.broker import RecipientDirectory
 from hyperhive_core.config import build_section, extra_tables, option
 from hyperhive_core.containers.cgroups import LIMIT_KEYS, limit_problems
+from hyperhive_core.egress import egress_problems
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.models import InvalidModel, check_model
 from hyperhive_core.names import OPERATOR, InvalidName, check_agent_name
@@ -55,6 +56,12 @@ class AgentConfig:
     )
     pids_max: int | None = option(None, help="Process and thread cap (0: none). Default: [containers] pids_max.")
     cpu_weight: int | None = option(None, help="CPU share, 1 to 10000. Default: [containers] cpu_weight.")
+    # Like the caps, in agent.toml too: a change reaches the agent only once the operator approves it.
+    egress: list[str] = option(
+        [],
+        help='What it may connect to besides the model API, as "host:port" entries (no wildcards),\n'
+        "through the hive's proxy; everything else is refused. Needs the bwrap or nspawn backend.",
+    )
     sections: dict[str, Any] = extra_tables(
         help="Plugin sections follow as sub-tables, e.g. [agents.NAME.allowlist]; each plugin checks its own."
     )
@@ -162,6 +169,7 @@ def core_agent_checks(agent: str, config: AgentConfig) -> list[str]:
         except InvalidName as exc:
             problems.append(f"allowed_recipients: {exc}")
     problems += limit_problems(**config.limit_overrides())
+    problems += egress_problems(config.egress)
     return problems
 
 

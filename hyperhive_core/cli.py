@@ -11,7 +11,6 @@ tests/test_cli_startup.py keeps it that way.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import sys
 from dataclasses import asdict
@@ -21,6 +20,7 @@ import click
 
 from hyperhive_core import fastcli
 from hyperhive_core.backup import backup_command
+from hyperhive_core.cliopts import echo_json, json_option
 from hyperhive_core.configfile import configured_plugins, find_config, read_toml
 from hyperhive_core.dead_letters import dead_command
 from hyperhive_core.errors import HyperhiveError, PluginError
@@ -144,7 +144,7 @@ def init(state: CliState, force: bool) -> None:
 
 @cli.command(name="plugins")
 @click.option("--all", "show_all", is_flag=True, help="Include core's builtin plugins.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @pass_state
 def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
     """List loaded plugins, their versions and the hooks they implement."""
@@ -152,7 +152,7 @@ def list_plugins(state: CliState, show_all: bool, as_json: bool) -> None:
 
     infos = [info for info in describe_plugins(state.boot().pm) if show_all or not info.builtin]
     if as_json:
-        click.echo(json.dumps([asdict(info) for info in infos], indent=2))
+        echo_json([asdict(info) for info in infos])
         return
     if not infos:
         click.echo("no plugins loaded")
@@ -177,10 +177,6 @@ def ask_daemon(state: CliState, cmd: str, **arguments: Any) -> Any:
     return fastcli.ask(state.config_path, cmd, **arguments)
 
 
-def echo_json(value: Any) -> None:
-    click.echo(fastcli.to_json(value))
-
-
 def echo_lines(lines: list[str]) -> None:
     for line in lines:
         click.echo(line)
@@ -190,7 +186,7 @@ def echo_lines(lines: list[str]) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @pass_state
 def status(state: CliState, as_json: bool) -> None:
     """The running hive: backend, model endpoint, agents."""
@@ -198,7 +194,7 @@ def status(state: CliState, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @pass_state
 def agents(state: CliState, as_json: bool) -> None:
     """List agents with their state, model and inbox depth."""
@@ -315,7 +311,7 @@ def describe_approval(approval: dict[str, Any]) -> str:
 @cli.command()
 @click.argument("approval_id", metavar="[ID]", type=int, required=False)
 @click.option("--all", "show_all", is_flag=True, help="Include resolved requests, not only pending ones.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @pass_state
 def approvals(state: CliState, approval_id: int | None, show_all: bool, as_json: bool) -> None:
     """List the manager's pending requests; with ID, show one with its diff."""
@@ -403,7 +399,7 @@ def debug_config(state: CliState) -> None:
 
     config = state.boot().config
     sections = {name: plain(section) for name, section in config.sections.items()}
-    click.echo(json.dumps({"path": str(config.path), "sections": sections}, indent=2, default=str))
+    echo_json({"path": str(config.path), "sections": sections})
 
 
 def add_plugin_commands(group: click.Group, pm: HivePluginManager) -> None:

@@ -201,6 +201,8 @@ def render_agent_toml(config: AgentConfig, plugin_sections: Iterable[str]) -> st
     lines.append(f"instructions = {toml_value(config.instructions)}")
     lines.append(f"allowed_recipients = {toml_value(config.allowed_recipients)}")
     lines += [f"{key} = {toml_value(value)}" for key, value in config.limit_overrides().items() if value is not None]
+    if config.egress:
+        lines.append(f"egress = {toml_value(config.egress)}")
     tables = {name: plain(section) for name, section in sorted(config.sections.items())}
     return "\n".join(lines) + "\n" + (f"\n{toml_document(tables)}" if tables else "")
 

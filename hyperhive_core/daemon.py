@@ -62,6 +62,7 @@ async def run_hive(
             await core.start(hive.events.serve)
             await core.start(hive.broker.serve)
             await core.start(hive.surface.serve)
+            await core.start(hive.model_proxy.serve)
             if hive.rehearsal is not None:
                 await core.start(hive.rehearsal.serve)
             await await_all(pm.hook.on_startup(hive=hive))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from hyperhive_core.cliopts import echo_json, json_option
 from hyperhive_core.names import SYSTEM
 
 if TYPE_CHECKING:
@@ -314,12 +315,6 @@ def _ask(obj: Any, cmd: str, **arguments: Any) -> Any:
     return ask_daemon(obj, cmd, **arguments)
 
 
-def _echo_json(value: Any) -> None:
-    from hyperhive_core.cli import echo_json
-
-    echo_json(value)
-
-
 def list_line(letter: Mapping[str, Any], now: float) -> str:
     error = (letter["last_error"] or "").replace("\n", " ")
     return (
@@ -374,13 +369,13 @@ def dead_command() -> None:
 @dead_command.command(name="list")
 @click.option("--agent", "recipient", metavar="NAME", help="Only those addressed to agent NAME.")
 @click.option("--limit", default=LIST_LIMIT, show_default=True, type=click.IntRange(1, MAX_LIST_LIMIT))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, attempts included.")
+@json_option(help="Machine-readable output, attempts included.")
 @click.pass_obj
 def list_command(obj: Any, recipient: str | None, limit: int, as_json: bool) -> None:
     """Dead letters, newest first: id, recipient, sender, attempts, age and last error."""
     result = _ask(obj, "dead_letters", recipient=recipient, limit=limit)
     if as_json:
-        _echo_json(result)
+        echo_json(result)
         return
     letters = result["dead_letters"]
     if not letters:
@@ -396,13 +391,13 @@ def list_command(obj: Any, recipient: str | None, limit: int, as_json: bool) -> 
 
 @dead_command.command(name="show")
 @click.argument("message_id", metavar="ID", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.pass_obj
 def show_command(obj: Any, message_id: int, as_json: bool) -> None:
     """Dead letter ID in full, and what each attempt at it did."""
     letter = _ask(obj, "dead_letter", message_id=message_id)
     if as_json:
-        _echo_json(letter)
+        echo_json(letter)
         return
     click.echo(
         f"dead letter #{letter['id']}: {letter['sender']} → {letter['recipient']} ({letter['kind']}), "
@@ -424,13 +419,13 @@ def show_command(obj: Any, message_id: int, as_json: bool) -> None:
 
 @dead_command.command(name="requeue")
 @click.argument("ids", metavar="ID...", type=int, nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.pass_obj
 def requeue_command(obj: Any, ids: tuple[int, ...], as_json: bool) -> None:
     """Put dead letters back in their agents' queues with fresh attempts (all or none)."""
     result = _ask(obj, "requeue_dead", ids=list(ids))
     if as_json:
-        _echo_json(result)
+        echo_json(result)
         return
     click.echo(f"requeued {_ids(result['requeued'])} with fresh attempts")
     click.echo(f"note: {result['warning']}", err=True)
@@ -439,7 +434,7 @@ def requeue_command(obj: Any, ids: tuple[int, ...], as_json: bool) -> None:
 @dead_command.command(name="drop")
 @click.argument("ids", metavar="ID...", type=int, nargs=-1, required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.pass_obj
 def drop_command(obj: Any, ids: tuple[int, ...], yes: bool, as_json: bool) -> None:
     """Delete dead letters for good (all or none); asks first unless --yes."""
@@ -450,6 +445,6 @@ def drop_command(obj: Any, ids: tuple[int, ...], yes: bool, as_json: bool) -> No
         click.confirm(f"{what}?", abort=True)
     result = _ask(obj, "drop_dead", ids=list(ids))
     if as_json:
-        _echo_json(result)
+        echo_json(result)
         return
     click.echo(f"dropped {_ids(result['dropped'])}")

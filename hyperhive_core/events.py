@@ -46,6 +46,7 @@ EventType = Literal[
     "message_dropped",
     "approval_requested",
     "approval_resolved",
+    "egress_denied",
     "error",
 ]
 EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))

@@ -42,6 +42,7 @@ from hyperhive_core.containers.cgroups import ContainersSection, resolve_limits
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.events import EventBus, EventsSection
 from hyperhive_core.mcp_surface import AgentSockets
+from hyperhive_core.modelproxy import SOCKET_NAME, make_model_proxy, sandbox_env
 from hyperhive_core.models import check_model
 from hyperhive_core.names import SYSTEM, check_agent_name
 from hyperhive_core.paths import StatePaths
@@ -94,6 +95,7 @@ class Hive:
         )
         self.agents = Agents(store, self.events, directory, self.settings.manager)
         self.surface = AgentSockets(self, collect_tools(pm))
+        self.model_proxy = make_model_proxy(self)
         self.repos = ConfigRepos(paths)
         self.approvals = Approvals(self)
         self.backend = make_backend(self)
@@ -163,6 +165,9 @@ class Hive:
             "ENABLE_TOOL_SEARCH": "false",
             "CLAUDE_CODE_MAX_RETRIES": str(self.claude.api_retries),
         }
+        if self.backend.private_network:
+            # Only through the daemon's proxy, which adds the credential: none is ever inside.
+            return env | sandbox_env()
         # A TLS-intercepting proxy's CA, when the host needs one to reach the API.
         if os.environ.get("NODE_EXTRA_CA_CERTS"):
             env["NODE_EXTRA_CA_CERTS"] = os.environ["NODE_EXTRA_CA_CERTS"]
@@ -190,6 +195,8 @@ class Hive:
         spec = self.container_spec(name)
         await self.backend.create(spec)
         await self.surface.open(name, agent.role, spec.socket_dir / "agent.sock")
+        if self.backend.private_network:
+            await self.model_proxy.open(name, spec.socket_dir / SOCKET_NAME)
         harness = self.harnesses[name] = Harness(self, name)
         assert self.agent_nursery is not None, "agents start once the daemon serves"
         run = self._runs[name] = _AgentRun()
@@ -203,6 +210,7 @@ class Hive:
             await run.finished.wait()
         self.harnesses.pop(name, None)
         await self.surface.close(name)
+        await self.model_proxy.close(name)
         await self.backend.stop(self.container_spec(name))
         self.agents.remove(name)
 

@@ -32,11 +32,13 @@ async def agents(hive: Hive) -> list[dict[str, Any]]:
 
 
 async def agent(hive: Hive, agent: str) -> dict[str, Any]:
-    """One agent: its live state, config, resource limits (with usage) and inbox depth."""
+    """One agent: its live state, config, resource limits (with usage), inbox depth, and
+    the connections its egress list refused lately."""
     return {
         **hive.agents.get(agent).snapshot(),
         "limits": await hive.backend.limits(hive.container_spec(agent)),
         "inbox_depth": await hive.broker.inbox_depth(agent),
+        "egress_denied": hive.model_proxy.denied(agent),
     }
 
 

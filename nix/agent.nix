@@ -37,8 +37,9 @@ in
   # Container root is an unprivileged host uid range, never host root.
   privateUsers = "pick";
   extraFlags = [ "--private-users-ownership=auto" ];
-  # Like every backend: the agent reaches its model's API over the host's network.
-  privateNetwork = false;
+  # Loopback only, like every backend: the model API and the agent's egress are
+  # reached through the daemon's proxy, model.sock in the bound socket directory.
+  privateNetwork = true;
   tmpfs = hidden;
   bindMounts =
     builtins.mapAttrs (inside: source: {

@@ -185,3 +185,33 @@ def test_debug_config_prints_every_section_with_defaults_filled_in(clean_env, tm
     assert sections["agents"]["scout"]["instructions"] == "map\nthe docs"
     assert sections["agents"]["scout"]["model"] is None
     assert sections["nap"]["max_seconds"] == 30
+
+
+def test_every_json_flag_is_the_shared_option():
+    """Core's and the bundled plugins' commands spell --json one way, so scripts can rely on it."""
+    from hyperhive_core.plugins import make_plugin_manager
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, (*path, name))
+
+    flags = {
+        " ".join(path): param
+        for path, command in walk(make_cli(make_plugin_manager(None)), ())
+        for param in command.params
+        if "--json" in param.opts
+    }
+    assert sorted(flags) == [
+        "agents",
+        "approvals",
+        "dead drop",
+        "dead list",
+        "dead requeue",
+        "dead show",
+        "plugins",
+        "questions",
+        "stats",
+        "status",
+    ]
+    assert all((param.name, param.is_flag, param.opts) == ("as_json", True, ["--json"]) for param in flags.values())

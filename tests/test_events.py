@@ -45,6 +45,7 @@ def test_the_event_types_are_the_documented_ones():
         "message_sent",
         "approval_requested",
         "approval_resolved",
+        "egress_denied",
         "error",
     } == EVENT_TYPES
 

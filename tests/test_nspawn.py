@@ -81,6 +81,7 @@ def test_nspawn_argv():
         "--timezone=off",
         "--link-journal=no",
         "--console=pipe",
+        "--private-network",
         "--bind-ro=/usr",
         "--bind-ro=/opt/hyperhive",
         "--bind=/var/lib/hyperhive/agents/alice/state:/state",
@@ -190,7 +191,7 @@ def test_the_generated_agent_nix():
         # The container of hyperhive agent 'alice'. Generated: every rebuild rewrites it.
         {
           privateUsers = "pick";
-          privateNetwork = false;
+          privateNetwork = true;
           extraFlags = [ "--private-users-ownership=auto" ];
           tmpfs = [ ];
           bindMounts = {
@@ -232,7 +233,7 @@ def test_nix_strings_interpolate_nothing():
 def test_host_settings_for_an_imperative_nixos_container():
     settings = nixos_host_settings(MOUNTS)
     assert settings == {
-        "PRIVATE_NETWORK": "0",
+        "PRIVATE_NETWORK": "1",
         "HOST_ADDRESS": "",
         "LOCAL_ADDRESS": "",
         "PRIVATE_USERS": "pick",
@@ -243,7 +244,7 @@ def test_host_settings_for_an_imperative_nixos_container():
     written_by_create = "PRIVATE_NETWORK=1\nHOST_ADDRESS=10.233.1.1\nLOCAL_ADDRESS=10.233.1.2\nAUTO_START=0\n"
     merged = merge_env_file(written_by_create, settings)
     assert merged.startswith("AUTO_START=0\n")  # what create wrote, but the network we set
-    assert 'PRIVATE_NETWORK="0"\nHOST_ADDRESS=""\nLOCAL_ADDRESS=""\nPRIVATE_USERS="pick"\n' in merged
+    assert 'PRIVATE_NETWORK="1"\nHOST_ADDRESS=""\nLOCAL_ADDRESS=""\nPRIVATE_USERS="pick"\n' in merged
     assert merge_env_file(merged, settings) == merged  # an update replaces, never repeats
 
     spaced = container_mounts(SPEC, [Path("/opt/my hive")], Path("/var/lib/hyperhive"), EMPTY)

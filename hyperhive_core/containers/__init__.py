@@ -117,6 +117,9 @@ class ContainerBackend(abc.ABC):
     name: str
     isolated: bool
     """False when agents run with the daemon's own privileges; status shows it."""
+    private_network: bool = False
+    """True when each container has a network of its own, and reaches the model API and
+    the agent's ``egress`` only through its ``model.sock`` (``modelproxy.py``)."""
 
     @abc.abstractmethod
     def view(self, spec: ContainerSpec) -> ContainerView:

@@ -1,8 +1,10 @@
 """The ``bwrap`` backend: each agent in bubblewrap sandboxes, as its own unprivileged host uid.
 
-Every ``exec`` is a sandbox of its own (new user, pid, ipc, uts and cgroup
-namespaces) in which the agent sees the system read-only, its state dir at
+Every ``exec`` is a sandbox of its own (new user, pid, ipc, uts, network and
+cgroup namespaces) in which the agent sees the system read-only, its state dir at
 ``/state``, its socket at ``/run/hyperhive/agent.sock`` and a private ``/tmp``.
+Its network is loopback only: the model API and its ``egress`` are reached through
+the daemon's proxy at ``/run/hyperhive/model.sock`` (``modelproxy.py``).
 The daemon drops to the agent's uid *before* it starts bwrap, so root in the
 sandbox is never root on the host. docs/security.md has the whole model.
 """
@@ -22,6 +24,7 @@ from typing import Any
 import trio
 
 import hyperhive_core
+from hyperhive_core import forward
 from hyperhive_core.agentenv import AGENT_HOME
 from hyperhive_core.config import option
 from hyperhive_core.containers import (
@@ -38,6 +41,7 @@ from hyperhive_core.containers.spawn import SpawnedProcess
 from hyperhive_core.containers.uids import AgentUids
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.mcp_surface import CONTAINER_SOCKET
+from hyperhive_core.modelproxy import CONTAINER_MODEL_SOCKET, SOCKET_NAME
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +160,7 @@ class BwrapBackend(ContainerBackend):
 
     name = "bwrap"
     isolated = True
+    private_network = True
 
     def __init__(
         self,
@@ -187,8 +192,8 @@ class BwrapBackend(ContainerBackend):
         self.scope_sockets = abi >= landlock.SCOPE_ABI
         if not self.scope_sockets:
             log.warning(
-                "Landlock ABI %d cannot scope abstract unix sockets (needs %d, Linux 6.12): "
-                "sandboxes get their own network namespace instead, so agents have no network",
+                "Landlock ABI %d cannot scope abstract unix sockets and signals (needs %d, Linux 6.12): "
+                "each sandbox's own network namespace and pid namespace keep them in alone",
                 abi,
                 landlock.SCOPE_ABI,
             )
@@ -246,6 +251,10 @@ class BwrapBackend(ContainerBackend):
         if not socket.is_socket():
             raise RuntimeError(f"{socket} is not a socket: open {spec.agent!r}'s socket before exec")
         os.chown(socket, uid, uid, follow_symlinks=False)  # connecting takes write permission on it
+        model = spec.socket_dir / SOCKET_NAME
+        if model.is_socket():  # the daemon opens one for every agent: the sandbox's way out
+            os.chown(model, uid, uid, follow_symlinks=False)
+            argv = forward.command(CONTAINER_MODEL_SOCKET, list(argv))
         for source in (*self.ro_paths, spec.state_dir, *spec.extra_binds.values(), socket):
             for directory in ensure_reachable(source, uid):
                 log.info("%s: uid %d may now pass through %s, to reach %s", spec.agent, uid, directory, source)
@@ -254,8 +263,9 @@ class BwrapBackend(ContainerBackend):
         identity = [_data_fd(_passwd(spec.agent, uid)), _data_fd(_group(spec.agent, uid))]
         try:
             sandbox = Sandbox.start(
-                self.sandbox_argv(spec, argv, env, pty=pty, passwd_fd=identity[0], group_fd=identity[1]),
-                env={},
+                self.sandbox_argv(spec, argv, pty=pty, passwd_fd=identity[0], group_fd=identity[1]),
+                # Passed on by bwrap: never in its argv, which any user's ps shows.
+                env=_sandbox_env(spec.agent, env, pty),
                 cwd="/",
                 pty=pty,
                 user=uid,
@@ -298,7 +308,6 @@ class BwrapBackend(ContainerBackend):
         self,
         spec: ContainerSpec,
         argv: Sequence[str],
-        env: Mapping[str, str],
         *,
         pty: bool,
         passwd_fd: int,
@@ -307,16 +316,11 @@ class BwrapBackend(ContainerBackend):
         """The bwrap command line that runs ``argv`` in a new sandbox for ``spec.agent``."""
         args = [self.bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         args += ["--unshare-cgroup-try", "--die-with-parent", "--hostname", spec.agent]
-        if not self.scope_sockets:
-            args.append("--unshare-net")
+        args.append("--unshare-net")  # loopback only (bwrap brings lo up): the way out is model.sock
         if not pty:
             # A sandbox without a terminal of its own must not reach the daemon's (TIOCSTI).
             # A shell on its own fresh pty keeps its session, for job control and ^C.
             args.append("--new-session")
-        # --setenv after --clearenv: bwrap applies them in order.
-        args.append("--clearenv")
-        for key, value in _sandbox_env(spec.agent, env, pty).items():
-            args += ["--setenv", key, value]
         args += ["--ro-bind", "/usr", "/usr"]
         for link, target in SYSTEM_SYMLINKS.items():
             args += ["--symlink", target, link]
@@ -332,6 +336,8 @@ class BwrapBackend(ContainerBackend):
         for inside, source in spec.extra_binds.items():
             args += ["--bind", str(source), inside]
         args += ["--bind", str(spec.socket_dir / "agent.sock"), str(SANDBOX_SOCKET)]
+        if (spec.socket_dir / SOCKET_NAME).is_socket():
+            args += ["--bind", str(spec.socket_dir / SOCKET_NAME), CONTAINER_MODEL_SOCKET]
         # HOME: empty, on the root tmpfs that turns read-only next, so no dotfile can be planted.
         args += ["--dir", str(AGENT_HOME)]
         args += ["--remount-ro", "/", "--chdir", str(SANDBOX_STATE), "--cap-drop", "ALL", "--", *argv]

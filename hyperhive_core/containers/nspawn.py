@@ -7,6 +7,9 @@ Elsewhere a minimal root (the host's ``/usr`` read-only) runs under plain
 ``systemd-nspawn`` in a transient unit of the same name. Either way the container
 has its own user namespace (``--private-users=pick``): its root is an unprivileged
 uid range on the host, and the agent's state dir and socket are handed to that uid.
+Its network is its own and loopback only (``--private-network``): the model API and
+the agent's ``egress`` are reached through ``model.sock`` in the bound socket
+directory (``modelproxy.py``).
 
 systemd owns the containers' lifetimes; the D-Bus watcher in ``dbus_watch`` turns
 their units' transitions into ``ContainerEvent``s.
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from hyperhive_core import forward
 from hyperhive_core.agentenv import AGENT_HOME
 from hyperhive_core.containers import (
     ContainerBackend,
@@ -49,6 +53,7 @@ from hyperhive_core.containers.dbus_watch import UnitState, event_kind, unit_nam
 from hyperhive_core.containers.spawn import SpawnedProcess
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.mcp_surface import CONTAINER_SOCKET
+from hyperhive_core.modelproxy import CONTAINER_MODEL_SOCKET, SOCKET_NAME
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -137,6 +142,7 @@ def nspawn_argv(agent: str, root: Path, mounts: Mounts, command: Sequence[str], 
     argv += [PICK_USERS, OWN_ROOT, "--as-pid2", "--resolv-conf=off", "--timezone=off", "--link-journal=no"]
     # No terminal of its own: agents' processes get theirs with each exec.
     argv.append("--console=pipe")
+    argv.append("--private-network")  # loopback only: the way out is model.sock
     if not register:
         argv.append("--register=no")
     argv += ["--bind-ro=/usr", *(f"--bind-ro={path}" for path in mounts.read_only)]
@@ -252,7 +258,7 @@ def render_agent_nix(
         f"# The container of hyperhive agent {spec.agent!r}. Generated: every rebuild rewrites it.\n"
         "{\n"
         '  privateUsers = "pick";\n'
-        "  privateNetwork = false;\n"
+        "  privateNetwork = true;\n"
         f"  extraFlags = {nix_list([nix_string(OWN_ROOT)])};\n"
         f"  tmpfs = {nix_list(nix_string(str(path)) for path in mounts.hidden)};\n"
         "  bindMounts = {\n"
@@ -276,8 +282,9 @@ def nixos_host_settings(mounts: Mounts) -> dict[str, str]:
     """What ``agent.nix`` asks of the host, as settings of the container's
     ``/etc/nixos-containers/<name>.conf``: imperative containers read them from there.
 
-    ``nixos-container create`` gives a container a private network of its own; an
-    agent shares the host's, as everywhere else, to reach its model's API.
+    An agent's container has a private network with no interface but loopback (no
+    addresses: ``nixos-container create`` would give it a veth pair to the host); its
+    way out is ``model.sock``.
     """
     flags = [OWN_ROOT, *(f"--bind-ro={path}" for path in mounts.read_only)]
     flags += [f"--tmpfs={path}" for path in mounts.hidden]
@@ -287,7 +294,7 @@ def nixos_host_settings(mounts: Mounts) -> dict[str, str]:
     for flag in flags:
         if any(char.isspace() or char in '"\\$`' for char in flag):
             raise NspawnError(f"cannot pass {flag!r} to a nixos-container: use paths without spaces or quotes")
-    network = {"PRIVATE_NETWORK": "0", "HOST_ADDRESS": "", "LOCAL_ADDRESS": ""}
+    network = {"PRIVATE_NETWORK": "1", "HOST_ADDRESS": "", "LOCAL_ADDRESS": ""}
     return {**network, "PRIVATE_USERS": "pick", "EXTRA_NSPAWN_FLAGS": " ".join(flags)}
 
 
@@ -349,7 +356,7 @@ def parse_unit_state(text: str) -> UnitState | None:
 
 
 def hand_over(spec: ContainerSpec, uid: int) -> None:
-    """Give the agent's state dir and socket to ``uid``, its container's root on the host.
+    """Give the agent's state dir and sockets to ``uid``, its container's root on the host.
 
     ``pick`` chooses the uid range when the container starts, so this runs before
     each exec; it only walks the state dir when the owner changed.
@@ -357,7 +364,7 @@ def hand_over(spec: ContainerSpec, uid: int) -> None:
     if uid == 0:
         raise NspawnError(f"the container of {spec.agent!r} maps its root to host root; refusing to hand it state")
     give_state_dir(spec.state_dir, uid)
-    for path in (spec.socket_dir, spec.socket_dir / "agent.sock"):
+    for path in (spec.socket_dir, spec.socket_dir / "agent.sock", spec.socket_dir / SOCKET_NAME):
         if path.exists() and path.stat(follow_symlinks=False).st_uid != uid:
             os.chown(path, uid, uid, follow_symlinks=False)
 
@@ -384,6 +391,7 @@ class NspawnBackend(ContainerBackend):
 
     name = "nspawn"
     isolated = True
+    private_network = True
 
     def __init__(
         self,
@@ -499,6 +507,8 @@ class NspawnBackend(ContainerBackend):
     ) -> SpawnedProcess:
         leader = await self._leader(spec)
         hand_over(spec, root_uid(leader))
+        if (spec.socket_dir / SOCKET_NAME).is_socket():  # the daemon opens one for every agent
+            argv = forward.command(CONTAINER_MODEL_SOCKET, list(argv))
         inside = in_container_argv(argv, env)
         run = nixos_container_argv("run", spec.agent, "--", *inside) if self.nixos else nsenter_argv(leader, inside)
         # The host side needs a PATH to find its tools; the inside gets exactly ``env``.

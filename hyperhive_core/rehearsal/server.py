@@ -93,8 +93,14 @@ class RehearsalServer:
         port: int = 0,
         log_path: Path | None = None,
         keep: int = 1000,
+        api_key: str | None = None,
     ) -> None:
+        """
+        :param api_key: answer only requests that carry it (``x-api-key``, or a bearer
+            token), and the rest ``401`` like the real API; ``None`` checks nothing.
+        """
         self.director = Director(scenario)
+        self.api_key = api_key
         self.host = host
         self.port = port
         self.log_path = log_path
@@ -195,6 +201,13 @@ class RehearsalServer:
 
     async def _respond(self, http: HttpConnection, incoming: Incoming) -> None:
         agent, route = _split_agent(incoming.path)
+        if self.api_key is not None and self.api_key not in (
+            incoming.headers.get("x-api-key"),
+            incoming.headers.get("authorization", "").removeprefix("Bearer "),
+        ):
+            self._record(incoming, agent, None, 401)
+            await http.send_json(401, Fault(401, "rehearsal model: invalid x-api-key").body())
+            return
         try:
             body = json.loads(incoming.body) if incoming.body else None
         except ValueError as exc:

@@ -133,14 +133,20 @@ async def model(name: str) -> dict[str, Any]:
     return await host_commands.model(hive(), agent=name, model=text_field(await body(), "model").strip())
 
 
-@api.post("/api/agents/<name>/cancel")
-async def cancel(name: str) -> dict[str, Any]:
-    return await host_commands.cancel(hive(), agent=name)
+# Actions on an agent that take nothing else: each is the host command of its name.
+AGENT_ACTIONS = {
+    "cancel": host_commands.cancel,
+    "rebuild": host_commands.rebuild,
+    "restore": host_commands.restore,
+    "pause": host_commands.pause,
+    "resume": host_commands.resume,
+}
 
 
-@api.post("/api/agents/<name>/rebuild")
-async def rebuild(name: str) -> dict[str, Any]:
-    return await host_commands.rebuild(hive(), agent=name)
+@api.post("/api/agents/<name>/<any(cancel, rebuild):action>")
+@api.post("/-/web/agents/<name>/<any(restore, pause, resume):action>")
+async def agent_action(name: str, action: str) -> dict[str, Any]:
+    return await AGENT_ACTIONS[action](hive(), agent=name)
 
 
 @api.post("/api/spawn")
@@ -189,21 +195,6 @@ async def agent_events(name: str) -> Response:
 @api.get("/-/web/kept")
 async def kept() -> Response:
     return jsonify(await host_commands.kept(hive()))
-
-
-@api.post("/-/web/agents/<name>/restore")
-async def restore(name: str) -> dict[str, Any]:
-    return await host_commands.restore(hive(), agent=name)
-
-
-@api.post("/-/web/agents/<name>/pause")
-async def pause(name: str) -> dict[str, Any]:
-    return await host_commands.pause(hive(), agent=name)
-
-
-@api.post("/-/web/agents/<name>/resume")
-async def resume(name: str) -> dict[str, Any]:
-    return await host_commands.resume(hive(), agent=name)
 
 
 @api.post("/-/web/agents/<name>/slash")

@@ -212,3 +212,20 @@ async def test_an_idempotency_key_makes_a_retried_send_store_one_message(hive):
     assert bad_key.status == 400
     assert "idempotency key must be 1-128 characters" in bad_key.json()["error"]
     assert [m.body for m in await hive.broker.recent_from("operator")] == ["once"]
+
+
+async def test_pause_and_resume_and_the_action_routes_take_only_their_own_names(hive):
+    http = operator(hive)
+    with trio.fail_after(20):
+        paused = await http.post("/-/web/agents/worker/pause")
+        state = (await http.get("/api/agents/worker/state")).json()
+        resumed = await http.post("/-/web/agents/worker/resume")
+        after = (await http.get("/api/agents/worker/state")).json()
+        unknown = await http.post("/-/web/agents/nobody/pause")
+        wrong_prefix = await http.post("/api/agents/worker/pause")
+        not_an_action = await http.post("/-/web/agents/worker/rebuild")
+    assert (paused.status, resumed.status) == (200, 200)
+    assert (state["paused"], after["paused"]) == (True, False)
+    assert unknown.status == 404
+    assert "no agent named 'nobody'" in unknown.json()["error"]
+    assert (wrong_prefix.status, not_an_action.status) == (404, 404)

@@ -81,11 +81,11 @@ def describe(question: dict[str, Any]) -> list[str]:
 
 
 def add_commands(cli: click.Group) -> None:
-    from hyperhive_core.cli import CliState, ask_daemon, echo_json, pass_state
+    from hyperhive_core.cli import CliState, ask_daemon, echo_json, json_option, pass_state
 
     @cli.command(name="questions")
     @click.option("--all", "show_all", is_flag=True, help="Also the answered, cancelled and expired ones.")
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @json_option()
     @pass_state
     def questions_command(state: CliState, show_all: bool, as_json: bool) -> None:
         """List the manager's questions that wait for your answer."""

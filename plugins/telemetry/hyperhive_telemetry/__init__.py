@@ -89,12 +89,12 @@ def register_host_commands(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from hyperhive_core.cli import CliState, ask_daemon, echo_json, pass_state
+    from hyperhive_core.cli import CliState, ask_daemon, echo_json, json_option, pass_state
 
     @cli.command(name="stats")
     @click.argument("name", required=False)
     @click.option("--since", help="From when: 15m, 2h, 7d, an ISO time or epoch seconds. Default: [telemetry] window.")
-    @click.option("--json", "as_json", is_flag=True, help="Everything, series included, as JSON.")
+    @json_option(help="Everything, series included, as JSON.")
     @pass_state
     def stats_command(state: CliState, name: str | None, since: str | None, as_json: bool) -> None:
         """Turn statistics per agent (or agent NAME's alone)."""
