@@ -15,12 +15,11 @@ clients' failures. Only when more clients are failing than the limiter remembers
 the next attempt is free.
 
 Who is "a client": the remote address, an IPv6 one by its /64 (one machine usually
-has the whole network). Every local connection comes from a loopback address, and
-agents run on this host, so a loopback client is told apart by the uid owning its
-end of the connection (Linux's sock_diag, else ``/proc/net/tcp``): each agent of
-an isolating backend has a host uid of its own, and the operator's browser or
-``hyperhive attach`` has the operator's. Loopback clients whose uid cannot be
-found share one bucket.
+has the whole network). Every local connection comes from a loopback address, so
+a loopback client is told apart by the uid owning its end of the connection
+(Linux's sock_diag, else ``/proc/net/tcp``): another local user's processes have
+their uid, the operator's browser or ``hyperhive attach`` the operator's.
+Loopback clients whose uid cannot be found share one bucket.
 """
 
 from __future__ import annotations

@@ -168,6 +168,8 @@ PROBE = textwrap.dedent(
                 results[name] = [reply.status, reply.read().decode()[:200]]
         except urllib.error.HTTPError as error:
             results[name] = [error.code, error.read().decode()[:200]]
+        except urllib.error.URLError as error:
+            results[name] = ["unreachable", str(error.reason)]
     call("state", "/api/state")
     call("worker_inbox", "/api/agents/worker/inbox")
     call("worker_page", "/agent/worker/")
@@ -206,12 +208,9 @@ async def test_code_in_an_agents_sandbox_cannot_approve_or_read_another_agents_d
             errors = await process.stderr.receive_some() if process.stderr else b""
             assert await process.wait() == 0, errors
     results = json.loads(output)
-    assert results["state"][0] == 401
-    assert results["worker_inbox"][0] == 401
-    assert results["worker_page"][0] == 200  # urllib follows the redirect to the login form …
-    assert "<title>log in" in results["worker_page"][1]  # … which is all it gets
-    assert results["approve"][0] == 401
-    assert results["guessed_login"][0] == 401
+    # The sandbox's network is its own: the host's loopback, and the dashboard on it, do not exist there.
+    for name in ("state", "worker_inbox", "worker_page", "approve", "guessed_login"):
+        assert results[name] == ["unreachable", "[Errno 111] Connection refused"], results
     assert results["token_file"] in ("FileNotFoundError", "PermissionError")
 
 
