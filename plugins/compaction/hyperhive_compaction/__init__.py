@@ -11,6 +11,7 @@ from hyperhive_compaction import records, web
 from hyperhive_compaction.compactor import Compactor
 from hyperhive_compaction.config import CompactionSection
 from hyperhive_core import hookimpl
+from hyperhive_core.models import check_model
 
 if TYPE_CHECKING:
     from hyperhive_core.harness import Turn
@@ -30,7 +31,10 @@ def register_migrations(register: Callable[[str, Iterable[Any]], None]) -> None:
 
 @hookimpl
 async def on_startup(hive: Hive) -> None:
-    hive.compaction = Compactor(hive, hive.config.section("compaction"))
+    settings = hive.config.section("compaction")
+    if settings.model is not None:
+        check_model(settings.model, hive.claude.extra_models)
+    hive.compaction = Compactor(hive, settings)
     await hive.store.write(records.mark_interrupted)
 
 

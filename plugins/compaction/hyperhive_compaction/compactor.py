@@ -205,9 +205,10 @@ class Compactor:
         view = hive.backend.view(spec)
         make_workdir(hive.paths.agent_state(agent) / WORKDIR)
         argv = compaction_argv(hive.claude_cli, view.state / NOTES, view.state / WORKDIR, model)
-        process = await hive.backend.exec(spec, argv, hive.session_env(agent, view.state))
-        with trio.move_on_after(self.settings.timeout_seconds):
-            return await follow_session(process)
+        async with hive.container_in_use(agent):  # an asleep agent's container starts for it
+            process = await hive.backend.exec(spec, argv, hive.session_env(agent, view.state))
+            with trio.move_on_after(self.settings.timeout_seconds):
+                return await follow_session(process)
         return SessionResult(False, f"the session took longer than {self.settings.timeout_seconds:g}s")
 
     async def _undo(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from hyperhive_core.config import option
 from hyperhive_core.errors import ConfigError
+from hyperhive_core.models import SHAPE
 
 
 @dataclass
@@ -36,5 +37,8 @@ class CompactionSection:
             raise ConfigError(
                 f"[compaction] retry_failed_after_seconds must be 0 or more, not {self.retry_failed_after_seconds}"
             )
-        if self.model is not None and (not self.model.strip() or any(ch.isspace() for ch in self.model)):
-            raise ConfigError(f"[compaction] model {self.model!r} must be one word, like 'haiku', or left out")
+        if self.model is not None and not SHAPE.fullmatch(self.model):
+            # The name lands in the session's argv; on_startup checks it against the known models too.
+            raise ConfigError(
+                f"[compaction] model {self.model!r} is not a model name, like 'haiku'; fix it or leave it out"
+            )

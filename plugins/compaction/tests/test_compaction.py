@@ -21,6 +21,8 @@ from hyperhive_compaction.session import SessionResult, compaction_argv, parse_r
 
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.hostsock import request
+from hyperhive_core.models import InvalidModel
+from hyperhive_core.supervise import root_cause
 
 LONG_NOTES = "# notes\n" + "".join(f"- fact {i}: the build runs with make test\n" for i in range(40))
 SHORT_NOTES = "# notes\n- facts 0-39: the build runs with make test\n"
@@ -137,7 +139,8 @@ def test_backups_keep_the_newest(tmp_path):
         ({"threshold_bytes": 0}, "[compaction] threshold_bytes must be at least 1, not 0"),
         ({"keep_backups": 0}, "[compaction] keep_backups must be at least 1, not 0"),
         ({"timeout_seconds": 0}, "[compaction] timeout_seconds must be positive, not 0"),
-        ({"model": "big model"}, "[compaction] model 'big model' must be one word"),
+        ({"model": "big model"}, "[compaction] model 'big model' is not a model name"),
+        ({"model": "--dangerously-skip-permissions"}, "is not a model name"),
         ({"threshold_bytes": "lots"}, "compaction.threshold_bytes"),
         ({"treshold_bytes": 10}, "unknown key compaction.treshold_bytes"),
     ],
@@ -151,6 +154,15 @@ def test_config_errors_name_the_key(make_pm, make_config, section, message):
 def test_config_defaults(make_pm, make_config):
     section = make_config(make_pm(compaction=hyperhive_compaction)).section("compaction")
     assert (section.threshold_bytes, section.model, section.keep_backups) == (32768, None, 5)
+
+
+async def test_an_unknown_compaction_model_stops_the_start(make_pm, tmp_path):
+    pm = make_pm(compaction=hyperhive_compaction)
+    with pytest.raises(BaseException) as caught:  # noqa: PT011 - the daemon's nurseries wrap it
+        async with running_hive(tmp_path, pm, scenario(tmp_path, SHORT_NOTES), compaction={"model": "nonesuch"}):
+            pass
+    assert isinstance(root_cause(caught.value), InvalidModel)
+    assert "[claude] extra_models" in str(root_cause(caught.value))
 
 
 # -- with the real CLI ------------------------------------------------------------------------
