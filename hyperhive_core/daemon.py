@@ -16,7 +16,7 @@ from hyperhive_core.config import Config
 from hyperhive_core.hive import Hive
 from hyperhive_core.hostsock import group_id, serve_host_socket
 from hyperhive_core.paths import StatePaths, default_state_dir
-from hyperhive_core.plugins import HivePluginManager, await_all, call_each, collect
+from hyperhive_core.plugins import HivePluginManager, call_async, call_each, collect
 from hyperhive_core.store import Store
 from hyperhive_core.supervise import supervise
 
@@ -65,7 +65,7 @@ async def run_hive(
             await core.start(hive.model_proxy.serve)
             if hive.rehearsal is not None:
                 await core.start(hive.rehearsal.serve)
-            await await_all(pm.hook.on_startup(hive=hive))
+            await call_async(pm, "on_startup", hive=hive)
             try:
                 async with trio.open_nursery() as nursery:
                     for owner, services in call_each(pm, "hive_services", hive=hive):
@@ -82,7 +82,7 @@ async def run_hive(
                     await trio.sleep_forever()
             finally:
                 with trio.CancelScope(shield=True):
-                    await await_all(pm.hook.on_shutdown(hive=hive))
+                    await call_async(pm, "on_shutdown", hive=hive)
                 core.cancel_scope.cancel()
     finally:
         store.close()

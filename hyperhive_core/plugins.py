@@ -116,12 +116,36 @@ def describe_plugins(pm: HivePluginManager) -> list[PluginInfo]:
 
 
 async def await_all(results: Iterable[Any]) -> list[Any]:
-    """Await every awaitable among hook results, in order; the one async-hook helper."""
-    return [await result if inspect.isawaitable(result) else result for result in results]
+    """Await every awaitable among hook results, in order; the one async-hook helper.
+
+    When one raises, the coroutines after it are closed unstarted: left alone, each
+    would warn that it was never awaited, on top of the error.
+    """
+    pending = list(results)
+    try:
+        return [await result if inspect.isawaitable(result) else result for result in pending]
+    finally:
+        for result in pending:
+            if inspect.iscoroutine(result):
+                result.close()  # a no-op on those that ran
+
+
+async def call_async(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[Any]:
+    """Call a hook one plugin at a time, in pluggy's order, awaiting each before calling the next.
+
+    For startup and shutdown: called at once, the hook has every async implementation
+    make its coroutine first, and one plugin that raises (a registration clash found as
+    the dashboard starts) strands the coroutines already made.
+    """
+    results = []
+    for _, caller in reversed(list(callers_by_plugin(pm, hook_name))):
+        results += await await_all(caller(**kwargs))
+    return results
 
 
 def callers_by_plugin(pm: pluggy.PluginManager, hook_name: str) -> Iterator[tuple[str, Any]]:
-    """Yield ``(plugin name, caller)`` per implementing plugin, in call order.
+    """Yield ``(plugin name, caller)`` per implementing plugin, in registration order
+    (``trylast`` ones first); pluggy calls them the other way round.
 
     Each caller goes through pluggy's own machinery, so tracing still applies.
     """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import subprocess
+import sys
 
 import pytest
 import trio
@@ -12,6 +14,7 @@ from hyperhive_core import hookimpl, iso_utc
 from hyperhive_core.errors import PluginError
 from hyperhive_core.plugins import (
     await_all,
+    call_async,
     call_each,
     collect,
     describe_plugins,
@@ -148,3 +151,75 @@ PLUS_TWO = datetime.timezone(datetime.timedelta(hours=2))
 def test_iso_utc_writes_a_moment_in_utc_to_the_second(moment, shown):
     assert iso_utc(moment.timestamp()) == shown
     assert datetime.datetime.fromisoformat(shown) == moment.replace(microsecond=0)
+
+
+# A plugin that claims a name a bundled one has, installed as a distribution on PYTHONPATH.
+CLASHES = {
+    "tool": (
+        'register_tools(register):\n    register(lambda: "z", name="nap")',
+        "tool 'nap' is registered by both ",
+    ),
+    "slash command": (  # found as the dashboard starts, in the middle of on_startup
+        'register_slash_commands(register):\n    register("cancel", lambda hive, agent, args: "", help="x")',
+        "slash command 'cancel' is registered by both 'web' and 'clash'",
+    ),
+    "route": (
+        'register_routes(register):\n    register("/-/nap/agents/<agent>/wake", lambda hive: "", methods=("POST",))',
+        "route 'POST /-/nap/agents/<agent>/wake' is registered by both",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", CLASHES)
+def test_a_clash_at_startup_is_the_one_error_even_with_warnings_as_errors(tmp_path, clean_env, hyperhive, kind):
+    hook, error = CLASHES[kind]
+    site = tmp_path / "site"
+    (site / "hyperhive_clash-1.0.dist-info").mkdir(parents=True)
+    (site / "hyperhive_clash-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: hyperhive-clash\nVersion: 1.0\n"
+    )
+    (site / "hyperhive_clash-1.0.dist-info" / "entry_points.txt").write_text("[hyperhive]\nclash = hyperhive_clash\n")
+    (site / "hyperhive_clash.py").write_text(f"from hyperhive_core import hookimpl\n\n@hookimpl\ndef {hook}\n")
+    config = tmp_path / "hyperhive.toml"
+    config.write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\ncontainer_backend = "process"\n')
+    result = subprocess.run(
+        [sys.executable, "-W", "error", hyperhive, "-q", "-c", str(config), "up"],
+        env=clean_env | {"PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"Error: {error}"), result.stderr
+    assert "never awaited" not in result.stderr
+    assert "Exception ignored" not in result.stderr
+
+
+async def test_a_hook_that_raises_leaves_no_coroutine_unawaited(make_pm):
+    """Both ways of calling an async hook; the suite turns the "never awaited" warning into an error."""
+    ran = []
+
+    class Fails:
+        @hookimpl
+        def on_startup(self, hive):
+            raise PluginError("clash")
+
+    class Slow:
+        @hookimpl
+        async def on_startup(self, hive):
+            ran.append(hive)
+
+    pm = make_pm(slow=Slow(), fails=Fails(), later=Slow())  # pluggy calls 'later' first, 'slow' last
+    with pytest.raises(PluginError, match="clash"):
+        await call_async(pm, "on_startup", hive="h")
+    assert ran == ["h"]  # 'later' ran before the failure; 'slow' was never called
+
+    class Raises:
+        @hookimpl
+        async def on_startup(self, hive):
+            raise PluginError("async clash")
+
+    with pytest.raises(PluginError, match="async clash"):
+        await await_all(make_pm(slow=Slow(), raises=Raises()).hook.on_startup(hive="h2"))
+    gc.collect()  # the closed coroutine is collected here, inside the test, and warns of nothing
+    assert ran == ["h"]
