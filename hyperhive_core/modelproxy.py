@@ -256,7 +256,8 @@ class ModelProxy:
             await proxy.closed.wait()
 
     def denied(self, agent: str) -> list[dict[str, Any]]:
-        """The targets ``agent`` was refused lately, the most recent first, with how often."""
+        """The targets ``agent`` was refused since its socket opened (it last started), the
+        most recent first, with how often."""
         proxy = self._agents.get(agent)
         entries = reversed(proxy.denied.items()) if proxy else ()
         return [{"target": target, "count": seen.count, "last_at": seen.last_at} for target, seen in entries]
@@ -575,13 +576,11 @@ async def _relay(client: _Client, server: _Server, head: h11.Request) -> None:
                     if event.status_code != 101:
                         await client.send(h11.InformationalResponse(status_code=event.status_code, headers=[]))
                 elif isinstance(event, h11.Response):
+                    # Content-Length passes on; without one, h11 chunks the body to the client.
                     headers = _end_to_end(event.headers)
-                    if any(name == b"transfer-encoding" for name, _ in event.headers):
-                        headers.append((b"transfer-encoding", b"chunked"))
-                    response_head = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
-                    await client.send(response_head)
+                    await client.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason))
                 elif isinstance(event, h11.Data):
-                    await client.send(h11.Data(data=event.data))
+                    await client.send(event)
             await client.send(h11.EndOfMessage())
             nursery.cancel_scope.cancel()
     if response.cancelled_caught:

@@ -205,6 +205,37 @@ async def test_egress_reaches_listed_targets_and_reports_the_rest(make_pm, tmp_p
     assert state["config"]["egress"] == [allowed]
 
 
+@needs_bwrap
+async def test_the_operators_terminal_has_the_same_way_out(make_pm, tmp_path):
+    """A shell on a fresh pty, as the dashboard's terminal runs it: the forwarder leaves it the
+    terminal and its exit status."""
+    async with trio.open_nursery() as nursery:
+        origin = Origin()
+        await nursery.start(origin.serve)
+        allowed = f"127.0.0.1:{origin.port}"
+        async with running_hive(
+            tmp_path, make_pm(), QUIET, agents={"alice": {"egress": [allowed]}}, hive=SANDBOXES, bwrap=UIDS
+        ) as hive:
+            spec = hive.container_spec("alice")
+            env = {**hive.session_env("alice", hive.backend.view(spec).state), "PS1": "$ "}
+            shell = await hive.backend.exec(spec, ["bash", "--norc", "--noprofile", "-i"], env, pty=True)
+            seen = b""
+
+            async def expect(text: bytes) -> None:
+                nonlocal seen
+                while text not in seen:
+                    chunk = await shell.stdout.receive_some()
+                    assert chunk, f"the shell ended before {text!r}: {seen!r}"
+                    seen += chunk
+
+            with trio.fail_after(30):
+                await shell.stdin.send_all(f"curl -sS --noproxy '' http://{allowed}/from-a-terminal\n".encode())
+                await expect(b'"target": "/from-a-terminal"')
+                await shell.stdin.send_all(b"exit 3\n")
+                assert await shell.wait() == 3
+        nursery.cancel_scope.cancel()
+
+
 # -- nspawn: the same network, as its command line and NixOS config say ----------------------------
 
 
