@@ -16,6 +16,9 @@
 
   function renderState() {
     $("badge").innerHTML = hh.render.badge(agent);
+    const detail = $("state-detail");
+    detail.textContent = hh.render.detail(agent);
+    detail.hidden = !detail.textContent;
     const chip = $("last-turn");
     // Hidden until a turn has completed; the daemon sets last_turn_ms as the state leaves thinking.
     chip.hidden = agent.last_turn_ms == null;
@@ -27,7 +30,6 @@
       : "";
     $("model").innerHTML = `<span class="k">model</span> <span class="v">${escape(agent.model)}</span>${queued}${switched}`;
     renderLimits(agent.limits);
-    renderEgress(agent.egress_denied || []);
     renderEgress(agent.egress_denied || []);
     $("cancel").hidden = !["thinking", "napping", "compacting"].includes(agent.state);
     const pause = $("pause");
@@ -59,19 +61,6 @@
     chip.innerHTML = parts.join(" · ");
     const soft = limits.memory_high_mb ? `, soft memory cap ${limits.memory_high_mb} MiB` : "";
     chip.title = `enforced with ${limits.via}${soft}`;
-  }
-
-  // Connections the egress list refused lately: "egress 5 denied", the targets in the title.
-  function renderEgress(denied) {
-    const chip = $("egress");
-    chip.hidden = !denied.length;
-    const total = denied.reduce((sum, d) => sum + d.count, 0);
-    chip.innerHTML = `<span class="k">egress</span> <span class="v">${total} denied</span>`;
-    const allowed = (agent.config && agent.config.egress) || [];
-    chip.title = [
-      ...denied.map((d) => `${d.target}: ${d.count} refused, last ${ago(d.last_at)}`),
-      `allowed: ${allowed.length ? allowed.join(", ") : "nothing but the model API"}`,
-    ].join("\n");
   }
 
   // Connections the egress list refused lately: "egress 5 denied", the targets in the title.
@@ -146,8 +135,6 @@
         const content = typeof d.content === "string" ? d.content : JSON.stringify(d.content);
         return ["↳", folded(content || "", 400), d.is_error ? "is-error" : ""];
       }
-      case "egress_denied":
-        return ["⛔", `egress to ${escape(d.target)} denied (${escape(d.count)} so far): not on its egress list`, "failed"];
       case "egress_denied":
         return ["⛔", `egress to ${escape(d.target)} denied (${escape(d.count)} so far): not on its egress list`, "failed"];
       case "permission_denied":
@@ -265,7 +252,7 @@
       lastStateAt = ev.at;
       renderState();
       if (!ev.replay) refreshState(); // last turn and the model status are not in the event
-    } else if (!ev.replay && (ev.type === "turn_end" || ev.type === "egress_denied" || ev.type === "egress_denied" || (ev.type === "note" && /^model switched/.test(ev.data.text || "")))) {
+    } else if (!ev.replay && (ev.type === "turn_end" || ev.type === "egress_denied" || (ev.type === "note" && /^model switched/.test(ev.data.text || "")))) {
       refreshState();
     }
     if (ev.type === "message_sent" && ev.data.to === name) refreshInbox();
@@ -300,7 +287,7 @@
     const button = $("say").querySelector("button");
     const call = text.startsWith("/")
       ? () => hh.api(`/-/web/agents/${name}/slash`, { method: "POST", body: { line: text } })
-      : () => hh.api(`/api/agents/${name}/messages`, { method: "POST", body: { body: text } });
+      : () => hh.send(name, text);
     hh.run(button, call, { done: (r) => (r.text !== undefined ? r.text : `sent #${r.id} to ${name}`) }).then((r) => {
       if (r === undefined) return;
       input.value = "";

@@ -35,9 +35,10 @@
 
   function cells(a) {
     const name = escape(a.name);
+    const detail = hh.render.detail(a);
     return {
       name: `<a href="/agent/${name}/">${name}</a>${a.role === "manager" ? '<span class="role">manager</span>' : ""}`,
-      state: hh.render.badge(a),
+      state: hh.render.badge(a) + (detail ? ` <span class="state-detail">${escape(detail)}</span>` : ""),
       turn: a.last_turn_ms == null ? '<span class="muted">—</span>' : `<span title="${a.last_turn_at ? `ended ${ago(a.last_turn_at)}` : ""}">${formatDuration(a.last_turn_ms)}</span>`,
       model: modelCell(a),
       inbox: `${a.inbox_depth}`,
@@ -240,7 +241,7 @@
     if (!form) return;
     e.preventDefault();
     const to = form.dataset.to;
-    hh.run(form.querySelector("button"), () => hh.api(`/api/agents/${to}/messages`, { method: "POST", body: { body: form.elements.body.value } }), {
+    hh.run(form.querySelector("button"), () => hh.send(to, form.elements.body.value), {
       done: (r) => `sent #${r.id} to ${to}`,
     }).then((r) => {
       if (!r) return;

@@ -78,8 +78,8 @@
 
   // -- talking to the daemon ----------------------------------------------------------------
 
-  async function api(path, { method = "GET", body: payload } = {}) {
-    const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  async function api(path, { method = "GET", body: payload, headers = {} } = {}) {
+    const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "same-origin" };
     if (!["GET", "HEAD"].includes(method)) init.headers["X-CSRF-Token"] = csrf;
     if (payload !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -105,6 +105,32 @@
       throw error;
     }
     return data;
+  }
+
+  // A message to an agent goes with an idempotency key, kept until the daemon answers: a
+  // send retried after a lost connection (or a second click on "send") is stored once.
+  const unsent = new Map(); // "to\nbody" -> key
+
+  function newKey() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16)); // randomUUID needs a secure context
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function send(to, text) {
+    const pending = `${to}\n${text}`;
+    if (!unsent.has(pending)) unsent.set(pending, newKey());
+    const init = { method: "POST", body: { body: text }, headers: { "Idempotency-Key": unsent.get(pending) } };
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        const result = await api(`/api/agents/${to}/messages`, init);
+        unsent.delete(pending);
+        return result;
+      } catch (error) {
+        if (error.status !== undefined) unsent.delete(pending); // the daemon answered: nothing to repeat
+        if (error.status !== undefined || attempt >= 4) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** attempt));
+      }
+    }
   }
 
   // -- feedback: toasts, spinners, second clicks ----------------------------------------
@@ -260,6 +286,8 @@
       html = `<span class="badge compacting" title="${detail}">compacting 📦</span>`;
     } else if (state === "thinking") {
       html = `<span class="badge thinking" title="${detail}"><i class="pulse" aria-hidden="true"></i>thinking</span>`;
+    } else if (state === "asleep") {
+      html = `<span class="badge asleep" title="its Claude Code process and container are stopped; the next message resumes its session">asleep</span>`;
     } else {
       html = `<span class="badge ${escape(state)}" title="${detail}">${escape(state)}</span>`;
     }
@@ -269,6 +297,11 @@
     return html;
   }
 
+  /** What the state does now, in words ("waiting on model API · 45s"), or "" when the badge says it all. */
+  function stateDetail(status) {
+    return status.state === "napping" ? "" : status.detail || "";
+  }
+
   const SHORT_TOOL = /^mcp__hyperhive__/;
 
   window.hyperhive = {
@@ -276,6 +309,7 @@
     csrf,
     on,
     api,
+    send,
     toast,
     run,
     refreshPanel,
@@ -283,7 +317,7 @@
     clock,
     ago,
     escape,
-    render: { badge, toolName: (name) => String(name).replace(SHORT_TOOL, "") },
+    render: { badge, detail: stateDetail, toolName: (name) => String(name).replace(SHORT_TOOL, "") },
     get live() {
       return live;
     },
