@@ -2,7 +2,7 @@
 
 Run as ``python -I -m hyperhive_allowlist.check CONFIG`` inside the agent's
 container, with the hook's JSON on stdin. ``CONFIG`` is JSON:
-``{"bash": [patterns…], "dirs": [directories redirections may write to]}``.
+``{"bash": [patterns…], "writable": [paths commands may write, as the agent sees them]}``.
 
 It prints a ``deny`` decision with a reason the agent can read, or nothing (exit 0)
 to let Claude Code's own ``Bash(…)`` rules decide as usual. It denies whatever it
@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from hyperhive_allowlist.patterns import BadPattern, compile_patterns
 from hyperhive_allowlist.policy import Denied, Policy
+from hyperhive_allowlist.writable import BadGrant, compile_grants, resolved
 
 MAX_INPUT = 1024 * 1024
 PREFIX = "hyperhive allow-list"
@@ -47,14 +48,12 @@ def load_policy(config: Any) -> Policy:
     """The policy from the hook's configuration argument; ``ValueError`` when it is malformed."""
     if not isinstance(config, dict):
         raise ValueError("the configuration is not a JSON object")
-    patterns, dirs = config.get("bash"), config.get("dirs")
-    if not isinstance(patterns, list) or not isinstance(dirs, list):
-        raise ValueError("the configuration needs the lists 'bash' and 'dirs'")
-    if not all(isinstance(d, str) and d.startswith("/") for d in dirs):
-        raise ValueError("'dirs' must hold absolute paths")
+    patterns, writable = config.get("bash"), config.get("writable")
+    if not isinstance(patterns, list) or not isinstance(writable, list):
+        raise ValueError("the configuration needs the lists 'bash' and 'writable'")
     try:
-        return Policy(compile_patterns(patterns), dirs)
-    except BadPattern as exc:
+        return Policy(compile_patterns(patterns), [resolved(grant) for grant in compile_grants(writable)])
+    except (BadPattern, BadGrant) as exc:
         raise ValueError(str(exc)) from None
 
 

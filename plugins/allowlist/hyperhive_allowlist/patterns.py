@@ -48,21 +48,7 @@ class Pattern:
 
         Linear time whatever the pattern, so no command can make the checker hang.
         """
-        if command == self.bare:
-            return True
-        if len(self.segments) == 1:
-            return command == self.segments[0]
-        first, *middle, last = self.segments
-        end = len(command) - len(last)
-        if end < len(first) or not command.startswith(first) or not command.endswith(last):
-            return False
-        position = len(first)
-        for segment in middle:  # leftmost matches are always safe with `*` as the only wildcard
-            found = command.find(segment, position, end)
-            if found < 0:
-                return False
-            position = found + len(segment)
-        return True
+        return command == self.bare or segments_match(self.segments, command)
 
     def names(self, token: str, *, as_command: bool = False) -> bool:
         """Whether the pattern spells ``token`` out literally, not through a ``*``.
@@ -77,6 +63,23 @@ class Pattern:
             if len(token) == 2 and token.startswith("-") and word.startswith(token) and not word.startswith("--"):
                 return True  # an attached short option: -c names -c
         return False
+
+
+def segments_match(segments: tuple[str, ...] | list[str], text: str) -> bool:
+    """Whether ``text`` is ``segments`` joined by stretches of any text (``*``), in linear time."""
+    if len(segments) == 1:
+        return text == segments[0]
+    first, *middle, last = segments
+    end = len(text) - len(last)
+    if end < len(first) or not text.startswith(first) or not text.endswith(last):
+        return False
+    position = len(first)
+    for segment in middle:  # leftmost matches are always safe with `*` as the only wildcard
+        found = text.find(segment, position, end)
+        if found < 0:
+            return False
+        position = found + len(segment)
+    return True
 
 
 def compile_pattern(source: str) -> Pattern:

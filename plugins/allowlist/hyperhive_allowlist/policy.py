@@ -4,21 +4,39 @@ Each simple command of the line (see :mod:`shell`) is matched on its own. Some
 commands are riskier than their pattern suggests — ``bash -c``, ``git -c``,
 ``find -exec``, ``xargs``, a program run by path, a ``NAME=value`` prefix — so they
 pass only when a matching pattern spells the risky word out: ``python3 -c *``
-allows ``python3 -c 'print(1)'``, ``python3 *`` does not. Redirections may write
-only inside the agent's own directories. Anything not understood is refused.
+allows ``python3 -c 'print(1)'``, ``python3 *`` does not. Whatever a command writes —
+through a redirection, or an option or operand of a program :mod:`writes` knows
+(``git log --output=F``, ``sort -o F``, ``cp a F``) — must be a path the agent's
+``writable`` grants allow, and never a hidden one. Anything not understood is refused.
 
 Stdlib only: the checker imports it inside the agent's sandbox.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from hyperhive_allowlist.patterns import Pattern
 from hyperhive_allowlist.shell import Part, Redirect, Refused, Word, split_commands
+from hyperhive_allowlist.writable import Grant
+from hyperhive_allowlist.writes import (
+    DIR,
+    PREFIX,
+    PROGRAMS,
+    REPOSITORY,
+    Reading,
+    Write,
+    prefixed,
+    read_command,
+    read_git,
+    read_sed,
+)
 
 MAX_COMMAND = 64 * 1024
 MAX_PARTS = 100  # bounds the work per call: Claude Code lets a call through if its hook times out
@@ -88,38 +106,7 @@ FAMILIES = {
     "elixir": "elixir",
 }
 
-GIT_GLOBAL_FLAGS = _names(
-    "-p --paginate -P --no-pager --bare --no-replace-objects --no-lazy-fetch --no-optional-locks --no-advice "
-    "--literal-pathspecs --glob-pathspecs --noglob-pathspecs --icase-pathspecs --version -v --help -h "
-    "--html-path --man-path --info-path --exec-path"
-)
-GIT_GLOBAL_VALUES = _names("-C --git-dir --work-tree --namespace --super-prefix --list-cmds --attr-source")
-GIT_RISKY_SUBCOMMANDS = {
-    "config": "changes git's configuration, which can make git run any program",
-    "filter-branch": "runs shell code",
-    "submodule": "can run commands (`foreach`)",
-    "bisect": "can run commands (`bisect run`)",
-    "difftool": "runs external programs",
-    "mergetool": "runs external programs",
-    "send-email": "runs external programs",
-    "hook": "runs hooks",
-    "instaweb": "runs a web server program",
-}
-GIT_RISKY_OPTIONS = {
-    "clone": ("--upload-pack", "-u", "--template", "--config", "-c"),
-    "fetch": ("--upload-pack",),
-    "pull": ("--upload-pack",),
-    "ls-remote": ("--upload-pack",),
-    "push": ("--receive-pack", "--exec"),
-    "archive": ("--exec",),
-    "init": ("--template",),
-    "rebase": ("--exec", "-x"),
-    "grep": ("--open-files-in-pager", "-O"),
-    "diff": ("--ext-diff",),
-    "log": ("--ext-diff",),
-    "show": ("--ext-diff",),
-}
-FIND_ACTIONS = _names("-exec -execdir -ok -okdir -delete -fprint -fprint0 -fprintf -fls")
+MAX_GLOB_MATCHES = 1000  # bounds the work of checking a glob's files
 TIMEOUT_FLAGS = frozenset({"--preserve-status", "--foreground", "-v", "--verbose"})
 TIMEOUT_VALUES = frozenset({"-k", "--kill-after", "-s", "--signal"})
 DURATION = re.compile(r"(\d+(\.\d*)?|\.\d+)[smhd]?")
@@ -138,18 +125,39 @@ class Denied(Exception):
     """The command is not allowed; the message is the reason the agent reads."""
 
 
+@functools.cache
+def installed_git_commands() -> frozenset[str]:
+    """git's commands here: its builtins and the git-* programs on PATH. An alias never
+    shadows one of these, so a repository's config cannot turn them into something else.
+    Listing them reads no repository (it runs from /)."""
+    try:
+        done = subprocess.run(
+            ["git", "--list-cmds=main,others"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd="/",
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"},
+            check=False,
+        )
+    except OSError:
+        return frozenset()
+    return frozenset(done.stdout.split()) if done.returncode == 0 else frozenset()
+
+
 @dataclass(frozen=True)
 class Policy:
-    """What one agent may run."""
+    """What one agent may run, and where it may write."""
 
     patterns: Sequence[Pattern]
-    dirs: Sequence[str]
-    """Directories (absolute) that redirections may write into."""
+    writable: Sequence[Grant]
+    """Absolute path patterns (as the agent sees them) a command may write to."""
+    git_commands: Callable[[], frozenset[str]] = field(default=installed_git_commands, compare=False)
 
     def check(self, command: str, cwd: str | None) -> None:
         """Raise :class:`Denied` unless every part of ``command`` is allowed.
 
-        :param cwd: the directory the command starts in, for relative redirections.
+        :param cwd: the directory the command starts in, for relative paths.
         """
         if len(command) > MAX_COMMAND:
             raise Denied(f"the command is longer than {MAX_COMMAND} characters")
@@ -182,16 +190,18 @@ class Policy:
         command = unwrap(part.words[len(assignments) :])
         if not command:
             raise Refused("only sets shell variables, which is not allowed")
-        risks += command_risks(command)
+        reading = read_part(command, self.git_commands)
+        risks += command_risks(command) + [Risk(token, why) for token, why in reading.risks]
         text = " ".join(word.raw for word in [*assignments, *command])  # as written, as Claude Code matches it
         matching = [pattern for pattern in self.patterns if pattern.matches(text)]
-        if any(all(pattern.names(r.token, as_command=r.as_command) for r in risks) for pattern in matching):
-            return
-        unnamed = [r for r in risks if not any(p.names(r.token, as_command=r.as_command) for p in matching)]
-        if not unnamed:  # no pattern matches, and nothing risky to explain why
-            raise Refused(f"`{_short(text)}` matches none of the allowed patterns")
-        token = _short(unnamed[0].token)
-        raise Refused(f"`{token}` {unnamed[0].why}; only a pattern that spells out `{token}` allows it")
+        if not any(all(pattern.names(r.token, as_command=r.as_command) for r in risks) for pattern in matching):
+            unnamed = [r for r in risks if not any(p.names(r.token, as_command=r.as_command) for p in matching)]
+            if not unnamed:  # no pattern matches, and nothing risky to explain why
+                raise Refused(f"`{_short(text)}` matches none of the allowed patterns")
+            token = _short(unnamed[0].token)
+            raise Refused(f"`{token}` {unnamed[0].why}; only a pattern that spells out `{token}` allows it")
+        for write in reading.writes:
+            self._check_write(write, cwd)
 
     def _check_redirect(self, redirect: Redirect, cwd: str | None) -> None:
         target = redirect.target
@@ -208,27 +218,108 @@ class Policy:
         if target.text.startswith(("/dev/tcp/", "/dev/udp/")):
             raise Refused(f"`{target.text}` opens a network connection")
         if redirect.writes:
-            self._check_write(target.text, cwd)
+            self._check_write(Write(target, f"`{redirect.op}`"), cwd)
 
-    def _check_write(self, path: str, cwd: str | None) -> None:
-        if path in HARMLESS_DEVICES:
+    def _check_write(self, write: Write, cwd: str | None) -> None:
+        """Refuse ``write`` unless every path it may write is granted and not hidden."""
+        word, who = write.path, write.via
+        if write.kind == PREFIX:
+            word = prefixed(word)
+        if word.text in HARMLESS_DEVICES and write.name is None:
             return
-        if not os.path.isabs(path):
-            if cwd is None:
-                raise Refused(f"writes to `{path}` after a `cd`; use an absolute path")
-            path = os.path.join(cwd, path)
-        resolved = os.path.realpath(path)
-        for directory in self.dirs:
-            root = os.path.realpath(directory)
-            if resolved == root or resolved.startswith(root.rstrip("/") + "/"):
-                hidden = [name for name in resolved[len(root) :].split("/") if name.startswith(".")]
-                if hidden:
-                    raise Refused(
-                        f"writes to `{path}`, inside `{hidden[0]}`: hidden files and directories configure "
-                        "programs (the shell, git, Claude Code) and are not writable this way"
-                    )
-                return
-        raise Refused(f"writes to `{path}`, outside the agent's directories ({', '.join(self.dirs)})")
+        if word.braces or word.tilde:
+            raise Refused(f"{who} writes to `{word.text}`, which has braces or `~`; write the path out")
+        if "[" in word.text and word.glob:
+            raise Refused(f"{who} writes to `{word.text}`, whose brackets the allow-list does not expand; use * or ?")
+        text = word.text if write.name is None else os.path.join(word.text, write.name)
+        starts = [self._start(text, write, cwd)] + ([] if write.also_under is None else [write.also_under])
+        for start in starts:
+            path = os.path.normpath(os.path.join(start, text))
+            if write.kind == REPOSITORY:
+                self._check_repository(path, who)
+            elif word.glob:
+                self._check_glob(path, who)
+            else:
+                self._check_path(os.path.realpath(path), path, who, new=write.kind == DIR and write.name is None)
+
+    def _start(self, text: str, write: Write, cwd: str | None) -> str:
+        """The directory a relative ``text`` is under."""
+        if os.path.isabs(text):
+            return "/"
+        if write.unknown_base:
+            raise Refused(f"{write.via} writes to `{text}` under `--work-tree`; use an absolute path")
+        if write.base is not None and os.path.isabs(write.base):
+            return write.base
+        if cwd is None:
+            raise Refused(f"{write.via} writes to `{text}` after a `cd`; use an absolute path")
+        return cwd if write.base is None else os.path.join(cwd, write.base)
+
+    def _check_path(self, resolved: str, path: str, who: str, *, new: bool = False) -> None:
+        """Refuse unless ``resolved`` (``path``, symlinks followed) is granted.
+
+        :param new: ``path`` is a directory the program writes new files into.
+        """
+        names = [name for name in resolved.split("/") if name]
+        hidden = next((name for name in names if name.startswith(".")), None)
+        # A directory written into: a new name in it, whichever the program picks.
+        probe, wild_from = ([*names, "*"], len(names)) if new else (names, None)
+        if any(grant.matches(probe, wild_from=wild_from) for grant in self.writable):
+            return
+        shown = f"`{path}`" if resolved == path else f"`{path}` (`{resolved}`)"
+        grants = ", ".join(grant.source for grant in self.writable) or "nothing"
+        if hidden is not None and any(grant.matches(_unhidden(names)) for grant in self.writable):
+            raise Refused(
+                f"{who} writes to {shown}, inside `{hidden}`: hidden files and directories configure "
+                "programs (the shell, git, Claude Code) and are never writable"
+            )
+        raise Refused(f"{who} writes to {shown}, outside what the agent may write ({grants})")
+
+    def _check_glob(self, path: str, who: str) -> None:
+        """A glob: every name it may expand to must be granted, and so must what it matches now."""
+        names = path.split("/")[1:]
+        first = next(index for index, name in enumerate(names) if any(char in name for char in "*?"))
+        if any(name in ("", ".", "..") for name in names[first:]):
+            raise Refused(f"{who} writes to `{path}`; write `..` before any wildcard")
+        directory = os.path.realpath("/" + "/".join(names[:first]))
+        fixed = [name for name in directory.split("/") if name]
+        if not any(grant.matches(fixed + names[first:], wild_from=len(fixed)) for grant in self.writable):
+            grants = ", ".join(grant.source for grant in self.writable) or "nothing"
+            raise Refused(f"{who} writes to `{path}`, and not everything it may match is writable ({grants})")
+        matches = glob.glob(os.path.join(directory, *names[first:]))  # bash's matches: no hidden names either
+        if len(matches) > MAX_GLOB_MATCHES:
+            raise Refused(f"{who} writes to `{path}`, which matches more than {MAX_GLOB_MATCHES} files; narrow it")
+        for match in matches:
+            self._check_path(os.path.realpath(match), match, who)
+
+    def _check_repository(self, path: str, who: str) -> None:
+        """A repository git is told to use must not have a config the agent may write."""
+        config = os.path.join(path, "config")
+        try:
+            self._check_path(os.path.realpath(config), config, who)
+        except Refused:
+            return
+        raise Refused(
+            f"{who} names `{path}`, a repository whose config the agent may write, and git runs programs a "
+            "config names; use a repository's own .git directory"
+        )
+
+
+def read_part(words: list[Word], git_commands: Callable[[], frozenset[str]]) -> Reading:
+    """What a simple command writes and risks, for the programs :mod:`writes` knows."""
+    program = os.path.basename(words[0].text)
+    if program == "git":
+        return read_git(words[1:], git_commands())
+    if program not in PROGRAMS:
+        return Reading()
+    reading = read_command(PROGRAMS[program], words[1:], program)
+    if program == "sed":
+        read_sed(reading)
+    return reading
+
+
+def _unhidden(names: list[str]) -> list[str]:
+    """``names`` with hidden ones renamed: would the path be granted but for them?"""
+    return [name.lstrip(".") or "_" for name in names]
 
 
 def unwrap(words: list[Word]) -> list[Word]:
@@ -294,10 +385,6 @@ def command_risks(words: list[Word]) -> list[Risk]:
     interpreter = INTERPRETER.fullmatch(program)
     if interpreter:
         risks += interpreter_risks(FAMILIES[interpreter["family"]], words[1:])
-    elif program == "git":
-        risks += git_risks(words[1:])
-    elif program == "find":
-        risks += find_risks(words[1:])
     elif program == "deno" and len(words) > 1 and words[1].text in ("eval", "repl"):
         risks.append(Risk(words[1].text, "runs code given on the command line"))
     elif program in ("test", "[", "printf"):
@@ -341,58 +428,6 @@ def interpreter_risks(family: str, arguments: list[Word]) -> Iterator[Risk]:
         yield Risk("-", "reads a program from its standard input")
 
 
-def git_risks(arguments: list[Word]) -> Iterator[Risk]:
-    """Git options and subcommands that make git run other programs."""
-    index = 0
-    while index < len(arguments) and arguments[index].text.startswith("-"):
-        word = arguments[index]
-        option = word.text.split("=", 1)[0]
-        if word.expands:
-            yield Risk(word.text, "could expand into git options")
-        elif word.text.startswith("-c") or option == "--config-env":
-            yield Risk("-c" if word.text.startswith("-c") else option, "sets git configuration, which can run programs")
-        elif option == "--exec-path" and "=" in word.text:
-            yield Risk(option, "makes git run programs from another directory")
-        elif option in GIT_GLOBAL_VALUES:
-            if "=" not in word.text:
-                index += 1
-                if index < len(arguments) and arguments[index].expands:
-                    yield Risk(arguments[index].text, "could expand into git options")
-        elif option not in GIT_GLOBAL_FLAGS:
-            yield Risk(option, "is a git option the allow-list does not know")
-        index += 1
-    if index == len(arguments):
-        return
-    subcommand = arguments[index]
-    if subcommand.expands:
-        yield Risk(subcommand.text, "could expand into git options")
-        return
-    if subcommand.text in GIT_RISKY_SUBCOMMANDS:
-        yield Risk(subcommand.text, GIT_RISKY_SUBCOMMANDS[subcommand.text])
-    risky = GIT_RISKY_OPTIONS.get(subcommand.text, ())
-    for word in _before_double_dash(arguments[index + 1 :]):
-        if risky and word.expands:
-            yield Risk(word.text, f"could expand into options of `git {subcommand.text}`")
-        elif word.text.startswith("--"):
-            option = word.text.split("=", 1)[0]
-            # git accepts any unambiguous prefix of a long option: --upload-p is --upload-pack.
-            found = next((r for r in risky if r.startswith("--") and len(option) > 2 and r.startswith(option)), None)
-            if found:
-                yield Risk(found, "makes git run another program")
-        elif word.text.startswith("-"):
-            found = next((r for r in risky if len(r) == 2 and r[1] in word.text[1:]), None)
-            if found:
-                yield Risk(found, "makes git run another program")
-
-
-def find_risks(arguments: list[Word]) -> Iterator[Risk]:
-    for word in arguments:
-        if word.expands:
-            yield Risk(word.text, "could expand into find actions such as -exec; quote it")
-        elif word.text in FIND_ACTIONS:
-            yield Risk(word.text, "runs commands or changes files")
-
-
 def _short(text: str, limit: int = 200) -> str:
     """``text`` for a message: long commands are cut, so a denial stays readable."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -405,10 +440,3 @@ def _cluster(option: str, value_letters: str) -> str:
     letters = option[1:]
     cut = min((letters.index(letter) for letter in value_letters if letter in letters), default=len(letters))
     return letters[: cut + 1]
-
-
-def _before_double_dash(words: Iterable[Word]) -> Iterator[Word]:
-    for word in words:
-        if word.text == "--":
-            return
-        yield word

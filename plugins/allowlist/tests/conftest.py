@@ -29,8 +29,19 @@ PATTERNS = [
     "[ *",
     "test *",
     "printf *",
+    "sort *",
+    "tee *",
+    "cp *",
+    "mv *",
+    "ln *",
+    "sed *",
+    "tar *",
+    "curl *",
+    "wget *",
+    "dd *",
+    "mkdir *",
 ]
-DIRS = ["/state", "/tmp"]
+WRITABLE = ["/state/**", "/tmp/**"]
 
 
 def hook_event(command: str, cwd: str = "/state", tool: str = "Bash") -> str:
@@ -84,14 +95,16 @@ def event() -> Callable[..., str]:
 
 @pytest.fixture
 def default_config() -> dict[str, list[str]]:
-    return {"bash": PATTERNS, "dirs": DIRS}
+    return {"bash": PATTERNS, "writable": WRITABLE}
 
 
 @pytest.fixture
 def check() -> Callable[..., str | None]:
-    """``check(command, patterns=PATTERNS, dirs=DIRS, cwd="/state")``: the deny reason or ``None``."""
+    """``check(command, patterns=PATTERNS, writable=WRITABLE, cwd="/state")``: the deny reason or ``None``."""
 
-    def run(command: str, patterns: list[str] = PATTERNS, dirs: list[str] = DIRS, cwd: str = "/state") -> str | None:
-        return run_checker(hook_event(command, cwd), {"bash": patterns, "dirs": dirs})
+    def run(
+        command: str, patterns: list[str] = PATTERNS, writable: list[str] = WRITABLE, cwd: str = "/state"
+    ) -> str | None:
+        return run_checker(hook_event(command, cwd), {"bash": patterns, "writable": writable})
 
     return run

@@ -50,6 +50,33 @@ LEGITIMATE = [
     "git status # why not",
     "git status &&\n  git log -1",
     "git fetch &",
+    "git log --output=/state/log.txt",
+    "git log --output=log.txt -3",
+    "git show --output=/dev/null",
+    "git format-patch -1 -o /tmp/patches",
+    "git -C /state/repo log --output=../log.txt",
+    "git --git-dir=/state/repo/.git log -1",
+    "git clone https://example.com/repo.git",
+    "git bundle create /tmp/repo.bundle HEAD",
+    "sort -o /state/sorted.txt in.txt",
+    "sort in.txt -o /tmp/sorted",
+    "sort -k2 -t, in.csv",
+    "tee -a /state/notes.md",
+    "cp in /state/copy",
+    "cp -r /state/repo /tmp/",
+    "mv /tmp/a /state/b",
+    "sed -i.bak s/a/b/ /state/x",
+    "sed -n '/x/p' in",
+    "sed -e 's/a/b/' -e '1w /tmp/first' in",
+    "find . -name '*.py' -fprint /tmp/list",
+    "tar -czf /tmp/out.tgz dir",
+    "tar -tzf /usr/share/doc/x.tgz",
+    "curl -sSo /tmp/x https://example.com/",
+    "curl -O https://example.com/file.txt",
+    "wget -qO /tmp/x https://example.com/",
+    "mkdir -p /state/a/b",
+    "touch /state/made",
+    "dd if=in of=/tmp/out",
 ]
 
 
@@ -117,8 +144,53 @@ def test_relative_redirections_resolve_against_the_hook_cwd(check):
 
 def test_symlinks_out_of_the_agent_dirs_are_followed(check, tmp_path):
     (tmp_path / "escape").symlink_to("/etc")
-    reason = check("echo x > escape/passwd", dirs=[str(tmp_path)], cwd=str(tmp_path))
-    assert "outside the agent's directories" in reason
+    reason = check("echo x > escape/passwd", writable=[f"{tmp_path}/**"], cwd=str(tmp_path))
+    assert f"`>` writes to `{tmp_path}/escape/passwd` (`/etc/passwd`), outside what the agent may write" in reason
+
+
+def test_writes_go_only_where_writable_says(check):
+    work = ["/state/work/**"]
+    assert check("echo x > /state/work/a/b", writable=work) is None
+    assert check("git log --output=/state/work/log", writable=work) is None
+    assert check("git log --output=log", writable=work, cwd="/state/work") is None
+    reason = check("echo x > /state/notes.md", writable=work)
+    assert "`>` writes to `/state/notes.md`, outside what the agent may write (/state/work/**)" in reason
+    assert "outside what the agent may write (/state/work/**)" in check("sort -o /tmp/x in", writable=work)
+    texts = ["/state/out/*.txt"]
+    assert check("sort -o /state/out/a.txt in", writable=texts) is None
+    assert check("sort -o /state/out/a.log in", writable=texts) is not None
+    assert check("sort -o /state/out/deeper/a.txt in", writable=texts) is not None
+    # a program that names its own files needs the whole directory
+    assert check("git format-patch -1 -o /state/out", writable=texts) is not None
+    assert check("git format-patch -1 -o /state/out", writable=["/state/out/*"]) is None
+    assert "outside what the agent may write (nothing)" in check("echo x > /tmp/x", writable=[])
+
+
+def test_hidden_names_are_never_writable_whatever_is_granted(check):
+    reason = check("echo x > /state/work/.env", writable=["/state/work/*"])
+    assert "inside `.env`: hidden files and directories configure programs" in reason
+    assert check("touch /state/work/.x", writable=["/state/**"]) is not None
+    assert "`rm` writes to `/state/repo/.git`, inside `.git`" in check("rm -rf /state/repo/.git", ["rm *"])
+    assert check("rm -rf /state/build", ["rm *"]) is None
+    assert check("rm -f *.pyc", ["rm *"]) is None
+
+
+def test_a_glob_must_only_reach_writable_paths(check, tmp_path):
+    (tmp_path / "a.txt").write_text("")
+    (tmp_path / "link.txt").symlink_to("/etc/hostname")
+    grant = [f"{tmp_path}/**"]
+    reason = check(f"touch {tmp_path}/*.txt", writable=grant)
+    assert f"`touch` writes to `{tmp_path}/link.txt` (`/etc/hostname`), outside" in reason  # what it matches now
+    (tmp_path / "link.txt").unlink()
+    assert check(f"touch {tmp_path}/*.txt", writable=grant) is None
+    assert "not everything it may match is writable" in check("rm -f /state/*", ["rm *"], ["/state/out/**"])
+
+
+def test_a_symlink_in_a_grant_is_followed(check, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert check(f"echo x > {tmp_path}/link/out", writable=[f"{tmp_path}/link/**"]) is None
+    assert check(f"echo x > {tmp_path}/real/out", writable=[f"{tmp_path}/link/**"]) is None
 
 
 def test_other_tools_are_not_its_business(raw_check, event, default_config):
@@ -147,11 +219,13 @@ def test_bad_hook_input_is_denied(raw_check, default_config, stdin, reason):
     ("config", "reason"),
     [
         ("not json", "JSONDecodeError"),
-        ({"bash": "git *", "dirs": ["/state", "/tmp"]}, "needs the lists 'bash' and 'dirs'"),
-        ({"bash": ["git *"], "dirs": ["state"]}, "'dirs' must hold absolute paths"),
-        ({"bash": ["* --help"], "dirs": ["/state", "/tmp"]}, "must start with the command's name"),
+        ({"bash": "git *", "writable": ["/state/**"]}, "needs the lists 'bash' and 'writable'"),
+        ({"bash": ["git *"], "dirs": ["/state"]}, "needs the lists 'bash' and 'writable'"),
+        ({"bash": ["git *"], "writable": ["state/**"]}, "writable path 'state/**' must be absolute"),
+        ({"bash": ["git *"], "writable": [3]}, "writable path 3 must be a string"),
+        ({"bash": ["* --help"], "writable": ["/state/**"]}, "must start with the command's name"),
     ],
-    ids=["not-json", "bash-not-list", "relative-dir", "bad-pattern"],
+    ids=["not-json", "bash-not-list", "no-writable", "relative-writable", "writable-not-string", "bad-pattern"],
 )
 def test_a_misconfigured_checker_denies_everything(raw_check, event, config, reason):
     denial = raw_check(event("git status"), config)

@@ -34,18 +34,22 @@ def checked(make_pm):
 
 def test_the_section_is_typed(checked):
     config = checked({"allowlist": {"bash": ["git *", "pytest*"]}})
-    assert config.section("allowlist") == plugin.AllowlistSection(["git *", "pytest*"])
+    assert config.section("allowlist") == plugin.AllowlistSection(["git *", "pytest*"], ["/state/**", "/tmp/**"])
     assert checked({}).section("allowlist") is None
+    narrow = checked({"allowlist": {"bash": ["git *"], "writable": ["/state/work/**"]}})
+    assert narrow.section("allowlist").writable == ["/state/work/**"]
 
 
 def test_every_bad_pattern_is_refused_at_once(checked):
     with pytest.raises(ConfigError) as caught:
-        checked({"allowlist": {"bash": ["git *", "* --help", "", "ls\nrm"]}})
+        checked({"allowlist": {"bash": ["git *", "* --help", "", "ls\nrm"], "writable": ["work/**", "/state/.git/**"]}})
     message = str(caught.value)
     assert message.startswith("w.toml: agent 'worker' has an invalid config: ")
     assert "[allowlist] bash: pattern '* --help' must start with the command's name" in message
     assert "[allowlist] bash: pattern '' is empty" in message
     assert "[allowlist] bash: pattern 'ls\\nrm' contains a newline" in message
+    assert "[allowlist] writable: writable path 'work/**' must be absolute, as the agent sees it" in message
+    assert "[allowlist] writable: writable path '/state/.git/**' names a hidden file or directory" in message
 
 
 @pytest.mark.parametrize(
@@ -55,6 +59,8 @@ def test_every_bad_pattern_is_refused_at_once(checked):
         ({"bash": [1]}, "allowlist.bash[0] must be a string"),
         ({"shell": ["git *"]}, "unknown key allowlist.shell"),
         ({"bash": ["git *"] * 201}, "[allowlist] bash has 201 patterns; at most 200 are allowed"),
+        ({"bash": [], "writable": "/state/**"}, "allowlist.writable must be a list of strings"),
+        ({"bash": [], "writable": ["/state/**"] * 101}, "[allowlist] writable has 101 paths; at most 100 are allowed"),
     ],
 )
 def test_a_malformed_section_is_refused(checked, table, problem):
@@ -64,7 +70,7 @@ def test_a_malformed_section_is_refused(checked, table, problem):
 
 
 def test_the_hook_command_runs_the_checker_in_a_shell():
-    command = plugin.hook_command(["git *"], ["/state", "/tmp"])
+    command = plugin.hook_command(["git *"], ["/state/**", "/tmp/**"])
     event = json.dumps({"tool_name": "Bash", "tool_input": {"command": "git status && rm -rf x"}, "cwd": "/state"})
     done = subprocess.run(["sh", "-c", command], input=event, capture_output=True, text=True, timeout=30, cwd="/")
     assert done.returncode == 0
@@ -74,7 +80,7 @@ def test_the_hook_command_runs_the_checker_in_a_shell():
 
 def test_a_checker_that_cannot_start_still_denies(monkeypatch):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
-    command = plugin.hook_command(["git *"], ["/state"])
+    command = plugin.hook_command(["git *"], ["/state/**"])
     done = subprocess.run(["sh", "-c", command], input="{}", capture_output=True, text=True, timeout=30)
     assert done.returncode == 2  # Claude Code's "block this call"; any other failure would let it run
     assert "the checker could not run, so Bash is blocked" in done.stderr
@@ -87,11 +93,15 @@ async def test_session_options_of_an_allow_listed_agent(make_pm, tmp_path):
         def configure_session(self, hive, agent, options):
             options.settings["hooks"] = {"PreToolUse": [{"matcher": "Write", "hooks": []}]}
 
-    agents = {"worker": {"allowlist": {"bash": ["git *", "pytest*"]}}}
+    agents = {
+        "worker": {"allowlist": {"bash": ["git *", "pytest*"]}},
+        "narrow": {"allowlist": {"bash": ["git *"], "writable": ["/state/work/**", "/tmp/x/*"]}},
+    }
     pm = make_pm(allowlist=plugin, other=Other())
     async with running_hive(tmp_path, pm, IDLE, agents=agents) as hive:
         with trio.fail_after(10):
             worker = await hive.harnesses["worker"].session_options()
+            narrow = await hive.harnesses["narrow"].session_options()
             manager = await hive.harnesses["manager"].session_options()
     assert "Bash" not in worker.allowed_tools
     assert worker.allowed_tools[-2:] == ["Bash(git *)", "Bash(pytest*)"]
@@ -99,9 +109,12 @@ async def test_session_options_of_an_allow_listed_agent(make_pm, tmp_path):
     write, bash = worker.settings["hooks"]["PreToolUse"]
     assert write["matcher"] == "Write"  # another plugin's hook stays
     assert bash["matcher"] == "Bash"
-    assert bash["hooks"][0]["command"] == plugin.hook_command(
-        ["git *", "pytest*"], [str(tmp_path / "state" / "agents" / "worker" / "state"), "/tmp"]
-    )
+    # /state is where this backend (the process one) shows the agent its state dir
+    state = tmp_path / "state" / "agents" / "worker" / "state"
+    assert bash["hooks"][0]["command"] == plugin.hook_command(["git *", "pytest*"], [f"{state}/**", "/tmp/**"])
+    state = tmp_path / "state" / "agents" / "narrow" / "state"
+    [hook] = narrow.settings["hooks"]["PreToolUse"][-1]["hooks"]
+    assert hook["command"] == plugin.hook_command(["git *"], [f"{state}/work/**", "/tmp/x/*"])
     # an agent without the section keeps core's behaviour
     assert "Bash" in manager.allowed_tools
     assert not any(tool.startswith("Bash(") for tool in manager.allowed_tools)
@@ -119,6 +132,8 @@ async def test_the_agent_page_shows_the_list(make_pm, tmp_path):
     assert worker.label == "shell allow-list"
     assert "<li><code>git *</code></li>" in worker.html
     assert "<li><code>echo &lt;b&gt;</code></li>" in worker.html
+    assert "Commands may write only here (never hidden files):" in worker.html
+    assert "<li><code>/state/**</code></li><li><code>/tmp/**</code></li>" in worker.html
     assert "may run no shell commands" in shy.html
     assert "No allow-list" in manager.html
 
