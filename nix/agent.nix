@@ -26,6 +26,8 @@
   readOnly ? [ ],
   # Covered by an empty tmpfs: the state root, where a read-only path holds it.
   hidden ? [ ],
+  # Container path -> host path, read-only: the agent's HOME, an empty directory.
+  readOnlyAt ? { },
   stateVersion ? "24.11",
 }:
 let
@@ -54,7 +56,11 @@ in
           isReadOnly = true;
         };
       }) readOnly
-    );
+    )
+    // builtins.mapAttrs (inside: source: {
+      hostPath = source;
+      isReadOnly = true;
+    }) readOnlyAt;
 
   config =
     { pkgs, ... }:

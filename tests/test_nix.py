@@ -370,7 +370,7 @@ def test_the_generated_agent_nix_agrees_with_the_template(tmp_path):
     mcp = {"mcpServers": {"hyperhive": {"command": "hyperhive", "args": ["relay", "/run/hyperhive/agent.sock"]}}}
     profile = AgentProfile(model="sonnet", env=env, mcp_config=mcp)
     # A read-only path that holds the state root, so it is hidden too.
-    mounts = container_mounts(spec, [Path("/opt/hyperhive"), tmp_path], root)
+    mounts = container_mounts(spec, [Path("/opt/hyperhive"), tmp_path], root, tmp_path / "empty_home")
     generated = tmp_path / "agent.nix"
     generated.write_text(render_agent_nix(spec, profile, mounts))
     arguments = {
@@ -383,6 +383,7 @@ def test_the_generated_agent_nix_agrees_with_the_template(tmp_path):
         "binds": {inside: str(source) for inside, source in mounts.binds.items()},
         "readOnly": [str(path) for path in mounts.read_only],
         "hidden": [str(path) for path in mounts.hidden],
+        "readOnlyAt": {inside: str(source) for inside, source in mounts.read_only_at.items()},
     }
     arguments_file = tmp_path / "arguments.json"
     arguments_file.write_text(json.dumps(arguments))
@@ -404,6 +405,7 @@ def test_the_generated_agent_nix_agrees_with_the_template(tmp_path):
     assert both["generated"] == both["template"]
     template = both["template"]
     assert template["privateUsers"] == "pick"
+    assert template["bindMounts"]["/home/agent"] == {"hostPath": str(tmp_path / "empty_home"), "isReadOnly": True}
     assert template["tmpfs"] == [str(root)]
     assert template["config"]["environment"]["systemPackages"] == [f"pkgs.{name}" for name in NIXOS_PACKAGES]
     assert template["config"]["environment"]["etc"]["hyperhive/agent.json"] == {
