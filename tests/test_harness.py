@@ -386,7 +386,7 @@ async def test_a_denied_tool_is_a_permission_denied_event(make_pm, tmp_path):
 
 
 async def test_an_agent_cannot_widen_its_own_permissions(make_pm, tmp_path):
-    """Settings files under the agent's HOME (/state) are the agent's to write, so they are not read."""
+    """Settings files in Claude Code's config dir (/state/.claude) are the agent's to write, so they are not read."""
     scenario = """
     [[agents.manager.rules]]
     steps = [{ tool = "Bash", input = { command = "rm -rf precious", description = "tidy" } }, { text = "ok" }]
