@@ -1,7 +1,7 @@
 """The hive's agents: who exists, their config, and their authoritative live state.
 
 The daemon holds each agent's state machine (``idle``, ``thinking``, ``compacting``,
-``napping``, each with a detail, plus the flags ``paused``, ``failed`` and
+``napping``, ``asleep``, each with a detail, plus the flags ``paused``, ``failed`` and
 ``stopped``). The dashboard and CLI render it; nothing derives it from events.
 """
 
@@ -56,6 +56,11 @@ class AgentConfig:
     )
     pids_max: int | None = option(None, help="Process and thread cap (0: none). Default: [containers] pids_max.")
     cpu_weight: int | None = option(None, help="CPU share, 1 to 10000. Default: [containers] cpu_weight.")
+    recycle_rss_mb: int | None = option(
+        None,
+        help="Restart its Claude Code between turns (resuming the session) once the process\n"
+        "tree's RSS passes this many MiB (0: never). Default: [claude] recycle_rss_mb.",
+    )
     # Like the caps, in agent.toml too: a change reaches the agent only once the operator approves it.
     egress: list[str] = option(
         [],
@@ -117,6 +122,8 @@ class State(enum.StrEnum):
     THINKING = "thinking"
     COMPACTING = "compacting"
     NAPPING = "napping"
+    ASLEEP = "asleep"
+    """Idle, with its Claude Code process and container released; the next message resumes the session."""
 
 
 class UnknownAgent(HyperhiveError):
@@ -169,6 +176,8 @@ def core_agent_checks(agent: str, config: AgentConfig) -> list[str]:
         except InvalidName as exc:
             problems.append(f"allowed_recipients: {exc}")
     problems += limit_problems(**config.limit_overrides())
+    if config.recycle_rss_mb is not None and config.recycle_rss_mb < 0:
+        problems.append(f"recycle_rss_mb must be 0 (never) or a size in MiB, not {config.recycle_rss_mb}")
     problems += egress_problems(config.egress)
     return problems
 
@@ -182,6 +191,7 @@ class Agents:
         self.directory = directory
         self.manager = check_agent_name(manager)
         self._agents: dict[str, Agent] = {}
+        self._asleep: set[str] = set()
 
     def __iter__(self) -> Iterator[Agent]:
         return iter(sorted(self._agents.values(), key=lambda agent: (not agent.is_manager, agent.name)))
@@ -232,6 +242,7 @@ class Agents:
     def remove(self, name: str) -> None:
         """Forget a live agent: it no longer sends or receives."""
         self._agents.pop(name, None)
+        self._asleep.discard(name)
         self.directory.remove(name)
 
     async def stored(self) -> dict[str, dict[str, Any]]:
@@ -247,12 +258,27 @@ class Agents:
         return [OPERATOR, *sorted(allowed - {name})]
 
     def set_state(self, name: str, state: State, detail: str = "") -> None:
-        """Move the state machine, and tell every subscriber."""
+        """Move the state machine, and tell every subscriber. An asleep agent shows ``asleep`` for ``idle``."""
         status = self.get(name).status
+        if state is State.IDLE and name in self._asleep:
+            state = State.ASLEEP
         if (status.state, status.detail) == (state, detail):
             return
         status.state, status.detail, status.since = state, detail, time.time()
         self.publish_status(name)
+
+    def set_asleep(self, name: str, asleep: bool) -> None:
+        """Whether ``name``'s Claude Code process and container are released. An idle agent
+        shows it at once; a napping one once its nap ends, a busy one once its turn does."""
+        status = self.get(name).status
+        if asleep:
+            self._asleep.add(name)
+            if status.state is State.IDLE:
+                self.set_state(name, State.ASLEEP)
+        else:
+            self._asleep.discard(name)
+            if status.state is State.ASLEEP:
+                self.set_state(name, State.IDLE)
 
     def publish_status(self, name: str) -> None:
         status = self.get(name).status

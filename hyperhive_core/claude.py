@@ -21,6 +21,7 @@ pushes the deadline back by the retry's delay.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import json
 import logging
@@ -57,6 +58,9 @@ STREAM_EVENT: dict[str, Any] = {"type": "stream_event"}
 WAIT_REPORT_SECONDS = 5.0
 # How long a stalled CLI has to answer the interrupt before it is killed.
 INTERRUPT_GRACE_SECONDS = 10.0
+# How long a starting CLI may take to answer its initialize request; past it the start
+# gives its slot back (and the turn goes on: a CLI that never answers fails there).
+READY_TIMEOUT_SECONDS = 30.0
 # Every model request streams, so the stall clock sees its progress: without this
 # the CLI falls back to an unstreamed request after a broken stream, silent until done.
 SESSION_ENV = {"CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1"}
@@ -113,6 +117,21 @@ class ClaudeSection:
         help="Interrupt and retry a turn whose model request streams nothing for this long\n"
         "(time spent running tools does not count); 0 never does.",
     )
+    idle_release_seconds: float = option(
+        600.0,
+        help="Put an agent to sleep after this long with nothing to do: its Claude Code\n"
+        "process and container stop, and the next message resumes its session. 0: never.",
+    )
+    recycle_rss_mb: int = option(
+        1024,
+        help="Restart an agent's Claude Code between turns, resuming its session, once the\n"
+        "process tree's RSS passes this many MiB (a leak). 0: never. An agent may set its own.",
+    )
+    max_concurrent_starts: int = option(
+        0,
+        help="Claude Code processes starting at once, at most; more wait their turn, so a wake\n"
+        "storm cannot starve the daemon. 0: the number of CPU cores.",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -123,11 +142,19 @@ class ClaudeSection:
             check_model(self.model, self.extra_models)
         except InvalidModel as exc:
             raise ConfigError(f"[claude] model: {exc}") from None
-        for key in ("api_error_backoff_seconds", "stall_seconds"):
+        for key in ("api_error_backoff_seconds", "stall_seconds", "idle_release_seconds"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"[claude] {key} must be zero or more seconds, not {getattr(self, key)}")
         if self.turn_attempts < 1:
             raise ConfigError(f"[claude] turn_attempts must be at least 1, not {self.turn_attempts}")
+        for key, zero in (("recycle_rss_mb", "never"), ("max_concurrent_starts", "one per CPU core")):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"[claude] {key} must be 0 ({zero}) or more, not {getattr(self, key)}")
+
+    @property
+    def start_slots(self) -> int:
+        """How many Claude Code processes may start at once."""
+        return self.max_concurrent_starts or os.cpu_count() or 1
 
 
 class MissingCli(HyperhiveError):
@@ -285,6 +312,8 @@ class ClaudeSession:
         as text (``waiting on model API · 45s``), and with ``""`` once it ends.
     :param stall_seconds: a turn without progress from the model for this long is
         interrupted and ends ``stalled``; 0 never.
+    :param start_slots: shared by every session of the hive: a start holds one from
+        exec until the CLI is ready, so only so many start at once.
     """
 
     def __init__(
@@ -298,6 +327,7 @@ class ClaudeSession:
         session_id: str | None = None,
         on_wait: Callable[[str], None] = lambda text: None,
         stall_seconds: float = 0.0,
+        start_slots: trio.CapacityLimiter | None = None,
     ) -> None:
         self.cli = cli
         self.backend = backend
@@ -306,6 +336,7 @@ class ClaudeSession:
         self.on_exit = on_exit
         self.on_wait = on_wait
         self.stall_seconds = stall_seconds
+        self.start_slots = start_slots or trio.CapacityLimiter(1)
         self.session_id = session_id
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._process: ContainerProcess | None = None
@@ -369,18 +400,37 @@ class ClaudeSession:
         return any(projects.glob(f"*/{self.session_id}.jsonl"))
 
     async def start(self, nursery: trio.Nursery, options: SessionOptions) -> None:
-        """Start the process (resuming the session if there is one)."""
+        """Start the process (resuming the session if there is one) and wait until it is ready.
+
+        Starting is the CPU-heavy part of a session's life, so it holds one of
+        ``start_slots`` from exec until the CLI answers an ``initialize`` control
+        request (the CLI prints nothing before its first input), or exits, or
+        ``READY_TIMEOUT_SECONDS`` pass.
+        """
         await self.stop()
         argv = self.command(options)
-        log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
-        self._process = await self.backend.exec(self.spec, argv, {**SESSION_ENV, **options.env})
-        self._options = options
-        self._buffer.clear()
-        self._cost_so_far = 0.0
-        self.stderr_tail.clear()
-        self._stderr_done = trio.Event()
-        nursery.start_soon(self._drain_stderr, self._process, self._stderr_done)
-        nursery.start_soon(self._watch_exit, self._process)
+        async with self.start_slots:
+            log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
+            self._process = await self.backend.exec(self.spec, argv, {**SESSION_ENV, **options.env})
+            self._options = options
+            self._buffer.clear()
+            self._cost_so_far = 0.0
+            self.stderr_tail.clear()
+            self._stderr_done = trio.Event()
+            nursery.start_soon(self._drain_stderr, self._process, self._stderr_done)
+            nursery.start_soon(self._watch_exit, self._process)
+            await self._wait_until_ready()
+
+    async def _wait_until_ready(self) -> None:
+        """Ask the CLI to initialize and read up to its answer; an exit is for the turn to find."""
+        with trio.move_on_after(READY_TIMEOUT_SECONDS), contextlib.suppress(SessionDied):
+            request_id = await self._control("initialize")
+            while (event := await self._next_event()) is not None:
+                answer = event.get("response") if event.get("type") == "control_response" else None
+                if isinstance(answer, dict) and answer.get("request_id") == request_id:
+                    return
+            return
+        log.warning("%s: Claude Code did not answer within %gs of starting", self.spec.agent, READY_TIMEOUT_SECONDS)
 
     async def _watch_exit(self, process: ContainerProcess) -> None:
         """Report an exit nobody asked for; ``stop`` detaches the process first, so it is not one."""
@@ -423,8 +473,13 @@ class ClaudeSession:
 
     async def interrupt(self) -> None:
         """Stop the current turn; its result arrives as ``interrupted``."""
-        request = {"type": "control_request", "request_id": uuid.uuid4().hex, "request": {"subtype": "interrupt"}}
-        await self._write(request)
+        await self._control("interrupt")
+
+    async def _control(self, subtype: str) -> str:
+        """Send a control request of ``subtype``; return its id, which its answer carries."""
+        request_id = uuid.uuid4().hex
+        await self._write({"type": "control_request", "request_id": request_id, "request": {"subtype": subtype}})
+        return request_id
 
     async def _write(self, message: dict[str, Any]) -> None:
         if not self.running:

@@ -9,10 +9,18 @@ loop:
                                   API error or stall → back off with jitter,
                                   batch stays leased)
     ack on success, else release → idle, turn_end, on_turn_end hooks
+    Claude Code's RSS over recycle_rss_mb → restart it (--resume)
 ```
 
 Every wait for mail is level-triggered: it looks at the queue after taking its
 wake-up, so a message committed just before a wait begins still ends it.
+
+Beside the loop, a watcher puts the agent to sleep after ``idle_release_seconds``
+with no turn (napping and paused agents too): its Claude Code process and its
+container stop, and the state shows ``asleep``. The loop's wait for mail goes on
+meanwhile; a batch it takes starts the container and the CLI again, resuming the
+session. Sleeping and waking both hold the session lock, and the watcher looks
+again under it, so a message that commits while the agent falls asleep wakes it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +43,7 @@ from hyperhive_core.agents import State
 from hyperhive_core.broker import Batch, Message
 from hyperhive_core.claude import ClaudeSession, SessionDied, SessionOptions, TurnExit, TurnResult
 from hyperhive_core.containers import ContainerEvent, ContainerEventKind
+from hyperhive_core.memory import MIB, format_bytes, process_tree, pss_bytes, rss_bytes
 from hyperhive_core.names import OPERATOR
 from hyperhive_core.plugins import await_all
 from hyperhive_core.supervise import Backoff, root_cause, supervise
@@ -91,6 +101,13 @@ class Harness:
         self._detail = ""
         """The state detail of what the turn does now; a long wait on the model shows over it."""
         self.api_backoff = Backoff(initial=hive.claude.api_error_backoff_seconds, maximum=RETRY_WAIT_MAX)
+        self.asleep = False
+        """Released for being idle: no Claude Code process and no container until the next message."""
+        self._container_up = False
+        self._holds = 0
+        """Callers running something in the container (a terminal): it stays up meanwhile."""
+        self._last_active = 0.0
+        self._activity = trio.Event()
 
     @property
     def agent(self) -> Any:
@@ -101,6 +118,8 @@ class Harness:
         hive = self.hive
         spec = hive.container_spec(self.name)
         await hive.backend.start(spec)
+        self._container_up, self.asleep = True, False
+        hive.agents.set_asleep(self.name, False)
         # A lease from a previous run of this loop was never finished: deliver it again.
         await hive.broker.requeue_leased(self.name)
         async with trio.open_nursery() as nursery:
@@ -114,7 +133,10 @@ class Harness:
                 session_id=self.agent.session_id,
                 on_wait=self._model_wait,
                 stall_seconds=hive.claude.stall_seconds,
+                start_slots=hive.start_slots,
             )
+            self._touch()
+            nursery.start_soon(self._sleep_when_idle)
             task_status.started()
             try:
                 while True:
@@ -138,6 +160,7 @@ class Harness:
                         await self._take_turn(batch)
                     finally:
                         self.current_batch = None
+                        self._touch()
             finally:
                 with trio.CancelScope(shield=True):
                     await self.session.stop()
@@ -238,6 +261,7 @@ class Harness:
         )
         await await_all(hive.pm.hook.on_turn_end(hive=hive, agent=self.name, turn=turn))
         await self.apply_queued_model()
+        await self._recycle_if_bloated()
 
     def _end_turn_state(self) -> None:
         if self.agent.status.state in (State.THINKING, State.COMPACTING):
@@ -318,20 +342,131 @@ class Harness:
         """The agent's container spec changed: restart its container (and session) before the next turn."""
         self._container_changed = True
 
-    async def _ensure_session(self) -> None:
-        """Start the CLI if it is not running. One start at a time: a restart after a crash
-        and a turn's own start must not both start one."""
+    async def _ensure_session(self, *, wake: bool = True) -> None:
+        """Start the CLI if it is not running, and its container first if need be. One start
+        at a time: a restart after a crash and a turn's own start must not both start one.
+
+        :param wake: start it even if the agent is asleep (a turn does; a restart after a crash does not).
+        """
         assert self.session is not None
         assert self._nursery is not None
         async with self._session_lock:
+            if self.asleep and not wake:
+                return
             if self._container_changed:
                 self._container_changed = False
                 await self.session.stop()  # the next start resumes the conversation
-                await self.hive.backend.stop(self.session.spec)
-                self.session.spec = self.hive.container_spec(self.name)
-                await self.hive.backend.start(self.session.spec)
+                await self._stop_container()
+            if not self._container_up:
+                await self._start_container()
+            if self.asleep:
+                self.asleep = False
+                self.hive.agents.set_asleep(self.name, False)
+                self.hive.events.publish(self.name, "note", text="waking: resuming its session")
             if not self.session.running:
                 await self.session.start(self._nursery, await self.session_options())
+        self._touch()
+
+    async def _start_container(self) -> None:
+        assert self.session is not None
+        self.session.spec = self.hive.container_spec(self.name)
+        await self.hive.backend.start(self.session.spec)
+        self._container_up = True
+
+    async def _stop_container(self) -> None:
+        assert self.session is not None
+        self._container_up = False
+        await self.hive.backend.stop(self.session.spec)
+
+    @contextlib.asynccontextmanager
+    async def container_in_use(self) -> AsyncIterator[None]:
+        """Keep the agent's container up while the caller runs something in it (a terminal);
+        an asleep agent's container starts for it, and its Claude Code stays asleep."""
+        self._holds += 1
+        self._touch()
+        try:
+            async with self._session_lock:
+                if not self._container_up:
+                    await self._start_container()
+            yield
+        finally:
+            self._holds -= 1
+            self._touch()
+
+    # -- sleep ----------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        """Something happened (a turn began or ended, a start, a terminal): the idle clock starts over."""
+        self._last_active = trio.current_time()
+        self._activity.set()
+
+    def _may_sleep(self) -> bool:
+        assert self.session is not None
+        return self.current_batch is None and not self._holds and (self._container_up or self.session.running)
+
+    async def _sleep_when_idle(self) -> None:
+        """Put the agent to sleep once nothing happened for ``idle_release_seconds``."""
+        idle = self.hive.claude.idle_release_seconds
+        if not idle:
+            return
+        while True:
+            self._activity = trio.Event()
+            if not self._may_sleep():
+                await self._activity.wait()
+                continue
+            with trio.move_on_at(self._last_active + idle) as quiet:
+                await self._activity.wait()
+            if quiet.cancelled_caught:
+                await self._sleep(idle)
+
+    async def _sleep(self, idle: float) -> None:
+        """Stop the CLI and the container; the queue, the session and the state stay for the next message."""
+        assert self.session is not None
+        async with self._session_lock:
+            if not self._may_sleep():  # a turn took a batch meanwhile: it wakes the agent
+                return
+            if not self.asleep:  # else only the container a terminal started goes
+                self.hive.events.publish(self.name, "note", text=f"idle for {idle:g}s: going to sleep")
+                log.info("%s: asleep after %gs idle; its Claude Code process and container stop", self.name, idle)
+            await self.session.stop()
+            await self._stop_container()
+            self.asleep = True
+            self.hive.agents.set_asleep(self.name, True)
+
+    # -- memory ---------------------------------------------------------------------
+
+    def recycle_rss_mb(self) -> int:
+        """The RSS in MiB past which the CLI is restarted: the agent's own, else ``[claude]``'s; 0 never."""
+        own = self.agent.config.recycle_rss_mb
+        return self.hive.claude.recycle_rss_mb if own is None else own
+
+    async def _recycle_if_bloated(self) -> None:
+        """Between turns: restart a CLI whose process tree outgrew ``recycle_rss_mb`` (a leak), resuming its session."""
+        limit = self.recycle_rss_mb()
+        pid = self.session.pid if self.session is not None else None
+        if not limit or pid is None:
+            return
+        rss = rss_bytes(process_tree(pid))
+        if rss <= limit * MIB:
+            return
+        text = f"recycled: RSS {format_bytes(rss)} over recycle_rss_mb {limit}"
+        log.warning("%s: %s; restarting Claude Code with --resume", self.name, text)
+        self.hive.events.publish(self.name, "note", text=f"{text}; restarting it with --resume")
+        assert self.session is not None
+        await self.session.stop()
+        await self._ensure_session()
+
+    async def memory_bytes(self) -> int:
+        """What the agent holds in memory: its cgroup's usage where it has one, else the
+        PSS of its Claude Code process tree; 0 while nothing of it runs."""
+        spec = self.hive.container_spec(self.name)
+        usage = (await self.hive.backend.limits(spec)).get("usage") if self._container_up else None
+        if usage and usage.get("memory_mb") is not None:
+            return round(usage["memory_mb"] * MIB)
+        pid = self.session.pid if self.session is not None else None
+        if pid is None:
+            return 0
+        return await trio.to_thread.run_sync(lambda: pss_bytes(process_tree(pid)))
 
     async def session_options(self) -> SessionOptions:
         """The CLI's options for this agent, after ``configure_session`` hooks."""
@@ -382,7 +517,7 @@ class Harness:
         self.hive.events.publish(self.name, "note", text=f"{detail}; restarting it in {delay:.1f}s")
         await trio.sleep(delay)
         if self.agent.status.state is not State.THINKING:
-            await self._ensure_session()
+            await self._ensure_session(wake=False)  # asleep meanwhile: the next message starts it
 
     async def _publish(self, kind: str, data: dict[str, Any]) -> None:
         self.hive.events.publish(self.name, kind, **data)  # type: ignore[arg-type]

@@ -7,6 +7,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +102,8 @@ class Hive:
         self.approvals = Approvals(self)
         self.backend = make_backend(self)
         self.harnesses: dict[str, Harness] = {}
+        self.start_slots = trio.CapacityLimiter(self.claude.start_slots)
+        """Claude Code processes that may be starting at once (``[claude] max_concurrent_starts``)."""
         self._runs: dict[str, _AgentRun] = {}
         self.rehearsal: RehearsalServer | None = None
         self.agent_nursery: trio.Nursery | None = None
@@ -139,6 +143,17 @@ class Hive:
         """``name``'s resource caps: its own config's where it sets them, else ``[containers]``'s."""
         section = self.config.section("containers", ContainersSection)
         return resolve_limits(section, **self.agents.get(name).config.limit_overrides())
+
+    @asynccontextmanager
+    async def container_in_use(self, name: str) -> AsyncIterator[None]:
+        """Keep ``name``'s container up while the caller runs something in it (``backend.exec``):
+        an asleep agent's container starts, and it does not go to sleep meanwhile."""
+        harness = self.harnesses.get(name)
+        if harness is None or harness.session is None:
+            yield
+            return
+        async with harness.container_in_use():
+            yield
 
     def container_changed(self, name: str) -> None:
         """``name``'s container spec changed (a config repo appeared for the manager to see):

@@ -34,21 +34,23 @@ async def terminal_socket(name: str) -> None:
     hive.agents.get(name)
     spec = hive.container_spec(name)
     env = {**hive.session_env(name, hive.backend.view(spec).state), "TERM": "xterm-256color"}
-    shell = await hive.backend.exec(spec, SHELL, env, pty=True)
-    try:
-        await websocket.accept()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(copy_output, shell, nursery.cancel_scope)
-            while True:
-                data = await websocket.receive()
-                if isinstance(data, bytes):
-                    assert shell.stdin is not None
-                    await shell.stdin.send_all(data)
-                else:
-                    apply_control(shell, data)
-        await websocket.close(1000, f"shell exited with status {await shell.wait()}")
-    finally:
-        await hang_up(shell)
+    # An asleep agent's container starts for the shell, and stays up while it runs.
+    async with hive.container_in_use(name):
+        shell = await hive.backend.exec(spec, SHELL, env, pty=True)
+        try:
+            await websocket.accept()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(copy_output, shell, nursery.cancel_scope)
+                while True:
+                    data = await websocket.receive()
+                    if isinstance(data, bytes):
+                        assert shell.stdin is not None
+                        await shell.stdin.send_all(data)
+                    else:
+                        apply_control(shell, data)
+            await websocket.close(1000, f"shell exited with status {await shell.wait()}")
+        finally:
+            await hang_up(shell)
 
 
 async def copy_output(shell: ContainerProcess, done: trio.CancelScope) -> None:
