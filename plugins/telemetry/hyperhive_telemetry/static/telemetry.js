@@ -134,17 +134,39 @@
 
   // -- charts -----------------------------------------------------------------------
 
+  // Time labels on one line, at most "00:00:00" wide: uPlot's own add the date on a
+  // second line, wider than the space between ticks on a narrow chart.
+  const TIME_LABELS = [
+    [60, uPlot.fmtDate("{HH}:{mm}:{ss}")],
+    [86400, uPlot.fmtDate("{HH}:{mm}")],
+    [Infinity, uPlot.fmtDate("{MM}-{DD}")],
+  ];
+  const TIME_LABEL_SPACE = 72; // px between ticks: the widest label and a gap
+
+  function timeLabels(u, splits, axisIndex, space, increment) {
+    const [, label] = TIME_LABELS.find(([below]) => increment < below);
+    return splits.map((seconds) => label(new Date(seconds * 1000)));
+  }
+
+  /** The time shown: the data's span, or a minute either side of a lone instant, which has
+   * none (uPlot stretches it to 1000 days, labelled in years). */
+  function timeRange(u, min, max) {
+    const xs = u.data[0];
+    return xs.length && xs[0] === xs[xs.length - 1] ? [xs[0] - 60, xs[0] + 60] : [min, max];
+  }
+
   /** A time chart with one line per label; counts are drawn as steps with whole-number ticks. */
   function chart(element, labels, valueFormat, counts) {
     const axis = { stroke: "#9a9a9a", grid: { stroke: "#262626", width: 1 }, ticks: { stroke: "#333", width: 1 } };
+    const xAxis = { ...axis, space: TIME_LABEL_SPACE, values: timeLabels };
     const yAxis = { ...axis, size: 64, values: (u, values) => values.map(valueFormat) };
     if (counts) yAxis.incrs = COUNT_STEPS;
     const options = {
       width: Math.max(240, element.clientWidth || 320),
       height: 150,
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true } },
-      axes: [axis, yAxis],
+      scales: { x: { time: true, range: timeRange } },
+      axes: [xAxis, yAxis],
       series: [
         {},
         ...labels.map((label, index) => ({
