@@ -11,7 +11,7 @@ import re
 import pytest
 import trio
 from hivekit import needs_claude, next_event
-from webkit import screenshot
+from webkit import dashboard_hive, screenshot
 
 from hyperhive_core.agents import State
 
@@ -351,3 +351,46 @@ async def test_spawn_inbox_reply_and_drafts_follow_live_events(hive, browser):
         await hive.approvals.request_spawn_draft("manager", "drafty")
         await browser.run(drafted)
     assert [m.body for m in await hive.broker.recent_for("worker", 1)] == ["thanks"]
+
+
+async def test_the_state_detail_shows_beside_the_badge_live_and_an_idle_agent_falls_asleep(tmp_path, web_pm, browser):
+    # The model takes 15 s to answer: the wait shows from 8 s, counted every 4 s (a quarter of stall_seconds).
+    scenario = '[[agents.worker.rules]]\nsteps = [{ text = "done", delay = 15 }]\n'
+    settings = {"idle_release_seconds": 3, "stall_seconds": 16}
+    async with dashboard_hive(tmp_path, web_pm, scenario, claude=settings) as hive:
+        host, agent = await browser.page(), await browser.page()
+        await browser.run(login, host, hive, "/")
+        await browser.run(login, agent, hive, "/agent/worker/")
+
+        def asleep() -> None:
+            expect(host.locator("#agent-worker .state")).to_have_text("asleep")
+            expect(agent.locator("#badge")).to_have_text("asleep")
+            expect(agent.locator("#state-detail")).to_be_hidden()
+
+        def waiting() -> None:
+            wait = re.compile(r"^waiting on model API · \d+s$")
+            expect(agent.locator("#badge")).to_have_text("thinking")
+            detail = agent.locator("#state-detail")
+            expect(detail).to_have_text(wait, timeout=30_000)
+            expect(detail).to_be_visible()
+            first = detail.inner_text()
+            expect(detail).not_to_have_text(first, timeout=8_000)  # it counts on, live
+            shown = host.locator("#agent-worker .state .state-detail")
+            expect(shown).to_have_text(wait)
+            expect(shown).to_be_visible()
+            screenshot(agent, "agent-state-detail")
+            screenshot(host, "host-state-detail")
+
+        def answered() -> None:
+            expect(agent.locator("#badge")).to_have_text("idle", timeout=30_000)
+            expect(agent.locator("#state-detail")).to_be_hidden()
+            expect(host.locator("#agent-worker .state")).to_have_text("idle")
+
+        with trio.fail_after(120):
+            await browser.run(asleep)  # three idle seconds after the hive started
+            screenshot_path = await browser.run(screenshot, host, "host-asleep")
+            assert screenshot_path.stat().st_size > 0
+            await hive.broker.send("operator", "worker", "take your time")
+            await browser.run(waiting)
+            await browser.run(answered)
+            await browser.run(asleep)  # and asleep again
