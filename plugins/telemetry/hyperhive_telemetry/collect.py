@@ -16,8 +16,9 @@ Per turn (``on_turn_end``), keys and values:
 Classes are ``peer`` (another agent), ``operator``, ``manager`` and ``system``
 (the hive's own events). Each message moved to dead-letter (``on_dead_letter``)
 records ``dead_lettered`` = 1 for its recipient. The sampler records ``inbox_depth``,
-``seconds_since_last_turn`` and ``notes_bytes`` per agent, and
-``approval_queue`` for the agent ``hive``.
+``seconds_since_last_turn``, ``notes_bytes`` and ``memory_bytes`` (the agent's cgroup
+usage, else its processes' PSS; 0 asleep) per agent, and ``approval_queue`` for the
+agent ``hive``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ async def current_samples(hive: Hive, at: float) -> list[Sample]:
     for agent in hive.agents:
         samples.append(Sample(agent.name, at, "inbox_depth", await hive.broker.inbox_depth(agent.name)))
         samples.append(Sample(agent.name, at, "notes_bytes", notes_bytes(hive, agent.name)))
+        if (harness := hive.harnesses.get(agent.name)) is not None:
+            samples.append(Sample(agent.name, at, "memory_bytes", await harness.memory_bytes()))
         if agent.status.last_turn_at is not None:
             samples.append(Sample(agent.name, at, "seconds_since_last_turn", max(0.0, at - agent.status.last_turn_at)))
     samples.append(Sample(HIVE, at, "approval_queue", await approval_queue_length(hive)))

@@ -36,6 +36,10 @@ GAUGES = {
     "inbox_depth": ("hyperhive_inbox_depth", "Messages waiting for an agent (queued or leased)."),
     "seconds_since_last_turn": ("hyperhive_seconds_since_last_turn", "Seconds since the agent's last turn ended."),
     "notes_bytes": ("hyperhive_notes_bytes", "Size of the agent's /state/notes.md."),
+    "memory_bytes": (
+        "hyperhive_memory_bytes",
+        "Memory an agent holds: its cgroup's usage, else its processes' PSS; 0 while asleep.",
+    ),
 }
 
 

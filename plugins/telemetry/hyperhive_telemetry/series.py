@@ -145,6 +145,7 @@ def summarise(samples: Iterable[Sample], since: float, until: float) -> dict[str
             "inbox_depth": _gauge(keys["inbox_depth"]),
             "seconds_since_last_turn": _last(keys["seconds_since_last_turn"]),
             "notes_bytes": _last(keys["notes_bytes"]),
+            "memory_bytes": _gauge(keys["memory_bytes"]),
         }
     return summary
 

@@ -25,12 +25,24 @@ AGENT_CHARTS = (
     ("turns_per_min", "turns per minute", "turns started each minute"),
     ("inbox_depth", "inbox depth", "messages waiting"),
     ("notes_bytes", "notes.md size", "size of notes.md"),
+    ("memory_bytes", "memory", "memory the agent holds, 0 while asleep"),
 )
 HIVE_CHARTS = (
     ("turns_per_min", "turns per minute, by agent", "turns each agent took each minute"),
     ("inbox_depth", "inbox depth, by agent", "messages waiting for each agent"),
 )
-HIVE_COLUMNS = ("agent", "turns/min", "p50", "p95", "exits", "cost", "inbox now / max", "notes.md", "since last turn")
+HIVE_COLUMNS = (
+    "agent",
+    "turns/min",
+    "p50",
+    "p95",
+    "exits",
+    "cost",
+    "inbox now / max",
+    "notes.md",
+    "memory now / max",
+    "since last turn",
+)
 
 
 async def stats_view(hive: Hive) -> dict[str, Any]:

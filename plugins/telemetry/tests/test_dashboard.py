@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -57,7 +58,7 @@ def browse(url: str, token: str) -> dict:
         page.goto(f"{url}/agent/worker/")
         panel = page.locator("#panel-telemetry")
         page.wait_for_function(
-            "document.querySelectorAll('#panel-telemetry .telemetry-chart canvas').length === 4"
+            "document.querySelectorAll('#panel-telemetry .telemetry-chart canvas').length === 5"
             " && document.querySelector('#panel-telemetry .telemetry-figures dd').textContent.startsWith('3 (')"
         )
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -119,5 +120,6 @@ async def test_stats_over_http_and_charts_in_the_browser(make_pm, tmp_path):
     assert shown["figures"]["exits"] == "ok 3"
     assert shown["figures"]["tools"] in ("Read 3 · send 3", "send 3 · Read 3")
     assert shown["figures"]["received per turn"] == "manager 1.0"
+    assert re.fullmatch(r"\d+\.\d MB / \d+\.\d MB", shown["figures"]["memory now / max"])  # the warm CLI
     assert [row.split("\t")[0] for row in shown["rows"]] == ["manager", "worker"]
     assert (ARTIFACTS / "agent-panel.png").stat().st_size > 0

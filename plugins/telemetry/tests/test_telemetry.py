@@ -308,3 +308,40 @@ async def test_a_dead_letter_is_counted_for_its_recipient(make_pm, tmp_path):
             1,
         )
         assert families["hyperhive_messages_dead_lettered"].type == "counter"
+
+
+@needs_claude
+async def test_memory_is_sampled_while_warm_and_is_zero_asleep(make_pm, tmp_path):
+    """No cgroup on the process backend: the PSS of the agent's processes, and nothing once it sleeps."""
+    echo = '[[agents.worker.rules]]\nsteps = [{ text = "heard" }]\n'
+    pm = make_pm(telemetry=hyperhive_telemetry)
+    async with running_hive(
+        tmp_path,
+        pm,
+        echo,
+        agents={"worker": {}},
+        claude={"idle_release_seconds": 2},
+        telemetry={"sample_interval_seconds": 0.2},
+    ) as hive:
+        await hive.broker.send("operator", "worker", "hello")
+        with trio.fail_after(60):
+            end = await next_event(hive, "worker", "turn_end")
+            going = await next_event(hive, "worker", "note", lambda e: e.data["text"].startswith("idle for"), end.id)
+            asleep = await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == "asleep", end.id)
+
+            def sampled(body) -> bool:
+                points = [p for s in body["series"] for p in s["points"]]
+                return any(at > asleep.at for at, _ in points)
+
+            body = await stats_when(hive, {"agent": ["worker"], "key": ["memory_bytes"]}, sampled)
+        (series,) = body["series"]
+        warm = [value for at, value in series["points"] if end.at < at < going.at]
+        after = [value for at, value in series["points"] if at > asleep.at]
+        assert warm
+        assert min(warm) > 50 * 1024 * 1024  # Claude Code alone holds more than this
+        assert after[-1] == 0
+        assert body["summary"]["worker"]["memory_bytes"]["max"] == max(series["points"], key=lambda p: p[1])[1]
+        families = {f.name: f for f in text_string_to_metric_families(await metrics_text(hive))}
+        gauge = {s.labels["agent"]: s.value for s in families["hyperhive_memory_bytes"].samples}
+        assert gauge["worker"] == 0
+        assert families["hyperhive_memory_bytes"].type == "gauge"

@@ -13,7 +13,7 @@
 
   const COLORS = ["#ffb000", "#c38fff", "#39ff14", "#4fc3f7", "#ff6e6e", "#e8e8e8"];
   const OVERLAP_SECONDS = 10;
-  const AGENT_KEYS = ["turn_duration_ms", "inbox_depth", "notes_bytes"];
+  const AGENT_KEYS = ["turn_duration_ms", "inbox_depth", "notes_bytes", "memory_bytes"];
   const HIVE_KEYS = ["turn_duration_ms", "inbox_depth"];
   const COUNTED = new Set(["turns_per_min", "inbox_depth"]);
   const COUNT_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
@@ -54,6 +54,11 @@
         : "none";
     },
   };
+
+  /** A sampled gauge as "now / max" (the sampler may not have run yet: "–"). */
+  function gauge(figure, valueFormat) {
+    return valueFormat(figure && figure.current) + " / " + valueFormat(figure && figure.max);
+  }
 
   // -- points kept in the browser -------------------------------------------------
 
@@ -232,7 +237,12 @@
     const charts = {};
     for (const element of root.querySelectorAll(".telemetry-chart")) {
       const kind = element.dataset.chart;
-      const valueFormat = { turn_duration_ms: format.ms, notes_bytes: format.bytes, inbox_depth: format.count }[kind];
+      const valueFormat = {
+        turn_duration_ms: format.ms,
+        notes_bytes: format.bytes,
+        memory_bytes: format.bytes,
+        inbox_depth: format.count,
+      }[kind];
       charts[kind] = chart(element, [element.dataset.label], valueFormat || format.count, COUNTED.has(kind));
     }
     const figures = root.querySelector(".telemetry-figures");
@@ -250,6 +260,7 @@
           turns_per_min: perMinute(durations[0], windowSeconds),
           inbox_depth: store.get(agent, "inbox_depth"),
           notes_bytes: store.get(agent, "notes_bytes"),
+          memory_bytes: store.get(agent, "memory_bytes"),
         };
         for (const [kind, plot] of Object.entries(charts)) plot.setData(data[kind]);
         describeAgent(figures, summary.summary[agent]);
@@ -278,8 +289,9 @@
       ["permission denials", format.count(figures.permission_denials)],
       ["dead-lettered", format.count(figures.dead_lettered)],
       ["cost", format.usd(figures.cost_usd)],
-      ["inbox now / max", format.count(figures.inbox_depth.current) + " / " + format.count(figures.inbox_depth.max)],
+      ["inbox now / max", gauge(figures.inbox_depth, format.count)],
       ["notes.md", format.bytes(figures.notes_bytes)],
+      ["memory now / max", gauge(figures.memory_bytes, format.bytes)],
       ["since last turn", format.seconds(figures.seconds_since_last_turn)],
     ]);
   }
@@ -322,8 +334,9 @@
         format.ms(figures.turn_duration_ms.p95),
         format.family(figures.exits),
         format.usd(figures.cost_usd),
-        format.count(figures.inbox_depth.current) + " / " + format.count(figures.inbox_depth.max),
+        gauge(figures.inbox_depth, format.count),
         format.bytes(figures.notes_bytes),
+        gauge(figures.memory_bytes, format.bytes),
         format.seconds(figures.seconds_since_last_turn),
       ];
       const tr = document.createElement("tr");
