@@ -23,6 +23,7 @@ import _socket
 import _thread
 import os
 import sys
+import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ USAGE = "usage: forward.py SOCKET PORT -- COMMAND [ARG...]"
 _CHUNK = 65536
 _BACKLOG = 128
 _PARENT_CHECK_SECONDS = 1.0
+_RETRY_SECONDS = 0.1
 
 
 def command(socket_path: str, argv: list[str], port: int = PORT) -> list[str]:
@@ -81,7 +83,14 @@ def _serve(listener: _socket.socket, socket_path: str, parent: int) -> NoReturn:
                 fd, _ = listener._accept()
             except TimeoutError:
                 continue
-            _thread.start_new_thread(_connect, (_socket.socket(fileno=fd), socket_path))
+            except OSError:  # out of descriptors, say: the client waits in the backlog meanwhile
+                time.sleep(_RETRY_SECONDS)
+                continue
+            client = _socket.socket(fileno=fd)
+            try:
+                _thread.start_new_thread(_connect, (client, socket_path))
+            except RuntimeError:  # no thread to be had (the agent's process cap): this one is refused
+                client.close()
     except BaseException:  # noqa: S110 - the child must never return into the parent's code
         pass
     os._exit(0)
@@ -100,7 +109,12 @@ def _connect(client: _socket.socket, socket_path: str) -> None:
         return
     done = _thread.allocate_lock()
     done.acquire()
-    _thread.start_new_thread(_pump, (client, upstream, done))
+    try:
+        _thread.start_new_thread(_pump, (client, upstream, done))
+    except RuntimeError:
+        client.close()
+        upstream.close()
+        return
     _pump(upstream, client, None)
     done.acquire()  # both directions finished: only now may the sockets close
     client.close()

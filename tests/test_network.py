@@ -154,6 +154,7 @@ async def test_the_cli_takes_a_turn_through_the_proxy_and_no_key_is_ever_inside(
                 reply = await operator_reply(hive, "alice")
             # The session stays up between turns: look at it, and everything else, from the host.
             uid = await hive.backend.uids.lookup("alice")
+            refused = hive.model_proxy.denied("alice")  # the CLI itself asks for nothing else
             inside = processes_of(uid)
             environs = {pid: environ for pid, environ in read_all("environ").items() if pid in inside}
             cmdlines = read_all("cmdline")
@@ -166,6 +167,7 @@ async def test_the_cli_takes_a_turn_through_the_proxy_and_no_key_is_ever_inside(
         json.dumps({"method": "GET", "target": "/from-bash", "size": 0, "sha256": origin.seen[0].sha256}),
     ]
     assert model.requests, "the CLI never reached the model"
+    assert refused == []
     assert {(request.status, request.agent) for request in model.requests} == {(200, "alice")}
     # The sandbox's processes (bwrap, claude, the forwarder, the tools): none has the key.
     assert any(PLACEHOLDER_KEY.encode() in environ for environ in environs.values())
