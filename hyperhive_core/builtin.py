@@ -16,7 +16,7 @@ from hyperhive_core.containers.cgroups import ContainersSection, hive_cgroups
 from hyperhive_core.containers.dbus_watch import UnitWatcher
 from hyperhive_core.containers.nspawn import NspawnBackend, make_nspawn_backend
 from hyperhive_core.containers.process import ProcessBackend
-from hyperhive_core.containers.uids import AgentUids, m005_agent_uids
+from hyperhive_core.containers.uids import AgentUids, claim_uid_range, m005_agent_uids
 from hyperhive_core.events import EventsSection, m002_events
 from hyperhive_core.harness import m004_turns
 from hyperhive_core.hive import HiveSection
@@ -109,8 +109,14 @@ def register_container_backends(register: Callable[[str, Callable[..., object]],
 def make_bwrap_backend(hive: Hive) -> BwrapBackend:
     section = hive.config.section("bwrap", BwrapSection)
     uids = AgentUids(hive.store, section.uid_range_start, section.uid_range_size)
-    cgroups, no_limits = hive_cgroups(hive.config.section("containers", ContainersSection), hive.paths.root)
-    return BwrapBackend(section, uids, hive.paths.root, cgroups, no_limits)
+    # Before anything else: a hive whose agents could share uids with a running one's never starts.
+    claim = claim_uid_range(section.uid_range_start, section.uid_range_size, hive.paths.root)
+    try:
+        cgroups, no_limits = hive_cgroups(hive.config.section("containers", ContainersSection), hive.paths.root)
+        return BwrapBackend(section, uids, hive.paths.root, cgroups, no_limits, claim=claim)
+    except BaseException:
+        claim.release()
+        raise
 
 
 @hookimpl(trylast=True)

@@ -86,6 +86,11 @@ HARDENING: dict[str, Any] = {
                 "CAP_SETUID",
                 "CAP_SYS_PTRACE",
             ],
+            # The host-wide registry of agent uid ranges (containers/uids.py), writable
+            # under ProtectSystem=strict. Kept across stops: each claim dies with its daemon.
+            "RuntimeDirectory": "hyperhive/uid-ranges",
+            "RuntimeDirectoryMode": "0700",
+            "RuntimeDirectoryPreserve": True,
         },
         # nsenter, machinectl and nixos-container need more than bwrap does, and
         # no host here can measure how much: the bounding set stays whole.

@@ -38,7 +38,7 @@ from hyperhive_core.containers import (
 from hyperhive_core.containers.acl import ensure_reachable
 from hyperhive_core.containers.cgroups import Cgroups, describe_limits
 from hyperhive_core.containers.spawn import SpawnedProcess
-from hyperhive_core.containers.uids import AgentUids
+from hyperhive_core.containers.uids import AgentUids, UidRangeClaim
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.mcp_surface import CONTAINER_SOCKET
 from hyperhive_core.modelproxy import CONTAINER_MODEL_SOCKET, SOCKET_NAME
@@ -169,11 +169,14 @@ class BwrapBackend(ContainerBackend):
         state_root: Path,
         cgroups: Cgroups | None = None,
         no_limits: str = "no limits: no cgroups were set up",
+        *,
+        claim: UidRangeClaim | None = None,
     ) -> None:
         """
         :param state_root: hidden in every sandbox, even if it lies inside a bound path.
         :param cgroups: where agents' caps are enforced; ``None``: they run without.
         :param no_limits: why there are no caps, for status.
+        :param claim: the host-wide claim on the uid range, released on ``close``.
         """
         if os.geteuid() != 0:
             raise HyperhiveError(
@@ -199,6 +202,7 @@ class BwrapBackend(ContainerBackend):
             )
         self.cgroups = cgroups
         self.no_limits = no_limits
+        self.claim = claim
         self._running: dict[str, int] = {}
         """Started agents, with their uids."""
         self._sandboxes: dict[str, set[Sandbox]] = {}
@@ -303,6 +307,8 @@ class BwrapBackend(ContainerBackend):
     async def close(self) -> None:
         if self.cgroups is not None:
             await self.cgroups.close()
+        if self.claim is not None:
+            self.claim.release()
 
     def sandbox_argv(
         self,
