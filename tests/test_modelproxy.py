@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import trio
 
 from hyperhive_core import forward
 from hyperhive_core.agents import AgentConfig, check_agent_config
+from hyperhive_core.configrepo import render_agent_toml
 from hyperhive_core.egress import InvalidTarget, egress_problems, parse_target
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.modelproxy import ModelProxy, Upstream, credential_headers, sandbox_env, tls_context
@@ -632,6 +634,11 @@ def test_egress_entries_are_one_host_and_one_port_each(make_pm):
     assert check_agent_config(make_pm(), "alice", AgentConfig(egress=["github.com:443"]), where).egress == [
         "github.com:443"
     ]
+    # In an agent's own agent.toml too, where the manager proposes it and the operator approves.
+    text = render_agent_toml(AgentConfig(egress=["github.com:443"]), [])
+    assert "# egress: What it may connect to besides the model API" in text
+    assert tomllib.loads(text)["egress"] == ["github.com:443"]
+    assert "egress" not in tomllib.loads(render_agent_toml(AgentConfig(), []))
 
 
 # -- TLS to the upstream -----------------------------------------------------------------------------------
