@@ -43,14 +43,10 @@ SUFFIX = "suffix"
 """Text added to the names it writes (backups): a ``/`` in it would write elsewhere."""
 PREFIX = "prefix"
 """The start of the names of the files it writes (``split``'s ``x`` for ``xaa``, ``xab``…)."""
-VALUE = "value"
-"""Any other value."""
-
-STDIO = "-"
-
-
 REPOSITORY = "repository"
 """A git repository git is told to use: its ``config`` must not be a file the agent may write."""
+VALUE = "value"
+"""Any other value."""
 
 
 @dataclass(frozen=True)
@@ -458,9 +454,10 @@ GIT_COMMANDS: dict[str, Program] = {
 def read_command(program: Program, arguments: list[Word], name: str, reading: Reading | None = None) -> Reading:
     """What ``arguments`` of ``program`` (``name`` in reasons) write, and what a pattern must spell out."""
     reading = reading if reading is not None else Reading()
-    words = list(arguments)
+    words, bundled, bundle = list(arguments), 0, None
     if program.old_style and words and words[0].literal and words[0].text and not words[0].text.startswith("-"):
-        words = _old_style(program, words, reading)
+        bundle = words[0].text
+        words, bundled = _old_style(program, words)
     # Where options write, a glob that bash could expand into options is risky.
     guarded = program.writes_through_options or program.url_names is not None
     index, ended = 0, False
@@ -487,13 +484,19 @@ def read_command(program: Program, arguments: list[Word], name: str, reading: Re
                     value, index = words[index], index + 1
             _record(reading, name, full, option, value=value, via=spelled)
         else:
-            index = _bundle(program, name, word, words, index=index, reading=reading)
+            old = bundle if index <= bundled else None
+            index = _bundle(program, name, word, words, index=index, reading=reading, written_as=old)
     _after_options(program, name, reading)
     return reading
 
 
-def _bundle(program: Program, name: str, word: Word, words: list[Word], *, index: int, reading: Reading) -> int:
-    """Read a bundle of short options (``-rno out``); the index of the word after it and its value."""
+def _bundle(
+    program: Program, name: str, word: Word, words: list[Word], *, index: int, reading: Reading, written_as: str | None
+) -> int:
+    """Read a bundle of short options (``-rno out``); the index of the word after it and its value.
+
+    :param written_as: the old-style bundle this option came from (``xzf``), as a pattern spells it.
+    """
     letters = word.text[1:]
     for position, letter in enumerate(letters):
         spelled = "-" + letter
@@ -504,15 +507,15 @@ def _bundle(program: Program, name: str, word: Word, words: list[Word], *, index
                 value = _tail(word, position + 2)
             elif not option.optional and index < len(words):
                 value, index = words[index], index + 1
-        _record(reading, name, spelled, option, value=value, via=spelled)
+        _record(reading, name, spelled, option, value=value, via=written_as or spelled)
         if option is not None and option.value is not None:
             break  # the rest of the bundle was its value
     return index
 
 
-def _old_style(program: Program, words: list[Word], reading: Reading) -> list[Word]:
+def _old_style(program: Program, words: list[Word]) -> tuple[list[Word], int]:
     """``tar cf out.tar dir`` read as ``tar -c -f out.tar dir``: each letter that takes a
-    value takes the next word. Its risks name the bundle, as a pattern would spell it."""
+    value takes the next word. Also how many of the words the bundle became."""
     bundle, rest = words[0], words[1:]
     expanded: list[Word] = []
     for letter in bundle.text:
@@ -520,9 +523,7 @@ def _old_style(program: Program, words: list[Word], reading: Reading) -> list[Wo
         expanded.append(Word("-" + letter, "-" + letter, bundle.start, bundle.end, [False, False]))
         if option is not None and option.value is not None and not option.optional and rest:
             expanded.append(rest.pop(0))
-        if option is not None and option.risky:
-            reading.risks.append((bundle.text, f"(`{letter}`) {option.risky}"))
-    return expanded + rest
+    return expanded + rest, len(expanded)
 
 
 def _record(reading: Reading, name: str, full: str, option: Option | None, *, value: Word | None, via: str) -> None:
@@ -925,6 +926,3 @@ def _may_become_option(word: Word) -> bool:
         return False
     first, quoted = word.text[:1], word.chars_quoted[:1] == [True]
     return not quoted and (first in "*?[{-" or first == "")
-
-
-__all__ = ["PROGRAMS", "Reading", "Refused", "Write", "read_command", "read_git"]

@@ -110,6 +110,8 @@ def test_risky_words_pass_when_a_pattern_spells_them_out(check):
     assert check("python3 -c 'print(1)'", ["python3 -c *"]) is None
     assert check("git -c color.ui=never status", ["git -c color.ui=never status"]) is None
     assert check("find . -name '*.pyc' -delete", ["find . -name * -delete"]) is None
+    assert check("tar xzf /tmp/a.tgz", ["tar xzf *"]) is None  # an old-style bundle, spelled out
+    assert check("tar -xzf /tmp/a.tgz", ["tar -x*"]) is not None  # not through a wildcard
     assert check("./manage.py test", ["./manage.py test"]) is None
     assert check("LANG=C sort x", ["LANG=C sort *"]) is None
     assert check("xargs -n1 echo", ["xargs *"]) is None
