@@ -14,7 +14,7 @@ CLAUDE_CODE_VERSION := 2.1.330
 CLAUDE_PREFIX := .tools/claude
 CLAUDE_STAMP  := $(CLAUDE_PREFIX)/.installed-$(CLAUDE_CODE_VERSION)
 
-.PHONY: up test lint install system-packages clean
+.PHONY: up test lint install system-packages constraints clean
 
 up: install
 	$(VENV)/bin/hyperhive up
@@ -32,11 +32,20 @@ system-packages:
 	@scripts/ensure-system-packages $(SYSTEM_PACKAGES)
 	@python3 -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-system-packages no-such-command=python3-venv
 
-$(STAMP): requirements-dev.txt $(PYPROJECTS)
+# constraints.txt pins every package to the version the tests last passed with.
+# setuptools announces each editable install of a flat layout (a package beside
+# pyproject.toml) with an information-only warning; the layout is deliberate.
+$(STAMP): requirements-dev.txt constraints.txt $(PYPROJECTS)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements-dev.txt
+	PYTHONWARNINGS="ignore:Editable installation" $(PYTHON) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $@
+
+# After a green `make test`: pin what it passed with (docs/operations.md). Local
+# packages (this tree's, editable) are not pinned.
+constraints:
+	{ echo "# The versions the tests passed with; refresh with \`make constraints\` (docs/operations.md)."; \
+	  $(PYTHON) -m pip freeze --exclude-editable | grep -v ' @ file:'; } > constraints.txt
 
 $(CLAUDE_STAMP):
 	rm -rf $(CLAUDE_PREFIX) && mkdir -p $(CLAUDE_PREFIX)
