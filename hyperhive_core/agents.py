@@ -56,6 +56,9 @@ class AgentConfig:
     )
     pids_max: int | None = option(None, help="Process and thread cap (0: none). Default: [containers] pids_max.")
     cpu_weight: int | None = option(None, help="CPU share, 1 to 10000. Default: [containers] cpu_weight.")
+    tmp_size_mb: int | None = option(
+        None, help="Size of each sandbox's /tmp in MiB (0: the kernel's default). Default: [containers] tmp_size_mb."
+    )
     recycle_rss_mb: int | None = option(
         None,
         help="Restart its Claude Code between turns (resuming the session) once the process\n"

@@ -28,6 +28,32 @@
   hidden ? [ ],
   # Container path -> host path, read-only: the agent's HOME, an empty directory.
   readOnlyAt ? { },
+  # The size of the container's /tmp in MiB ([containers] tmp_size_mb); 0: nspawn's own.
+  tmpSizeMb ? 0,
+  # System calls the container's payload may not make (nspawn's --system-call-filter=~),
+  # where its systemd can do without them; every exec loads the whole filter itself.
+  deniedSyscalls ? [
+    "perf_event_open"
+    "userfaultfd"
+    "kexec_load"
+    "kexec_file_load"
+    "init_module"
+    "finit_module"
+    "delete_module"
+    "swapon"
+    "swapoff"
+    "acct"
+    "settimeofday"
+    "stime"
+    "clock_settime"
+    "clock_settime64"
+    "ptrace"
+    "process_vm_readv"
+    "process_vm_writev"
+    "open_by_handle_at"
+  ],
+  # Container path -> host path, read-only: the agent's HOME, an empty directory.
+  readOnlyAt ? { },
   stateVersion ? "24.11",
 }:
 let
@@ -38,7 +64,11 @@ in
 {
   # Container root is an unprivileged host uid range, never host root.
   privateUsers = "pick";
-  extraFlags = [ "--private-users-ownership=auto" ];
+  extraFlags = [
+    "--private-users-ownership=auto"
+  ]
+  ++ (if tmpSizeMb > 0 then [ "--tmpfs=/tmp:mode=1777,size=${toString tmpSizeMb}M" ] else [ ])
+  ++ map (name: "--system-call-filter=~${name}") deniedSyscalls;
   # Loopback only, like every backend: the model API and the agent's egress are
   # reached through the daemon's proxy, model.sock in the bound socket directory.
   privateNetwork = true;

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import trio
 
 from hyperhive_core.claude import BUNDLED_CLI
 from hyperhive_core.containers import ContainerSpec, ContainerState, Limits, landlock
-from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection, Sandbox, hive_runtime_paths
+from hyperhive_core.containers.bwrap import SANDBOX_PATH, BwrapBackend, BwrapSection, Sandbox, hive_runtime_paths
 from hyperhive_core.containers.cgroups import Cgroups
 from hyperhive_core.containers.uids import AgentUids, UidRangeExhausted, m005_agent_uids
 from hyperhive_core.errors import ConfigError
@@ -367,6 +368,47 @@ async def test_tmp_is_private_to_each_sandbox(hive):
     assert (rc, set(out.split()) - bound) == (0, {marker})
     assert not Path("/tmp", marker).exists()
     assert set((await hive.run(alice, "ls -A /tmp"))[1].split()) - bound == set()
+
+
+TMP_CAPPED = Limits(memory_max_mb=0, memory_high_mb=0, pids_max=0, cpu_weight=100, tmp_size_mb=16)
+
+
+@needs_bwrap
+async def test_tmp_and_shm_are_capped_and_dev_is_read_only(hive):
+    """Each tmpfs is RAM the host gives; by default the kernel's half of it, each."""
+    alice = await hive.agent("alice", TMP_CAPPED)
+    script = (
+        "for dir in /tmp /var/tmp /dev/shm; do"
+        " head -c 12M /dev/zero > $dir/fits && echo $dir fits;"
+        " head -c 8M /dev/zero > $dir/more 2>/dev/null || echo $dir full; rm -f $dir/fits $dir/more; done;"
+        " touch /dev/planted 2>/dev/null || echo dev read-only;"
+        " df --output=size -k /tmp /dev/shm | tail -n +2"
+    )
+    rc, out, err = await hive.run(alice, script)
+    assert (rc, err) == (0, "")
+    assert [line.strip() for line in out.splitlines()] == [
+        *("/tmp fits", "/tmp full", "/var/tmp fits", "/var/tmp full", "/dev/shm fits", "/dev/shm full"),
+        "dev read-only",
+        *(str(16 * 1024), str(16 * 1024)),  # KiB
+    ]
+    # The write past the cap is ENOSPC, what programs expect of a full disk.
+    probe = "open('/tmp/big', 'wb').write(bytes(17 << 20))"
+    _, _, err = await hive.run(alice, f"python3 -c {shlex.quote(probe)}")
+    assert err.strip().endswith("OSError: [Errno 28] No space left on device")
+
+
+@needs_bwrap
+async def test_path_is_fixed_and_never_the_daemons(hive, monkeypatch):
+    odd = "/odd/daemon/bin:/tmp/planted:.:"
+    monkeypatch.setenv("PATH", odd)  # what the daemon was started with
+    alice = await hive.agent("alice")
+    rc, out, err = await hive.run(alice, "echo $PATH; command -v python; command -v hyperhive", env={"PATH": odd})
+    assert (rc, err) == (0, "")
+    path, python, hyperhive = out.split()
+    assert path == SANDBOX_PATH
+    assert path.split(":")[:3] == ["/usr/local/bin", "/usr/bin", "/bin"]
+    assert (python, hyperhive) == (f"{Path(sys.executable).parent}/python", f"{Path(sys.executable).parent}/hyperhive")
+    assert str(BUNDLED_CLI.parent) in path.split(":")  # `claude` by name, where it is installed
 
 
 # -- lifecycle -------------------------------------------------------------------

@@ -126,9 +126,10 @@ def test_proc_cgroup_lists_each_controllers_cgroup():
 
 def test_defaults_and_an_agents_own_caps():
     section = ContainersSection()
-    assert resolve_limits(section) == Limits(memory_max_mb=2048, memory_high_mb=1536, pids_max=512, cpu_weight=100)
-    own = resolve_limits(section, memory_max_mb=4096, pids_max=0, cpu_weight=50)
-    assert own == Limits(memory_max_mb=4096, memory_high_mb=1536, pids_max=0, cpu_weight=50)
+    defaults = Limits(memory_max_mb=2048, memory_high_mb=1536, pids_max=512, cpu_weight=100, tmp_size_mb=256)
+    assert resolve_limits(section) == defaults
+    own = resolve_limits(section, memory_max_mb=4096, pids_max=0, cpu_weight=50, tmp_size_mb=0)
+    assert own == Limits(memory_max_mb=4096, memory_high_mb=1536, pids_max=0, cpu_weight=50, tmp_size_mb=0)
     # The hive's soft cap never lands above an agent's lower hard cap.
     assert resolve_limits(section, memory_max_mb=1024).memory_high_mb == 1024
     assert resolve_limits(section, memory_max_mb=0).memory_high_mb == 1536
@@ -145,6 +146,7 @@ def test_weight_maps_to_shares_as_systemd_maps_it():
         ({"memory_max_mb": -1}, "memory_max_mb must be 0 (no cap) or at least 32, not -1"),
         ({"memory_high_mb": 4096}, "memory_high_mb (4096) must not be above memory_max_mb (2048)"),
         ({"pids_max": 3}, "pids_max must be 0 (no cap) or at least 16, not 3"),
+        ({"tmp_size_mb": 8}, "tmp_size_mb must be 0 (no cap) or at least 16, not 8"),
         ({"cpu_weight": 0}, "cpu_weight must be from 1 to 10000 (100 is an even share), not 0"),
         ({"cgroups": "maybe"}, "cgroups must be one of auto, required, off, not 'maybe'"),
         ({"memory_max_mb": "2G"}, "containers.memory_max_mb must be an integer, not a string ('2G')"),
@@ -172,6 +174,7 @@ def test_an_agents_bad_caps_are_named_with_the_agent(make_pm):
         "memory_high_mb": None,
         "pids_max": None,
         "cpu_weight": 300,
+        "tmp_size_mb": None,
     }
 
 
@@ -499,8 +502,8 @@ async def test_an_agent_over_its_cap_crashes_as_oom_and_resumes_its_session(make
 
 
 def test_an_agent_toml_keeps_the_caps_its_config_sets(tmp_path):
-    text = render_agent_toml(AgentConfig(memory_max_mb=4096, cpu_weight=50), [])
-    assert "memory_max_mb = 4096\ncpu_weight = 50\n" in text
+    text = render_agent_toml(AgentConfig(memory_max_mb=4096, cpu_weight=50, tmp_size_mb=1024), [])
+    assert "memory_max_mb = 4096\ncpu_weight = 50\ntmp_size_mb = 1024\n" in text
     assert "# pids_max: Process and thread cap (0: none). Default: [containers] pids_max." in text
     parsed = build_section(AgentConfig, tomllib.loads(text), "agent", tmp_path / "agent.toml")
     assert parsed.limit_overrides() == {
@@ -508,4 +511,5 @@ def test_an_agent_toml_keeps_the_caps_its_config_sets(tmp_path):
         "memory_high_mb": None,
         "pids_max": None,
         "cpu_weight": 50,
+        "tmp_size_mb": 1024,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hyperhive_core.containers import ContainerSpec, Limits
+from hyperhive_core.containers import ContainerSpec, Limits, seccomp
 from hyperhive_core.containers.cgroups import Hierarchy, Layout
 from hyperhive_core.containers.dbus_watch import UnitState
 from hyperhive_core.containers.nspawn import (
@@ -87,6 +88,7 @@ def test_nspawn_argv():
         "--bind=/var/lib/hyperhive/agents/alice/state:/state",
         "--bind=/var/lib/hyperhive/run/alice:/run/hyperhive",
         "--bind-ro=/var/lib/hyperhive/nspawn/empty_home:/home/agent",
+        *seccomp.nspawn_flags(container_init=False),
         "--",
         "/usr/bin/sleep",
         "infinity",
@@ -117,6 +119,28 @@ def test_the_units_resource_properties_are_the_agents_caps():
         *("systemctl", "set-property", "--runtime", "container@alice.service"),
         *caps[:4],
     ]
+
+
+def test_the_payload_gets_a_sized_tmp_and_the_seccomp_deny_list():
+    limits = Limits(memory_max_mb=2048, memory_high_mb=1536, pids_max=512, cpu_weight=100, tmp_size_mb=256)
+    argv = nspawn_argv("alice", Path("/srv/root"), MOUNTS, ["/usr/bin/sleep", "infinity"], limits=limits)
+    options = argv[: argv.index("--")]
+    assert "--tmpfs=/tmp:mode=1777,size=256M" in options
+    assert {f"--system-call-filter=~{name}" for name in seccomp.BLOCKED} <= set(options)
+    uncapped = nspawn_argv(
+        "alice", Path("/srv/root"), MOUNTS, ["true"], limits=dataclasses.replace(limits, tmp_size_mb=0)
+    )
+    assert not any(option.startswith("--tmpfs=/tmp") for option in uncapped)
+    # A NixOS container's own systemd mounts, makes namespaces and keyrings, and stops
+    # the container with reboot(): its init keeps those; every exec gets the whole filter.
+    nixos = nixos_host_settings(MOUNTS, limits)["EXTRA_NSPAWN_FLAGS"].split()
+    assert "--tmpfs=/tmp:mode=1777,size=256M" in nixos
+    kept = {f"--system-call-filter=~{name}" for name in seccomp.CONTAINER_INIT_NEEDS}
+    assert kept.isdisjoint(nixos)
+    assert {f"--system-call-filter=~{name}" for name in seccomp.BLOCKED} - kept <= set(nixos)
+    spec = dataclasses.replace(SPEC, limits=limits)
+    assert '"--tmpfs=/tmp:mode=1777,size=256M"' in render_agent_nix(spec, PROFILE, MOUNTS)
+    assert '"--system-call-filter=~ptrace"' in render_agent_nix(spec, PROFILE, MOUNTS)
 
 
 def test_an_exec_joins_its_units_cgroup_or_the_payload_nspawn_keeps_there(tmp_path):
@@ -192,7 +216,7 @@ def test_the_generated_agent_nix():
         {
           privateUsers = "pick";
           privateNetwork = true;
-          extraFlags = [ "--private-users-ownership=auto" ];
+          extraFlags = [ "--private-users-ownership=auto" FILTER];
           tmpfs = [ ];
           bindMounts = {
             "/state" = { hostPath = "/var/lib/hyperhive/agents/alice/state"; isReadOnly = false; };
@@ -215,7 +239,7 @@ def test_the_generated_agent_nix():
           };
         }
         """  # noqa: E501 - the generated lines are as long as they are
-    )
+    ).replace("FILTER", "".join(f'"{flag}" ' for flag in seccomp.nspawn_flags(container_init=True)))
 
 
 def test_secrets_never_reach_the_nix_store():
@@ -237,7 +261,8 @@ def test_host_settings_for_an_imperative_nixos_container():
         "HOST_ADDRESS": "",
         "LOCAL_ADDRESS": "",
         "PRIVATE_USERS": "pick",
-        "EXTRA_NSPAWN_FLAGS": "--private-users-ownership=auto --bind-ro=/opt/hyperhive "
+        "EXTRA_NSPAWN_FLAGS": f"--private-users-ownership=auto {' '.join(seccomp.nspawn_flags(container_init=True))} "
+        "--bind-ro=/opt/hyperhive "
         "--bind=/var/lib/hyperhive/agents/alice/state:/state --bind=/var/lib/hyperhive/run/alice:/run/hyperhive "
         "--bind-ro=/var/lib/hyperhive/nspawn/empty_home:/home/agent",
     }

@@ -37,6 +37,8 @@ class Limits:
     """Processes and threads the agent may have at once; a fork over it fails."""
     cpu_weight: int
     """Its share of the CPU under contention, 1 to 10000 (100 is an even share)."""
+    tmp_size_mb: int = 0
+    """The size of each of its sandboxes' ``/tmp`` (and ``/dev/shm``); 0: the kernel's default, half of RAM."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import trio
 import hyperhive_core
 from hyperhive_core import forward
 from hyperhive_core.agentenv import AGENT_HOME
+from hyperhive_core.claude import BUNDLED_CLI
 from hyperhive_core.config import option
 from hyperhive_core.containers import (
     ContainerBackend,
@@ -33,10 +34,12 @@ from hyperhive_core.containers import (
     ContainerState,
     ContainerStatus,
     ContainerView,
+    Limits,
     landlock,
+    seccomp,
 )
 from hyperhive_core.containers.acl import ensure_reachable
-from hyperhive_core.containers.cgroups import Cgroups, describe_limits
+from hyperhive_core.containers.cgroups import MIB, Cgroups, describe_limits
 from hyperhive_core.containers.spawn import SpawnedProcess
 from hyperhive_core.containers.uids import AgentUids, UidRangeClaim
 from hyperhive_core.errors import ConfigError, HyperhiveError
@@ -48,7 +51,13 @@ log = logging.getLogger(__name__)
 SANDBOX_STATE = Path("/state")
 SANDBOX_SOCKET = Path(CONTAINER_SOCKET)
 SANDBOX_TMP = "/tmp"  # noqa: S108 - a fresh tmpfs in each sandbox
+SANDBOX_SHM = "/dev/shm"  # noqa: S108 - likewise
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# PATH inside, whatever the daemon's: the system's, then the hive's virtualenv (its
+# Python, `hyperhive`) and the pinned claude, both bound read-only at their host paths.
+SANDBOX_PATH = ":".join(
+    dict.fromkeys([*DEFAULT_PATH.split(":"), str(Path(sys.executable).parent), str(BUNDLED_CLI.parent)])
+)
 
 # The merged-/usr layout: everything else of the host's system lives under /usr.
 SYSTEM_SYMLINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
@@ -203,6 +212,8 @@ class BwrapBackend(ContainerBackend):
         self.cgroups = cgroups
         self.no_limits = no_limits
         self.claim = claim
+        # Compiled once; each sandbox reads its own sealed copy.
+        self.seccomp = seccomp.compile_program()
         self._running: dict[str, int] = {}
         """Started agents, with their uids."""
         self._sandboxes: dict[str, set[Sandbox]] = {}
@@ -264,21 +275,22 @@ class BwrapBackend(ContainerBackend):
                 log.info("%s: uid %d may now pass through %s, to reach %s", spec.agent, uid, directory, source)
         cgroup = self.cgroups.get(spec.agent) if self.cgroups is not None else None
         procs = cgroup.open_procs() if cgroup is not None else []
-        identity = [_data_fd(_passwd(spec.agent, uid)), _data_fd(_group(spec.agent, uid))]
+        fds = [_data_fd(_passwd(spec.agent, uid)), _data_fd(_group(spec.agent, uid)), seccomp.program_fd(self.seccomp)]
+        passwd_fd, group_fd, seccomp_fd = fds
         try:
             sandbox = Sandbox.start(
-                self.sandbox_argv(spec, argv, pty=pty, passwd_fd=identity[0], group_fd=identity[1]),
+                self.sandbox_argv(spec, argv, pty=pty, passwd_fd=passwd_fd, group_fd=group_fd, seccomp_fd=seccomp_fd),
                 # Passed on by bwrap: never in its argv, which any user's ps shows.
                 env=_sandbox_env(spec.agent, env, pty),
                 cwd="/",
                 pty=pty,
                 user=uid,
-                pass_fds=identity,
+                pass_fds=fds,
                 preexec=landlock.restrict_scope if self.scope_sockets else None,
                 cgroups=procs,  # joined between fork and exec: bwrap starts inside the agent's cgroup
             )
         finally:
-            for fd in identity + procs:
+            for fd in fds + procs:
                 os.close(fd)
         live = self._sandboxes.setdefault(spec.agent, set())
         live.difference_update({done for done in live if done.returncode is not None})
@@ -318,10 +330,12 @@ class BwrapBackend(ContainerBackend):
         pty: bool,
         passwd_fd: int,
         group_fd: int,
+        seccomp_fd: int,
     ) -> list[str]:
         """The bwrap command line that runs ``argv`` in a new sandbox for ``spec.agent``."""
         args = [self.bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         args += ["--unshare-cgroup-try", "--die-with-parent", "--hostname", spec.agent]
+        args += ["--seccomp", str(seccomp_fd)]  # loaded last, just before argv runs
         args.append("--unshare-net")  # loopback only (bwrap brings lo up): the way out is model.sock
         if not pty:
             # A sandbox without a terminal of its own must not reach the daemon's (TIOCSTI).
@@ -330,14 +344,19 @@ class BwrapBackend(ContainerBackend):
         args += ["--ro-bind", "/usr", "/usr"]
         for link, target in SYSTEM_SYMLINKS.items():
             args += ["--symlink", target, link]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", SANDBOX_TMP, "--symlink", "../tmp", "/var/tmp"]  # noqa: S108
+        # Every tmpfs the agent may write is sized (the kernel's default is half of RAM, each);
+        # /dev, which holds only device nodes and links, turns read-only.
+        size = _tmpfs_size(spec.limits)
+        args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", SANDBOX_SHM, "--remount-ro", "/dev"]
+        args += [*size, "--tmpfs", SANDBOX_TMP, "--symlink", "../tmp", "/var/tmp"]  # noqa: S108
         for name in ETC_FILES:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         args += ["--ro-bind-data", str(passwd_fd), "/etc/passwd", "--ro-bind-data", str(group_fd), "/etc/group"]
         for path in self.ro_paths:
             args += ["--ro-bind", str(path), str(path)]
         if any(self.state_root.is_relative_to(path) for path in self.ro_paths):
-            args += ["--tmpfs", str(self.state_root)]  # other agents, the database, host.sock
+            # Other agents, the database, host.sock; read-only, as there is nothing to write.
+            args += ["--tmpfs", str(self.state_root), "--remount-ro", str(self.state_root)]
         args += ["--bind", str(spec.state_dir), str(SANDBOX_STATE)]
         for inside, source in spec.extra_binds.items():
             args += ["--bind", str(source), inside]
@@ -383,7 +402,7 @@ def _sandbox_env(agent: str, env: Mapping[str, str], pty: bool) -> dict[str, str
     base = {"HOME": str(AGENT_HOME), "USER": agent, "LOGNAME": agent, "PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
     if pty:
         base["TERM"] = "xterm-256color"
-    return base | dict(env)
+    return base | dict(env) | {"PATH": SANDBOX_PATH}  # never the daemon's
 
 
 def _passwd(agent: str, uid: int) -> str:
@@ -396,6 +415,11 @@ def _passwd(agent: str, uid: int) -> str:
 
 def _group(agent: str, uid: int) -> str:
     return f"root:x:0:\n{agent}:x:{uid}:\nnogroup:x:65534:\n"
+
+
+def _tmpfs_size(limits: Limits | None) -> list[str]:
+    """bwrap's ``--size`` for the next ``--tmpfs``: the agent's ``tmp_size_mb``, if it has one."""
+    return ["--size", str(limits.tmp_size_mb * MIB)] if limits is not None and limits.tmp_size_mb else []
 
 
 def _data_fd(text: str) -> int:

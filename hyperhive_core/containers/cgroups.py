@@ -42,6 +42,8 @@ MIB = 1024 * 1024
 # The smallest caps a config may ask for: below them not even a shell starts.
 MIN_MEMORY_MB = 32
 MIN_PIDS = 16
+# Below this Claude Code's own temporary files would not fit.
+MIN_TMP_MB = 16
 MAX_CPU_WEIGHT = 10_000
 # cgroup v1's cpu.shares bounds; a weight maps to shares as systemd maps them (100 → 1024).
 MIN_SHARES, MAX_SHARES = 2, 262_144
@@ -52,7 +54,7 @@ KILL_WAIT = 5.0
 POLL = 0.02
 DAEMON_LEAF = "daemon"
 MODES = ("auto", "required", "off")
-LIMIT_KEYS = ("memory_max_mb", "memory_high_mb", "pids_max", "cpu_weight")
+LIMIT_KEYS = ("memory_max_mb", "memory_high_mb", "pids_max", "cpu_weight", "tmp_size_mb")
 """The caps ``[containers]`` sets for every agent and ``[agents.NAME]`` may override."""
 
 
@@ -76,6 +78,11 @@ class ContainersSection:
     )
     pids_max: int = option(512, help="Processes and threads per agent; a fork over it fails. 0: no cap.")
     cpu_weight: int = option(100, help="Each agent's CPU share under contention, 1 to 10000; 100 is an even share.")
+    tmp_size_mb: int = option(
+        256,
+        help="Size of each sandbox's /tmp (and /dev/shm), in MiB: a write past it fails with\n"
+        "ENOSPC. Its pages count against memory_max_mb too. 0: the kernel's default, half of RAM.",
+    )
     cgroups: str = option(
         "auto",
         help="auto: caps where cgroups can be used, else run without (said loudly);\n"
@@ -88,6 +95,7 @@ class ContainersSection:
             memory_high_mb=self.memory_high_mb,
             pids_max=self.pids_max,
             cpu_weight=self.cpu_weight,
+            tmp_size_mb=self.tmp_size_mb,
         )
         if self.cgroups not in MODES:
             problems.append(f"cgroups must be one of {', '.join(MODES)}, not {self.cgroups!r}")
@@ -96,7 +104,12 @@ class ContainersSection:
 
 
 def limit_problems(
-    *, memory_max_mb: int | None, memory_high_mb: int | None, pids_max: int | None, cpu_weight: int | None
+    *,
+    memory_max_mb: int | None,
+    memory_high_mb: int | None,
+    pids_max: int | None,
+    cpu_weight: int | None,
+    tmp_size_mb: int | None,
 ) -> list[str]:
     """What is wrong with these caps (``None``: not given), one sentence per key."""
     problems = []
@@ -104,6 +117,7 @@ def limit_problems(
         ("memory_max_mb", memory_max_mb, MIN_MEMORY_MB),
         ("memory_high_mb", memory_high_mb, MIN_MEMORY_MB),
         ("pids_max", pids_max, MIN_PIDS),
+        ("tmp_size_mb", tmp_size_mb, MIN_TMP_MB),
     ):
         if value is not None and value != 0 and not least <= value:
             problems.append(f"{key} must be 0 (no cap) or at least {least}, not {value}")
@@ -124,6 +138,7 @@ def resolve_limits(
     memory_high_mb: int | None = None,
     pids_max: int | None = None,
     cpu_weight: int | None = None,
+    tmp_size_mb: int | None = None,
 ) -> Limits:
     """An agent's caps: its own values where it has them, else the hive's.
 
@@ -138,6 +153,7 @@ def resolve_limits(
         memory_high_mb=soft,
         pids_max=section.pids_max if pids_max is None else pids_max,
         cpu_weight=section.cpu_weight if cpu_weight is None else cpu_weight,
+        tmp_size_mb=section.tmp_size_mb if tmp_size_mb is None else tmp_size_mb,
     )
 
 

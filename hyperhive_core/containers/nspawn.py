@@ -40,6 +40,7 @@ from hyperhive_core.containers import (
     ContainerStatus,
     ContainerView,
     Limits,
+    seccomp,
 )
 from hyperhive_core.containers.bwrap import ETC_FILES, give_state_dir, hive_runtime_paths, outermost
 from hyperhive_core.containers.cgroups import (
@@ -130,13 +131,30 @@ def container_mounts(spec: ContainerSpec, read_only: Sequence[Path], state_root:
 # -- plain systemd-nspawn ------------------------------------------------------------
 
 
-def nspawn_argv(agent: str, root: Path, mounts: Mounts, command: Sequence[str], *, register: bool = True) -> list[str]:
+def confinement_flags(limits: Limits | None, *, container_init: bool) -> list[str]:
+    """nspawn options for the container's payload: ``/tmp`` sized to the agent's ``tmp_size_mb``
+    (nspawn's own is unsized) and the seccomp deny list (``seccomp.nspawn_flags``)."""
+    size = limits.tmp_size_mb if limits is not None else 0
+    tmp = [f"--tmpfs=/tmp:mode=1777,size={size}M"] if size else []
+    return [*tmp, *seccomp.nspawn_flags(container_init=container_init)]
+
+
+def nspawn_argv(
+    agent: str,
+    root: Path,
+    mounts: Mounts,
+    command: Sequence[str],
+    *,
+    register: bool = True,
+    limits: Limits | None = None,
+) -> list[str]:
     """The ``systemd-nspawn`` command line for ``agent``'s container.
 
     :param root: the container's minimal root directory (see ``make_root``); the
         host's ``/usr`` is bound over its ``usr``.
     :param command: the container's main process, run as pid 2 under nspawn's stub init.
     :param register: register with systemd-machined, which ``machinectl`` needs.
+    :param limits: the agent's caps; ``tmp_size_mb`` sizes ``/tmp``.
     """
     argv = ["systemd-nspawn", "--quiet", "--keep-unit", f"--machine={agent}", f"--directory={root}"]
     argv += [PICK_USERS, OWN_ROOT, "--as-pid2", "--resolv-conf=off", "--timezone=off", "--link-journal=no"]
@@ -149,6 +167,7 @@ def nspawn_argv(agent: str, root: Path, mounts: Mounts, command: Sequence[str], 
     argv += [f"--tmpfs={path}" for path in mounts.hidden]
     argv += [f"--bind={source}:{inside}" for inside, source in mounts.binds.items()]
     argv += [f"--bind-ro={source}:{inside}" for inside, source in mounts.read_only_at.items()]
+    argv += confinement_flags(limits, container_init=False)
     return [*argv, "--", *command]
 
 
@@ -254,12 +273,13 @@ def render_agent_nix(
     )
     identity = json.dumps({"agent": spec.agent, "role": spec.role, "model": profile.model}, indent=2)
     mcp = json.dumps(profile.mcp_config, indent=2, sort_keys=True)
+    confinement = confinement_flags(spec.limits, container_init=True)
     return (
         f"# The container of hyperhive agent {spec.agent!r}. Generated: every rebuild rewrites it.\n"
         "{\n"
         '  privateUsers = "pick";\n'
         "  privateNetwork = true;\n"
-        f"  extraFlags = {nix_list([nix_string(OWN_ROOT)])};\n"
+        f"  extraFlags = {nix_list(nix_string(flag) for flag in [OWN_ROOT, *confinement])};\n"
         f"  tmpfs = {nix_list(nix_string(str(path)) for path in mounts.hidden)};\n"
         "  bindMounts = {\n"
         f"{binds}"
@@ -278,7 +298,7 @@ def render_agent_nix(
     )
 
 
-def nixos_host_settings(mounts: Mounts) -> dict[str, str]:
+def nixos_host_settings(mounts: Mounts, limits: Limits | None = None) -> dict[str, str]:
     """What ``agent.nix`` asks of the host, as settings of the container's
     ``/etc/nixos-containers/<name>.conf``: imperative containers read them from there.
 
@@ -286,7 +306,8 @@ def nixos_host_settings(mounts: Mounts) -> dict[str, str]:
     addresses: ``nixos-container create`` would give it a veth pair to the host); its
     way out is ``model.sock``.
     """
-    flags = [OWN_ROOT, *(f"--bind-ro={path}" for path in mounts.read_only)]
+    flags = [OWN_ROOT, *confinement_flags(limits, container_init=True)]
+    flags += [f"--bind-ro={path}" for path in mounts.read_only]
     flags += [f"--tmpfs={path}" for path in mounts.hidden]
     flags += [f"--bind={source}:{inside}" for inside, source in mounts.binds.items()]
     flags += [f"--bind-ro={source}:{inside}" for inside, source in mounts.read_only_at.items()]
@@ -426,6 +447,7 @@ class NspawnBackend(ContainerBackend):
         if not self.nixos:
             self.read_only += [Path("/etc", name) for name in ETC_FILES if Path("/etc", name).exists()]
         self._layout: Layout | bool | None = None
+        self.seccomp = seccomp.compile_program()
         """Where the unit cgroups are, once known; ``False`` when they cannot be found."""
 
     def view(self, spec: ContainerSpec) -> ContainerView:
@@ -454,7 +476,7 @@ class NspawnBackend(ContainerBackend):
         settings = NIXOS_CONTAINERS_ETC / f"{spec.agent}.conf"
         action = "update" if settings.exists() else "create"
         await _run(nixos_container_argv(action, spec.agent, "--config-file", str(config / "configuration.nix")))
-        settings.write_text(merge_env_file(settings.read_text(), nixos_host_settings(mounts)))
+        settings.write_text(merge_env_file(settings.read_text(), nixos_host_settings(mounts, spec.limits)))
 
     async def start(self, spec: ContainerSpec) -> None:
         state = await self._unit_state(spec)
@@ -470,7 +492,8 @@ class NspawnBackend(ContainerBackend):
             await _run(nixos_container_argv("start", spec.agent))
             return
         await self.create(spec)
-        nspawn = nspawn_argv(spec.agent, self._root(spec), self.mounts(spec), ["/usr/bin/sleep", "infinity"])
+        command = ["/usr/bin/sleep", "infinity"]
+        nspawn = nspawn_argv(spec.agent, self._root(spec), self.mounts(spec), command, limits=spec.limits)
         await _run(start_unit_argv(nspawn, spec.agent, spec.limits))
 
     async def stop(self, spec: ContainerSpec) -> None:
@@ -510,14 +533,18 @@ class NspawnBackend(ContainerBackend):
         if (spec.socket_dir / SOCKET_NAME).is_socket():  # the daemon opens one for every agent
             argv = forward.command(CONTAINER_MODEL_SOCKET, list(argv))
         inside = in_container_argv(argv, env)
-        run = nixos_container_argv("run", spec.agent, "--", *inside) if self.nixos else nsenter_argv(leader, inside)
         # The host side needs a PATH to find its tools; the inside gets exactly ``env``.
         host_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         procs = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in await self._unit_procs(spec)]
+        # An exec joins the container's namespaces but not its payload's seccomp filter:
+        # it loads the whole filter itself, inside, before it runs anything else.
+        program = seccomp.program_fd(self.seccomp)
+        inside = seccomp.loader_argv(program, inside)
+        run = nixos_container_argv("run", spec.agent, "--", *inside) if self.nixos else nsenter_argv(leader, inside)
         try:
-            return SpawnedProcess.start(run, env=host_env, cwd="/", pty=pty, cgroups=procs)
+            return SpawnedProcess.start(run, env=host_env, cwd="/", pty=pty, pass_fds=[program], cgroups=procs)
         finally:
-            for fd in procs:
+            for fd in [program, *procs]:
                 os.close(fd)
 
     @property
