@@ -52,8 +52,6 @@
     "process_vm_writev"
     "open_by_handle_at"
   ],
-  # Container path -> host path, read-only: the agent's HOME, an empty directory.
-  readOnlyAt ? { },
   stateVersion ? "24.11",
 }:
 let
