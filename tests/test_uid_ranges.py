@@ -126,9 +126,9 @@ def test_a_claim_held_but_unreadable_blocks_every_range(tmp_path):
 
 
 def test_a_registry_it_cannot_write_is_a_clear_error(tmp_path):
-    with pytest.raises(
-        HyperhiveError, match=r"cannot claim agent uids 70000-70009 in /proc/hyperhive-uid-ranges: .*root"
-    ):
+    where = "cannot claim agent uids 70000-70009 in /proc/hyperhive-uid-ranges: "
+    what = re.escape('run it as root, or set [hive] container_backend = "process" (no isolation)')
+    with pytest.raises(HyperhiveError, match=f"{re.escape(where)}.*{what}"):
         claim_uid_range(70000, 10, tmp_path / "hive", Path("/proc/hyperhive-uid-ranges"))
 
 

@@ -128,8 +128,9 @@ def claim_uid_range(first: int, count: int, state_dir: Path, registry: Path = RE
         lock = open(registry / ".lock", "a")  # noqa: SIM115 - closed below, which unlocks
     except OSError as exc:
         raise HyperhiveError(
-            f"cannot claim agent uids {_describe(first, count)} in {registry}: {exc.strerror}; "
-            "the bwrap backend needs the daemon to run as root"
+            f"cannot claim agent uids {_describe(first, count)} in {registry}: {exc.strerror}; the bwrap "
+            "backend needs the daemon to run as root: run it as root, or set "
+            '[hive] container_backend = "process" (no isolation)'
         ) from None
     with lock:
         _lock_within(lock, REGISTRY_WAIT, f"another hive has held {registry / '.lock'} for {REGISTRY_WAIT:g} s")
