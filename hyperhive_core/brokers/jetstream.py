@@ -160,6 +160,10 @@ class JetStreamBroker(MessageBroker):
         assert self._bridge is not None
         try:
             return await self._bridge.run(make, **kwargs)
+        except nats.js.errors.APIError as exc:
+            if isinstance(exc, nats.js.errors.ServiceUnavailableError):  # JetStream is not up (yet)
+                raise StoreError(self._unreachable(exc)) from exc
+            raise StoreError(f"the NATS cluster at {self.where} refused the request: {exc.description}") from exc
         except UNREACHABLE as exc:
             raise StoreError(self._unreachable(exc)) from exc
 
@@ -196,7 +200,8 @@ class JetStreamBroker(MessageBroker):
         async def error(exc: Exception) -> None:
             log.debug("NATS client: %r", exc)
 
-        nc = await nats.connect(
+        nc = nats.NATS()
+        connecting = nc.connect(
             servers=self.section.urls,
             name=f"hyperhive {self.section.name}",
             connect_timeout=self.section.request_timeout_seconds,
@@ -207,6 +212,12 @@ class JetStreamBroker(MessageBroker):
             error_cb=error,
             **self.options,
         )
+        try:
+            # Reconnects go on forever once connected; the first connect gives up after the request timeout.
+            await asyncio.wait_for(connecting, self.section.request_timeout_seconds)
+        except BaseException:
+            await nc.close()
+            raise
         connected.set()
         try:
             js = nc.jetstream(timeout=self.section.request_timeout_seconds)
@@ -321,8 +332,19 @@ class JetStreamBroker(MessageBroker):
         return message
 
     async def _publish(self, subject: str, record: dict[str, Any], headers: dict[str, str] | None) -> api.PubAck:
+        """On the loop: store one record; a stream that has no responder yet (just made, electing) is asked again.
+
+        No responder means nobody received it, so asking again cannot store it twice.
+        """
         await self._until_connected()
-        return await self._js.publish(subject, _encode(record), headers=headers)
+        deadline = asyncio.get_running_loop().time() + self.section.request_timeout_seconds
+        while True:
+            try:
+                return await self._js.publish(subject, _encode(record), headers=headers)
+            except nats.js.errors.NoStreamResponseError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _repeat(self, draft: _Draft, message_id: int) -> Message:
         """The message first stored under ``draft``'s key, or why the repeat is refused."""
@@ -448,17 +470,21 @@ class JetStreamBroker(MessageBroker):
         filter_subject = f"{self.inbox_subject}.{recipient}.>"
         sub = await nc.subscribe(filter_subject)
         try:
+            seq = after_id + 1
             while True:
-                seq = after_id + 1
-                while True:
-                    try:
-                        found = await self._js.get_msg(self.inbox_stream, seq=seq, next=True, subject=filter_subject)
-                    except nats.js.errors.NotFoundError:
-                        break
-                    if json.loads(found.data).get("id", found.seq) > after_id:
-                        return
-                    seq = found.seq + 1  # a requeued copy of an older message
-                await sub.next_msg(timeout=None)
+                try:
+                    found = await self._js.get_msg(self.inbox_stream, seq=seq, next=True, subject=filter_subject)
+                except nats.js.errors.NotFoundError:
+                    break
+                if json.loads(found.data).get("id", found.seq) > after_id:
+                    return
+                seq = found.seq + 1  # a requeued copy of an older message
+            while True:
+                # A publish reaches subscribers as the stream stores it, so it may not be readable yet:
+                # the message itself says whether it is newer (a first copy always is).
+                arrived = await sub.next_msg(timeout=None)
+                if json.loads(arrived.data).get("id", after_id + 1) > after_id:
+                    return
         finally:
             await sub.unsubscribe()
 
@@ -489,9 +515,7 @@ class JetStreamBroker(MessageBroker):
         """On the loop: store the acked copies, then ack the originals away; return how many acks the server took."""
         await asyncio.gather(
             *(
-                self._js.publish(
-                    subject, _encode(record), headers={"Nats-Msg-Id": f"acked:{msg.metadata.sequence.stream}"}
-                )
+                self._publish(subject, record, {"Nats-Msg-Id": f"acked:{msg.metadata.sequence.stream}"})
                 for msg, (subject, record) in copies
             )
         )
@@ -528,10 +552,10 @@ class JetStreamBroker(MessageBroker):
         async def copy_then_ack() -> None:
             await asyncio.gather(
                 *(
-                    self._js.publish(
+                    self._publish(
                         f"{self.dead_subject}.{message.recipient}.{message.sender}.{message.id}",
-                        _encode(_record(message)),
-                        headers={"Nats-Msg-Id": f"dead:{msg.metadata.sequence.stream}"},
+                        _record(message),
+                        {"Nats-Msg-Id": f"dead:{msg.metadata.sequence.stream}"},
                     )
                     for (msg, _), message in zip(dead, buried, strict=True)
                 )
@@ -592,7 +616,7 @@ class JetStreamBroker(MessageBroker):
             for seq, message in dead:
                 record = {**_record(message), "id": message.id}
                 subject = f"{self.inbox_subject}.{message.recipient}.{message.sender}.r{message.id}"
-                await self._js.publish(subject, _encode(record), headers={"Nats-Msg-Id": f"requeue:{seq}"})
+                await self._publish(subject, record, {"Nats-Msg-Id": f"requeue:{seq}"})
                 await self._js.delete_msg(self.dead_stream, seq)
 
         await self._call(requeue)
@@ -631,7 +655,11 @@ class JetStreamBroker(MessageBroker):
         return sorted(found.values(), key=lambda message: message.id, reverse=True)[:limit]
 
     async def inbox_depth(self, recipient: str) -> int:
-        return len(await self._subjects(self.inbox_stream, f"{self.inbox_subject}.{recipient}.*.*"))
+        # The consumer's counts, not the stream's: an ack is the consumer's at once, the stream's a moment later.
+        recipient = check_address(recipient, "recipient")
+        await self._consumer(recipient)
+        info = await self._call(lambda: self._js.consumer_info(self.inbox_stream, recipient))
+        return info.num_pending + info.num_ack_pending
 
     async def _subjects(self, stream: str, filter_subject: str) -> list[str]:
         """Every subject in ``stream`` matching ``filter_subject``: one per message, from the leader."""
@@ -650,7 +678,13 @@ class JetStreamBroker(MessageBroker):
             subjects = sorted(subjects, key=lambda subject: int(subject.rsplit(".", 1)[1]), reverse=True)[:limit]
 
         async def read() -> list[Any]:
-            return await asyncio.gather(*(self._js.get_msg(stream, subject=subject) for subject in subjects))
+            found = await asyncio.gather(
+                *(self._js.get_msg(stream, subject=s) for s in subjects), return_exceptions=True
+            )
+            for result in found:
+                if isinstance(result, BaseException) and not isinstance(result, nats.js.errors.NotFoundError):
+                    raise result
+            return [result for result in found if not isinstance(result, BaseException)]  # gone meanwhile: acked
 
         stored = await self._call(read) if subjects else []
         messages = [self._decode(raw.subject, raw.seq, raw.data, state) for raw in stored]
@@ -664,12 +698,7 @@ class JetStreamBroker(MessageBroker):
         """Message ``message_id`` wherever it is now, with its sequence in that stream; ``None`` if nowhere."""
 
         async def look() -> tuple[str, Any] | None:
-            try:
-                raw = await self._js.get_msg(self.inbox_stream, seq=message_id)
-                if "id" not in json.loads(raw.data):
-                    return "queued", raw
-            except nats.js.errors.NotFoundError:
-                pass
+            # Copies first: a message is copied to dead or acked before it is acked away from the inbox.
             for stream, subject, state in (
                 (self.dead_stream, f"{self.dead_subject}.*.*.{message_id}", "dead"),
                 (self.acked_stream, f"{self.acked_subject}.*.*.{message_id}", "acked"),
@@ -679,7 +708,11 @@ class JetStreamBroker(MessageBroker):
                     return state, await self._js.get_msg(stream, subject=subject)
                 except nats.js.errors.NotFoundError:
                     continue
-            return None
+            try:
+                raw = await self._js.get_msg(self.inbox_stream, seq=message_id)
+            except nats.js.errors.NotFoundError:
+                return None
+            return ("queued", raw) if "id" not in json.loads(raw.data) else None
 
         hit = await self._call(look)
         if hit is None:

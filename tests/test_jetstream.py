@@ -1,0 +1,189 @@
+"""The JetStream backend beyond the conformance suite: an unreachable cluster, credentials, durability, a hive."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from hivekit import needs_claude, operator_reply, running_hive
+
+from hyperhive_core import hookimpl
+from hyperhive_core.broker import BrokerSection, RecipientDirectory, SqliteBroker
+from hyperhive_core.brokers import JetStreamSection
+from hyperhive_core.brokers.jetstream import JetStreamBroker
+from hyperhive_core.brokers.localcluster import LocalCluster
+from hyperhive_core.daemon import run_hive
+from hyperhive_core.errors import ConfigError, PluginError, StoreError
+
+
+def jetstream_broker(urls, **section):
+    policy = RecipientDirectory()
+    policy.add("bob")
+    return JetStreamBroker(JetStreamSection(urls=urls, **section), BrokerSection(), policy=policy)
+
+
+async def test_an_unreachable_cluster_refuses_sends_by_name_and_the_broker_reconnects_by_itself(nats_cluster, nursery):
+    # Long enough for a restarted cluster to elect its streams' leaders: a send waits that long at most.
+    broker = jetstream_broker(nats_cluster.urls, request_timeout_seconds=15.0)
+    await nursery.start(broker.serve)
+    before = await broker.send("operator", "bob", "before")
+
+    nats_cluster.stop()
+    with pytest.raises(StoreError) as refused:
+        await broker.send("operator", "bob", "while it is away", idempotency_key="away-1")
+    said = str(refused.value)
+    assert said.startswith("message to 'bob' was not stored, or not confirmed: the NATS cluster at ")
+    assert all(url in said for url in nats_cluster.urls)
+    assert "send it again (with the same idempotency key, if it had one)" in said
+
+    nats_cluster.start()  # the same nodes, ports and store dirs
+    after = await broker.send("operator", "bob", "while it is away", idempotency_key="away-1")
+    batch = await broker.lease("bob")
+    assert batch.ids == [before.id, after.id]  # nothing lost, nothing twice
+    assert [m.body for m in batch.messages] == ["before", "while it is away"]
+    await broker.ack(batch)
+
+
+async def test_a_first_connect_to_nothing_names_the_urls(tmp_path):
+    cluster = LocalCluster(tmp_path / "never-started")  # ports nobody listens on
+    broker = jetstream_broker(cluster.urls, request_timeout_seconds=1.0)
+    with pytest.raises(StoreError, match="cannot connect to NATS cluster at nats://127.0.0.1:"):
+        await broker.send("operator", "bob", "hi")
+    await broker.aclose()
+
+
+def test_a_credentials_file_others_can_read_is_refused(tmp_path):
+    secret = tmp_path / "nats.creds"
+    secret.write_text("hive:s3cret\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match=f"can be read by others \\(mode 644\\).*run chmod 600 {secret}"):
+        jetstream_broker(["nats://127.0.0.1:4222"], credentials_file=secret)
+    secret.write_text("neither\nof them\n")
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError, match="holds neither user:password"):
+        jetstream_broker(["nats://127.0.0.1:4222"], credentials_file=secret)
+    with pytest.raises(ConfigError, match="does-not-exist: No such file"):
+        jetstream_broker(["nats://127.0.0.1:4222"], credentials_file=tmp_path / "does-not-exist")
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        ({"urls": []}, "must name at least one server"),
+        ({"urls": ["http://x:4222"]}, "is not a NATS URL"),
+        ({"name": "a.b"}, "name must be 1-32 letters"),
+        ({"replicas": 2}, "replicas must be 1, 3 or 5"),
+        ({"heartbeat_seconds": 30.0}, "must be shorter than ack_wait_seconds"),
+        ({"tls_cert": "/x.pem"}, "tls_cert and tls_key go together"),
+    ],
+)
+def test_nonsense_jetstream_settings_are_a_config_error(make_pm, make_config, section, says):
+    with pytest.raises(ConfigError, match=says):
+        make_config(make_pm(), jetstream=section)
+
+
+async def test_credentials_from_a_0600_file_are_used(tmp_path, nursery):
+    cluster = LocalCluster(tmp_path / "nats", authorization='users: [{user: "hive", password: "s3cret"}]')
+    cluster.start()
+    try:
+        secret = tmp_path / "nats.creds"
+        secret.write_text("hive:s3cret\n")
+        secret.chmod(0o600)
+        broker = jetstream_broker(cluster.urls, credentials_file=secret)
+        await nursery.start(broker.serve)
+        assert (await broker.send("operator", "bob", "authorized")).body == "authorized"
+
+        secret.write_text("hive:wrong\n")
+        refused = jetstream_broker(cluster.urls, credentials_file=secret, request_timeout_seconds=1.0)
+        with pytest.raises(StoreError, match="cannot connect to NATS cluster"):
+            await refused.send("operator", "bob", "not authorized")
+        await refused.aclose()
+    finally:
+        cluster.close()
+
+
+async def test_the_cluster_fsyncs_every_write_and_a_kill_9_of_every_node_loses_nothing(nats_cluster, nursery):
+    # sync_interval: always is what the tests run and docs/cluster.md recommends on one machine.
+    for node in nats_cluster.nodes:
+        assert node.varz()["jetstream"]["config"]["sync_always"] is True  # fsync each write
+    assert "sync_interval: always" in nats_cluster.config(nats_cluster.nodes[0])
+    broker = jetstream_broker(nats_cluster.urls, request_timeout_seconds=10.0)
+    await nursery.start(broker.serve)
+    sent = [(await broker.send("operator", "bob", f"m{n}")).id for n in range(20)]
+    nats_cluster.stop(kill=True)
+    nats_cluster.start()
+    delivered = []
+    with trio.fail_after(30):
+        while len(delivered) < len(sent):  # a restarted consumer may hand them over in more than one batch
+            batch = await broker.wait_for_messages("bob", limit=100)
+            delivered += batch.ids
+            await broker.ack(batch)
+    assert delivered == sent
+
+
+class OtherBroker:
+    """A plugin's backend: the sqlite one under another name, to see the hook choose it."""
+
+    def __init__(self):
+        self.made = []
+
+    @hookimpl
+    def register_broker_backends(self, register):
+        def factory(hive, *, policy, on_commit, on_dead):
+            broker = SqliteBroker(hive.store, policy=policy, on_commit=on_commit, on_dead=on_dead)
+            self.made.append(broker)
+            return broker
+
+        register("other", factory)
+
+
+async def test_hook_register_broker_backends(make_pm, make_config):
+    plugin = OtherBroker()
+    pm = make_pm(other=plugin)
+    async with trio.open_nursery() as nursery:
+        hive = await nursery.start(run_hive, make_config(pm, broker={"backend": "other"}), pm)
+        assert plugin.made == [hive.broker]
+        message = await hive.broker.send("hive", "operator", "through the plugin's backend")
+        assert [m.id for m in await hive.broker.recent_for("operator")] == [message.id]
+        nursery.cancel_scope.cancel()
+
+    pm = make_pm()
+    with (
+        trio.fail_after(30),
+        pytest.raises(ConfigError, match="'nope' is not available; registered backends: jetstream"),
+    ):
+        await run_hive(make_config(pm, broker={"backend": "nope"}), pm)
+
+    class Clash:
+        @hookimpl
+        def register_broker_backends(self, register):
+            register("sqlite", lambda hive, **callbacks: None)
+
+    pm = make_pm(clash=Clash())
+    with trio.fail_after(30), pytest.raises(PluginError, match="'sqlite' is registered by both 'core' and 'clash'"):
+        await run_hive(make_config(pm), pm)
+
+
+REPLY = """
+[[agents.manager.rules]]
+when = "from operator"
+steps = [
+  { tool = "send", input = { to = "operator", body = "got it" } },
+  { text = "done" },
+]
+"""
+
+
+@needs_claude
+async def test_a_whole_hive_runs_on_jetstream(make_pm, tmp_path, nats_cluster):
+    jetstream = {"urls": nats_cluster.urls, "ack_wait_seconds": 5.0, "heartbeat_seconds": 1.0}
+    async with running_hive(tmp_path, make_pm(), REPLY, broker={"backend": "jetstream"}, jetstream=jetstream) as hive:
+        assert isinstance(hive.broker, JetStreamBroker)
+        sent = await hive.broker.send("operator", "manager", "hello over NATS")
+        with trio.fail_after(60):
+            reply = await operator_reply(hive, "manager")
+        assert reply.startswith("got it")
+        with trio.fail_after(10):
+            while await hive.broker.inbox_depth("manager"):
+                await trio.sleep(0.05)
+        [delivered] = await hive.broker.recent_for("manager")
+        assert (delivered.id, delivered.state) == (sent.id, "acked")
