@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from hyperhive_core.broker import BrokerSection, MessageBroker, RecipientDirectory, SqliteBroker
 from hyperhive_core.brokers import JetStreamSection
@@ -92,7 +93,8 @@ async def send_to_wake(broker: MessageBroker, count: int) -> list[float]:
     latencies = []
     async with trio.open_nursery() as nursery:
         await nursery.start(broker.serve)
-        await broker.ack(await broker.wait_for_messages("bob") if await broker.send("a", "bob", "warm") else None)
+        await broker.send("alice", "bob", "warm up")  # connect, create the streams and the consumer
+        await broker.ack(await broker.wait_for_messages("bob"))
         for _ in range(count):
             woke = trio.Event()
             began = [0.0]
