@@ -70,6 +70,9 @@ T = TypeVar("T")
 # idle recipient per this many seconds, and the longest a cancelled wait keeps
 # its request open to give back whatever still arrives for it.
 PULL_SECONDS = 30.0
+# A consumer learns of a stored message a moment after its send returned: ``lease``
+# waits this long for a first message before it says there is none.
+LEASE_LINGER_SECONDS = 0.25
 # The acked and dead copies dedupe a repeat (a crash between copy and ack) within this window.
 COPY_WINDOW_SECONDS = 300.0
 # Not a nats-py error, but what a JetStream request can end in when the cluster is away.
@@ -373,7 +376,7 @@ class JetStreamBroker(MessageBroker):
     async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
         recipient = check_address(recipient, "recipient")
         await self._consumer(recipient)
-        return await self._pull(recipient, limit or self.settings.batch_limit, None)
+        return await self._pull(recipient, limit or self.settings.batch_limit, LEASE_LINGER_SECONDS)
 
     async def _pull(self, recipient: str, limit: int, wait: float | None) -> Batch | None:
         msgs = await self._call(lambda: self._fetch(recipient, limit, wait), abandoned=self._give_back_now)

@@ -105,7 +105,25 @@ class LocalCluster:
         )
 
     def start(self, *nodes: Node) -> None:
-        """Start ``nodes`` (default: every stopped one) and wait until the whole cluster is healthy."""
+        """Start ``nodes`` (default: every stopped one) and wait until the whole cluster is healthy.
+
+        A port taken by someone else between choosing it and binding it: every node
+        gets fresh ports and starts again (a few times); any other failure stops them all.
+        """
+        for attempt in range(3):
+            self._launch(nodes)
+            try:
+                return self.wait_ready()
+            except HyperhiveError:
+                taken = any("address already in use" in (self.root / f"{n.name}.log").read_text() for n in self.nodes)
+                self.stop(kill=True)
+                if not taken or attempt == 2:
+                    raise
+                for node in self.nodes:
+                    node.client_port, node.route_port, node.http_port = free_port(), free_port(), free_port()
+                    (self.root / f"{node.name}.log").unlink()
+
+    def _launch(self, nodes: tuple[Node, ...]) -> None:
         binary = nats_server_binary()
         for node in nodes or self.nodes:
             if node.process is not None and node.process.poll() is None:
@@ -115,7 +133,6 @@ class LocalCluster:
             log = (self.root / f"{node.name}.log").open("ab")
             node.process = subprocess.Popen([binary, "-c", str(path)], stdout=log, stderr=subprocess.STDOUT)
             log.close()
-        self.wait_ready()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_SECONDS
