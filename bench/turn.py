@@ -2,11 +2,13 @@
 
 Wake → first model request: from the moment a message to an agent is sent until
 the model endpoint (the rehearsal model) receives the agent's request. Measured
-in one run for the hive's warm, persistent Claude Code session and for a fresh
-``claude -p`` process per turn, with the same CLI, flags, MCP config and endpoint.
+in one run for the hive's warm, persistent Claude Code session; for an agent
+asleep (``idle_release_seconds`` passed: no process, so the message starts its
+container and Claude Code, which resumes the session); and for a fresh ``claude
+-p`` process per turn, with the same CLI, flags, MCP config and endpoint.
 Usage::
 
-    .venv/bin/python bench/turn.py [--turns 20]
+    .venv/bin/python bench/turn.py [--turns 20] [--backend process|bwrap]
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from hyperhive_core.hive import Hive
 from hyperhive_core.plugins import make_plugin_manager
 
 SCENARIO = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
+# Short, so the asleep series does not wait long; the warm turns follow one another sooner.
+IDLE_RELEASE_SECONDS = 1.0
 
 
 def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
@@ -57,6 +61,23 @@ async def warm_latencies(hive: Hive, turns: int) -> list[float]:
             latencies.append((request.time - started) * 1000)
         else:
             emit("first_turn_with_process_start_ms", (request.time - started) * 1000, "ms")
+    return latencies
+
+
+async def asleep_latencies(hive: Hive, turns: int) -> list[float]:
+    """Each turn: wait until the manager is asleep, then wake it with a message."""
+    latencies = []
+    for index in range(turns):
+        async with hive.events.subscribe("manager", after_id=None) as events:
+            if hive.agents.get("manager").status.state.value != "asleep":
+                async for event in events:
+                    if event.type == "state_change" and event.data["state"] == "asleep":
+                        break
+        mark = hive.rehearsal.request_count
+        started = time.time()
+        await hive.broker.send("operator", "manager", f"asleep turn {index}")
+        request = await hive.rehearsal.wait_for_request(lambda r: r.agent == "manager", after=mark)
+        latencies.append((request.time - started) * 1000)
     return latencies
 
 
@@ -89,28 +110,33 @@ async def fresh_latencies(hive: Hive, turns: int) -> list[float]:
     return latencies
 
 
-async def main(turns: int) -> None:
+async def main(turns: int, backend: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "scenario.toml").write_text(SCENARIO)
         pm = make_plugin_manager([])
         raw = {
-            "hive": {"state_dir": str(root / "state"), "container_backend": "process"},
-            "claude": {"rehearsal_scenario": str(root / "scenario.toml")},
+            "hive": {"state_dir": str(root / "state"), "container_backend": backend},
+            "claude": {"rehearsal_scenario": str(root / "scenario.toml"), "idle_release_seconds": IDLE_RELEASE_SECONDS},
+            "bwrap": {"uid_range_start": 64400, "uid_range_size": 10},
         }
         config = load_config(root / "hyperhive.toml", raw, config_schemas(pm))
         async with trio.open_nursery() as nursery:
             hive = await nursery.start(run_hive, config, pm)
             warm = await warm_latencies(hive, turns)
+            asleep = await asleep_latencies(hive, turns)
             fresh = await fresh_latencies(hive, turns)
             nursery.cancel_scope.cancel()
-    for name, samples in (("warm", warm), ("fresh", fresh)):
-        emit(f"{name}_wake_to_request_p50_ms", statistics.median(samples), "ms", turns=len(samples))
-        emit(f"{name}_wake_to_request_p99_ms", percentile(samples, 0.99), "ms", turns=len(samples))
+    for name, samples in (("warm", warm), ("asleep", asleep), ("fresh", fresh)):
+        emit(f"{name}_wake_to_request_p50_ms", statistics.median(samples), "ms", turns=len(samples), backend=backend)
+        emit(f"{name}_wake_to_request_p99_ms", percentile(samples, 0.99), "ms", turns=len(samples), backend=backend)
     emit("fresh_over_warm_p50", statistics.median(fresh) / statistics.median(warm), "ratio")
+    emit("asleep_over_fresh_p50", statistics.median(asleep) / statistics.median(fresh), "ratio")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=20)
-    trio.run(main, parser.parse_args().turns)
+    parser.add_argument("--backend", choices=("process", "bwrap"), default="process")
+    args = parser.parse_args()
+    trio.run(main, args.turns, args.backend)
