@@ -423,7 +423,8 @@ class Harness:
         """Stop the CLI and the container; the queue, the session and the state stay for the next message."""
         assert self.session is not None
         async with self._session_lock:
-            if not self._may_sleep():  # a turn took a batch meanwhile: it wakes the agent
+            # A turn took a batch meanwhile (it wakes the agent), or something else happened.
+            if not self._may_sleep() or trio.current_time() < self._last_active + idle:
                 return
             if not self.asleep:  # else only the container a terminal started goes
                 self.hive.events.publish(self.name, "note", text=f"idle for {idle:g}s: going to sleep")
