@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -127,6 +128,20 @@ CHROMIUM_ARGS = [
 def launch_chromium(playwright: Any) -> Any:
     """Debian's Chromium through playwright (never a downloaded browser)."""
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+def wait_until(page: Any, expression: str, arg: Any = None, timeout: float = 30.0) -> None:
+    """Poll ``expression`` (a JS function of ``arg``) in ``page`` until it is truthy.
+
+    Playwright's ``wait_for_function`` polls with ``eval`` inside the page, which the
+    dashboard's Content-Security-Policy refuses once a first check comes out false;
+    ``evaluate`` runs through the debugger protocol, which the policy does not govern.
+    """
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout:.0f}s: {expression}")
+        page.wait_for_timeout(100)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import hyperhive_compaction
 import hyperhive_web
 import pytest
 import trio
-from hivekit import dashboard_page, needs_claude, next_event, running_hive
+from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
 from hyperhive_compaction import web
 from hyperhive_compaction.compactor import judge
 from hyperhive_compaction.notes import Backups, NotesError, read_notes, write_notes
@@ -413,12 +413,10 @@ def press_compact(url: str, token: str, done_text: str) -> dict:
         page.goto(f"{url}/agent/worker/")
         panel = page.locator("#panel-compaction")
         before = panel.inner_text()
-        page.wait_for_function("window.hyperhive && window.hyperhive.live")
+        wait_until(page, "() => window.hyperhive && window.hyperhive.live")
         panel.get_by_role("button", name="compact the notes now").click()
         # compaction.finished re-renders the panel with the run.
-        page.wait_for_function(
-            "text => document.querySelector('#panel-compaction').textContent.includes(text)", arg=done_text
-        )
+        wait_until(page, "text => document.querySelector('#panel-compaction').textContent.includes(text)", done_text)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.locator("#panel-compaction").screenshot(path=str(ARTIFACTS / "agent-panel.png"))
         after = page.locator("#panel-compaction").inner_text()

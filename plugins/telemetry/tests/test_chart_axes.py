@@ -16,7 +16,7 @@ import hyperhive_telemetry
 import hyperhive_web
 import pytest
 import trio
-from hivekit import dashboard_page, needs_claude, next_event, running_hive
+from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "telemetry"
@@ -65,7 +65,7 @@ X_AXES = """
 """
 
 EVERY_CHART_HAS_POINTS = (
-    "window.keptPlots.filter((plot) => plot.root.isConnected).length >= {count}"
+    "() => window.keptPlots.filter((plot) => plot.root.isConnected).length >= {count}"
     " && window.keptPlots.filter((plot) => plot.root.isConnected).every((plot) => plot.data[0].length > 0)"
 )
 
@@ -82,7 +82,7 @@ def axes_at(url: str, token: str, width: int) -> dict:
         page.add_init_script(KEEP_PLOTS)
         for name, path, count in (("agent", "/agent/manager/", 4), ("hive", "/", 2)):
             page.goto(f"{url}{path}")
-            page.wait_for_function(EVERY_CHART_HAS_POINTS.format(count=count))
+            wait_until(page, EVERY_CHART_HAS_POINTS.format(count=count))
             page.locator("#panel-telemetry").screenshot(path=str(ARTIFACTS / f"axes-{name}-{width}.png"))
             shown[name] = page.evaluate(X_AXES)
     return {"errors": errors, **shown}

@@ -13,7 +13,7 @@ import hyperhive_telemetry
 import hyperhive_web
 import pytest
 import trio
-from hivekit import dashboard_page, needs_claude, next_event, running_hive
+from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
 from hyperhive_telemetry.api import stats_body
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -57,9 +57,10 @@ def browse(url: str, token: str) -> dict:
     with dashboard_page(url, token, errors) as page:
         page.goto(f"{url}/agent/worker/")
         panel = page.locator("#panel-telemetry")
-        page.wait_for_function(
-            "document.querySelectorAll('#panel-telemetry .telemetry-chart canvas').length === 5"
-            " && document.querySelector('#panel-telemetry .telemetry-figures dd').textContent.startsWith('3 (')"
+        wait_until(
+            page,
+            "() => document.querySelectorAll('#panel-telemetry .telemetry-chart canvas').length === 5"
+            " && document.querySelector('#panel-telemetry .telemetry-figures dd').textContent.startsWith('3 (')",
         )
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         panel.screenshot(path=str(ARTIFACTS / "agent-panel.png"))
@@ -72,7 +73,7 @@ def browse(url: str, token: str) -> dict:
         )
         page.goto(f"{url}/")
         page.wait_for_selector("#panel-telemetry .telemetry-table tbody tr >> nth=1")
-        page.wait_for_function("document.querySelectorAll('#panel-telemetry canvas').length === 2")
+        wait_until(page, "() => document.querySelectorAll('#panel-telemetry canvas').length === 2")
         page.locator("#panel-telemetry").screenshot(path=str(ARTIFACTS / "hive-panel.png"))
         rows = page.locator("#panel-telemetry .telemetry-table tbody tr").all_inner_texts()
     return {"figures": figures, "rows": rows, "errors": errors}
