@@ -1,4 +1,4 @@
-"""Broker benchmarks, one JSON line per figure (ARCHITECTURE §12).
+"""Broker benchmarks, one JSON line per figure (docs/architecture.md §12).
 
 Durable sends are compared with raw sqlite single-row ``synchronous=FULL`` commits
 into the same table on the same disk, measured in the same run, so the ratios hold

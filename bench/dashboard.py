@@ -1,4 +1,4 @@
-"""Dashboard latency, one JSON line per figure (ARCHITECTURE §12).
+"""Dashboard latency, one JSON line per figure (docs/architecture.md §12).
 
 - SSE fan-out: N browsers hold ``GET /api/events`` open; the daemon publishes events
   stamped with a monotonic clock; each client notes when it got each one. p50/p99

@@ -1,4 +1,4 @@
-"""Turn latency, one JSON line per figure (ARCHITECTURE §12).
+"""Turn latency, one JSON line per figure (docs/architecture.md §12).
 
 Wake → first model request: from the moment a message to an agent is sent until
 the model endpoint (the rehearsal model) receives the agent's request. Measured

@@ -1,4 +1,4 @@
-"""The dashboard's JSON API: the contract of ARCHITECTURE §9, plus the page's own helpers under ``/-/web/``.
+"""The dashboard's JSON API: the contract of docs/architecture.md §9, plus the page's own helpers under ``/-/web/``.
 
 Every handler is a thin shell over the same functions the host socket serves
 (``hyperhive_core.host_commands``), so the CLI and the dashboard never disagree.

@@ -11,7 +11,7 @@ import pluggy
 from hyperhive_core.errors import PluginError
 from hyperhive_core.plugins import collect
 
-# Plugin routes the HTTP contract names (ARCHITECTURE §9); every other plugin route
+# Plugin routes the HTTP contract names (docs/architecture.md §9); every other plugin route
 # lives under /-/<plugin>/.
 CONTRACT_RULES = frozenset({"/api/answer-question", "/api/stats", "/metrics"})
 

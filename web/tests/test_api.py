@@ -1,4 +1,4 @@
-"""The contract JSON API (ARCHITECTURE §9) on a real hive: every route, and bad input answered clearly."""
+"""The contract JSON API (docs/architecture.md §9) on a real hive: every route, and bad input answered clearly."""
 
 from __future__ import annotations
 
