@@ -5,7 +5,8 @@ the model endpoint (the rehearsal model) receives the agent's request. Measured
 in one run for the hive's warm, persistent Claude Code session; for an agent
 asleep (``idle_release_seconds`` passed: no process, so the message starts its
 container and Claude Code, which resumes the session); and for a fresh ``claude
--p`` process per turn, with the same CLI, flags, MCP config and endpoint.
+-p`` process per turn, in the agent's container, with the same CLI, flags, MCP
+config and endpoint.
 Usage::
 
     .venv/bin/python bench/turn.py [--turns 20] [--backend process|bwrap]
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -98,15 +98,21 @@ async def fresh_latencies(hive: Hive, turns: int) -> list[float]:
         ",".join(options.allowed_tools),
     ]
     latencies = []
-    for index in range(turns):
-        mark = hive.rehearsal.request_count
-        started = time.time()
-        process = await trio.lowlevel.open_process(
-            [*argv, "--", f"fresh turn {index}"], env=options.env, stdout=subprocess.DEVNULL
-        )
-        request = await hive.rehearsal.wait_for_request(lambda r: r.agent == "manager", after=mark)
-        latencies.append((request.time - started) * 1000)
-        await process.wait()
+    # In the agent's container, as its own session runs: on bwrap its sandbox, and the model only through the daemon.
+    async with hive.container_in_use("manager"):
+        for index in range(turns):
+            mark = hive.rehearsal.request_count
+            started = time.time()
+            spec = hive.container_spec("manager")
+            process = await hive.backend.exec(spec, [*argv, "--", f"fresh turn {index}"], options.env)
+            assert process.stdin is not None
+            assert process.stdout is not None
+            await process.stdin.aclose()
+            request = await hive.rehearsal.wait_for_request(lambda r: r.agent == "manager", after=mark)
+            latencies.append((request.time - started) * 1000)
+            while await process.stdout.receive_some():  # its JSON result
+                pass
+            await process.wait()
     return latencies
 
 
