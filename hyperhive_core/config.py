@@ -221,7 +221,7 @@ def plain(value: Any) -> Any:
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 # TOML's basic strings may hold neither a quote, a backslash nor a control character
-# other than tab: each becomes its escape, the ones without a short form \uXXXX.
+# other than tab: each becomes its escape, the ones without a short form as \u and four hex digits.
 _STRING_ESCAPES = {code: f"\\u{code:04x}" for code in [*range(0x20), 0x7F]} | {
     ord('"'): '\\"',
     ord("\\"): "\\\\",

@@ -11,7 +11,7 @@ Each request is one of three:
   to the real endpoint (``[claude] base_url``, ``ANTHROPIC_BASE_URL`` or
   ``https://api.anthropic.com``; on the rehearsal model, the agent's own URL
   there) with the daemon's credential added, after any credential header the
-  sandbox sent is dropped. The CLI inside holds only a placeholder key, so no key
+  sandbox sent is dropped. The CLI inside holds only a stand-in key that opens nothing, so no key
   is ever in a sandbox, nor in any process's argv.
 - **``CONNECT host:port``** (``HTTPS_PROXY``): a byte tunnel, if ``host:port`` is on
   the agent's ``egress`` list (``egress.py``).
@@ -101,7 +101,7 @@ Headers = list[tuple[bytes, bytes]]
 
 def sandbox_env() -> dict[str, str]:
     """A sandboxed process's network environment: the model API and the egress proxy, both
-    at the forwarder; the placeholder key; and loopback kept direct."""
+    at the forwarder; the stand-in key; and loopback kept direct."""
     url = f"http://127.0.0.1:{PORT}"
     direct = "127.0.0.1,localhost,::1"
     proxies = {name: url for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")}

@@ -95,8 +95,8 @@ CASES = [
         "alternate-refs-command",
         "core.alternateRefsCommand",
         "",
-        "git -C ../shared fetch -q origin",
-        setup="git clone -q --shared . ../shared && git -C ../shared config core.alternateRefsCommand RUN"
+        "git -C ../mirror fetch -q origin",
+        setup="git clone -q --shared . ../mirror && git -C ../mirror config core.alternateRefsCommand RUN"
         " && git commit -q --allow-empty -m later",
     ),
     Case("ext-transport", "GIT_ALLOW_PROTOCOL", '[protocol "ext"]\n\tallow = always\n', "git ls-remote ext::RUN"),
