@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import trio
@@ -164,20 +164,12 @@ class AgentSockets:
             raise AgentSocketError(f"unknown role {role!r} for agent {agent!r}; use one of {sorted(ROLES)}")
         if agent in self._sockets:
             raise AgentSocketError(f"agent {agent!r} already has a socket at {self._sockets[agent].path}")
-        socket = self._sockets[agent] = _AgentSocket(ToolContext(self.hive, agent, role), Path(path))
-        try:
-            await self._nursery.start(self._serve_socket, socket, owner_uid)
-        except BaseException:
-            if self._sockets.get(agent) is socket:
-                del self._sockets[agent]
-            raise
+        socket = _AgentSocket(ToolContext(self.hive, agent, role), Path(path))
+        await start_listener(self._nursery, self._sockets, agent, socket, self._serve_socket, socket, owner_uid)
 
     async def close(self, agent: str) -> None:
         """Stop listening for ``agent``, end its sessions and remove the socket file."""
-        socket = self._sockets.pop(agent, None)
-        if socket is not None:
-            socket.scope.cancel()
-            await socket.closed.wait()
+        await stop_listener(self._sockets, agent)
 
     def connections(self, agent: str) -> int:
         """How many MCP sessions ``agent`` has open right now."""
@@ -236,6 +228,34 @@ class AgentSockets:
             return await self.call_tool(ctx, params.name, params.arguments or {})
 
         return Server(SERVER_NAME, version=hyperhive_core.__version__, on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+class Listener(Protocol):
+    """One agent's socket as a registry keeps it: its serving task's scope, and when it ended."""
+
+    scope: trio.CancelScope
+    closed: trio.Event
+
+
+async def start_listener(
+    nursery: trio.Nursery, registry: dict[str, Any], agent: str, listener: Listener, serve: Any, *args: Any
+) -> None:
+    """Register ``listener`` for ``agent`` and start ``serve(*args)``; unregister it if that fails."""
+    registry[agent] = listener
+    try:
+        await nursery.start(serve, *args)
+    except BaseException:
+        if registry.get(agent) is listener:
+            del registry[agent]
+        raise
+
+
+async def stop_listener(registry: dict[str, Any], agent: str) -> None:
+    """Cancel ``agent``'s listener, if any, and wait until it has cleaned up."""
+    listener = registry.pop(agent, None)
+    if listener is not None:
+        listener.scope.cancel()
+        await listener.closed.wait()
 
 
 def claude_tool_name(tool: str) -> str:

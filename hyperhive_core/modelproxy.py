@@ -49,7 +49,7 @@ import trio
 from hyperhive_core.egress import InvalidTarget, Target, allowed, parse_target
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.forward import PORT
-from hyperhive_core.mcp_surface import _listen
+from hyperhive_core.mcp_surface import _listen, start_listener, stop_listener
 
 if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
@@ -240,20 +240,12 @@ class ModelProxy:
             raise RuntimeError("ModelProxy.serve() must be running before a socket is opened")
         if agent in self._agents:
             raise RuntimeError(f"agent {agent!r} already has a model socket at {self._agents[agent].path}")
-        proxy = self._agents[agent] = _AgentProxy(Path(path))
-        try:
-            await self._nursery.start(self._serve_agent, agent, proxy)
-        except BaseException:
-            if self._agents.get(agent) is proxy:
-                del self._agents[agent]
-            raise
+        proxy = _AgentProxy(Path(path))
+        await start_listener(self._nursery, self._agents, agent, proxy, self._serve_agent, agent, proxy)
 
     async def close(self, agent: str) -> None:
         """Stop listening for ``agent``, end its connections and remove the socket file."""
-        proxy = self._agents.pop(agent, None)
-        if proxy is not None:
-            proxy.scope.cancel()
-            await proxy.closed.wait()
+        await stop_listener(self._agents, agent)
 
     def denied(self, agent: str) -> list[dict[str, Any]]:
         """The targets ``agent`` was refused since its socket opened (it last started), the
