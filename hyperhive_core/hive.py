@@ -49,6 +49,7 @@ from hyperhive_core.models import check_model
 from hyperhive_core.names import SYSTEM, check_agent_name
 from hyperhive_core.paths import StatePaths
 from hyperhive_core.plugins import HivePluginManager, await_all
+from hyperhive_core.stash import Stash
 from hyperhive_core.store import Store
 from hyperhive_core.tools import collect_tools
 
@@ -111,6 +112,8 @@ class Hive:
         self._claude_cli: Path | None = None
         # Dead letters found while the hive starts (the restart's requeue), reported once it is up.
         self._dead_held: list[Message] | None = []
+        self.stash = Stash()
+        """Plugins' own objects, each under a ``StashKey`` its plugin holds (docs/plugins.md#state)."""
 
     @property
     def claude_cli(self) -> Path:
