@@ -13,23 +13,24 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from hyperhive_core import hookimpl
-from hyperhive_core.containers import ContainerEvent, ContainerEventKind
-from hyperhive_core.panels import Panel
+from hyperhive_core import ContainerEvent, ContainerEventKind, Panel, StashKey, hookimpl
 from hyperhive_crashwatch import records
 from hyperhive_crashwatch.bursts import EVENT, Crashwatch
 from hyperhive_crashwatch.config import CrashwatchSection
 from hyperhive_crashwatch.panels import SHOWN, crash_panel
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
-__all__ = ["EVENT", "Crashwatch", "CrashwatchSection"]
+__all__ = ["CRASHWATCH", "EVENT", "Crashwatch", "CrashwatchSection"]
+
+CRASHWATCH = StashKey[Crashwatch]("crashwatch")
+"""The hive's crash bursts in ``hive.stash``, loaded at startup."""
 
 
 def crashwatch_of(hive: Hive) -> Crashwatch:
     """The hive's crash bursts, loaded at startup."""
-    return hive.crashwatch  # type: ignore[attr-defined]
+    return hive.stash[CRASHWATCH]
 
 
 @hookimpl
@@ -44,7 +45,7 @@ def register_migrations(register: Callable[[str, Iterable[Any]], None]) -> None:
 
 @hookimpl
 async def on_startup(hive: Hive) -> None:
-    hive.crashwatch = await Crashwatch.load(hive)  # type: ignore[attr-defined]
+    hive.stash[CRASHWATCH] = await Crashwatch.load(hive)
 
 
 @hookimpl

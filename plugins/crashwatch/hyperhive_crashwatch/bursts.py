@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from hyperhive_core import iso_utc
-from hyperhive_core.containers import ContainerEvent
 from hyperhive_crashwatch import records
 from hyperhive_crashwatch.config import CrashwatchSection
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import ContainerEvent, Hive
 
 EVENT = "container_crash"
 LINE_CHARS = 500

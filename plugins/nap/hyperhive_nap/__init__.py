@@ -12,21 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_core import hookimpl, iso_utc
-from hyperhive_core.panels import Panel
-from hyperhive_core.tools import ToolContext
+from hyperhive_core import Panel, StashKey, ToolContext, hookimpl, iso_utc
 from hyperhive_nap.naps import Naps, NapSection, m001_naps
 from hyperhive_nap.web import WAKE_ROUTE, nap_panel
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
-__all__ = ["NapSection", "Naps"]
+__all__ = ["NAPS", "NapSection", "Naps"]
+
+NAPS = StashKey[Naps]("nap")
+"""The hive's naps in ``hive.stash``, created at startup."""
 
 
 def naps_of(hive: Hive) -> Naps:
     """The hive's naps, created at startup."""
-    return hive.naps  # type: ignore[attr-defined]
+    return hive.stash[NAPS]
 
 
 async def nap(ctx: ToolContext, seconds: int) -> str:
@@ -60,7 +61,7 @@ def register_migrations(register: Callable[[str, Iterable[Any]], None]) -> None:
 
 @hookimpl
 async def on_startup(hive: Hive) -> None:
-    hive.naps = await Naps.load(hive)  # type: ignore[attr-defined]
+    hive.stash[NAPS] = await Naps.load(hive)
 
 
 @hookimpl
@@ -95,7 +96,7 @@ async def agent_panels(hive: Hive, agent: str) -> list[Panel]:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from hyperhive_core.cli import CliState, ask_daemon, pass_state
+    from hyperhive_core import CliState, ask_daemon, pass_state
 
     @cli.command(name="wake")
     @click.argument("name")

@@ -9,13 +9,10 @@ from typing import TYPE_CHECKING
 import sqlite_utils
 import trio
 
-from hyperhive_core import iso_utc
-from hyperhive_core.agents import State
-from hyperhive_core.config import option
-from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core import ConfigError, HyperhiveError, State, iso_utc, option
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 TABLE = "nap_naps"
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from html import escape
 from pathlib import Path
-from urllib.parse import quote
 
-from hyperhive_core import iso_utc
-from hyperhive_core.panels import Panel
+from hyperhive_core import Panel, iso_utc
 
 STATIC = Path(__file__).parent / "static"
 WAKE_ROUTE = "/-/nap/agents/<agent>/wake"
@@ -18,21 +15,13 @@ def nap_panel(agent: str, wake_at: float | None, waiting: int) -> Panel:
 
     It is always there, so its script is on the page to bring it back when a nap starts.
     """
-    if wake_at is None:
-        html = '<p class="nap nap-awake">awake.</p>'
-    else:
-        label, name = iso_utc(wake_at), escape(agent)
-        queued = f"{waiting} message{'s' if waiting != 1 else ''} wait{'s' if waiting == 1 else ''} for it"
-        html = (
-            f'<div class="nap"><p>napping until <time datetime="{label}">{label}</time> · {queued}.</p>'
-            f'<button type="button" class="go" data-api="/-/nap/agents/{quote(agent)}/wake" '
-            f'data-done="{name} is awake" aria-label="wake {name} now">☀ W4K3 N0W</button></div>'
-        )
+    queued = f"{waiting} message{'s' if waiting != 1 else ''} wait{'s' if waiting == 1 else ''} for it"
     return Panel(
         key="nap",
         title="N4P",
         label=f"{agent}'s nap",
-        html=html,
+        template="nap/panel.html",
+        context={"agent": agent, "wake_at": None if wake_at is None else iso_utc(wake_at), "queued": queued},
         placement="top",
         order=20,
         scripts=(STATIC / "nap.js",),

@@ -12,17 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_core import hookimpl, iso_utc
-from hyperhive_core.panels import Panel
-from hyperhive_core.tools import ToolContext
-from hyperhive_questions.commands import HOST_COMMANDS, add_commands, questions_of
+from hyperhive_core import Panel, ToolContext, hookimpl, iso_utc
+from hyperhive_questions.commands import HOST_COMMANDS, QUESTIONS, add_commands, questions_of
 from hyperhive_questions.questions import EVENT, Question, Questions, QuestionsSection, m001_questions
 from hyperhive_questions.web import ANSWER_ROUTE, answer_view, questions_panel
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
-__all__ = ["EVENT", "Question", "Questions", "QuestionsSection"]
+__all__ = ["EVENT", "QUESTIONS", "Question", "Questions", "QuestionsSection"]
 
 
 async def ask_operator(
@@ -57,7 +55,7 @@ def register_migrations(register: Callable[[str, Iterable[Any]], None]) -> None:
 
 @hookimpl
 async def on_startup(hive: Hive) -> None:
-    questions = hive.questions = Questions(hive)  # type: ignore[attr-defined]
+    questions = hive.stash[QUESTIONS] = Questions(hive)
     await questions.load()
 
 

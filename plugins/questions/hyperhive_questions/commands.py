@@ -7,15 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from hyperhive_core import StashKey
 from hyperhive_questions.questions import QuestionError, Questions
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
+
+QUESTIONS = StashKey[Questions]("questions")
+"""The hive's questions in ``hive.stash``, created at startup."""
 
 
 def questions_of(hive: Hive) -> Questions:
     """The hive's questions, created at startup."""
-    return hive.questions  # type: ignore[attr-defined]
+    return hive.stash[QUESTIONS]
 
 
 def question_id(value: Any) -> int:
@@ -81,7 +85,7 @@ def describe(question: dict[str, Any]) -> list[str]:
 
 
 def add_commands(cli: click.Group) -> None:
-    from hyperhive_core.cli import CliState, ask_daemon, echo_json, json_option, pass_state
+    from hyperhive_core import CliState, ask_daemon, echo_json, json_option, pass_state
 
     @cli.command(name="questions")
     @click.option("--all", "show_all", is_flag=True, help="Also the answered, cancelled and expired ones.")

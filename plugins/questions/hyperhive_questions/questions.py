@@ -20,12 +20,10 @@ from typing import TYPE_CHECKING, Any
 import sqlite_utils
 import trio
 
-from hyperhive_core import iso_utc
-from hyperhive_core.config import option
-from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core import ConfigError, HyperhiveError, iso_utc, option
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 log = logging.getLogger(__name__)
 
