@@ -14,7 +14,7 @@ CLAUDE_CODE_VERSION := 2.1.330
 CLAUDE_PREFIX := .tools/claude
 CLAUDE_STAMP  := $(CLAUDE_PREFIX)/.installed-$(CLAUDE_CODE_VERSION)
 
-.PHONY: up test lint install system-packages constraints clean
+.PHONY: up test lint typecheck install system-packages constraints clean
 
 up: install
 	$(VENV)/bin/hyperhive up
@@ -25,6 +25,10 @@ test: install lint
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Which files and how strictly: [tool.mypy] in pyproject.toml.
+typecheck: install
+	$(VENV)/bin/mypy
 
 install: system-packages $(STAMP) $(CLAUDE_STAMP)
 

@@ -128,5 +128,11 @@ def test_every_declared_dependency_is_pinned():
         )
         for item in group
     }
+    # The development tools requirements-dev.txt installs beside this tree's packages (-e lines).
+    declared |= {
+        requirement_name(line)
+        for line in (REPO / "requirements-dev.txt").read_text().splitlines()
+        if line and not line.startswith(("#", "-e "))
+    }
     assert sorted(declared - ours - set(pins)) == [], "pin them: `make constraints` (docs/operations.md)"
     assert not ours & set(pins), "this tree's own packages are installed editable, never pinned"
