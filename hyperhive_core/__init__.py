@@ -51,6 +51,13 @@ _EXPORTS = {
     "ask_daemon": "hyperhive_core.cli",
     "echo_json": "hyperhive_core.cliopts",
     "json_option": "hyperhive_core.cliopts",
+    # the dashboard's: acting for the operator, and the hooks it serves
+    "operator_actions": "hyperhive_core.host_commands",
+    "state_paths": "hyperhive_core.daemon",
+    "collect": "hyperhive_core.plugins",
+    "callers_by_plugin": "hyperhive_core.plugins",
+    "await_all": "hyperhive_core.plugins",
+    "root_cause": "hyperhive_core.supervise",
 }
 
 # Literal, for type checkers; test_meta checks it lists every export.
@@ -82,13 +89,19 @@ __all__ = [
     "UnknownAgent",
     "__version__",
     "ask_daemon",
+    "await_all",
+    "callers_by_plugin",
     "check_model",
+    "collect",
     "echo_json",
     "hookimpl",
     "iso_utc",
     "json_option",
+    "operator_actions",
     "option",
     "pass_state",
+    "root_cause",
+    "state_paths",
 ]
 
 if TYPE_CHECKING:
@@ -99,15 +112,19 @@ if TYPE_CHECKING:
     from hyperhive_core.cliopts import echo_json, json_option
     from hyperhive_core.config import option
     from hyperhive_core.containers import ContainerEvent, ContainerEventKind, ContainerProcess
+    from hyperhive_core.daemon import state_paths
     from hyperhive_core.errors import ConfigError, HyperhiveError, PluginError
     from hyperhive_core.events import Event, SubscriptionDropped
     from hyperhive_core.harness import Turn
     from hyperhive_core.hive import Hive
     from hyperhive_core.hookspecs import Service, hookimpl
+    from hyperhive_core.host_commands import operator_actions
     from hyperhive_core.models import check_model
     from hyperhive_core.names import OPERATOR, SYSTEM
     from hyperhive_core.panels import Panel
+    from hyperhive_core.plugins import await_all, callers_by_plugin, collect
     from hyperhive_core.stash import Stash, StashKey
+    from hyperhive_core.supervise import root_cause
     from hyperhive_core.tools import ToolContext
 
 

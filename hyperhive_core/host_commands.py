@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from hyperhive_core import dead_letters
@@ -151,3 +152,7 @@ COMMANDS = {
     "drafts": drafts,
     **dead_letters.COMMANDS,
 }
+
+# The same commands as one object, ``operator_actions.<command>(hive, …)``: how the
+# dashboard, itself a plugin, acts for the operator (docs/plugins.md).
+operator_actions = SimpleNamespace(**COMMANDS)
