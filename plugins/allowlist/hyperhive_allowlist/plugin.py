@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import shlex
 import sys
@@ -12,14 +11,10 @@ from typing import TYPE_CHECKING
 
 from hyperhive_allowlist.patterns import MAX_PATTERNS, pattern_problem
 from hyperhive_allowlist.writable import DEFAULT_WRITABLE, MAX_GRANTS, for_state, grant_problem
-from hyperhive_core import hookimpl
-from hyperhive_core.config import option
-from hyperhive_core.panels import Panel
+from hyperhive_core import Panel, hookimpl, option
 
 if TYPE_CHECKING:
-    from hyperhive_core.agents import AgentConfig
-    from hyperhive_core.claude import SessionOptions
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import AgentConfig, Hive, SessionOptions
 
 SECTION = "allowlist"
 # Claude Code lets a call through when its hook times out (2.1.330), so leave the
@@ -106,19 +101,12 @@ def configure_session(hive: Hive, agent: str, options: SessionOptions) -> None:
 
 @hookimpl
 def agent_panels(hive: Hive, agent: str) -> Iterable[Panel]:
-    section = section_of(hive, agent)
-    if section is None:
-        body = "<p>No allow-list: this agent's Bash follows <code>[claude] allowed_tools</code>.</p>"
-    elif not section.bash:
-        body = "<p>Empty allow-list: this agent may run no shell commands.</p>"
-    else:
-        items = "".join(f"<li><code>{html.escape(pattern)}</code></li>" for pattern in section.bash)
-        paths = "".join(f"<li><code>{html.escape(path)}</code></li>" for path in section.writable)
-        body = (
-            "<p>Every part of a Bash command must match one of these; "
-            "denials show as <code>permission_denied</code> in the live tail.</p>"
-            f'<ul class="allowlist">{items}</ul>'
-            "<p>Commands may write only here (never hidden files):</p>"
-            f'<ul class="allowlist">{paths}</ul>'
+    return [
+        Panel(
+            key="allowlist",
+            title="SH3LL 4LL0W-L1ST",
+            label="shell allow-list",
+            template="allowlist/panel.html",
+            context={"section": section_of(hive, agent)},
         )
-    return [Panel(key="allowlist", title="SH3LL 4LL0W-L1ST", label="shell allow-list", html=body)]
+    ]

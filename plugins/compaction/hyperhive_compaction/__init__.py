@@ -8,15 +8,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hyperhive_compaction import records, web
-from hyperhive_compaction.compactor import Compactor
+from hyperhive_compaction.compactor import COMPACTOR, Compactor
 from hyperhive_compaction.config import CompactionSection
-from hyperhive_core import hookimpl
-from hyperhive_core.models import check_model
+from hyperhive_core import check_model, hookimpl
 
 if TYPE_CHECKING:
-    from hyperhive_core.harness import Turn
-    from hyperhive_core.hive import Hive
-    from hyperhive_core.panels import Panel
+    from hyperhive_core import Hive, Panel, Turn
 
 
 @hookimpl
@@ -34,33 +31,33 @@ async def on_startup(hive: Hive) -> None:
     settings = hive.config.section("compaction")
     if settings.model is not None:
         check_model(settings.model, hive.claude.extra_models)
-    hive.compaction = Compactor(hive, settings)
+    hive.stash[COMPACTOR] = Compactor(hive, settings)
     await hive.store.write(records.mark_interrupted)
 
 
 @hookimpl
 def hive_services(hive: Hive) -> list[Callable[..., Any]]:
-    return [hive.compaction.serve]
+    return [hive.stash[COMPACTOR].serve]
 
 
 @hookimpl
 async def on_turn_start(hive: Hive, agent: str, turn: Turn) -> None:
-    await hive.compaction.turn_started(agent)
+    await hive.stash[COMPACTOR].turn_started(agent)
 
 
 @hookimpl
 async def on_turn_end(hive: Hive, agent: str, turn: Turn) -> None:
-    await hive.compaction.turn_ended(agent)
+    await hive.stash[COMPACTOR].turn_ended(agent)
 
 
 async def compact_notes(hive: Hive, agent: str) -> dict[str, Any]:
     """Host command: compact ``agent``'s notes now, or once its turn ends."""
-    return await hive.compaction.request(agent)
+    return await hive.stash[COMPACTOR].request(agent)
 
 
 async def compactions(hive: Hive, agent: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
     """Host command: the newest compactions of ``agent``, or the latest of each agent."""
-    return await hive.compaction.last(agent, limit)
+    return await hive.stash[COMPACTOR].last(agent, limit)
 
 
 @hookimpl
@@ -91,7 +88,7 @@ async def agent_panels(hive: Hive, agent: str) -> list[Panel]:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from hyperhive_core.cli import CliState, ask_daemon, pass_state
+    from hyperhive_core import CliState, ask_daemon, pass_state
 
     @cli.command(name="compact-notes")
     @click.argument("name")

@@ -28,17 +28,16 @@ from hyperhive_compaction.notes import (
     write_notes,
 )
 from hyperhive_compaction.session import WORKDIR, SessionResult, compaction_argv, follow_session
-from hyperhive_core.agents import State
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core import HyperhiveError, StashKey, State
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 log = logging.getLogger(__name__)
 
 
 class Compactor:
-    """One per hive, as ``hive.compaction``."""
+    """One per hive, in ``hive.stash[COMPACTOR]``."""
 
     def __init__(self, hive: Hive, settings: CompactionSection) -> None:
         self.hive = hive
@@ -258,3 +257,6 @@ def judge(result: SessionResult, original: bytes, after: bytes | None) -> str | 
     if len(after) >= len(original):
         return f"the result ({len(after)} bytes) is not smaller than the original ({len(original)} bytes)"
     return None
+
+
+COMPACTOR = StashKey[Compactor]("compaction")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hyperhive_core.config import option
-from hyperhive_core.errors import ConfigError
-from hyperhive_core.models import SHAPE
+from hyperhive_core import ConfigError, HyperhiveError, check_model, option
 
 
 @dataclass
@@ -37,8 +35,12 @@ class CompactionSection:
             raise ConfigError(
                 f"[compaction] retry_failed_after_seconds must be 0 or more, not {self.retry_failed_after_seconds}"
             )
-        if self.model is not None and not SHAPE.fullmatch(self.model):
-            # The name lands in the session's argv; on_startup checks it against the known models too.
-            raise ConfigError(
-                f"[compaction] model {self.model!r} is not a model name, like 'haiku'; fix it or leave it out"
-            )
+        if self.model is not None:
+            # The name lands in the session's argv, so its shape is checked here (the name
+            # itself counts as known); on_startup checks it against [claude] extra_models.
+            try:
+                check_model(self.model, extra_models=(self.model,))
+            except HyperhiveError:
+                raise ConfigError(
+                    f"[compaction] model {self.model!r} is not a model name, like 'haiku'; fix it or leave it out"
+                ) from None

@@ -14,7 +14,7 @@ import stat
 import time
 from pathlib import Path
 
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core import HyperhiveError
 
 NOTES = "notes.md"
 BACKUPS = "notes-backups"

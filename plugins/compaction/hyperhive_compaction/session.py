@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from hyperhive_core.containers import ContainerProcess
+    from hyperhive_core import ContainerProcess
 
 PROMPT = (
     "The file {path} holds an agent's durable notes, and it has grown too long. "

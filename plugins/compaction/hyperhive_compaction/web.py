@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import time
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyperhive_compaction import records
+from hyperhive_compaction.compactor import COMPACTOR
 from hyperhive_compaction.notes import notes_size
-from hyperhive_core.errors import HyperhiveError
-from hyperhive_core.panels import Panel
+from hyperhive_core import HyperhiveError, Panel
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 SCRIPTS = (Path(__file__).parent / "static" / "compaction.js",)
+# The outcomes templates/run.html tells apart.
+OUTCOMES = {"running": records.RUNNING, "ok": records.OK}
 
 
 def describe_run(run: dict[str, Any]) -> str:
@@ -37,65 +38,62 @@ async def compact_notes_command(hive: Hive, agent: str, args: str) -> str:
     """``/compact-notes``: compact this agent's notes now (or after its turn)."""
     if args:
         raise HyperhiveError("/compact-notes takes no arguments")
-    return describe_run(await hive.compaction.request(agent, wait=False))
+    return describe_run(await hive.stash[COMPACTOR].request(agent, wait=False))
 
 
 async def compact_view(hive: Hive, agent: str) -> dict[str, Any]:
     """``POST /-/compaction/agents/<agent>/compact``: the panel's button."""
-    return await hive.compaction.request(agent, wait=False)
+    return await hive.stash[COMPACTOR].request(agent, wait=False)
 
 
-def _run_summary(run: dict[str, Any] | None) -> str:
+def _run_context(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run as ``templates/run.html`` shows it: its row, its start in UTC, how much it saved."""
     if run is None:
-        return "no compaction yet"
-    utc = escape(_utc(run["started_at"]))
-    when = f'<time data-ago="{run["started_at"]}" title="{utc}">{utc}</time>'
-    if run["outcome"] == records.RUNNING:
-        return f"compacting now, started {when}, {run['before_bytes']} bytes"
-    sizes = f"{run['before_bytes']} → {run['after_bytes']} bytes"
+        return None
+    saved = None
     if run["outcome"] == records.OK:
         saved = 100 - round(100 * run["after_bytes"] / run["before_bytes"])
-        return f'<span class="ok">ok</span>, {sizes} ({saved}% smaller), {escape(run["trigger"])}, {when}'
-    return (
-        f'<span class="error">{escape(run["outcome"])}</span>, {escape(run["trigger"])}, {when}: '
-        f"{escape(run['reason'] or '')}"
-    )
-
-
-def _utc(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+    return {**run, "utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["started_at"])), "saved": saved}
 
 
 async def agent_panel(hive: Hive, agent: str) -> Panel:
     """The agent's notes size against the threshold, its last compaction, and a button to run one."""
-    compactor = hive.compaction
+    compactor = hive.stash[COMPACTOR]
     [run] = await compactor.last(agent) or [None]
-    size = notes_size(compactor.notes_path(agent))
-    threshold = compactor.settings.threshold_bytes
-    notes = "no notes.md yet" if size is None else f"notes.md is {size} bytes; compacted past {threshold}"
-    html = (
-        f"<p>{notes}</p><p>last compaction: {_run_summary(run)}</p>"
-        f'<button type="button" data-api="/-/compaction/agents/{escape(agent)}/compact" '
-        'data-done="compaction started" aria-label="compact the notes now">'
-        "📦 C0MP4CT N0W</button>"
+    context = {
+        "agent": agent,
+        "size": notes_size(compactor.notes_path(agent)),
+        "threshold": compactor.settings.threshold_bytes,
+        "run": _run_context(run),
+        **OUTCOMES,
+    }
+    return Panel(
+        key="compaction",
+        title="N0T3S",
+        label=f"notes compaction of {agent}",
+        template="compaction/agent.html",
+        context=context,
+        scripts=SCRIPTS,
     )
-    return Panel("compaction", "N0T3S", f"notes compaction of {agent}", html, scripts=SCRIPTS)
 
 
 async def hive_panel(hive: Hive) -> Panel:
     """Every agent's notes size and last compaction."""
-    compactor = hive.compaction
+    compactor = hive.stash[COMPACTOR]
     last = {run["agent"]: run for run in await compactor.last()}
-    rows = []
-    for agent in hive.agents:
-        size = notes_size(compactor.notes_path(agent.name))
-        rows.append(
-            f'<tr><th scope="row">{escape(agent.name)}</th><td>{"-" if size is None else size}</td>'
-            f"<td>{_run_summary(last.get(agent.name))}</td></tr>"
-        )
-    html = (
-        f"<p>notes.md is compacted past {compactor.settings.threshold_bytes} bytes.</p>"
-        '<table class="compaction"><thead><tr><th scope="col">agent</th><th scope="col">notes.md bytes</th>'
-        f'<th scope="col">last compaction</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    rows = [
+        {
+            "agent": agent.name,
+            "size": notes_size(compactor.notes_path(agent.name)),
+            "run": _run_context(last.get(agent.name)),
+        }
+        for agent in hive.agents
+    ]
+    return Panel(
+        key="compaction",
+        title="N0T3S C0MP4CT10N",
+        label="notes compaction of every agent",
+        template="compaction/hive.html",
+        context={"rows": rows, "threshold": compactor.settings.threshold_bytes, **OUTCOMES},
+        scripts=SCRIPTS,
     )
-    return Panel("compaction", "N0T3S C0MP4CT10N", "notes compaction of every agent", html, scripts=SCRIPTS)

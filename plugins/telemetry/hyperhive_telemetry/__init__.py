@@ -10,14 +10,11 @@ import click
 from hyperhive_core import hookimpl
 from hyperhive_telemetry import store, web
 from hyperhive_telemetry.api import stats_body
-from hyperhive_telemetry.collect import Telemetry
+from hyperhive_telemetry.collect import TELEMETRY, Telemetry
 from hyperhive_telemetry.config import TelemetrySection
 
 if TYPE_CHECKING:
-    from hyperhive_core.broker import Message
-    from hyperhive_core.harness import Turn
-    from hyperhive_core.hive import Hive
-    from hyperhive_core.panels import Panel
+    from hyperhive_core import Hive, Message, Panel, Turn
 
 
 @hookimpl
@@ -32,32 +29,33 @@ def register_migrations(register: Callable[[str, Iterable[Any]], None]) -> None:
 
 @hookimpl
 def on_startup(hive: Hive) -> None:
-    hive.telemetry = Telemetry(hive, hive.config.section("telemetry"))
+    hive.stash[TELEMETRY] = Telemetry(hive, hive.config.section("telemetry"))
 
 
 @hookimpl
 def hive_services(hive: Hive) -> list[Callable[..., Any]]:
-    return [hive.telemetry.run_sampler, hive.telemetry.run_retention]
+    telemetry = hive.stash[TELEMETRY]
+    return [telemetry.run_sampler, telemetry.run_retention]
 
 
 @hookimpl
 def on_turn_start(hive: Hive, agent: str) -> None:
-    hive.telemetry.turn_started(agent)
+    hive.stash[TELEMETRY].turn_started(agent)
 
 
 @hookimpl
 def on_message(hive: Hive, message: Message) -> None:
-    hive.telemetry.message_sent(message)
+    hive.stash[TELEMETRY].message_sent(message)
 
 
 @hookimpl
 async def on_turn_end(hive: Hive, agent: str, turn: Turn) -> None:
-    await hive.telemetry.turn_ended(agent, turn)
+    await hive.stash[TELEMETRY].turn_ended(agent, turn)
 
 
 @hookimpl
 async def on_dead_letter(hive: Hive, message: Message) -> None:
-    await hive.telemetry.dead_lettered(message)
+    await hive.stash[TELEMETRY].dead_lettered(message)
 
 
 @hookimpl
@@ -89,7 +87,7 @@ def register_host_commands(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_commands(cli: click.Group) -> None:
-    from hyperhive_core.cli import CliState, ask_daemon, echo_json, json_option, pass_state
+    from hyperhive_core import CliState, ask_daemon, echo_json, json_option, pass_state
 
     @cli.command(name="stats")
     @click.argument("name", required=False)

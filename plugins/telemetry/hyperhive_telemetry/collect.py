@@ -32,15 +32,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from hyperhive_core.names import OPERATOR, SYSTEM
+from hyperhive_core import OPERATOR, SYSTEM, StashKey
 from hyperhive_telemetry import store
 from hyperhive_telemetry.config import TelemetrySection
 from hyperhive_telemetry.store import HIVE, Sample
 
 if TYPE_CHECKING:
-    from hyperhive_core.broker import Message
-    from hyperhive_core.harness import Turn
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive, Message, Turn
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ async def current_samples(hive: Hive, at: float) -> list[Sample]:
 
 
 class Telemetry:
-    """One per hive, as ``hive.telemetry``: counts each turn's outgoing messages, runs the services."""
+    """One per hive, in ``hive.stash[TELEMETRY]``: counts each turn's outgoing messages, runs the services."""
 
     def __init__(self, hive: Hive, settings: TelemetrySection) -> None:
         self.hive = hive
@@ -159,3 +157,6 @@ class Telemetry:
         while True:
             await self.prune()
             await trio.sleep(self.settings.retention_interval_seconds)
+
+
+TELEMETRY = StashKey[Telemetry]("telemetry")

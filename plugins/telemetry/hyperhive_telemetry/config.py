@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hyperhive_core.config import option
-from hyperhive_core.errors import ConfigError
+from hyperhive_core import ConfigError, option
 
 
 @dataclass

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core import HyperhiveError
 from hyperhive_telemetry.store import HIVE, Sample
 
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")

@@ -1,21 +1,21 @@
 """The dashboard's side: ``GET /api/stats``, ``GET /metrics``, the agent page's charts, the hive panel.
 
-The panels are structure only; ``static/telemetry.js`` fills them from
-``/api/stats`` and keeps them live, drawing with the vendored uPlot.
+The panels (``templates/``) are structure only; ``static/telemetry.js`` fills them
+from ``/api/stats`` and keeps them live, drawing with the vendored uPlot.
 """
 
 from __future__ import annotations
 
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hyperhive_core.panels import Panel
+from hyperhive_core import Panel
 from hyperhive_telemetry.api import metrics_text, stats_body
+from hyperhive_telemetry.collect import TELEMETRY
 from hyperhive_telemetry.prometheus import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 STATIC = Path(__file__).parent / "static"
 SCRIPTS = (STATIC / "vendor" / "uplot" / "uPlot.iife.min.js", STATIC / "telemetry.js")
@@ -62,48 +62,38 @@ ROUTES = (("/api/stats", stats_view), ("/metrics", metrics_view))
 
 def agent_panel(hive: Hive, agent: str) -> Panel:
     """The agent page's charts and figures."""
-    settings = hive.telemetry.settings
-    span = describe_span(settings.window_seconds)
-    charts = "".join(
-        f'<figure><figcaption>{escape(caption)}</figcaption><div class="telemetry-chart" data-chart="{key}" '
-        f'data-label="{escape(caption)}" role="img" aria-label="{escape(what)}, {span}"></div></figure>'
-        for key, caption, what in AGENT_CHARTS
+    context = _context(hive, charts=AGENT_CHARTS, agent=agent)
+    return Panel(
+        key="telemetry",
+        title="ST4TS",
+        label=f"turn statistics of {agent}",
+        template="telemetry/agent.html",
+        context=context,
+        scripts=SCRIPTS,
+        styles=STYLES,
     )
-    html = (
-        f'<div class="telemetry" data-telemetry="agent" data-telemetry-agent="{escape(agent)}" '
-        f'{_timing(hive)}><p class="telemetry-status" role="status" hidden></p>'
-        f'<p class="telemetry-span">{span}</p>'
-        '<dl class="telemetry-figures" aria-live="polite"><dt>turns</dt><dd>loading…</dd></dl>'
-        f'<div class="telemetry-charts">{charts}</div></div>'
-    )
-    return Panel("telemetry", "ST4TS", f"turn statistics of {agent}", html, scripts=SCRIPTS, styles=STYLES)
 
 
 def hive_panel(hive: Hive) -> Panel:
     """The dashboard's table of every agent's figures, with two charts."""
-    span = describe_span(hive.telemetry.settings.window_seconds)
-    head = "".join(f'<th scope="col">{escape(column)}</th>' for column in HIVE_COLUMNS)
-    charts = "".join(
-        f'<figure><figcaption>{escape(caption)}</figcaption><div class="telemetry-chart" data-chart="{key}" '
-        f'role="img" aria-label="{escape(what)}, {span}"></div></figure>'
-        for key, caption, what in HIVE_CHARTS
+    context = _context(hive, charts=HIVE_CHARTS, columns=HIVE_COLUMNS)
+    return Panel(
+        key="telemetry",
+        title="T3L3M3TRY",
+        label="turn statistics of every agent",
+        template="telemetry/hive.html",
+        context=context,
+        scripts=SCRIPTS,
+        styles=STYLES,
     )
-    html = (
-        f'<div class="telemetry" data-telemetry="hive" {_timing(hive)}>'
-        '<p class="telemetry-status" role="status" hidden></p>'
-        f'<p class="telemetry-span">{span}; <span class="telemetry-approvals">approvals waiting: …</span></p>'
-        f'<table class="telemetry-table"><caption class="sr">turn statistics by agent, {span}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody></tbody></table>"
-        f'<div class="telemetry-charts">{charts}</div></div>'
-    )
-    return Panel("telemetry", "T3L3M3TRY", "turn statistics of every agent", html, scripts=SCRIPTS, styles=STYLES)
 
 
-def _timing(hive: Hive) -> str:
-    settings = hive.telemetry.settings
+def _context(hive: Hive, **extra: Any) -> dict[str, Any]:
+    settings = hive.stash[TELEMETRY].settings
     # Refresh about as often as the sampler writes, within reason for a browser.
     refresh = min(max(settings.sample_interval_seconds, 5.0), 60.0)
-    return f'data-telemetry-window="{settings.window_seconds:g}" data-telemetry-refresh="{refresh:g}"'
+    span = describe_span(settings.window_seconds)
+    return {"span": span, "window": f"{settings.window_seconds:g}", "refresh": f"{refresh:g}", **extra}
 
 
 def describe_span(seconds: float) -> str:
