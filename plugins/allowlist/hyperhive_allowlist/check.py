@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, out: TextIO
     argv = sys.argv[1:] if argv is None else argv
     stdin = sys.stdin if stdin is None else stdin
     out = sys.stdout if out is None else out
+    reason: str | None
     try:
         if len(argv) != 1:
             raise ValueError("it takes one argument, its JSON configuration")

@@ -91,8 +91,8 @@ def configure_session(hive: Hive, agent: str, options: SessionOptions) -> None:
         return
     kept = [tool for tool in options.allowed_tools if tool != "Bash" and not tool.startswith("Bash(")]
     options.allowed_tools = kept + [f"Bash({pattern})" for pattern in section.bash]
-    hook = {"type": "command", "command": hook_command(section.bash, agent_writable(hive, agent, section))}
-    hook["timeout"] = HOOK_TIMEOUT_SECONDS
+    command = hook_command(section.bash, agent_writable(hive, agent, section))
+    hook = {"type": "command", "command": command, "timeout": HOOK_TIMEOUT_SECONDS}
     hooks = options.settings.setdefault("hooks", {})
     # Core starts every session with --setting-sources "": no settings file in the
     # agent's home ({"disableAllHooks": true}) can switch this hook off.

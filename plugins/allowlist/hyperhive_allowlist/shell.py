@@ -144,9 +144,10 @@ class _Parser:
             elif token.op in REDIRECTIONS:
                 target = token.heredoc.target if token.heredoc else None
                 if target is None:
-                    if position == len(tokens) or not isinstance(tokens[position], Word):
+                    following = tokens[position] if position < len(tokens) else None
+                    if not isinstance(following, Word):
                         raise Refused(f"syntax error: `{token.op}` needs a target")
-                    target = tokens[position]
+                    target = following
                     position += 1
                 redirects.append(self._redirect(token, target, words))
                 span += [target.end]

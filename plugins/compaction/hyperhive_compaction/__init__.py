@@ -28,7 +28,7 @@ def register_migrations(register: Callable[[str, Iterable[Any]], None]) -> None:
 
 @hookimpl
 async def on_startup(hive: Hive) -> None:
-    settings = hive.config.section("compaction")
+    settings: CompactionSection = hive.config.section("compaction")
     if settings.model is not None:
         check_model(settings.model, hive.claude.extra_models)
     hive.stash[COMPACTOR] = Compactor(hive, settings)

@@ -20,7 +20,7 @@ INTERRUPTED = "interrupted"
 
 
 def m001_runs(db: sqlite_utils.Database) -> None:
-    db[TABLE].create(
+    db.table(TABLE).create(
         {
             "id": int,
             "agent": str,
@@ -38,7 +38,7 @@ def m001_runs(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"agent", "trigger", "started_at", "before_bytes", "outcome"},
     )
-    db[TABLE].create_index(["agent", "id"])
+    db.table(TABLE).create_index(["agent", "id"])
 
 
 MIGRATIONS = [m001_runs]
@@ -54,7 +54,8 @@ def start_run(db: sqlite_utils.Database, agent: str, trigger: str, model: str, b
         "before_bytes": before_bytes,
         "outcome": RUNNING,
     }
-    run_id = db[TABLE].insert(row).last_pk
+    run_id = db.table(TABLE).insert(row).last_pk
+    assert isinstance(run_id, int)  # an integer primary key, set by the insert
     db.execute(
         f"DELETE FROM {TABLE} WHERE agent = ? AND id NOT IN "  # noqa: S608 - a constant table name
         f"(SELECT id FROM {TABLE} WHERE agent = ? ORDER BY id DESC LIMIT ?)",
@@ -65,8 +66,8 @@ def start_run(db: sqlite_utils.Database, agent: str, trigger: str, model: str, b
 
 def finish_run(db: sqlite_utils.Database, run_id: int, **columns: Any) -> dict[str, Any]:
     """Record how a run ended; return the whole row."""
-    db[TABLE].update(run_id, {"finished_at": time.time(), **columns})
-    return db[TABLE].get(run_id)
+    db.table(TABLE).update(run_id, {"finished_at": time.time(), **columns})
+    return db.table(TABLE).get(run_id)
 
 
 def mark_interrupted(db: sqlite_utils.Database) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -44,7 +44,7 @@ class SessionResult:
     cost_usd: float = 0.0
 
 
-def compaction_argv(cli: Path, notes: PurePosixPath, workdir: PurePosixPath, model: str) -> list[str]:
+def compaction_argv(cli: Path, notes: PurePath, workdir: PurePath, model: str) -> list[str]:
     """The command that runs the session; paths are as the container sees them."""
     # Claude Code reads "/x" in a rule as relative to the project; "//x" is the absolute path.
     rules = ",".join(f"{tool}(/{notes})" for tool in TOOLS)

@@ -59,12 +59,12 @@ def _run_context(run: dict[str, Any] | None) -> dict[str, Any] | None:
 async def agent_panel(hive: Hive, agent: str) -> Panel:
     """The agent's notes size against the threshold, its last compaction, and a button to run one."""
     compactor = hive.stash[COMPACTOR]
-    [run] = await compactor.last(agent) or [None]
+    runs = await compactor.last(agent)
     context = {
         "agent": agent,
         "size": notes_size(compactor.notes_path(agent)),
         "threshold": compactor.settings.threshold_bytes,
-        "run": _run_context(run),
+        "run": _run_context(runs[0] if runs else None),
         **OUTCOMES,
     }
     return Panel(

@@ -98,9 +98,9 @@ def render(
     rate = family("hyperhive_turns_per_minute", "gauge", f"Turns per minute over the last {window_seconds:g}s.")
     for agent in sorted(set(turns) | set(window_durations)):
         for quantile in (0.5, 0.95):
-            value = percentile(window_durations[agent], quantile * 100)
-            if value is not None:
-                duration.add(value / 1000, agent=agent, quantile=str(quantile))
+            ms = percentile(window_durations[agent], quantile * 100)
+            if ms is not None:
+                duration.add(ms / 1000, agent=agent, quantile=str(quantile))
         duration.add(durations_ms[agent] / 1000, "_sum", agent=agent)
         duration.add(turns[agent], "_count", agent=agent)
         rate.add(len(window_durations[agent]) / (window_seconds / 60), agent=agent)

@@ -94,7 +94,8 @@ def parse_query(args: Mapping[str, Sequence[str]], now: float, default_window: f
     with_series = (args.get("series") or ["1"])[-1]
     if with_series not in ("0", "1"):
         raise BadQuery(f"series={with_series!r}: give 1 for the points (the default) or 0 for the summaries alone")
-    since = parse_since((args.get("since") or [None])[-1], now, default_window)
+    given = args.get("since")
+    since = parse_since(given[-1] if given else None, now, default_window)
     agents = _split(args.get("agent", ()))
     keys = _split(args.get("key", ()))
     for key in keys:
@@ -121,7 +122,7 @@ def summarise(samples: Iterable[Sample], since: float, until: float) -> dict[str
     for sample in samples:
         by_agent[sample.agent][sample.key].append(sample.value)
     minutes = max(until - since, 1.0) / 60
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for agent, keys in sorted(by_agent.items()):
         if agent == HIVE:
             summary[agent] = {"approval_queue": _gauge(keys["approval_queue"])}

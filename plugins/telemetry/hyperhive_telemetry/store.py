@@ -28,10 +28,10 @@ class Sample(NamedTuple):
 
 
 def m001_stats(db: sqlite_utils.Database) -> None:
-    db[STATS].create({"agent": str, "ts": float, "key": str, "value": float}, not_null={"agent", "ts", "key"})
-    db[STATS].create_index(["agent", "key", "ts"])
-    db[STATS].create_index(["ts"])  # retention
-    db[TOTALS].create({"agent": str, "key": str, "value": float}, pk=("agent", "key"), not_null={"value"})
+    db.table(STATS).create({"agent": str, "ts": float, "key": str, "value": float}, not_null={"agent", "ts", "key"})
+    db.table(STATS).create_index(["agent", "key", "ts"])
+    db.table(STATS).create_index(["ts"])  # retention
+    db.table(TOTALS).create({"agent": str, "key": str, "value": float}, pk=("agent", "key"), not_null={"value"})
 
 
 MIGRATIONS = [m001_stats]
@@ -72,7 +72,8 @@ def query(
     :param keys: only these keys (all when empty); ``tool:*`` matches every key
         starting with ``tool:``.
     """
-    where, params = ["ts >= ?"], [since]
+    where: list[str] = ["ts >= ?"]
+    params: list[str | float] = [since]
     if until is not None:
         where.append("ts <= ?")
         params.append(until)
