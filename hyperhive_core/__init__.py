@@ -29,6 +29,8 @@ _EXPORTS = {
     "Message": "hyperhive_core.broker",
     "NotDeadLetter": "hyperhive_core.broker",
     "Turn": "hyperhive_core.harness",
+    "TurnResult": "hyperhive_core.claude",
+    "TurnExit": "hyperhive_core.claude",
     "SessionOptions": "hyperhive_core.claude",
     "ToolContext": "hyperhive_core.tools",
     "ContainerEvent": "hyperhive_core.containers",
@@ -86,6 +88,8 @@ __all__ = [
     "SubscriptionDropped",
     "ToolContext",
     "Turn",
+    "TurnExit",
+    "TurnResult",
     "UnknownAgent",
     "__version__",
     "ask_daemon",
@@ -107,7 +111,7 @@ __all__ = [
 if TYPE_CHECKING:
     from hyperhive_core.agents import AgentConfig, State, UnknownAgent
     from hyperhive_core.broker import Message, NotDeadLetter
-    from hyperhive_core.claude import SessionOptions
+    from hyperhive_core.claude import SessionOptions, TurnExit, TurnResult
     from hyperhive_core.cli import CliState, ask_daemon, pass_state
     from hyperhive_core.cliopts import echo_json, json_option
     from hyperhive_core.config import option

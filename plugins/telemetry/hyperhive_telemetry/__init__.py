@@ -60,8 +60,9 @@ async def on_dead_letter(hive: Hive, message: Message) -> None:
 
 @hookimpl
 def register_routes(register: Callable[..., None]) -> None:
+    # Paths of their own, which dashboards and Prometheus scrapers know.
     for rule, view in web.ROUTES:
-        register(rule, view)
+        register(rule, view, public=True)
 
 
 @hookimpl
