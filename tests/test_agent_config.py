@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hivekit import needs_claude, running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.config import build_section, option
 from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import ConfigError
+from hyperhive_core.testing import needs_claude, running_hive
 
 
 @dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import needs_claude, running_hive
 
 from hyperhive_core.agentenv import AGENT_HOME, GIT_CONFIG, GIT_VARIABLES, agent_env, git_env
+from hyperhive_core.testing import needs_claude, running_hive
 
 IDLE = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import trio
 from click.testing import CliRunner
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 from test_bwrap import needs_bwrap
 
 import hyperhive_core
@@ -20,6 +19,7 @@ from hyperhive_core.approvals import ApprovalError
 from hyperhive_core.broker import RecipientNotAllowed
 from hyperhive_core.cli import cli
 from hyperhive_core.config import option
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 pytestmark = needs_claude
 

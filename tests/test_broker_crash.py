@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.boot import boot, config_schemas
@@ -33,6 +32,7 @@ from hyperhive_core.config import load_config
 from hyperhive_core.daemon import run_daemon, run_hive
 from hyperhive_core.hostsock import request
 from hyperhive_core.plugins import make_plugin_manager
+from hyperhive_core.testing import needs_claude, next_event, running_hive
 
 SENDERS = 8
 SENDS = 10_000

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from hivekit import needs_claude, next_event, running_hive
 from test_bwrap import needs_bwrap
 
 from hyperhive_core.broker import Broker
 from hyperhive_core.builtin import CORE_MIGRATIONS
 from hyperhive_core.store import Store
+from hyperhive_core.testing import needs_claude, next_event, running_hive
 
 # A long turn (the model takes ten minutes to answer) for "long", a quick one for anything with "hi".
 SCENARIO = """

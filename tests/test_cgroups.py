@@ -12,7 +12,6 @@ from pathlib import Path
 import hyperhive_crashwatch
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 from test_bwrap import Hive, finish, needs_bwrap
 
 from hyperhive_core import hookimpl, host_commands
@@ -35,6 +34,7 @@ from hyperhive_core.containers.cgroups import (
 from hyperhive_core.containers.uids import m005_agent_uids
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.store import Store
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 # -- where the hierarchies are ---------------------------------------------------------------
 

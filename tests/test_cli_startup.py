@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import running_hive
 
 from hyperhive_core import fastcli
 from hyperhive_core.boot import boot
 from hyperhive_core.daemon import state_paths
 from hyperhive_core.hostclient import HostCommandError, request, subscribe
 from hyperhive_core.paths import default_state_dir
+from hyperhive_core.testing import running_hive
 
 QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 

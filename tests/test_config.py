@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,3 +207,102 @@ def test_what_toml_cannot_hold_is_a_clear_error(value, message):
 def test_only_plain_values_are_written():
     with pytest.raises(TypeError, match="cannot write <object object at"):
         toml_value(object())
+
+
+# -- range checks in a section's __post_init__ -------------------------------------------
+
+
+@dataclass
+class RangedSection:
+    repeat: int = option(1)
+    volume: int = option(5)
+    mode: str = option("calm")
+
+    def __post_init__(self) -> None:
+        if self.repeat < 1:
+            raise ValueError(f"must be at least 1, not {self.repeat}; repeat counts greetings")
+        if not 0 <= self.volume <= 10:
+            raise ConfigError(f"{self.volume} is out of range; choose 0 to 10", key="volume")
+        if self.mode not in ("calm", "loud"):
+            raise ConfigError(f"[ranged] mode must be calm or loud, not {self.mode!r}")
+
+
+class RangedPlugin:
+    @hookimpl
+    def register_config_sections(self, register):
+        register("ranged", RangedSection)
+
+
+@pytest.mark.parametrize(
+    ("table", "message", "key"),
+    [
+        # a plain ValueError: the key is the first one its message names
+        ({"repeat": 0}, "c.toml: [ranged] must be at least 1, not 0; repeat counts greetings", "repeat"),
+        # ConfigError(key=...): the key leads the message
+        ({"volume": 11}, "c.toml: [ranged] volume: 11 is out of range; choose 0 to 10", "volume"),
+        # a message that names its own section, as core's sections do, keeps one section name
+        ({"mode": "shrill"}, "c.toml: [ranged] mode must be calm or loud, not 'shrill'", "mode"),
+    ],
+)
+def test_a_range_check_names_the_file_the_section_and_the_key(make_pm, tmp_path, table, message, key):
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "c.toml", {"ranged": table}, config_schemas(make_pm(ranged=RangedPlugin())))
+    assert str(caught.value) == f"{tmp_path}/{message}"
+    assert caught.value.key == key
+
+
+RANGED_PLUGIN = """
+from dataclasses import dataclass
+
+from hyperhive_core import ConfigError, hookimpl, option
+
+hyperhive_api = ">=1.0,<2"
+
+
+@dataclass
+class Ranged:
+    repeat: int = option(1, help="How often to greet.")
+    volume: int = option(5, help="0 to 10.")
+
+    def __post_init__(self):
+        if self.repeat < 1:
+            raise ValueError(f"repeat must be at least 1, not {self.repeat}")
+        if not 0 <= self.volume <= 10:
+            raise ConfigError(f"{self.volume} is out of range; choose 0 to 10", key="volume")
+
+
+@hookimpl
+def register_config_sections(register):
+    register("ranged", Ranged)
+"""
+
+
+@pytest.mark.parametrize("command", [["up"], ["debug", "config"]])
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ("repeat = 0", "[ranged] repeat must be at least 1, not 0"),
+        ("volume = 11", "[ranged] volume: 11 is out of range; choose 0 to 10"),
+    ],
+)
+def test_a_range_check_stops_the_command_with_one_line(
+    tmp_path, clean_env, hyperhive, local_plugin, command, table, error
+):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "hyperhive_ranged.py").write_text(RANGED_PLUGIN)
+    local_plugin("ranged", "hyperhive_ranged", tmp_path / "src")
+    config = tmp_path / "hyperhive.toml"
+    config.write_text(
+        f'[hive]\nstate_dir = "{tmp_path / "state"}"\ncontainer_backend = "process"\nplugins = ["ranged"]\n'
+        f"[ranged]\n{table}\n"
+    )
+    result = subprocess.run(
+        [hyperhive, "-q", "-c", str(config), *command],
+        env=clean_env | {"PYTHONPATH": os.environ["PYTHONPATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [f"Error: {config}: {error}"]
+    assert not result.stdout

@@ -11,7 +11,6 @@ import subprocess
 import pytest
 import trio
 import trio.testing
-from hivekit import needs_claude, next_event, running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.broker import Broker, BrokerError, BrokerSection, NotDeadLetter, RecipientDirectory
@@ -19,6 +18,7 @@ from hyperhive_core.builtin import CORE_MIGRATIONS
 from hyperhive_core.dead_letters import MESSAGE_DEAD, REQUEUE_WARNING, dead_letter, dead_letters
 from hyperhive_core.hostsock import HostCommandError, request
 from hyperhive_core.store import Store
+from hyperhive_core.testing import needs_claude, next_event, running_hive
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, running_hive
 
 from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.hive import Hive
 from hyperhive_core.hostsock import request
+from hyperhive_core.testing import needs_claude, next_event, running_hive
 
 pytestmark = needs_claude
 

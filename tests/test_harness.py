@@ -7,13 +7,13 @@ import signal
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 
 from hyperhive_core import claude, hookimpl
 from hyperhive_core.broker import Message
 from hyperhive_core.claude import MissingCli
 from hyperhive_core.harness import render_batch, render_event
 from hyperhive_core.rehearsal import Director, load_demo_scenario
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 pytestmark = needs_claude
 

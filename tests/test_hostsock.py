@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.daemon import run_hive
@@ -26,6 +25,7 @@ from hyperhive_core.hostsock import (
     subscribe,
 )
 from hyperhive_core.plugins import callers_by_plugin, make_plugin_manager
+from hyperhive_core.testing import running_hive
 
 QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import trio
-from hivekit import needs_claude, operator_reply, running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.broker import BrokerSection, RecipientDirectory, SqliteBroker
@@ -13,6 +12,7 @@ from hyperhive_core.brokers.jetstream import JetStreamBroker
 from hyperhive_core.brokers.localcluster import LocalCluster
 from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import ConfigError, PluginError, StoreError
+from hyperhive_core.testing import needs_claude, operator_reply, running_hive
 
 
 def jetstream_broker(urls, **section):

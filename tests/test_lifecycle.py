@@ -7,12 +7,12 @@ import signal
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 
 from hyperhive_core import hookimpl
 from hyperhive_core.agents import UnknownAgent
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.names import InvalidName
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 pytestmark = needs_claude
 

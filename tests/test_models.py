@@ -8,7 +8,6 @@ import re
 import pytest
 import trio
 from click.testing import CliRunner
-from hivekit import needs_claude, running_hive
 from test_approvals import commit
 
 from hyperhive_core.agents import AgentConfig, check_agent_config
@@ -19,6 +18,7 @@ from hyperhive_core.config import load_config
 from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.models import ALIASES, FULL_ID, InvalidModel, check_extra_models, check_model
+from hyperhive_core.testing import needs_claude, running_hive
 
 QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 INJECTION = "--dangerously-skip-permissions"

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 from test_bwrap import finish, needs_bwrap
 from test_modelproxy import Origin
 
@@ -35,6 +34,7 @@ from hyperhive_core.forward import PORT
 from hyperhive_core.hive import Hive
 from hyperhive_core.modelproxy import PLACEHOLDER_KEY
 from hyperhive_core.rehearsal import RehearsalServer, parse_scenario
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 # Clear of a real hive's uids (61000 up) and of the other tests' ranges.
 UIDS = {"uid_range_start": 63300, "uid_range_size": 10}

@@ -15,13 +15,13 @@ import sys
 import pyseccomp
 import pytest
 import trio
-from hivekit import needs_claude, operator_reply, running_hive
 from test_bwrap import TEST_UIDS, Hive, needs_bwrap
 
 from hyperhive_core.containers import seccomp
 from hyperhive_core.containers.uids import m005_agent_uids
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.store import Store
+from hyperhive_core.testing import needs_claude, operator_reply, running_hive
 
 NOWHERE = "/nonexistent-hyperhive"
 AT_FDCWD = -100

@@ -12,12 +12,12 @@ import hyperhive_nap
 import hyperhive_questions
 import pytest
 import trio
-from hivekit import needs_claude, next_event, running_hive
 from test_bwrap import needs_bwrap
 
 from hyperhive_core import host_commands
 from hyperhive_core.agents import State
 from hyperhive_core.hive import Hive
+from hyperhive_core.testing import needs_claude, next_event, running_hive
 
 pytestmark = needs_claude
 

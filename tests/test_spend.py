@@ -6,10 +6,10 @@ import datetime
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, running_hive
 
 from hyperhive_core.harness import spent_today
 from hyperhive_core.rehearsal import RehearsalServer, parse_scenario
+from hyperhive_core.testing import needs_claude, next_event, running_hive
 
 pytestmark = needs_claude
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 
 from hyperhive_core.claude import ClaudeSection, ModelWatch
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.hostsock import request
 from hyperhive_core.supervise import Backoff
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 STALL = 3.0
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import running_hive
 from test_bwrap import needs_bwrap
 
 from hyperhive_core.containers.cgroups import hive_id
 from hyperhive_core.containers.uids import REGISTRY, UidRangeTaken, claim_uid_range
 from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.testing import running_hive
 
 # Clear of a real hive's (61000 up) and of the other tests' ranges.
 FIRST = 62800
