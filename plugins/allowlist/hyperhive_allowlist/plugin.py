@@ -13,6 +13,8 @@ from hyperhive_allowlist.patterns import MAX_PATTERNS, pattern_problem
 from hyperhive_allowlist.writable import DEFAULT_WRITABLE, MAX_GRANTS, for_state, grant_problem
 from hyperhive_core import Panel, hookimpl, option
 
+hyperhive_api = ">=1.0,<2"  # the plugin API this plugin works with (docs/plugins.md#versions)
+
 if TYPE_CHECKING:
     from hyperhive_core import AgentConfig, Hive, SessionOptions
 

@@ -12,6 +12,8 @@ from hyperhive_compaction.compactor import COMPACTOR, Compactor
 from hyperhive_compaction.config import CompactionSection
 from hyperhive_core import check_model, hookimpl
 
+hyperhive_api = ">=1.0,<2"  # the plugin API this plugin works with (docs/plugins.md#versions)
+
 if TYPE_CHECKING:
     from hyperhive_core import Hive, Panel, Turn
 

@@ -19,6 +19,8 @@ from hyperhive_crashwatch.bursts import EVENT, Crashwatch
 from hyperhive_crashwatch.config import CrashwatchSection
 from hyperhive_crashwatch.panels import SHOWN, crash_panel
 
+hyperhive_api = ">=1.0,<2"  # the plugin API this plugin works with (docs/plugins.md#versions)
+
 if TYPE_CHECKING:
     from hyperhive_core import Hive
 

@@ -16,6 +16,8 @@ from hyperhive_core import Panel, StashKey, ToolContext, hookimpl, iso_utc
 from hyperhive_nap.naps import Naps, NapSection, m001_naps
 from hyperhive_nap.web import WAKE_ROUTE, nap_panel
 
+hyperhive_api = ">=1.0,<2"  # the plugin API this plugin works with (docs/plugins.md#versions)
+
 if TYPE_CHECKING:
     from hyperhive_core import Hive
 

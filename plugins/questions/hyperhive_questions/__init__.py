@@ -17,6 +17,8 @@ from hyperhive_questions.commands import HOST_COMMANDS, QUESTIONS, add_commands,
 from hyperhive_questions.questions import EVENT, Question, Questions, QuestionsSection, m001_questions
 from hyperhive_questions.web import ANSWER_ROUTE, answer_view, questions_panel
 
+hyperhive_api = ">=1.0,<2"  # the plugin API this plugin works with (docs/plugins.md#versions)
+
 if TYPE_CHECKING:
     from hyperhive_core import Hive
 

@@ -13,6 +13,8 @@ from hyperhive_telemetry.api import stats_body
 from hyperhive_telemetry.collect import TELEMETRY, Telemetry
 from hyperhive_telemetry.config import TelemetrySection
 
+hyperhive_api = ">=1.0,<2"  # the plugin API this plugin works with (docs/plugins.md#versions)
+
 if TYPE_CHECKING:
     from hyperhive_core import Hive, Message, Panel, Turn
 
