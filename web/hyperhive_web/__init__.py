@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hyperhive_core import hookimpl
-from hyperhive_core.hookspecs import Service
-from hyperhive_web.dashboard import Dashboard
+from hyperhive_core import Service, hookimpl
+from hyperhive_web.dashboard import DASHBOARD, Dashboard, dashboard_of
 from hyperhive_web.settings import WebSection
 from hyperhive_web.slash import BUILTIN_COMMANDS
 
-if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+hyperhive_api = ">=1.0,<2"  # the plugin API this plugin works with (docs/plugins.md#versions)
 
-__all__ = ["Dashboard", "WebSection"]
+if TYPE_CHECKING:
+    from hyperhive_core import Hive
+
+__all__ = ["DASHBOARD", "Dashboard", "WebSection", "dashboard_of"]
 
 
 @hookimpl
@@ -31,12 +32,12 @@ def register_config_sections(register: Callable[[str, type], None]) -> None:
 
 @hookimpl
 def on_startup(hive: Hive) -> None:
-    hive.web = Dashboard(hive)  # type: ignore[attr-defined]
+    hive.stash[DASHBOARD] = Dashboard(hive)
 
 
 @hookimpl
 def hive_services(hive: Hive) -> Iterable[Service]:
-    return [hive.web.serve]  # type: ignore[attr-defined]
+    return [dashboard_of(hive).serve]
 
 
 @hookimpl(trylast=True)

@@ -1,7 +1,7 @@
 """The dashboard's JSON API: the contract of docs/architecture.md §9, plus the page's own helpers under ``/-/web/``.
 
 Every handler is a thin shell over the same functions the host socket serves
-(``hyperhive_core.host_commands``), so the CLI and the dashboard never disagree.
+(``hyperhive_core.operator_actions``), so the CLI and the dashboard never disagree.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
 
-from hyperhive_core import host_commands
-from hyperhive_core.errors import HyperhiveError
-from hyperhive_core.hive import Hive
-from hyperhive_core.names import OPERATOR
+from hyperhive_core import OPERATOR, Hive, HyperhiveError, operator_actions
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.slash import run_slash_command
 from hyperhive_web.stream import event_stream, sse_response
@@ -56,6 +53,8 @@ def int_arg(name: str, default: int | None, *, low: int = 0, high: int | None = 
         value = int(raw)
     except ValueError:
         raise HyperhiveError(f"?{name}= must be a whole number, not {raw!r}") from None
+    if high is None and value < low:
+        raise HyperhiveError(f"?{name}= must be at least {low}, not {value}")
     if value < low or (high is not None and value > high):
         raise HyperhiveError(f"?{name}= must be between {low} and {high}, not {value}")
     return value
@@ -63,7 +62,7 @@ def int_arg(name: str, default: int | None, *, low: int = 0, high: int | None = 
 
 async def agent_json(name: str) -> dict[str, Any]:
     """One agent as ``/api/state`` lists it: live state, config and inbox depth."""
-    return await host_commands.agent(hive(), name)
+    return await operator_actions.agent(hive(), name)
 
 
 # -- reads -----------------------------------------------------------------------
@@ -72,7 +71,7 @@ async def agent_json(name: str) -> dict[str, Any]:
 @api.get("/api/state")
 async def state() -> dict[str, Any]:
     dashboard = current_dashboard()
-    status = await host_commands.status(dashboard.hive)
+    status = await operator_actions.status(dashboard.hive)
     return {
         **status,
         "manager": dashboard.hive.agents.manager,
@@ -90,18 +89,18 @@ async def agent_state(name: str) -> dict[str, Any]:
 async def agent_inbox(name: str) -> Response:
     hive().agents.get(name)
     limit = int_arg("limit", INBOX_LIMIT, low=1, high=MAX_INBOX_LIMIT)
-    return jsonify(await host_commands.recv(hive(), agent=name, limit=limit))
+    return jsonify(await operator_actions.recv(hive(), agent=name, limit=limit))
 
 
 @api.get("/api/inbox")
 async def operator_inbox() -> Response:
     limit = int_arg("limit", INBOX_LIMIT, low=1, high=MAX_INBOX_LIMIT)
-    return jsonify(await host_commands.recv(hive(), agent=OPERATOR, limit=limit))
+    return jsonify(await operator_actions.recv(hive(), agent=OPERATOR, limit=limit))
 
 
 @api.get("/api/approvals")
 async def approvals() -> Response:
-    return jsonify(await host_commands.approvals(hive(), status=request.args.get("status")))
+    return jsonify(await operator_actions.approvals(hive(), status=request.args.get("status")))
 
 
 # -- changes -----------------------------------------------------------------------
@@ -110,13 +109,13 @@ async def approvals() -> Response:
 @api.post("/api/approvals/<int:approval_id>/approve")
 async def approve(approval_id: int) -> dict[str, Any]:
     note = text_field(await body(), "note", required=False)
-    return await host_commands.approve(hive(), approval_id, note=note)
+    return await operator_actions.approve(hive(), approval_id, note=note)
 
 
 @api.post("/api/approvals/<int:approval_id>/deny")
 async def deny(approval_id: int) -> dict[str, Any]:
     note = text_field(await body(), "note", required=False)
-    return await host_commands.deny(hive(), approval_id, note=note)
+    return await operator_actions.deny(hive(), approval_id, note=note)
 
 
 @api.post("/api/agents/<name>/messages")
@@ -125,21 +124,21 @@ async def send(name: str) -> dict[str, Any]:
     key = request.headers.get("Idempotency-Key")
     if key is not None and len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    return await host_commands.send(hive(), to=name, body=text_field(await body(), "body"), idempotency_key=key)
+    return await operator_actions.send(hive(), to=name, body=text_field(await body(), "body"), idempotency_key=key)
 
 
 @api.post("/api/agents/<name>/model")
 async def model(name: str) -> dict[str, Any]:
-    return await host_commands.model(hive(), agent=name, model=text_field(await body(), "model").strip())
+    return await operator_actions.model(hive(), agent=name, model=text_field(await body(), "model").strip())
 
 
 # Actions on an agent that take nothing else: each is the host command of its name.
 AGENT_ACTIONS = {
-    "cancel": host_commands.cancel,
-    "rebuild": host_commands.rebuild,
-    "restore": host_commands.restore,
-    "pause": host_commands.pause,
-    "resume": host_commands.resume,
+    "cancel": operator_actions.cancel,
+    "rebuild": operator_actions.rebuild,
+    "restore": operator_actions.restore,
+    "pause": operator_actions.pause,
+    "resume": operator_actions.resume,
 }
 
 
@@ -151,7 +150,7 @@ async def agent_action(name: str, action: str) -> dict[str, Any]:
 
 @api.post("/api/spawn")
 async def spawn() -> dict[str, Any]:
-    return await host_commands.spawn(hive(), agent=text_field(await body(), "name").strip())
+    return await operator_actions.spawn(hive(), agent=text_field(await body(), "name").strip())
 
 
 @api.post("/api/agents/<name>/destroy")
@@ -159,7 +158,7 @@ async def destroy(name: str) -> dict[str, Any]:
     purge = (await body()).get("purge", False)
     if not isinstance(purge, bool):
         raise HyperhiveError(f"'purge' must be true or false, not {purge!r}")
-    return await host_commands.destroy(hive(), agent=name, purge=purge)
+    return await operator_actions.destroy(hive(), agent=name, purge=purge)
 
 
 # -- live events -----------------------------------------------------------------------
@@ -194,7 +193,7 @@ async def agent_events(name: str) -> Response:
 
 @api.get("/-/web/kept")
 async def kept() -> Response:
-    return jsonify(await host_commands.kept(hive()))
+    return jsonify(await operator_actions.kept(hive()))
 
 
 @api.post("/-/web/agents/<name>/slash")
@@ -205,4 +204,4 @@ async def slash(name: str) -> dict[str, Any]:
 
 @api.get("/-/web/drafts")
 async def drafts() -> Response:
-    return jsonify(await host_commands.drafts(hive()))
+    return jsonify(await operator_actions.drafts(hive()))

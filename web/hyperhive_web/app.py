@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hmac
-import inspect
 import logging
-from collections.abc import Callable, Mapping
-from functools import wraps
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -15,16 +13,15 @@ from quart import Response, g, has_websocket_context, jsonify, redirect, render_
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from hyperhive_core.agents import UnknownAgent
-from hyperhive_core.broker import NotDeadLetter
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core import HyperhiveError, NotDeadLetter, UnknownAgent
 from hyperhive_web.api import api
 from hyperhive_web.auth import CSRF_HEADER, Refused, Session, bearer_token, check_host, check_origin, safe_next
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.dead_letters import dead_letters
 from hyperhive_web.jsonbody import BoundedJSONProvider
 from hyperhive_web.pages import pages
-from hyperhive_web.routes import PluginRoute
+from hyperhive_web.routes import ENDPOINT_PREFIX, mount_routes
+from hyperhive_web.templates import template_loader
 from hyperhive_web.terminal import terminal
 
 if TYPE_CHECKING:
@@ -47,8 +44,18 @@ SECURITY_HEADERS = {
 }
 
 
+class DashboardApp(QuartTrio):
+    def select_jinja_autoescape(self, filename: str) -> bool:
+        return True  # a plugin's template escapes what it shows, whatever its file is called
+
+
 def create_app(dashboard: Dashboard) -> QuartTrio:
-    app = QuartTrio(__name__, static_folder=str(HERE / "static"), static_url_path="/static")
+    """The app: the dashboard's own routes, then the plugins' (checked against them).
+
+    :raises PluginError: a plugin's public route would shadow one of the dashboard's own.
+    """
+    app = DashboardApp(__name__, static_folder=str(HERE / "static"), static_url_path="/static")
+    app.jinja_loader = template_loader(HERE / "templates", dashboard.template_dirs)
     app.config["HYPERHIVE_DASHBOARD"] = dashboard
     app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
     app.json = BoundedJSONProvider(app)  # every request's JSON, a plugin route's too
@@ -57,33 +64,17 @@ def create_app(dashboard: Dashboard) -> QuartTrio:
     app.after_request(add_security_headers)
     for blueprint in (pages, api, dead_letters, terminal):
         app.register_blueprint(blueprint)
-    for route in dashboard.routes:
-        app.add_url_rule(
-            route.rule,
-            endpoint=f"plugin {route.plugin} {' '.join(route.methods)} {route.rule}",
-            view_func=plugin_view(dashboard, route),
-            methods=list(route.methods),
-        )
+    mount_routes(app, dashboard, dashboard.routes)
     app.register_error_handler(Exception, handle_error)
     return app
-
-
-def plugin_view(dashboard: Dashboard, route: PluginRoute) -> Callable[..., Any]:
-    """Call a plugin's view with the hive first, then the rule's variables."""
-
-    @wraps(route.view)
-    async def view(**variables: Any) -> Any:
-        result = route.view(dashboard.hive, **variables)
-        return await result if inspect.isawaitable(result) else result
-
-    return view
 
 
 # -- the guard -------------------------------------------------------------------------
 
 
 def wants_json(path: str) -> bool:
-    return path.startswith(("/api/", "/-/", "/metrics"))
+    """An API's answers: errors as JSON, 401 rather than the login page. Plugin routes are APIs too."""
+    return path.startswith(("/api/", "/-/")) or (request.endpoint or "").startswith(ENDPOINT_PREFIX)
 
 
 async def guard_request() -> Response | None:

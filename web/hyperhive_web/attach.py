@@ -20,8 +20,7 @@ import click
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
-from hyperhive_core.cli import CliState, pass_state
-from hyperhive_core.daemon import state_paths
+from hyperhive_core import CliState, pass_state, state_paths
 from hyperhive_web.auth import TOKEN_FILE
 from hyperhive_web.dashboard import read_address, web_dir
 from hyperhive_web.terminal import terminal_path

@@ -16,8 +16,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import current_app
 
-from hyperhive_core.errors import HyperhiveError
-from hyperhive_core.supervise import root_cause
+from hyperhive_core import HyperhiveError, StashKey, root_cause
 from hyperhive_web.auth import COOKIE, Sessions, load_or_create_token
 from hyperhive_web.limiter import FailureLimiter, client_key
 from hyperhive_web.panels import PanelAssets
@@ -25,9 +24,10 @@ from hyperhive_web.routes import PluginRoutes, collect_routes
 from hyperhive_web.settings import WebSection
 from hyperhive_web.slash import SlashCommands, collect_slash_commands
 from hyperhive_web.stream import LiveFeed
+from hyperhive_web.templates import plugin_template_dirs
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def web_dir(state_root: Path) -> Path:
 
 
 class Dashboard:
-    """Created at startup (``hive.web``); its ``serve`` is the dashboard's supervised service."""
+    """Created at startup (``dashboard_of(hive)``); its ``serve`` is the dashboard's supervised service."""
 
     def __init__(self, hive: Hive) -> None:
         self.hive = hive
@@ -52,9 +52,14 @@ class Dashboard:
         # Collected once, so a clash between plugins stops the daemon at startup.
         self.routes: PluginRoutes = collect_routes(hive.pm)
         self.slash_commands: SlashCommands = collect_slash_commands(hive.pm)
+        self.template_dirs = plugin_template_dirs(hive.pm)
         self.assets = PanelAssets()
         self.feed = LiveFeed(hive)
         self.port: int | None = None
+        from hyperhive_web.app import create_app  # the app's modules import this one
+
+        # Built now, so a plugin route that would shadow the dashboard's own stops the daemon at startup.
+        self.app = create_app(self)
 
     @property
     def url(self) -> str:
@@ -89,18 +94,15 @@ class Dashboard:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the dashboard until cancelled."""
-        from hyperhive_web.app import create_app  # the app's modules import this one
-
         config = HypercornConfig()
         host = f"[{self.settings.bind}]" if ":" in self.settings.bind else self.settings.bind
         config.bind = [f"{host}:{self.settings.port}"]
         config.accesslog = None
         config.graceful_timeout = 1.0
-        app = create_app(self)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.feed.serve)
             try:
-                binds = await nursery.start(partial(serve, app, config))
+                binds = await nursery.start(partial(serve, self.app, config))
             except* OSError as failed:
                 raise HyperhiveError(
                     f"the dashboard cannot listen on {config.bind[0]}: {root_cause(failed).strerror}; "
@@ -118,6 +120,14 @@ class Dashboard:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
             json.dump({"url": self.url, "port": self.port, "pid": os.getpid()}, file)
+
+
+DASHBOARD = StashKey[Dashboard]("web")
+
+
+def dashboard_of(hive: Hive) -> Dashboard:
+    """The hive's dashboard, which the web plugin keeps in ``hive.stash``."""
+    return hive.stash[DASHBOARD]
 
 
 def read_address(state_root: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from quart.json.provider import DefaultJSONProvider
 
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core import HyperhiveError
 
 # Far deeper than anything the dashboard or a plugin route takes; far shallower than Python's recursion limit.
 MAX_DEPTH = 64

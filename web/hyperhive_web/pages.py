@@ -6,8 +6,7 @@ from typing import Any
 
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
 
-from hyperhive_core import dead_letters, host_commands
-from hyperhive_core.names import OPERATOR
+from hyperhive_core import OPERATOR, operator_actions
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
 from hyperhive_web.auth import Refused, safe_next
 from hyperhive_web.dashboard import current_dashboard
@@ -93,17 +92,17 @@ async def host_page() -> str:
     after = await newest_event_id()  # first, so the stream replays whatever the snapshot below misses
     initial = {
         "state": await state(),
-        "kept": await host_commands.kept(hive),
-        "inbox": await host_commands.recv(hive, agent=OPERATOR, limit=INBOX_LIMIT),
-        "approvals": recent_approvals(await host_commands.approvals(hive)),
-        "drafts": await host_commands.drafts(hive),
-        "dead_letters": await dead_letters.dead_letters(hive),
+        "kept": await operator_actions.kept(hive),
+        "inbox": await operator_actions.recv(hive, agent=OPERATOR, limit=INBOX_LIMIT),
+        "approvals": recent_approvals(await operator_actions.approvals(hive)),
+        "drafts": await operator_actions.drafts(hive),
+        "dead_letters": await operator_actions.dead_letters(hive),
     }
     return await render_template(
         "host.html",
         initial=initial,
         stream=f"/api/events?after={after}",
-        panels=split_panels(await collect_panels(hive, current_dashboard().assets)),
+        panels=split_panels(await collect_panels(current_dashboard())),
         **await page_context(),
     )
 
@@ -116,7 +115,7 @@ async def agent_page(name: str) -> str:
         abort(404, f"no agent named {name!r}")
     initial = {
         "agent": await agent_json(name),
-        "inbox": await host_commands.recv(hive, agent=name, limit=INBOX_LIMIT),
+        "inbox": await operator_actions.recv(hive, agent=name, limit=INBOX_LIMIT),
         "commands": [
             {"name": command.name, "help": command.help, "plugin": command.plugin}
             for command in sorted(dashboard.slash_commands.values(), key=lambda command: command.name)
@@ -127,15 +126,14 @@ async def agent_page(name: str) -> str:
         agent=name,
         initial=initial,
         stream=f"/api/agents/{name}/events?tail={TAIL_EVENTS}",
-        panels=split_panels(await collect_panels(hive, current_dashboard().assets, agent=name)),
+        panels=split_panels(await collect_panels(dashboard, agent=name)),
         **await page_context(),
     )
 
 
 async def one_panel(key: str, agent: str | None) -> dict[str, Any]:
     """A panel re-rendered, for ``hyperhive.refreshPanel``; ``html`` is null once it is gone."""
-    hive = current_dashboard().hive
-    for placed in await collect_panels(hive, current_dashboard().assets, agent=agent):
+    for placed in await collect_panels(current_dashboard(), agent=agent):
         if placed.panel.key == key:
             html = await render_template("panel.html", placed=placed)
             return {"key": key, "html": html, "placement": placed.panel.placement, "order": placed.panel.order}
@@ -159,11 +157,11 @@ async def panel_asset(plugin: str, digest: str, filename: str) -> Response:
     path = current_dashboard().assets.find(key)
     if path is None:
         # Not seen since this daemon started: render every page's panels once to learn them.
-        hive = current_dashboard().hive
-        await collect_panels(hive, current_dashboard().assets)
-        for agent in hive.agents:
-            await collect_panels(hive, current_dashboard().assets, agent=agent.name)
-        path = current_dashboard().assets.find(key)
+        dashboard = current_dashboard()
+        await collect_panels(dashboard)
+        for agent in dashboard.hive.agents:
+            await collect_panels(dashboard, agent=agent.name)
+        path = dashboard.assets.find(key)
     if path is None or not path.is_file():
         abort(404, f"no panel asset {key!r}")
     return await send_file(path)

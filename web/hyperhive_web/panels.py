@@ -8,30 +8,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from markupsafe import Markup, escape
+from jinja2 import TemplateNotFound
+from markupsafe import Markup
+from quart import render_template
 
-from hyperhive_core.names import SYSTEM
-from hyperhive_core.panels import Panel
-from hyperhive_core.plugins import await_all, callers_by_plugin
+from hyperhive_core import SYSTEM, HyperhiveError, Panel, await_all, callers_by_plugin
+from hyperhive_web.templates import missing_template
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_web.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PlacedPanel:
-    """A plugin's panel, ready for a template: who made it and the URLs of its assets."""
+    """A plugin's panel, ready for a page: who made it, its body, and the URLs of its assets."""
 
     plugin: str
     panel: Panel
+    html: Markup
     scripts: tuple[str, ...]
     styles: tuple[str, ...]
-
-    @property
-    def html(self) -> Markup:
-        return Markup(self.panel.html)  # noqa: S704 - plugins render their own HTML, escaped by them
 
 
 class PanelAssets:
@@ -51,12 +49,13 @@ class PanelAssets:
         return self._files.get(key)
 
 
-async def collect_panels(hive: Hive, assets: PanelAssets, agent: str | None = None) -> list[PlacedPanel]:
-    """The panels every plugin contributes to the host page (or ``agent``'s page), sorted.
+async def collect_panels(dashboard: Dashboard, agent: str | None = None) -> list[PlacedPanel]:
+    """The panels every plugin contributes to the host page (or ``agent``'s page), rendered and sorted.
 
-    A plugin whose hook fails, or that reuses another's key, gets an error panel in
-    its place: one broken plugin never takes the dashboard down.
+    A plugin whose hook or template fails, or that reuses another's key, gets an
+    error panel in its place: one broken plugin never takes the dashboard down.
     """
+    hive = dashboard.hive
     hook, args = ("agent_panels", {"agent": agent}) if agent else ("dashboard_panels", {})
     placed: dict[str, PlacedPanel] = {}
     for plugin, caller in callers_by_plugin(hive.pm, hook):
@@ -64,21 +63,36 @@ async def collect_panels(hive: Hive, assets: PanelAssets, agent: str | None = No
             for panels in await await_all(caller(hive=hive, **args)):
                 for panel in panels or ():
                     if not isinstance(panel, Panel):
-                        raise TypeError(f"returned {type(panel).__name__}, not hyperhive_core.panels.Panel")
+                        raise TypeError(f"returned {type(panel).__name__}, not hyperhive_core.Panel")
                     if panel.key in placed:
                         raise ValueError(f"panel key {panel.key!r} is already used by {placed[panel.key].plugin!r}")
-                    placed[panel.key] = PlacedPanel(
-                        plugin,
-                        panel,
-                        tuple(assets.url(plugin, path) for path in panel.scripts),
-                        tuple(assets.url(plugin, path) for path in panel.styles),
-                    )
+                    placed[panel.key] = await place(dashboard, plugin, panel)
         except Exception as exc:
             log.exception("plugin %s failed to render its %s", plugin, hook)
             hive.events.publish(SYSTEM, "error", where=hook, plugin=plugin, error=repr(exc))
             key = f"{plugin}-error"
-            placed[key] = PlacedPanel(plugin, error_panel(key, plugin, exc), (), ())
+            placed[key] = await place(dashboard, plugin, error_panel(key, plugin, exc))
     return sorted(placed.values(), key=lambda placed: (placed.panel.order, placed.panel.key))
+
+
+async def place(dashboard: Dashboard, plugin: str, panel: Panel) -> PlacedPanel:
+    return PlacedPanel(
+        plugin,
+        panel,
+        await panel_body(panel, dashboard),
+        tuple(dashboard.assets.url(plugin, path) for path in panel.scripts),
+        tuple(dashboard.assets.url(plugin, path) for path in panel.styles),
+    )
+
+
+async def panel_body(panel: Panel, dashboard: Dashboard) -> Markup:
+    """The panel's HTML: its template rendered (autoescaped) with its context, or the HTML it brought."""
+    if panel.template is None:
+        return Markup(panel.html)  # noqa: S704 - a plugin's own HTML, escaped by it
+    try:
+        return Markup(await render_template(panel.template, **panel.context))  # noqa: S704 - autoescaped
+    except TemplateNotFound as missing:
+        raise HyperhiveError(missing_template(missing.name or panel.template, dashboard.template_dirs)) from None
 
 
 def error_panel(key: str, plugin: str, exc: Exception) -> Panel:
@@ -86,8 +100,8 @@ def error_panel(key: str, plugin: str, exc: Exception) -> Panel:
         key=key,
         title=f"{plugin.upper()} P4N3L BR0K3N",
         label=f"the {plugin} plugin's panel failed",
-        html=f'<p class="error">the {escape(plugin)} plugin failed to render its panel: '
-        f"<code>{escape(repr(exc))}</code>. the daemon log has the traceback.</p>",
+        template="panel_error.html",
+        context={"plugin": plugin, "error": repr(exc)},
         placement="top",
         order=0,
     )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from hyperhive_core.config import option
-from hyperhive_core.errors import ConfigError
+from hyperhive_core import ConfigError, option
 
 # Host names a browser on this machine uses for a loopback address.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

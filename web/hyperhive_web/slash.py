@@ -9,13 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from hyperhive_core import host_commands
-from hyperhive_core.agents import State
-from hyperhive_core.errors import HyperhiveError, PluginError
-from hyperhive_core.plugins import await_all, collect
+from hyperhive_core import HyperhiveError, PluginError, State, await_all, collect, operator_actions
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 
@@ -49,7 +46,9 @@ async def run_slash_command(hive: Hive, commands: SlashCommands, agent: str, lin
     command = commands.get(name)
     if not line.strip().startswith("/") or command is None:
         known = ", ".join(f"/{known}" for known in sorted(commands))
-        raise HyperhiveError(f"unknown command {line.strip().split(' ')[0]!r}; the commands are: {known}")
+        raise HyperhiveError(
+            f"unknown command {line.strip().split(' ')[0]!r}; the commands are {known} (/help says what each does)"
+        )
     hive.agents.get(agent)
     (answer,) = await await_all([command.handler(hive, agent, args.strip())])
     return {"command": name, "text": str(answer) if answer is not None else f"/{name}: done"}
@@ -61,7 +60,7 @@ async def model_command(hive: Hive, agent: str, args: str) -> str:
         status = hive.agents.get(agent).status
         queued = f", switching to {status.queued_model} after this turn" if status.queued_model else ""
         return f"model {status.model}{queued}"
-    result = await host_commands.model(hive, agent, args)
+    result = await operator_actions.model(hive, agent, args)
     if result["queued"]:
         return f"model {result['queued']} queued: {agent} switches when its turn ends (now {result['model']})"
     return f"model is now {result['model']}"
@@ -72,7 +71,7 @@ async def cancel_command(hive: Hive, agent: str, args: str) -> str:
     if args:
         raise HyperhiveError("/cancel takes no arguments")
     state = hive.agents.get(agent).status.state
-    if (await host_commands.cancel(hive, agent))["cancelled"]:
+    if (await operator_actions.cancel(hive, agent))["cancelled"]:
         return "turn cancelled; its messages wait for the next turn"
     if state is State.NAPPING:
         return f"nap over: {agent} wakes now"

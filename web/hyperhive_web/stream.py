@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import trio
 from quart import Response, make_response
 
-from hyperhive_core.events import Event, SubscriptionDropped
+from hyperhive_core import Event, SubscriptionDropped
 
 if TYPE_CHECKING:
-    from hyperhive_core.hive import Hive
+    from hyperhive_core import Hive
 
 KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 2000

@@ -13,7 +13,7 @@ from typing import Any
 import trio
 from quart import Blueprint, websocket
 
-from hyperhive_core.containers import ContainerProcess
+from hyperhive_core import ContainerProcess
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.jsonbody import TooDeep, loads
 

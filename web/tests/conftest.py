@@ -15,8 +15,9 @@ from hyperhive_core.hive import Hive
 # The suite runs with --import-mode=importlib: make the helper module next to this file importable.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hivekit import CHROMIUM
 from webkit import Browser, dashboard_hive
+
+from hyperhive_core.testing import CHROMIUM
 
 
 @pytest.fixture

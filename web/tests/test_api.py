@@ -6,10 +6,11 @@ import gc
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply
+from hyperhive_web import dashboard_of
 from webkit import dashboard_hive, operator
 
 from hyperhive_core.agents import State
+from hyperhive_core.testing import needs_claude, next_event, operator_reply
 
 pytestmark = needs_claude
 
@@ -19,7 +20,7 @@ async def test_state_lists_the_hive_its_agents_and_the_dashboard_port(hive):
         reply = await operator(hive).get("/api/state")
     assert reply.status == 200
     state = reply.json()
-    assert state["dashboard_port"] == hive.web.port
+    assert state["dashboard_port"] == dashboard_of(hive).port
     limits = "no limits: the process backend applies none"
     assert state["backend"] == {"name": "process", "isolated": False, "limits": limits}
     assert state["rehearsal"] == hive.rehearsal.url
@@ -182,7 +183,7 @@ async def test_a_port_in_use_is_reported_clearly_and_the_hive_still_runs(tmp_pat
         taken.listen()
         port = taken.getsockname()[1]
         async with dashboard_hive(tmp_path, web_pm, web={"port": port}) as hive:
-            assert hive.web.port is None
+            assert dashboard_of(hive).port is None
             assert "worker" in hive.agents
     logged = caplog.text
     caplog.clear()  # the records' tracebacks hold the socket

@@ -10,10 +10,11 @@ import re
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event
+from hyperhive_web import dashboard_of
 from webkit import dashboard_hive, screenshot
 
 from hyperhive_core.agents import State
+from hyperhive_core.testing import needs_claude, next_event
 
 pytestmark = [needs_claude, pytest.mark.slow]
 
@@ -25,7 +26,7 @@ def expect(target):
 
 
 def login(page, hive, path: str = "/") -> None:
-    page.goto(f"{hive.web.url}/login?token={hive.web.token}&next={path}")
+    page.goto(f"{dashboard_of(hive).url}/login?token={dashboard_of(hive).token}&next={path}")
     page.wait_for_selector("#link.live")
 
 
@@ -37,12 +38,12 @@ async def test_login_shows_the_swarm_live(hive, browser):
     page = await browser.page()
 
     def steps() -> None:
-        page.goto(hive.web.url + "/")
+        page.goto(dashboard_of(hive).url + "/")
         expect(page).to_have_url(re.compile(r"/login\?next=/$"))
         screenshot(page, "login")
-        page.fill("#token", hive.web.token)
+        page.fill("#token", dashboard_of(hive).token)
         page.click("button[type=submit]")
-        expect(page).to_have_url(hive.web.url + "/")
+        expect(page).to_have_url(dashboard_of(hive).url + "/")
         expect(page.locator("#link")).to_have_class(re.compile("live"))
         expect(page.locator("#agent-rows tr")).to_have_count(2)
         expect(page.locator("#agent-worker .state")).to_have_text("idle")
@@ -52,7 +53,7 @@ async def test_login_shows_the_swarm_live(hive, browser):
         expect(page.get_by_role("region", name="operator inbox")).to_be_visible()
         page.get_by_role("button", name="log out").click()
         expect(page).to_have_url(re.compile(r"/login$"))
-        page.goto(hive.web.url + "/agent/worker/")
+        page.goto(dashboard_of(hive).url + "/agent/worker/")
         expect(page).to_have_url(re.compile(r"/login\?next=/agent/worker/$"))  # the session is gone
 
     with trio.fail_after(60):
@@ -122,13 +123,13 @@ async def test_the_dashboard_link_opens_the_host_dashboard_in_a_new_tab(hive, br
         login(page, hive, "/agent/worker/")
         link = page.get_by_role("link", name="open the host dashboard in a new tab")
         expect(link).to_have_text("↑ DASHB04RD")
-        expect(link).to_have_attribute("href", f"http://127.0.0.1:{hive.web.port}/")
+        expect(link).to_have_attribute("href", f"http://127.0.0.1:{dashboard_of(hive).port}/")
         expect(link).to_have_attribute("target", "_blank")
         with page.expect_popup() as popup:
             link.click()
         dashboard = popup.value
         dashboard.wait_for_selector("#agent-worker")
-        expect(dashboard).to_have_url(f"http://127.0.0.1:{hive.web.port}/")
+        expect(dashboard).to_have_url(f"http://127.0.0.1:{dashboard_of(hive).port}/")
         expect(page).to_have_url(re.compile("/agent/worker/$"))  # the tail stays where it was
 
     with trio.fail_after(60):
@@ -152,7 +153,7 @@ async def test_slash_model_switches_at_once_when_idle(hive, browser):
         expect(page.locator("#tail .ev.local")).to_contain_text("/model")
         page.fill("#line", "/frobnicate")
         page.press("#line", "Enter")
-        toast(page, "unknown command '/frobnicate'")
+        toast(page, "unknown command '/frobnicate'; the commands are /cancel, /model (/help says what each does)")
 
     with trio.fail_after(60):
         await browser.run(steps)

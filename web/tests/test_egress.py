@@ -6,10 +6,12 @@ import json
 import re
 
 import trio
-from hivekit import next_event
+from hyperhive_web import dashboard_of
 from test_bwrap import needs_bwrap
 from test_network import run_inside
 from webkit import dashboard_hive, operator, screenshot
+
+from hyperhive_core.testing import next_event
 
 
 def expect(target):
@@ -30,7 +32,7 @@ async def test_a_refused_connection_shows_on_the_agents_page(tmp_path, web_pm, b
         page = await browser.page()
 
         def before() -> None:
-            page.goto(f"{hive.web.url}/login?token={hive.web.token}&next=/agent/worker/")
+            page.goto(f"{dashboard_of(hive).url}/login?token={dashboard_of(hive).token}&next=/agent/worker/")
             expect(page.locator("#badge")).not_to_be_empty()
             expect(page.locator("#egress")).to_be_hidden()  # nothing refused yet
 

@@ -7,11 +7,12 @@ import re
 
 import pytest
 import trio
-from hivekit import needs_claude, operator_reply
+from hyperhive_web import dashboard_of
 from test_bwrap import needs_bwrap
 from webkit import dashboard_hive, operator, screenshot
 
 from hyperhive_core.containers.cgroups import ContainersSection, hive_cgroups
+from hyperhive_core.testing import needs_claude, operator_reply
 
 pytestmark = [needs_claude, pytest.mark.slow]
 
@@ -28,7 +29,7 @@ async def test_the_process_backend_shows_no_limits_and_why(hive, browser):
     page = await browser.page()
 
     def steps() -> None:
-        page.goto(f"{hive.web.url}/login?token={hive.web.token}&next=/agent/worker/")
+        page.goto(f"{dashboard_of(hive).url}/login?token={dashboard_of(hive).token}&next=/agent/worker/")
         chip = page.locator("#limits")
         expect(chip).to_have_text("no limits")
         expect(chip).to_have_attribute("title", "no limits: the process backend applies none")
@@ -60,7 +61,7 @@ async def test_a_capped_agent_shows_its_caps_against_its_usage(tmp_path, web_pm,
         page = await browser.page()
 
         def steps() -> None:
-            page.goto(f"{hive.web.url}/login?token={hive.web.token}&next=/agent/worker/")
+            page.goto(f"{dashboard_of(hive).url}/login?token={dashboard_of(hive).token}&next=/agent/worker/")
             chip = page.locator("#limits")
             expect(chip).to_have_text(re.compile(r"^mem \d+/1024 MiB · pids \d+/256 · cpu 300$"))
             expect(chip).to_have_attribute("title", re.compile(r"^enforced with cgroup v\d, soft memory cap 768 MiB$"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import hyperhive_web
 import pytest
 import trio
-from hivekit import needs_claude
 from hyperhive_web.routes import collect_routes
 from hyperhive_web.slash import collect_slash_commands
 from webkit import browser_session, dashboard_hive, operator
@@ -16,6 +17,7 @@ from webkit import browser_session, dashboard_hive, operator
 from hyperhive_core import hookimpl
 from hyperhive_core.errors import HyperhiveError, PluginError
 from hyperhive_core.panels import Panel
+from hyperhive_core.testing import needs_claude
 
 pytestmark = needs_claude
 
@@ -40,7 +42,7 @@ class Extras:
 
         register("/-/extras/hello/<name>", hello)
         register("/-/extras/fail", fail, methods=("POST",))
-        register("/api/stats", lambda hive: {"series": []})  # a contract route a plugin may own
+        register("/api/stats", lambda hive: {"series": []}, public=True)  # a path of its own
 
     @hookimpl
     def register_slash_commands(self, register):
@@ -77,10 +79,13 @@ class Broken:
 
 
 @pytest.fixture
-async def extras_hive(tmp_path, make_pm):
-    extras = Extras(tmp_path)
+def extras(tmp_path):
+    return Extras(tmp_path)
+
+
+@pytest.fixture
+async def extras_hive(tmp_path, make_pm, extras):
     async with dashboard_hive(tmp_path, make_pm(web=hyperhive_web, extras=extras, broken=Broken())) as hive:
-        hive.extras = extras
         yield hive
 
 
@@ -142,17 +147,92 @@ async def test_plugin_routes_are_mounted_behind_the_guard(extras_hive):
     assert no_csrf.status == 403
 
 
-async def test_plugin_slash_commands_run_from_the_input_line(extras_hive):
+async def test_plugin_slash_commands_run_from_the_input_line(extras_hive, extras):
     http = operator(extras_hive)
     with trio.fail_after(20):
         shout = await http.post("/-/web/agents/worker/slash", {"line": "/shout  hello there "})
         unknown = await http.post("/-/web/agents/worker/slash", {"line": "/whisper"})
         page = (await http.get("/agent/worker/")).body.decode()
     assert shout.json() == {"command": "shout", "text": "worker: HELLO THERE!"}
-    assert extras_hive.extras.calls == [("worker", "hello there")]
+    assert extras.calls == [("worker", "hello there")]
     assert unknown.status == 400
-    assert unknown.json()["error"] == "unknown command '/whisper'; the commands are: /cancel, /model, /shout"
+    assert unknown.json()["error"] == (
+        "unknown command '/whisper'; the commands are /cancel, /model, /shout (/help says what each does)"
+    )
     assert "say it loudly" in page
+
+
+TEMPLATED = """
+from quart import render_template
+
+from hyperhive_core import Panel, hookimpl
+
+SHOUTED = "<script>alert(1)</script>"
+
+
+@hookimpl
+def register_routes(register):
+    async def page(hive):
+        return await render_template("tpl/page.jinja", agents=[SHOUTED, *(agent.name for agent in hive.agents)])
+
+    register("/-/tpl/page", page)
+
+
+@hookimpl
+def dashboard_panels(hive):
+    return [Panel("tpl", "TPL", "templated", template="tpl/panel.html", context={"who": SHOUTED})]
+
+
+@hookimpl
+def agent_panels(hive, agent):
+    return [Panel("tpl-agent", "TPL", "templated", template="tpl/nowhere.html", context={"agent": agent})]
+"""
+
+
+@pytest.fixture
+def templated(tmp_path, monkeypatch):
+    """A plugin package with its templates beside it, loaded from its files as pip would."""
+    package = tmp_path / "hyperhive_tpl"
+    (package / "templates").mkdir(parents=True)
+    (package / "__init__.py").write_text(TEMPLATED)
+    (package / "templates" / "panel.html").write_text('<p class="tpl">hello, {{ who }}</p>\n')
+    # Not .html: a plugin's template is autoescaped whatever its name.
+    (package / "templates" / "page.jinja").write_text(
+        "<ul>{% for name in agents %}<li>{{ name }}</li>{% endfor %}</ul>"
+    )
+    spec = importlib.util.spec_from_file_location("hyperhive_tpl", package / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "hyperhive_tpl", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_a_panel_and_a_page_from_a_plugins_templates_escape_what_they_show(tmp_path, make_pm, templated):
+    async with dashboard_hive(tmp_path, make_pm(web=hyperhive_web, tpl=templated)) as hive:
+        http = operator(hive)
+        with trio.fail_after(20):
+            host = (await http.get("/")).body.decode()
+            refreshed = (await http.get("/-/web/panels/tpl")).json()
+            page = await http.get("/-/tpl/page")
+    assert '<p class="tpl">hello, &lt;script&gt;alert(1)&lt;/script&gt;</p>' in host
+    assert "<script>alert(1)</script>" not in host
+    assert "hello, &lt;script&gt;" in refreshed["html"]
+    assert page.status == 200
+    assert (
+        page.body.decode() == "<ul><li>&lt;script&gt;alert(1)&lt;/script&gt;</li><li>manager</li><li>worker</li></ul>"
+    )
+
+
+async def test_a_missing_panel_template_is_an_error_panel_that_says_where_it_looked(tmp_path, make_pm, templated):
+    async with dashboard_hive(tmp_path, make_pm(web=hyperhive_web, tpl=templated)) as hive:
+        with trio.fail_after(20):
+            page = await operator(hive).get("/agent/worker/")
+    html = page.body.decode()
+    where = tmp_path / "hyperhive_tpl" / "templates" / "nowhere.html"
+    assert page.status == 200
+    assert 'id="panel-tpl-error"' in html
+    assert 'id="panel-tpl-agent"' not in html
+    assert f"the tpl plugin&#39;s template &#39;tpl/nowhere.html&#39; is missing: there is no {where}" in html
 
 
 def test_a_route_outside_the_plugins_prefix_is_refused(make_pm):
@@ -163,6 +243,53 @@ def test_a_route_outside_the_plugins_prefix_is_refused(make_pm):
 
     with pytest.raises(PluginError, match=r"plugin 'squatter' registers the route '/api/state'; .* /-/squatter/"):
         collect_routes(make_pm(squatter=Squatter()))
+
+
+@pytest.mark.parametrize(
+    ("rule", "public", "error"),
+    [
+        ("/-/squatter/page", True, "a public route is a path of its own starting with '/', outside /-/"),
+        ("metrics", True, "a public route is a path of its own starting with '/'"),
+        ("/-/other/page", False, "plugin routes live under /-/squatter/, or, for a path of its own, .* public=True"),
+        ("/metrics", "yes", "public must be True or False, not 'yes'"),
+    ],
+)
+def test_a_route_must_say_where_it_lives(make_pm, rule, public, error):
+    class Squatter:
+        @hookimpl
+        def register_routes(self, register):
+            register(rule, lambda hive: {}, public=public)
+
+    with pytest.raises(PluginError, match=error):
+        collect_routes(make_pm(squatter=Squatter()))
+
+
+@pytest.mark.parametrize(
+    ("rule", "shadowed"),
+    [
+        ("/api/state", "/api/state"),
+        ("/agent/<name>/", "/agent/<name>/"),
+        ("/api/agents/<name>/<any(cancel, stop):action>", "/api/agents/<name>/<any(cancel, rebuild):action>"),
+        ("/static/<path:file>", "/static/<path:filename>"),
+        ("/login", "/login"),
+    ],
+)
+async def test_a_public_route_that_would_shadow_the_dashboards_own_stops_the_hive_at_startup(
+    tmp_path, make_pm, rule, shadowed
+):
+    class Squatter:
+        @hookimpl
+        def register_routes(self, register):
+            register(rule, lambda hive, **variables: {}, public=True)
+
+    message = (
+        f"plugin 'squatter' registers the public route {rule!r}, which would shadow the dashboard's own route "
+        f"{shadowed!r}; give it another path, or drop public=True to put it under /-/squatter/"
+    )
+    refused = pytest.RaisesExc(PluginError, match=f"^{re.escape(message)}$")
+    with trio.fail_after(30), pytest.RaisesGroup(refused, flatten_subgroups=True):
+        async with dashboard_hive(tmp_path, make_pm(web=hyperhive_web, squatter=Squatter())):
+            pass
 
 
 def test_two_plugins_claiming_a_route_or_a_command_are_named(make_pm):

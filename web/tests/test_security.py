@@ -15,9 +15,11 @@ import hyperhive_questions
 import hyperhive_web
 import pytest
 import trio
-from hivekit import needs_claude
+from hyperhive_web import dashboard_of
 from test_auth import HOSTILE_NEXT, NOBODY
 from webkit import Http, browser_session, dashboard_hive, fork_as, operator
+
+from hyperhive_core.testing import needs_claude
 
 pytestmark = needs_claude
 
@@ -26,12 +28,12 @@ OTHER_PORT = "http://127.0.0.1:9"  # an agent's own web server on this host: sam
 
 
 async def test_without_a_session_api_calls_get_401_and_pages_go_to_login(hive):
-    anonymous = Http(hive.web.url)
+    anonymous = Http(dashboard_of(hive).url)
     with trio.fail_after(10):
         api = await anonymous.get("/api/state")
         agent_api = await anonymous.get("/api/agents/worker/inbox")
         stream = await anonymous.get("/api/events")
-        post = await anonymous.post("/api/spawn", {"name": "intruder"}, headers={"Origin": hive.web.url})
+        post = await anonymous.post("/api/spawn", {"name": "intruder"}, headers={"Origin": dashboard_of(hive).url})
         page = await anonymous.get("/agent/worker/")
         home = await anonymous.get("/")
     for reply in (api, agent_api, stream, post):
@@ -43,18 +45,18 @@ async def test_without_a_session_api_calls_get_401_and_pages_go_to_login(hive):
 
 
 async def test_login_trades_the_token_for_a_strict_httponly_cookie(hive):
-    anonymous = Http(hive.web.url)
+    anonymous = Http(dashboard_of(hive).url)
     with trio.fail_after(10):
         wrong = await anonymous.get("/login?token=guess")
-        right = await anonymous.get(f"/login?token={hive.web.token}&next=/agent/worker/")
-        offsite = await anonymous.get(f"/login?token={hive.web.token}&next=//evil.example/")
+        right = await anonymous.get(f"/login?token={dashboard_of(hive).token}&next=/agent/worker/")
+        offsite = await anonymous.get(f"/login?token={dashboard_of(hive).token}&next=//evil.example/")
         form = await anonymous.get("/login")
     assert wrong.status == 401
     assert "not this hive" in wrong.body.decode()
     assert right.status == 303
     assert right.headers["location"] == "/agent/worker/"
     cookie = right.headers["set-cookie"]
-    assert cookie.startswith(f"hyperhive_session_{hive.web.port}=")
+    assert cookie.startswith(f"hyperhive_session_{dashboard_of(hive).port}=")
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
     assert offsite.headers["location"] == "/"
@@ -65,8 +67,8 @@ async def test_login_trades_the_token_for_a_strict_httponly_cookie(hive):
 async def test_the_token_file_is_private(hive):
     path = hive.paths.root / "web" / "operator-token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_text().strip() == hive.web.token
-    assert len(hive.web.token) >= 40
+    assert path.read_text().strip() == dashboard_of(hive).token
+    assert len(dashboard_of(hive).token) >= 40
 
 
 async def test_state_changes_need_the_csrf_token_and_the_dashboards_own_origin(hive):
@@ -112,9 +114,11 @@ async def test_reads_from_another_origin_are_refused_too(hive):
 async def test_a_foreign_host_is_refused_even_with_the_token(hive):
     http = operator(hive)
     with trio.fail_after(10):
-        rebinding = await http.get("/api/state", headers={"Host": f"attacker.example:{hive.web.port}"})
-        login = await Http(hive.web.url).get(f"/login?token={hive.web.token}", headers={"Host": "attacker.example"})
-        localhost = await http.get("/api/state", headers={"Host": f"localhost:{hive.web.port}"})
+        rebinding = await http.get("/api/state", headers={"Host": f"attacker.example:{dashboard_of(hive).port}"})
+        login = await Http(dashboard_of(hive).url).get(
+            f"/login?token={dashboard_of(hive).token}", headers={"Host": "attacker.example"}
+        )
+        localhost = await http.get("/api/state", headers={"Host": f"localhost:{dashboard_of(hive).port}"})
     assert rebinding.status == login.status == 403
     assert "does not answer to host 'attacker.example" in rebinding.json()["error"]
     assert localhost.status == 200
@@ -129,7 +133,7 @@ async def test_allowed_hosts_extends_the_host_list(tmp_path, web_pm):
 
 async def test_a_wrong_bearer_token_is_refused(hive):
     with trio.fail_after(10):
-        reply = await Http(hive.web.url, {"Authorization": "Bearer nope"}).get("/api/state")
+        reply = await Http(dashboard_of(hive).url, {"Authorization": "Bearer nope"}).get("/api/state")
     assert reply.status == 401
 
 
@@ -148,7 +152,9 @@ async def test_a_websocket_from_a_foreign_origin_is_refused(hive):
     with trio.fail_after(20):
         foreign = await browser.websocket_handshake(path + csrf, {"Origin": OTHER_PORT})
         no_csrf = await browser.websocket_handshake(path + "wrong")
-        no_session = await Http(hive.web.url).websocket_handshake(path + csrf, {"Origin": hive.web.url})
+        no_session = await Http(dashboard_of(hive).url).websocket_handshake(
+            path + csrf, {"Origin": dashboard_of(hive).url}
+        )
         ours = await browser.websocket_handshake(path + csrf)
     assert (foreign, no_csrf, no_session) == (403, 403, 401)
     assert ours == 101
@@ -199,7 +205,7 @@ async def test_code_in_an_agents_sandbox_cannot_approve_or_read_another_agents_d
         token_path = str(hive.paths.root / "web" / "operator-token")
         spec = hive.container_spec("worker")
         env = hive.session_env("worker", hive.backend.view(spec).state)
-        argv = [sys.executable, "-I", "-c", PROBE, hive.web.url, token_path]
+        argv = [sys.executable, "-I", "-c", PROBE, dashboard_of(hive).url, token_path]
         with trio.fail_after(60):
             process = await hive.backend.exec(spec, argv, env)
             output = b""
@@ -257,14 +263,14 @@ async def test_json_nested_too_deep_is_a_400_on_every_route_that_reads_json(ques
 async def test_a_body_over_4_mib_is_refused_with_413(hive):
     """Refused on its Content-Length, before the body is read: so the client sends none, and reads the answer."""
     browser, csrf = await browser_session(hive)
-    cookie = browser.headers["Cookie"]
+    cookie, web = browser.headers["Cookie"], dashboard_of(hive)
     head = (
-        f"POST /api/agents/worker/messages HTTP/1.1\r\nHost: 127.0.0.1:{hive.web.port}\r\nCookie: {cookie}\r\n"
-        f"Origin: {hive.web.url}\r\nX-CSRF-Token: {csrf}\r\nContent-Type: application/json\r\n"
+        f"POST /api/agents/worker/messages HTTP/1.1\r\nHost: 127.0.0.1:{web.port}\r\nCookie: {cookie}\r\n"
+        f"Origin: {web.url}\r\nX-CSRF-Token: {csrf}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {4 * 1024 * 1024 + 1}\r\n\r\n"
     )
     with trio.fail_after(30):
-        stream = await trio.open_tcp_stream("127.0.0.1", hive.web.port)
+        stream = await trio.open_tcp_stream("127.0.0.1", dashboard_of(hive).port)
         async with stream:
             await stream.send_all(head.encode())
             answer = b""
@@ -308,17 +314,17 @@ async def test_the_dashboard_refuses_a_model_that_is_not_one(hive):
 async def test_wrong_tokens_get_429_with_retry_after_and_the_right_one_works_after(tmp_path, web_pm):
     # 12 a minute: a burst of 12, then one back every 5 s.
     async with dashboard_hive(tmp_path, web_pm, web={"token_failures_per_minute": 12}) as hive:
-        anonymous = Http(hive.web.url)
+        anonymous = Http(dashboard_of(hive).url)
         right_bearer = operator(hive)
         with trio.fail_after(60):
             wrong = []
             while len(wrong) < 50 and (not wrong or wrong[-1].status == 401):
                 wrong.append(await anonymous.get(f"/login?token=guess-{len(wrong)}"))
             locked = wrong.pop()
-            right_while_locked = await anonymous.get(f"/login?token={hive.web.token}")
+            right_while_locked = await anonymous.get(f"/login?token={dashboard_of(hive).token}")
             bearer_while_locked = await right_bearer.get("/api/state")
             await trio.sleep(int(locked.headers["retry-after"]))
-            right_after = await anonymous.get(f"/login?token={hive.web.token}")
+            right_after = await anonymous.get(f"/login?token={dashboard_of(hive).token}")
             bearer_after = await right_bearer.get("/api/state")
         assert len(wrong) >= 12
         assert {reply.status for reply in wrong} == {401}
@@ -351,31 +357,31 @@ async def test_another_uids_wrong_tokens_never_lock_the_operator_out(tmp_path, w
     """An agent guessing tokens (its own uid) runs out of attempts alone; the operator's uid keeps its own."""
     async with dashboard_hive(tmp_path, web_pm, web={"token_failures_per_minute": 5}) as hive:
         statuses, out = os.pipe()
-        pid = fork_as(NOBODY, lambda: guess_tokens(hive.web.port, 50, out))
+        pid = fork_as(NOBODY, lambda: guess_tokens(dashboard_of(hive).port, 50, out))
         os.close(out)
         with trio.fail_after(60):
             _, code = await trio.to_thread.run_sync(os.waitpid, pid, 0)
             seen = await trio.to_thread.run_sync(os.read, statuses, 100)
-            login = await Http(hive.web.url).get(f"/login?token={hive.web.token}")
+            login = await Http(dashboard_of(hive).url).get(f"/login?token={dashboard_of(hive).token}")
             bearer = await operator(hive).get("/api/state")
         os.close(statuses)
         assert code == 0
         assert seen == b"44444L"  # five wrong tokens, then locked
-        assert hive.web.limiter.remaining(f"loopback uid {NOBODY}") == 0
+        assert dashboard_of(hive).limiter.remaining(f"loopback uid {NOBODY}") == 0
         assert login.status == 303
         assert bearer.status == 200
-        assert hive.web.limiter.remaining(f"loopback uid {os.getuid()}") == 5
+        assert dashboard_of(hive).limiter.remaining(f"loopback uid {os.getuid()}") == 5
 
 
 # -- where the browser goes after login ---------------------------------------------------------
 
 
 async def test_a_page_asked_for_before_login_comes_back_through_the_same_check(hive):
-    anonymous = Http(hive.web.url)
+    anonymous = Http(dashboard_of(hive).url)
     with trio.fail_after(10):
         query = await anonymous.get("/agent/worker/?tab=inbox&x=1")
-        back = await anonymous.get(f"/login?token={hive.web.token}&next=/agent/worker/%3Ftab%3Dinbox%26x%3D1")
-        offsite = await anonymous.get(f"/login?token={hive.web.token}&next=/%5Cevil.example/")
+        back = await anonymous.get(f"/login?token={dashboard_of(hive).token}&next=/agent/worker/%3Ftab%3Dinbox%26x%3D1")
+        offsite = await anonymous.get(f"/login?token={dashboard_of(hive).token}&next=/%5Cevil.example/")
     assert (query.status, query.headers["location"]) == (303, "/login?next=/agent/worker/%3Ftab%3Dinbox%26x%3D1")
     assert (back.status, back.headers["location"]) == (303, "/agent/worker/?tab=inbox&x=1")
     assert (offsite.status, offsite.headers["location"]) == (303, "/")
@@ -387,7 +393,7 @@ async def test_no_hostile_next_takes_chromium_off_the_dashboard(hive, browser):
     from playwright.sync_api import Error as PlaywrightError
 
     page = await browser.page()
-    own = urlsplit(hive.web.url)
+    own = urlsplit(dashboard_of(hive).url)
     # Each hostile target percent-encoded into the query, and a few as typed, unencoded:
     # Chromium strips tabs and newlines from a URL itself.
     queries = [quote(target, safe="") for target in HOSTILE_NEXT]
@@ -402,7 +408,7 @@ async def test_no_hostile_next_takes_chromium_off_the_dashboard(hive, browser):
 
         page.on("request", record)
         try:
-            page.goto(f"{hive.web.url}/login?token={hive.web.token}&next={query}")
+            page.goto(f"{dashboard_of(hive).url}/login?token={dashboard_of(hive).token}&next={query}")
         except PlaywrightError:  # how an off-site navigation ends here: nothing resolves evil.example
             pass
         finally:

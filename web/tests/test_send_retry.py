@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import trio
-from hivekit import needs_claude
 from test_browser import expect, login, toast
 from webkit import screenshot
+
+from hyperhive_core.testing import needs_claude
 
 pytestmark = needs_claude
 

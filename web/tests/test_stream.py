@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import trio
-from hivekit import needs_claude
+from hyperhive_web import dashboard_of
 from webkit import operator
+
+from hyperhive_core.testing import needs_claude
 
 pytestmark = needs_claude
 
@@ -73,7 +75,7 @@ async def test_the_hive_stream_replays_after_the_given_id_then_every_agent(hive)
 
 
 async def test_a_closed_stream_stops_listening(hive):
-    listeners = hive.web.feed.listeners
+    listeners = dashboard_of(hive).feed.listeners
     with trio.fail_after(20):
         async with operator(hive).sse("/api/events") as stream:
             await read_until_live(stream)
@@ -88,7 +90,7 @@ async def test_a_stalled_client_is_cut_off_and_resumes_from_history(hive, monkey
     with trio.fail_after(60):
         async with http.sse("/api/events") as stream:
             await read_until_live(stream)
-            (listener,) = hive.web.feed.listeners
+            (listener,) = dashboard_of(hive).feed.listeners
             monkeypatch.setattr(listener, "limit", 3)
             published = []
             while not listener.overflowed:

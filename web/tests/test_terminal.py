@@ -12,8 +12,10 @@ import textwrap
 
 import pytest
 import trio
-from hivekit import needs_claude
+from hyperhive_web import dashboard_of
 from webkit import dashboard_hive, operator
+
+from hyperhive_core.testing import needs_claude
 
 pytestmark = needs_claude
 
@@ -119,7 +121,7 @@ def test_attach_needs_a_terminal(hyperhive, clean_env, tmp_path):
 async def test_the_login_address_is_logged_at_startup_and_printed_again(tmp_path, web_pm, hyperhive, clean_env, caplog):
     caplog.set_level(logging.INFO, logger="hyperhive_web")
     async with dashboard_hive(tmp_path, web_pm) as hive:
-        login = f"{hive.web.url}/login?token={hive.web.token}"
+        login = f"{dashboard_of(hive).url}/login?token={dashboard_of(hive).token}"
         assert f"log in to the dashboard: {login}" in caplog.text
         config = tmp_path / "again.toml"
         config.write_text(f'[hive]\nstate_dir = "{hive.paths.root}"\n')

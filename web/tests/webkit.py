@@ -21,9 +21,10 @@ import h11
 import trio
 import wsproto
 import wsproto.events
-from hivekit import launch_chromium, running_hive
+from hyperhive_web import dashboard_of
 
 from hyperhive_core.hive import Hive
+from hyperhive_core.testing import launch_chromium, running_hive
 
 
 @dataclass
@@ -280,16 +281,18 @@ async def dashboard_hive(
 
 def operator(hive: Hive) -> Http:
     """The operator's script: the token as a bearer token, as `hyperhive attach` sends it."""
-    return Http(hive.web.url, {"Authorization": f"Bearer {hive.web.token}"})
+    return Http(dashboard_of(hive).url, {"Authorization": f"Bearer {dashboard_of(hive).token}"})
 
 
 async def browser_session(hive: Hive) -> tuple[Http, str]:
     """A logged-in browser's cookie and CSRF token, sending the dashboard's own Origin."""
-    anonymous = Http(hive.web.url)
-    login = await anonymous.get(f"/login?token={hive.web.token}")
+    anonymous = Http(dashboard_of(hive).url)
+    login = await anonymous.get(f"/login?token={dashboard_of(hive).token}")
     assert login.status == 303, login.body
     cookie = login.headers["set-cookie"].split(";", 1)[0]
-    client = Http(hive.web.url, {"Cookie": cookie, "Origin": hive.web.url, "Sec-Fetch-Site": "same-origin"})
+    client = Http(
+        dashboard_of(hive).url, {"Cookie": cookie, "Origin": dashboard_of(hive).url, "Sec-Fetch-Site": "same-origin"}
+    )
     page = (await client.get("/")).body.decode()
     csrf = page.split('name="hyperhive-csrf" content="', 1)[1].split('"', 1)[0]
     return client, csrf
