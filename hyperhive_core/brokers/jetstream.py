@@ -73,6 +73,8 @@ PULL_SECONDS = 30.0
 # A consumer learns of a stored message a moment after its send returned: ``lease``
 # waits this long for a first message before it says there is none.
 LEASE_LINGER_SECONDS = 0.25
+# The most sends stored as one atomic batch (the server allows 1,000).
+GROUP_LIMIT = 256
 # The acked and dead copies dedupe a repeat (a crash between copy and ack) within this window.
 COPY_WINDOW_SECONDS = 300.0
 # Not a nats-py error, but what a JetStream request can end in when the cluster is away.
@@ -116,6 +118,20 @@ def connect_options(section: JetStreamSection) -> dict[str, Any]:
     return options
 
 
+@dataclass(eq=False)
+class _Outgoing:
+    """A send waiting for its group to be stored."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+    stored: tuple[int, bool] | None = None
+    """Its id, and whether it repeats a message stored before under the same key."""
+    error: BaseException | None = None
+    turn: trio.Event = dataclasses.field(default_factory=trio.Event)
+    """Set when it is stored or refused, or when its sender is to carry the next group."""
+
+
 @dataclass
 class _Lease:
     recipient: str
@@ -153,6 +169,9 @@ class JetStreamBroker(MessageBroker):
         self._consumers: set[str] = set()
         self._leases: dict[str, _Lease] = {}
         self._given_back: dict[int, tuple[int, str | None]] = {}
+        self._outbox: list[_Outgoing] = []
+        self._carrying = False
+        """A group is on its way; the next waits for it (a second at once only halves both)."""
         """Attempts and last error of messages given back by this process, by id (the stream keeps neither)."""
 
     # -- the connection ------------------------------------------------------------
@@ -163,12 +182,19 @@ class JetStreamBroker(MessageBroker):
         assert self._bridge is not None
         try:
             return await self._bridge.run(make, **kwargs)
-        except nats.js.errors.APIError as exc:
-            if isinstance(exc, nats.js.errors.ServiceUnavailableError):  # JetStream is not up (yet)
-                raise StoreError(self._unreachable(exc)) from exc
-            raise StoreError(f"the NATS cluster at {self.where} refused the request: {exc.description}") from exc
         except UNREACHABLE as exc:
-            raise StoreError(self._unreachable(exc)) from exc
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: BaseException) -> StoreError:
+        """A request's error from the loop as a ``StoreError`` naming the cluster."""
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, nats.js.errors.APIError) and not isinstance(
+            exc,
+            nats.js.errors.ServiceUnavailableError,  # JetStream is not up (yet)
+        ):
+            return StoreError(f"the NATS cluster at {self.where} refused the request: {exc.description}")
+        return StoreError(self._unreachable(exc))
 
     def _unreachable(self, exc: BaseException) -> str:
         return (
@@ -247,6 +273,7 @@ class JetStreamBroker(MessageBroker):
             # A body at the limit, escaped into the JSON record, with room for the record's other fields.
             max_msg_size=self.settings.max_body_bytes * 6 + 4096,
             allow_direct=False,  # followers may lag: every read goes to the leader
+            allow_atomic=True,  # concurrent sends are stored as one batch
         )
 
     async def _until_connected(self) -> None:
@@ -312,38 +339,151 @@ class JetStreamBroker(MessageBroker):
         idempotency_key: str | None = None,
     ) -> Message:
         draft = self.draft(sender, recipient, body, kind, idempotency_key)
-        subject = f"{self.inbox_subject}.{draft.recipient}.{draft.sender}.{secrets.token_hex(8)}"
         record = {"kind": draft.kind, "body": draft.body, "created_at": draft.created_at}
-        headers = {"Nats-Msg-Id": f"{draft.sender}:{draft.idempotency_key}"} if draft.idempotency_key else None
-        try:
-            ack = await self._call(lambda: self._publish(subject, record, headers))
-        except StoreError as exc:
-            self._refusals.refused(exc.__cause__ or exc, 1)
+        outgoing = _Outgoing(
+            f"{self.inbox_subject}.{draft.recipient}.{draft.sender}.{secrets.token_hex(8)}",
+            _encode(record),
+            {"Nats-Msg-Id": f"{draft.sender}:{draft.idempotency_key}"} if draft.idempotency_key else None,
+        )
+        await self._submit(outgoing)
+        if outgoing.error is not None:
+            if not isinstance(outgoing.error, (StoreError, *UNREACHABLE)):
+                raise outgoing.error
+            self._refusals.refused(outgoing.error, 1)
             raise StoreError(
-                f"message to {draft.recipient!r} was not stored, or not confirmed: {exc}; "
+                f"message to {draft.recipient!r} was not stored, or not confirmed: {self._failure(outgoing.error)}; "
                 "send it again (with the same idempotency key, if it had one)"
-            ) from exc.__cause__
+            ) from outgoing.error
+        assert outgoing.stored is not None
+        seq, duplicate = outgoing.stored
         self._refusals.stored()
-        if ack.duplicate:
-            return await self._repeat(draft, ack.seq)
+        if duplicate:
+            return await self._repeat(draft, seq)
         self.stats.messages += 1
-        self.stats.transactions += 1
         message = Message(
-            ack.seq, draft.sender, draft.recipient, draft.kind, draft.body, draft.created_at, "queued", 0, None
+            seq, draft.sender, draft.recipient, draft.kind, draft.body, draft.created_at, "queued", 0, None
         )
         await self.announce(message)
         return message
+
+    async def _submit(self, outgoing: _Outgoing) -> None:
+        """Queue ``outgoing`` and wait until it is stored or refused (group commit).
+
+        Sends that queue while a group is on its way go together in the next one:
+        one hop to the NATS loop and one atomic batch (one replicated write) for
+        all of them. Whoever finds no group on its way carries the next one, and
+        hands the job on to the next sender in line when its own is done.
+        """
+        self._outbox.append(outgoing)
+        try:
+            while outgoing.stored is None and outgoing.error is None:
+                if self._carrying:
+                    await outgoing.turn.wait()
+                    outgoing.turn = trio.Event()
+                    continue
+                self._carrying = True
+                try:
+                    # Others' sends too: the group goes (bounded by the request timeout) even if this one is cancelled.
+                    with trio.CancelScope(shield=True):
+                        # The senders the last group woke (run in the next round, in any order) queue
+                        # their next sends first: the group grows.
+                        for _ in range(2):
+                            await trio.lowlevel.checkpoint()
+                        group, self._outbox = self._outbox[:GROUP_LIMIT], self._outbox[GROUP_LIMIT:]
+                        await self._carry(group)
+                finally:
+                    self._carrying = False
+                    if self._outbox:
+                        self._outbox[0].turn.set()
+        except trio.Cancelled:
+            if outgoing in self._outbox:  # not sent: nobody waits for it
+                self._outbox.remove(outgoing)
+                if self._outbox and not self._carrying:
+                    self._outbox[0].turn.set()
+            raise
+
+    async def _carry(self, group: list[_Outgoing]) -> None:
+        try:
+            outcomes = await self._call(lambda: self._store(group))
+        except Exception as exc:  # each sender raises it
+            outcomes = [exc] * len(group)
+        self.stats.transactions += 1
+        for outgoing, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                outgoing.error = outcome
+            else:
+                outgoing.stored = outcome
+            outgoing.turn.set()
+
+    async def _store(self, group: list[_Outgoing]) -> list[tuple[int, bool] | BaseException]:
+        """On the loop: store a group, as one atomic batch if it is more than one; each one's (id, repeat) or error.
+
+        A batch the stream refuses stored nothing (a key used before refuses the
+        whole batch), so its messages then go one by one, each to its own answer.
+        """
+        if len(group) > 1:
+            try:
+                last = await self._publish_batch(group)
+            except nats.js.errors.APIError as exc:
+                log.debug("atomic batch of %d refused (%s); sending them one by one", len(group), exc.description)
+            else:
+                return [(last - len(group) + index, False) for index in range(1, len(group) + 1)]
+        results = await asyncio.gather(
+            *(self._publish_data(outgoing.subject, outgoing.data, outgoing.headers) for outgoing in group),
+            return_exceptions=True,
+        )
+        return [
+            (result.seq, bool(result.duplicate)) if isinstance(result, api.PubAck) else result for result in results
+        ]
+
+    async def _publish_batch(self, group: list[_Outgoing]) -> int:
+        """On the loop: store ``group`` as one atomic batch; return the last message's sequence.
+
+        The messages of an atomic batch are stored together, in order, at
+        consecutive sequences, or not at all.
+        """
+        await self._until_connected()
+        nc = self._nc
+        assert nc is not None
+        deadline = asyncio.get_running_loop().time() + self.section.request_timeout_seconds
+        while True:
+            batch_id = secrets.token_hex(8)
+            *first, last = (
+                (outgoing, {**(outgoing.headers or {}), "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)})
+                for n, outgoing in enumerate(group, 1)
+            )
+            for outgoing, headers in first:
+                await nc.publish(outgoing.subject, outgoing.data, headers=headers)
+            try:
+                reply = await nc.request(
+                    last[0].subject,
+                    last[0].data,
+                    timeout=self.section.request_timeout_seconds,
+                    headers={**last[1], "Nats-Batch-Commit": "1"},
+                )
+            except nats.errors.NoRespondersError:  # nothing stored (just made, electing): ask again
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                raise nats.js.errors.APIError.from_error(answer["error"])
+            return answer["seq"]
 
     async def _publish(self, subject: str, record: dict[str, Any], headers: dict[str, str] | None) -> api.PubAck:
         """On the loop: store one record; a stream that has no responder yet (just made, electing) is asked again.
 
         No responder means nobody received it, so asking again cannot store it twice.
         """
+        return await self._publish_data(subject, _encode(record), headers)
+
+    async def _publish_data(self, subject: str, data: bytes, headers: dict[str, str] | None) -> api.PubAck:
         await self._until_connected()
         deadline = asyncio.get_running_loop().time() + self.section.request_timeout_seconds
         while True:
             try:
-                return await self._js.publish(subject, _encode(record), headers=headers)
+                return await self._js.publish(subject, data, headers=headers)
             except nats.js.errors.NoStreamResponseError:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
