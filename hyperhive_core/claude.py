@@ -40,6 +40,7 @@ from hyperhive_core.agentenv import CLAUDE_DIR, PROJECTS
 from hyperhive_core.config import option
 from hyperhive_core.containers import ContainerBackend, ContainerProcess, ContainerSpec
 from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core.lines import LineReader, LineTooLong
 from hyperhive_core.models import InvalidModel, check_extra_models, check_model
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ class ClaudeSession:
         self._process: ContainerProcess | None = None
         self._stderr_done = trio.Event()
         self._options: SessionOptions | None = None
-        self._buffer = bytearray()
+        self._lines: LineReader | None = None  # over the running process's stdout
         self._cost_so_far = 0.0
 
     @property
@@ -413,7 +414,7 @@ class ClaudeSession:
             log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
             self._process = await self.backend.exec(self.spec, argv, {**SESSION_ENV, **options.env})
             self._options = options
-            self._buffer.clear()
+            self._lines = None
             self._cost_so_far = 0.0
             self.stderr_tail.clear()
             self._stderr_done = trio.Event()
@@ -545,23 +546,18 @@ class ClaudeSession:
         """The next parsed stdout event, or ``None`` once the process has exited."""
         assert self._process is not None
         assert self._process.stdout is not None
-        stdout = self._process.stdout
+        if self._lines is None:
+            self._lines = LineReader(self._process.stdout, MAX_EVENT_LINE)
         while True:
-            newline = self._buffer.find(b"\n")
-            if newline < 0:
-                if len(self._buffer) > MAX_EVENT_LINE:
-                    raise SessionDied("Claude Code printed an event line over 16 MiB")
-                chunk = await stdout.receive_some(65536)
-                if not chunk:
-                    await self._process.wait()
-                    return None
-                self._buffer += chunk
-                continue
-            if self._buffer.startswith(STREAM_EVENT_PREFIX):
-                del self._buffer[: newline + 1]
+            try:
+                line = await self._lines.receive_line()
+            except LineTooLong:
+                raise SessionDied("Claude Code printed an event line over 16 MiB") from None
+            if line is None:
+                await self._process.wait()
+                return None
+            if line.startswith(STREAM_EVENT_PREFIX):
                 return STREAM_EVENT  # progress only: the whole reply follows as an assistant event
-            line = bytes(self._buffer[:newline])
-            del self._buffer[: newline + 1]
             if line.strip():
                 try:
                     return json.loads(line)

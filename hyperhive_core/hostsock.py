@@ -22,6 +22,7 @@ import trio
 
 from hyperhive_core.errors import HyperhiveError, PluginError
 from hyperhive_core.hostclient import ConnectionLost, DaemonNotRunning, HostCommandError, request, subscribe
+from hyperhive_core.lines import LineReader, LineTooLong
 from hyperhive_core.plugins import HivePluginManager, Registry, collect
 
 if TYPE_CHECKING:
@@ -96,23 +97,15 @@ def group_id(group: str) -> int:
 
 async def _serve_connection(hive: Hive, commands: Registry, stream: trio.SocketStream) -> None:
     async with stream:
-        buffer = bytearray()
+        lines = LineReader(stream, MAX_REQUEST)
         while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                if len(buffer) > MAX_REQUEST:
-                    await _reply(stream, {"error": f"request over {MAX_REQUEST} bytes; send one JSON object per line"})
-                    return
-                try:
-                    chunk = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    return
-                if not chunk:
-                    return
-                buffer += chunk
-                continue
-            line = bytes(buffer[:newline])
-            del buffer[: newline + 1]
+            try:
+                line = await lines.receive_line()
+            except LineTooLong:
+                await _reply(stream, {"error": f"request over {MAX_REQUEST} bytes; send one JSON object per line"})
+                return
+            if line is None:
+                return
             if not line.strip():
                 continue
             request = _parse(line)

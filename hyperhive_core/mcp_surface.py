@@ -29,6 +29,7 @@ from mcp.shared.message import SessionMessage
 
 import hyperhive_core
 from hyperhive_core.errors import HyperhiveError, PluginError
+from hyperhive_core.lines import LineReader, LineTooLong
 from hyperhive_core.tool_schema import ToolSchema, tool_schema
 from hyperhive_core.tools import ROLES, ToolContext
 
@@ -55,7 +56,6 @@ MAX_CONNECTIONS = 8
 """Concurrent connections per agent socket. Claude Code holds one; the cap stops an
 agent's own code from tying up the daemon with more."""
 
-_READ_CHUNK = 65536
 # sun_path is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -344,29 +344,18 @@ async def _serve_connection(
 async def _read_messages(
     stream: trio.SocketStream, to_server: MemoryObjectSendStream[SessionMessage | Exception], agent: str
 ) -> None:
-    buffer = bytearray()
-    scanned = 0  # bytes of buffer already searched for a newline
+    lines = LineReader(stream, MAX_LINE_BYTES)
     async with to_server:
         while True:
-            end = buffer.find(b"\n", scanned)
-            if (end if end >= 0 else len(buffer)) > MAX_LINE_BYTES:
+            try:
+                line = await lines.receive_line()
+            except LineTooLong:
                 log.warning("agent %r: a message exceeded %d bytes; dropping the connection", agent, MAX_LINE_BYTES)
                 return
-            if end >= 0:
-                line = bytes(buffer[:end])
-                del buffer[: end + 1]
-                scanned = 0
-                if line.strip() and not await _deliver(line, to_server, agent):
-                    return
-                continue
-            scanned = len(buffer)
-            try:
-                chunk = await stream.receive_some(_READ_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if line is None:
                 return
-            if not chunk:
+            if line.strip() and not await _deliver(line, to_server, agent):
                 return
-            buffer += chunk
 
 
 async def _deliver(line: bytes, to_server: MemoryObjectSendStream[SessionMessage | Exception], agent: str) -> bool:
