@@ -17,6 +17,7 @@ import hyperhive_web
 import pytest
 import trio
 from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
+from hyperhive_web import dashboard_of
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "telemetry"
@@ -105,7 +106,8 @@ async def test_time_labels_fit_and_one_point_spans_minutes(make_pm, tmp_path, de
         await trio.sleep(3)  # a few samples: the sampled charts span seconds, the turn chart one instant
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         with trio.fail_after(90):
-            shown = await trio.to_thread.run_sync(axes_at, hive.web.url, hive.web.token, WIDTHS[device])
+            dashboard = dashboard_of(hive)
+            shown = await trio.to_thread.run_sync(axes_at, dashboard.url, dashboard.token, WIDTHS[device])
     assert shown["errors"] == []
     charts = {(page, axis["chart"]): axis for page in ("agent", "hive") for axis in shown[page]}
     assert {("agent", "turn_duration_ms"), ("agent", "inbox_depth"), ("hive", "turns_per_min")} <= set(charts)

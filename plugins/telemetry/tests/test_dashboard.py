@@ -15,7 +15,9 @@ import pytest
 import trio
 from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
 from hyperhive_telemetry.api import stats_body
+from hyperhive_web import dashboard_of
 from prometheus_client.parser import text_string_to_metric_families
+from quart import render_template
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "telemetry"
@@ -92,7 +94,8 @@ async def test_stats_over_http_and_charts_in_the_browser(make_pm, tmp_path):
         with trio.fail_after(10):  # the figures are written just after the turn_end event
             while (await stats_body(hive, {"series": ["0"]}))["summary"].get("worker", {}).get("turns") != 3:
                 await trio.sleep(0.05)
-        url, token = hive.web.url, hive.web.token
+        dashboard = dashboard_of(hive)
+        url, token = dashboard.url, dashboard.token
 
         status, kind, body = await trio.to_thread.run_sync(get, f"{url}/api/stats?since=1h&agent=worker", token)
         assert (status, kind) == (200, "application/json")
@@ -124,3 +127,23 @@ async def test_stats_over_http_and_charts_in_the_browser(make_pm, tmp_path):
     assert re.fullmatch(r"\d+\.\d MB / \d+\.\d MB", shown["figures"]["memory now / max"])  # the warm CLI
     assert [row.split("\t")[0] for row in shown["rows"]] == ["manager", "worker"]
     assert (ARTIFACTS / "agent-panel.png").stat().st_size > 0
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+async def test_the_panels_escape_what_they_show(make_pm, tmp_path):
+    """The agent panel's template, rendered by the dashboard, shows a hostile agent name as text."""
+    pm = make_pm(web=hyperhive_web, telemetry=hyperhive_telemetry)
+    async with running_hive(tmp_path, pm, SCENARIO, web={"port": 0}) as hive:
+        app = dashboard_of(hive).app
+        [panel] = hyperhive_telemetry.agent_panels(hive=hive, agent=HOSTILE)
+        [host] = hyperhive_telemetry.dashboard_panels(hive=hive)
+        async with app.app_context():
+            html = await render_template(panel.template, **panel.context)
+            host_html = await render_template(host.template, **host.context)
+    assert panel.label == f"turn statistics of {HOSTILE}"  # the dashboard escapes the label itself
+    assert HOSTILE not in html
+    assert 'data-telemetry-agent="&lt;script&gt;alert(1)&lt;/script&gt;"' in html
+    assert html.count('<div class="telemetry-chart" data-chart=') == 5
+    assert '<th scope="col">inbox now / max</th>' in host_html

@@ -9,31 +9,31 @@ import time
 
 import hyperhive_telemetry
 import pytest
+import sqlite_utils
 import trio
 from hivekit import needs_claude, next_event, operator_reply, running_hive
 from hyperhive_telemetry import store
 from hyperhive_telemetry.api import metrics_text, stats_body
-from hyperhive_telemetry.collect import Telemetry, party_class, turn_samples
-from hyperhive_telemetry.config import TelemetrySection
+from hyperhive_telemetry.collect import TELEMETRY, party_class, turn_samples
 from hyperhive_telemetry.store import Sample
 from prometheus_client.parser import text_string_to_metric_families
 
-from hyperhive_core.broker import Message
-from hyperhive_core.claude import TurnExit, TurnResult
-from hyperhive_core.errors import ConfigError
-from hyperhive_core.harness import Turn
-from hyperhive_core.store import Store
+from hyperhive_core import ConfigError, Message, Turn, TurnExit, TurnResult
+
+IDLE = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 
 
 @pytest.fixture
-def db_store(tmp_path):
-    opened = Store(tmp_path / "hive.db")
-    opened.migrate({"telemetry": store.MIGRATIONS})
+def db(tmp_path):
+    """A sqlite database with the plugin's tables, as its migrations create them."""
+    opened = sqlite_utils.Database(tmp_path / "hive.db")
+    for migration in store.MIGRATIONS:
+        migration(opened)
     yield opened
     opened.close()
 
 
-def test_query_filters_by_since_agent_and_key(db_store):
+def test_query_filters_by_since_agent_and_key(db):
     samples = [
         Sample("worker", 100, "tool:list_agents", 1),
         Sample("worker", 200, "tool:listXagents", 1),
@@ -41,10 +41,10 @@ def test_query_filters_by_since_agent_and_key(db_store):
         Sample("manager", 300, "tool:send", 1),
         Sample("worker", 400, "inbox_depth", 3),
     ]
-    db_store.write_sync(lambda db: store.record(db, samples))
+    store.record(db, samples)
 
     def query(**kwargs):
-        return db_store.write_sync(lambda db: store.query(db, **kwargs))
+        return store.query(db, **kwargs)
 
     assert query(since=200) == samples[1:]
     assert query(since=200, until=300) == samples[1:4]
@@ -56,21 +56,21 @@ def test_query_filters_by_since_agent_and_key(db_store):
     assert query(since=401) == []
 
 
-def test_totals_add_up_and_outlive_retention(db_store, tmp_path):
+@needs_claude
+async def test_totals_add_up_and_outlive_retention(make_pm, tmp_path):
     old, new = time.time() - 10 * 86400, time.time()
-    for at in (old, new):
-        turn = [Sample("worker", at, "exit:ok", 1), Sample("worker", at, "cost_usd", 0.25)]
-        db_store.write_sync(lambda db, turn=turn: store.record(db, turn, add_to_totals=True))
-    db_store.write_sync(lambda db: store.record(db, [Sample("worker", old, "inbox_depth", 4)]))
-
-    class FakeHive:  # only what Telemetry.prune touches
-        store = db_store
-
-    telemetry = Telemetry(FakeHive(), TelemetrySection(retention_days=7))
-    assert trio.run(telemetry.prune) == 3
-    remaining = db_store.write_sync(lambda db: store.query(db, since=0))
+    pm = make_pm(telemetry=hyperhive_telemetry)
+    # No agent named worker: the sampler records nothing of its own for it.
+    async with running_hive(tmp_path, pm, IDLE, telemetry={"retention_days": 7}) as hive:
+        for at in (old, new):
+            turn = [Sample("worker", at, "exit:ok", 1), Sample("worker", at, "cost_usd", 0.25)]
+            await hive.store.write(lambda db, turn=turn: store.record(db, turn, add_to_totals=True))
+        await hive.store.write(lambda db: store.record(db, [Sample("worker", old, "inbox_depth", 4)]))
+        assert await hive.stash[TELEMETRY].prune() == 3
+        remaining = await hive.store.read(lambda db: store.query(db, since=0, agents=["worker"]))
+        totals = await hive.store.read(store.totals)
     assert [(s.key, s.ts) for s in remaining] == [("exit:ok", new), ("cost_usd", new)]
-    assert db_store.write_sync(store.totals) == [("worker", "cost_usd", 0.5), ("worker", "exit:ok", 2)]
+    assert totals == [("worker", "cost_usd", 0.5), ("worker", "exit:ok", 2)]
 
 
 def message(sender):
