@@ -31,7 +31,9 @@ class JetStreamSection:
     """The NATS JetStream cluster that holds the messages when [broker] backend = "jetstream"."""
 
     urls: list[str] = option(
-        ["nats://127.0.0.1:4222"], help="The cluster's nodes; the client fails over and reconnects among them."
+        ["nats://127.0.0.1:4222"],
+        help="The cluster's nodes, this host's own first: the client connects to the first that answers,\n"
+        "in this order, and fails over and reconnects among them.",
     )
     credentials_file: Path | None = option(
         None,

@@ -236,6 +236,7 @@ class JetStreamBroker(MessageBroker):
             connect_timeout=self.section.request_timeout_seconds,
             reconnect_time_wait=0.5,
             max_reconnect_attempts=-1,
+            dont_randomize=True,  # the first URL is this host's own node; the others are for failover
             reconnected_cb=up,
             disconnected_cb=down,
             error_cb=error,
