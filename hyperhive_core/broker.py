@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal, NamedTuple, Protocol, get_args
+from typing import Literal, NamedTuple, Protocol, TypeGuard, get_args
 
 import sqlite_utils
 import trio
@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 MessageKind = Literal["text", "event"]
 MessageState = Literal["queued", "leased", "acked", "dead"]
 MESSAGE_KINDS: frozenset[str] = frozenset(get_args(MessageKind))
+
+
+def is_message_kind(kind: str) -> TypeGuard[MessageKind]:
+    """Whether ``kind`` is one of ``MESSAGE_KINDS``; narrows it for the type checker."""
+    return kind in MESSAGE_KINDS
+
 
 # Sends waiting for the writer; a full queue makes senders wait (backpressure).
 SEND_QUEUE_SIZE = 4096
@@ -150,7 +156,7 @@ class Batch:
 class _Draft(NamedTuple):
     sender: str
     recipient: str
-    kind: str
+    kind: MessageKind
     body: str
     created_at: float
     idempotency_key: str | None
@@ -201,6 +207,8 @@ class RecipientDirectory:
 
     def __init__(self) -> None:
         self._allowed: dict[str, frozenset[str] | None] = {}
+        self.remote: set[str] = set()
+        """Agents placed on the hive's other hosts: they receive too (docs/cluster.md)."""
 
     def add(self, name: str, *, may_message: Iterable[str] | None = None) -> None:
         self._allowed[check_agent_name(name)] = None if may_message is None else frozenset(may_message)
@@ -209,7 +217,7 @@ class RecipientDirectory:
         self._allowed.pop(name, None)
 
     def check(self, sender: str, recipient: str) -> None:
-        if recipient != OPERATOR and recipient not in self._allowed:
+        if recipient != OPERATOR and recipient not in self._allowed and recipient not in self.remote:
             raise UnknownRecipient(
                 f"no agent named {recipient!r} can receive messages; check the name against the agent list"
             )
@@ -413,7 +421,7 @@ class MessageBroker(abc.ABC):
         recipient = check_address(recipient, "recipient")
         if recipient == SYSTEM:
             raise InvalidAddress(f"recipient: {SYSTEM!r} is the hive itself and receives no messages")
-        if kind not in MESSAGE_KINDS:
+        if not is_message_kind(kind):
             raise BrokerError(f"message kind must be one of {', '.join(sorted(MESSAGE_KINDS))}, not {kind!r}")
         text = check_body(body, self.settings.max_body_bytes)
         if idempotency_key is not None:
@@ -862,9 +870,9 @@ class SqliteBroker(MessageBroker):
 
     async def _delete_in_chunks(self, select: str, params: tuple) -> int:
         deleted = 0
+        sql = f"DELETE FROM messages WHERE id IN ({select})"  # noqa: S608 - fixed fragments
         while True:
-            sql = f"DELETE FROM messages WHERE id IN ({select})"  # noqa: S608 - fixed fragments
-            count = await self.store.write(lambda db, sql=sql: db.execute(sql, (*params, PRUNE_CHUNK)).rowcount)
+            count = await self.store.write(lambda db: db.execute(sql, (*params, PRUNE_CHUNK)).rowcount)
             deleted += count
             if count < PRUNE_CHUNK:
                 return deleted
@@ -938,7 +946,9 @@ def _insert_messages(
             if row is not None:
                 stored.append(Message(*row))
                 continue
-        stored.append(db.conn.execute(_INSERT, draft).lastrowid)
+        rowid = db.conn.execute(_INSERT, draft).lastrowid
+        assert rowid is not None  # an INSERT always sets it
+        stored.append(rowid)
     leased = {recipient: _lease(recipient, token, limit, now, db) for recipient, (token, limit) in hand_over.items()}
     return stored, leased
 

@@ -31,9 +31,9 @@ def turn_send_key(ctx: ToolContext, to: str, body: str) -> str | None:
     Outside a turn nothing replays a send, so it gets no key.
     """
     harness = ctx.hive.harnesses.get(ctx.agent)
-    batch = harness.current_batch if harness is not None else None
-    if batch is None:
+    if harness is None or harness.current_batch is None:
         return None
+    batch = harness.current_batch
     send = hashlib.sha256(json.dumps([to, body]).encode()).hexdigest()
     harness.attempt_sends[send] += 1
     turn_work = json.dumps([ctx.agent, min(batch.ids), send, harness.attempt_sends[send]])

@@ -199,6 +199,12 @@ def _attempt(row: tuple | None, turn: EventTurn | None, detail: bool) -> dict[st
     return attempt
 
 
+def _nearest(turns: list[EventTurn], at: float) -> EventTurn | None:
+    """The turn that started nearest ``at``, if that is within ``SAME_TURN_SECONDS``."""
+    match = min(turns, key=lambda turn: abs(turn[0].at - at), default=None)
+    return match if match is not None and abs(match[0].at - at) <= SAME_TURN_SECONDS else None
+
+
 async def attempt_history(hive: Hive, messages: list[Message], *, detail: bool) -> dict[int, list[dict[str, Any]]]:
     """Every turn that handled each message, oldest first: when, how it ended, the tools it used.
 
@@ -218,11 +224,9 @@ async def attempt_history(hive: Hive, messages: list[Message], *, detail: bool) 
             unmatched = [turn for turn in event_turns if message.id in turn[0].data.get("message_ids", [])]
             attempts = []
             for row in (row for row in rows if row[6] == message.id):
-                match = min(unmatched, key=lambda turn, at=row[0]: abs(turn[0].at - at), default=None)
-                if match is not None and abs(match[0].at - row[0]) <= SAME_TURN_SECONDS:
+                match = _nearest(unmatched, row[0])
+                if match is not None:
                     unmatched.remove(match)
-                else:
-                    match = None
                 attempts.append(_attempt(row, match, detail))
             attempts += [_attempt(None, turn, detail) for turn in unmatched]
             history[message.id] = sorted(attempts, key=lambda attempt: attempt["started_at"])

@@ -80,7 +80,7 @@ def _serve(listener: _socket.socket, socket_path: str, parent: int) -> NoReturn:
         listener.settimeout(_PARENT_CHECK_SECONDS)
         while os.getppid() == parent:
             try:
-                fd, _ = listener._accept()
+                fd, _ = listener._accept()  # type: ignore[attr-defined]  # the C socket's; typeshed omits it
             except TimeoutError:
                 continue
             except OSError:  # out of descriptors, say: the client waits in the backlog meanwhile

@@ -521,7 +521,7 @@ class Harness:
             await self._ensure_session(wake=False)  # asleep meanwhile: the next message starts it
 
     async def _publish(self, kind: str, data: dict[str, Any]) -> None:
-        self.hive.events.publish(self.name, kind, **data)  # type: ignore[arg-type]
+        self.hive.events.publish(self.name, kind, **data)
 
 
 CRASH_LIMIT = 5
@@ -628,7 +628,7 @@ def system_prompt(hive: Hive, agent: Any, notes_path: str) -> str:
 
 
 def record_turn(db: sqlite_utils.Database, turn: Turn) -> None:
-    db["turns"].insert(
+    db.table("turns").insert(
         {
             "agent": turn.agent,
             "started_at": turn.started_at,
@@ -652,7 +652,7 @@ def spent_today(db: sqlite_utils.Database, agent: str) -> float:
 
 
 def m004_turns(db: sqlite_utils.Database) -> None:
-    db["turns"].create(
+    db.table("turns").create(
         {
             "id": int,
             "agent": str,
@@ -665,4 +665,4 @@ def m004_turns(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["turns"].create_index(["agent", "started_at"])
+    db.table("turns").create_index(["agent", "started_at"])

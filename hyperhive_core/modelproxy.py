@@ -399,7 +399,7 @@ class ModelProxy:
 
     async def _connect(
         self, agent: str, proxy: _AgentProxy, client: _Client, request: h11.Request
-    ) -> trio.abc.Stream | None:
+    ) -> trio.abc.HalfCloseableStream | None:
         """Answer a ``CONNECT``: the open connection to its target, or ``None`` once refused."""
         await client.discard_body()
         try:
@@ -431,7 +431,7 @@ class _UpstreamFailed(Exception):
 class _Client:
     """The sandbox's side of one connection: an h11 server."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.HalfCloseableStream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.chunked = False
@@ -454,7 +454,7 @@ class _Client:
 
     async def next_event(self) -> Any:
         while (event := self.h11.next_event()) is h11.NEED_DATA:
-            self.h11.receive_data(await self.stream.receive_some(READ_SIZE))
+            self.h11.receive_data(bytes(await self.stream.receive_some(READ_SIZE)))
         return event
 
     async def discard_body(self) -> None:
@@ -526,7 +526,7 @@ class _Server:
         """The next event of the response; :class:`_UpstreamFailed` when it breaks off."""
         try:
             while (event := self.h11.next_event()) is h11.NEED_DATA:
-                self.h11.receive_data(await self.stream.receive_some(READ_SIZE))
+                self.h11.receive_data(bytes(await self.stream.receive_some(READ_SIZE)))
         except (trio.BrokenResourceError, OSError, h11.RemoteProtocolError) as exc:
             raise _UpstreamFailed(_reason(exc)) from exc
         if isinstance(event, h11.ConnectionClosed):
@@ -593,12 +593,12 @@ async def _watch_client(client: _Client, scope: trio.CancelScope) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         data = b""
     if data:
-        client.h11.receive_data(data)  # a pipelined request: h11 keeps it for the next cycle
+        client.h11.receive_data(bytes(data))  # a pipelined request: h11 keeps it for the next cycle
     else:
         scope.cancel()
 
 
-async def _tunnel(client: _Client, remote: trio.abc.Stream) -> None:
+async def _tunnel(client: _Client, remote: trio.abc.HalfCloseableStream) -> None:
     """Pipe bytes both ways until both sides have finished; one side breaking ends both."""
     trailing, _closed = client.h11.trailing_data
 

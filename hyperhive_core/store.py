@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,7 +94,7 @@ class Store:
         creates must be prefixed with the owner's name.
         """
         self.write_sync(
-            lambda db: db[MIGRATIONS_TABLE].create(
+            lambda db: db.table(MIGRATIONS_TABLE).create(
                 {"owner": str, "name": str, "applied_at": float}, pk=("owner", "name"), if_not_exists=True
             )
         )
@@ -103,7 +104,7 @@ class Store:
             for step in steps:
                 if (owner, step.__name__) in applied:
                     continue
-                self.write_sync(lambda db, owner=owner, step=step: self._apply(db, owner, step))
+                self.write_sync(partial(self._apply, owner=owner, step=step))
                 ran.append(f"{owner}:{step.__name__}")
                 log.info("applied migration %s:%s", owner, step.__name__)
         return ran
@@ -123,7 +124,7 @@ class Store:
                 f"migration {owner}:{step.__name__} created table {foreign[0]!r}; "
                 f"tables owned by {owner!r} must be named {owner}_..."
             )
-        db[MIGRATIONS_TABLE].insert({"owner": owner, "name": step.__name__, "applied_at": time.time()})
+        db.table(MIGRATIONS_TABLE).insert({"owner": owner, "name": step.__name__, "applied_at": time.time()})
 
     def close(self) -> None:
         self._reader.conn.close()

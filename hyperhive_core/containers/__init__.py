@@ -79,9 +79,16 @@ class ContainerProcess(Protocol):
     """
 
     pid: int
-    stdin: trio.abc.SendStream | None
-    stdout: trio.abc.ReceiveStream | None
-    stderr: trio.abc.ReceiveStream | None
+
+    # Read-only, so a process whose pipes are always there (no ``None``) is one too.
+    @property
+    def stdin(self) -> trio.abc.SendStream | None: ...
+
+    @property
+    def stdout(self) -> trio.abc.ReceiveStream | None: ...
+
+    @property
+    def stderr(self) -> trio.abc.ReceiveStream | None: ...
 
     @property
     def returncode(self) -> int | None: ...

@@ -145,7 +145,7 @@ class Sandbox(SpawnedProcess):
             return
         for pid in _all_pids():
             if pid != init:
-                _signal_if(pid, sig, lambda pid=pid: _pid_namespace(pid) == namespace)
+                _signal_if(pid, sig, lambda pid: _pid_namespace(pid) == namespace)
 
     def kill(self) -> None:
         """SIGKILL the sandbox's init: the kernel kills everything inside, then bwrap exits."""
@@ -154,7 +154,7 @@ class Sandbox(SpawnedProcess):
             # Not started, or already over: --die-with-parent takes the inside down with bwrap.
             super().kill()
             return
-        _signal_if(init, signal.SIGKILL, lambda: _parent_pid(init) == self.pid)
+        _signal_if(init, signal.SIGKILL, lambda pid: _parent_pid(pid) == self.pid)
 
     def _init_pid(self) -> int | None:
         """The host pid of bwrap's child, pid 1 in the sandbox."""
@@ -460,15 +460,15 @@ def _all_pids() -> Iterator[int]:
     return (int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
 
 
-def _signal_if(pid: int, sig: int, still_it: Callable[[], bool]) -> None:
-    """Signal ``pid`` if ``still_it()`` holds once a pidfd pins the process: the daemon is
+def _signal_if(pid: int, sig: int, still_it: Callable[[int], bool]) -> None:
+    """Signal ``pid`` if ``still_it(pid)`` holds once a pidfd pins the process: the daemon is
     root, and a pid reused in between must never get the signal."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
     try:
-        if still_it():
+        if still_it(pid):
             signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
         pass

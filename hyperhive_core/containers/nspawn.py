@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -446,7 +446,7 @@ class NspawnBackend(ContainerBackend):
         self.read_only = outermost(hive_runtime_paths(), covered=[Path("/usr"), Path("/nix/store")])
         if not self.nixos:
             self.read_only += [Path("/etc", name) for name in ETC_FILES if Path("/etc", name).exists()]
-        self._layout: Layout | bool | None = None
+        self._layout: Layout | Literal[False] | None = None
         self.seccomp = seccomp.compile_program()
         """Where the unit cgroups are, once known; ``False`` when they cannot be found."""
 

@@ -35,8 +35,8 @@ REGISTRY_WAIT = 10.0
 
 def m005_agent_uids(db: sqlite_utils.Database) -> None:
     """Core migration: which host uid each agent runs as."""
-    db[TABLE].create({"agent": str, "uid": int}, pk="agent", not_null={"uid"})
-    db[TABLE].create_index(["uid"], unique=True)
+    db.table(TABLE).create({"agent": str, "uid": int}, pk="agent", not_null={"uid"})
+    db.table(TABLE).create_index(["uid"], unique=True)
 
 
 class UidRangeExhausted(HyperhiveError):
@@ -61,7 +61,7 @@ class AgentUids:
 
     async def release(self, agent: str) -> None:
         """Forget the agent's uid, so another agent may get it (after a purge)."""
-        await self.store.write(lambda db: db[TABLE].delete_where("agent = ?", [agent]))
+        await self.store.write(lambda db: db.table(TABLE).delete_where("agent = ?", [agent]))
 
     def _allocate(self, db: sqlite_utils.Database, agent: str) -> int:
         recorded = _recorded(db, agent)
@@ -71,7 +71,7 @@ class AgentUids:
         for uid in range(self.first, self.first + self.count):
             # A uid with a host account may own files or processes an agent must not touch.
             if uid not in taken and not _has_account(uid):
-                db[TABLE].insert({"agent": agent, "uid": uid})
+                db.table(TABLE).insert({"agent": agent, "uid": uid})
                 return uid
         raise UidRangeExhausted(
             f"all {self.count} agent uids from {self.first} are taken; raise [bwrap] uid_range_size "

@@ -102,7 +102,7 @@ class HttpConnection:
 
     async def _next_event(self) -> Any:
         while (event := self._h11.next_event()) is h11.NEED_DATA:
-            self._h11.receive_data(await self.stream.receive_some(READ_SIZE))
+            self._h11.receive_data(bytes(await self.stream.receive_some(READ_SIZE)))
         return event
 
     async def _send(self, event: Any) -> None:

@@ -127,7 +127,9 @@ def resolve(ref: Ref, context: Context) -> Any:
     if ref.root == "match":
         if context.match is None:
             raise TemplateError(f"{ref.placeholder}: the rule has no when_regex")
-        return context.match.group(ref.group if ref.group is not None else ref.index) or ""
+        group = ref.group if ref.group is not None else ref.index
+        assert group is not None  # parse_ref gives a match a group name or an index
+        return context.match.group(group) or ""
     index = len(context.results) - 1 if ref.index is None else ref.index
     if not 0 <= index < len(context.results):
         raise TemplateError(f"{ref.placeholder}: this turn has {len(context.results)} tool result(s) so far")
