@@ -265,7 +265,8 @@ async def running_hive(
 
     For a trio test (pytest-trio): ``async with running_hive(tmp_path, pm, script) as hive``.
     The hive serves its host socket (and, with ``web={"port": 0}`` and the ``web`` plugin,
-    the dashboard at ``hive.web.url``); leaving the block stops it. ``scenario`` is a
+    the dashboard: ``hyperhive_web.dashboard_of(hive)`` has its ``url`` and ``token``);
+    leaving the block stops it. ``scenario`` is a
     :class:`Script` or scenario TOML. With ``endpoint``, the agents talk to that Messages
     API URL instead (a test's own rehearsal server); ``scenario`` is then unused.
     """
@@ -279,6 +280,7 @@ async def running_hive(
     config = build_config(
         tmp_path,
         pm,
+        "",
         hive=hive or {},
         claude={**model, "api_error_backoff_seconds": 0.2, **(claude or {})},
         agents=agents or {},
@@ -317,11 +319,16 @@ async def operator_reply(hive: Hive, sender: str) -> str:
 
 async def call_tool(hive: Hive, agent: str, tool: str, **arguments: Any) -> tuple[str, bool]:
     """Call a hive tool as ``agent`` would over its socket: its text, and whether it is an error."""
+    from mcp.types import TextContent
+
     from hyperhive_core.tools import ToolContext
 
     ctx = ToolContext(hive, agent, hive.agents.get(agent).role)
     result = await hive.surface.call_tool(ctx, tool, arguments)
-    return result.content[0].text, result.is_error
+    first = result.content[0]
+    if not isinstance(first, TextContent):
+        raise AssertionError(f"tool {tool!r} answered with {first.type}, not text")
+    return first.text, result.is_error
 
 
 async def host_request(hive: Hive, cmd: str, **arguments: Any) -> Any:
@@ -466,15 +473,19 @@ class Chromium:
     async def dashboard(self, hive: Hive, path: str = "/", errors: list[str] | None = None) -> Any:
         """A fresh page (own cookies) logged in to ``hive``'s dashboard at ``path``; page errors go to ``errors``."""
 
+        from hyperhive_web import dashboard_of
+
+        dashboard = dashboard_of(hive)
+
         def open_page() -> Any:
             context = self._browser.new_context(viewport={"width": 1440, "height": 900})
             context.set_default_timeout(15_000)
             page = context.new_page()
             if errors is not None:
                 page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{hive.web.url}/login?token={hive.web.token}")
+            page.goto(f"{dashboard.url}/login?token={dashboard.token}")
             if path != "/":
-                page.goto(f"{hive.web.url}{path}")
+                page.goto(f"{dashboard.url}{path}")
             return page
 
         return await self.run(open_page)
