@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,9 +14,13 @@ import hyperhive_nap
 import hyperhive_web
 import pytest
 import trio
-from hivekit import call_tool, dashboard_page, needs_claude, next_event, running_hive
+from hyperhive_nap import NAPS
+from hyperhive_nap.web import nap_panel
+from hyperhive_web import dashboard_of
+from hyperhive_web.panels import panel_body
 
 from hyperhive_core import iso_utc
+from hyperhive_core.testing import call_tool, dashboard_page, needs_claude, next_event, running_hive
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "nap"
@@ -51,7 +56,7 @@ async def hive(make_pm, tmp_path):
 
 
 async def test_the_nap_section_and_the_wake_route(hive):
-    url, token = hive.web.url, hive.web.token
+    url, token = dashboard_of(hive).url, dashboard_of(hive).token
 
     async def request(path, method="GET"):
         return await trio.to_thread.run_sync(fetch, f"{url}{path}", token, method)
@@ -62,7 +67,7 @@ async def test_the_nap_section_and_the_wake_route(hive):
     text, is_error = await call_tool(hive, "worker", "nap", seconds=600)
     assert not is_error, text
     _, napping = await request("/-/web/agents/worker/panels/nap")
-    label = iso_utc(hive.naps.wake_time("worker"))
+    label = iso_utc(hive.stash[NAPS].wake_time("worker"))
     assert f'napping until <time datetime="{label}">{label}</time> · 0 messages wait for it.' in napping["html"]
     assert 'data-api="/-/nap/agents/worker/wake"' in napping["html"]
     assert await request("/-/nap/agents/worker/wake", "POST") == (200, {"agent": "worker", "woken": True})
@@ -71,6 +76,21 @@ async def test_the_nap_section_and_the_wake_route(hive):
         404,
         {"error": "no agent named 'ghost'; known agents: manager, worker"},
     )
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+async def test_the_section_escapes_the_agents_name(hive):
+    """Core refuses such a name for an agent; the section escapes it all the same."""
+    dashboard = dashboard_of(hive)
+    async with dashboard.app.app_context():
+        html = await panel_body(nap_panel(HOSTILE, time.time() + 60, 1), dashboard)
+    assert "<script>" not in html
+    assert 'data-done="&lt;script&gt;alert(1)&lt;/script&gt; is awake"' in html
+    assert 'aria-label="wake &lt;script&gt;alert(1)&lt;/script&gt; now"' in html
+    assert 'data-api="/-/nap/agents/%3Cscript%3Ealert%281%29%3C/script%3E/wake"' in html
+    assert "1 message waits for it." in html
 
 
 @needs_claude
@@ -111,7 +131,7 @@ async def test_the_badge_counts_down_and_the_button_wakes_the_agent(hive):
         return {"errors": errors, **seen}
 
     with trio.fail_after(120):
-        shown = await trio.to_thread.run_sync(browse, hive.web.url, hive.web.token)
+        shown = await trio.to_thread.run_sync(browse, dashboard_of(hive).url, dashboard_of(hive).token)
         end = await next_event(hive, "worker", "turn_end", lambda e: e.data["exit"] == "ok", after=0)
         awake = await next_event(hive, "worker", "turn_end", after=end.id)
     assert shown["errors"] == []

@@ -12,11 +12,10 @@ import hyperhive_nap
 import pytest
 import trio
 import trio.testing
-from hivekit import HeldClock, call_tool, needs_claude, next_event, running_hive
+from hyperhive_nap import NAPS
 
-from hyperhive_core import hookimpl, iso_utc
-from hyperhive_core.errors import ConfigError
-from hyperhive_core.hostsock import request
+from hyperhive_core import ConfigError, hookimpl, iso_utc
+from hyperhive_core.testing import HeldClock, call_tool, host_request, needs_claude, next_event, running_hive
 
 QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 WORKER = {"worker": {}}
@@ -46,7 +45,7 @@ async def napping_after_restart(tmp_path, pm, seconds):
         text, is_error = await call_tool(hive, "worker", "nap", seconds=seconds)
         assert not is_error, text
         assert "End your turn now" in text
-        return hive.naps.wake_time("worker")
+        return hive.stash[NAPS].wake_time("worker")
 
 
 async def test_a_nap_survives_a_restart_and_holds_messages_until_it_ends(held_pm, tmp_path, autojump_clock):
@@ -67,10 +66,6 @@ async def test_a_nap_survives_a_restart_and_holds_messages_until_it_ends(held_pm
             assert await hive.store.read(lambda db: db["nap_naps"].count) == 0  # gone for good
 
 
-def wake_over_socket(hive):
-    return request(hive.paths.host_socket, "wake", agent="worker")
-
-
 @pytest.mark.parametrize("how", ["cancel", "host command"])
 async def test_the_operator_wakes_a_nap_early(held_pm, tmp_path, autojump_clock, how):
     clock = HeldClock(autojump_clock)
@@ -84,12 +79,12 @@ async def test_the_operator_wakes_a_nap_early(held_pm, tmp_path, autojump_clock,
             if how == "cancel":
                 assert await hive.cancel("worker") is False  # no turn to interrupt; the nap ends
             else:
-                woke = await trio.to_thread.run_sync(wake_over_socket, hive)
+                woke = await host_request(hive, "wake", agent="worker")
                 assert woke == {"agent": "worker", "woken": True}
             turn = await next_event(hive, "worker", "turn_start", after=napping.id)
             assert trio.current_time() - start < 1  # at once, not at the recorded time
             assert turn.data["message_ids"] == [message.id]
-            assert await trio.to_thread.run_sync(wake_over_socket, hive) == {"agent": "worker", "woken": False}
+            assert await host_request(hive, "wake", agent="worker") == {"agent": "worker", "woken": False}
             notes = [e.data["text"] for e in await hive.events.history("worker") if e.type == "note"]
             assert "nap ended by the operator" in notes
 
@@ -107,7 +102,7 @@ async def test_a_cancel_while_the_nap_is_being_stored_still_ends_it(pm, tmp_path
             nursery.start_soon(hive.cancel, "worker")
             await trio.testing.wait_all_tasks_blocked()
             release.set()
-        assert hive.naps.wake_time("worker") is None
+        assert hive.stash[NAPS].wake_time("worker") is None
         assert await hive.store.read(lambda db: db["nap_naps"].count) == 0  # a restart does not bring it back
         message = await hive.broker.send("operator", "worker", "still awake?")
         with trio.fail_after(30):
@@ -127,7 +122,7 @@ async def test_a_nap_out_of_range_is_refused_clearly(pm, tmp_path):
         text, is_error = await call_tool(hive, "worker", "nap", seconds=1.5)
         assert is_error
         assert "invalid arguments for tool 'nap'" in text
-        assert hive.naps.wake_time("worker") is None
+        assert hive.stash[NAPS].wake_time("worker") is None
 
 
 def test_max_seconds_must_be_positive(make_config, pm):
