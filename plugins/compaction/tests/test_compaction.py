@@ -13,16 +13,14 @@ import hyperhive_compaction
 import hyperhive_web
 import pytest
 import trio
-from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
-from hyperhive_compaction import web
-from hyperhive_compaction.compactor import judge
+from hyperhive_compaction import records, web
+from hyperhive_compaction.compactor import COMPACTOR, judge
 from hyperhive_compaction.notes import Backups, NotesError, read_notes, write_notes
 from hyperhive_compaction.session import SessionResult, compaction_argv, parse_result
+from hyperhive_web import dashboard_of
 
-from hyperhive_core.errors import ConfigError, HyperhiveError
-from hyperhive_core.hostsock import request
-from hyperhive_core.models import InvalidModel
-from hyperhive_core.supervise import root_cause
+from hyperhive_core import ConfigError, HyperhiveError, root_cause
+from hyperhive_core.testing import dashboard_page, host_request, needs_claude, next_event, running_hive, wait_until
 
 LONG_NOTES = "# notes\n" + "".join(f"- fact {i}: the build runs with make test\n" for i in range(40))
 SHORT_NOTES = "# notes\n- facts 0-39: the build runs with make test\n"
@@ -161,7 +159,8 @@ async def test_an_unknown_compaction_model_stops_the_start(make_pm, tmp_path):
     with pytest.raises(BaseException) as caught:  # noqa: PT011 - the daemon's nurseries wrap it
         async with running_hive(tmp_path, pm, scenario(tmp_path, SHORT_NOTES), compaction={"model": "nonesuch"}):
             pass
-    assert isinstance(root_cause(caught.value), InvalidModel)
+    assert isinstance(root_cause(caught.value), HyperhiveError)
+    assert "unknown model 'nonesuch'" in str(root_cause(caught.value))
     assert "[claude] extra_models" in str(root_cause(caught.value))
 
 
@@ -185,7 +184,7 @@ async def test_notes_past_the_threshold_are_compacted(make_pm, tmp_path):
         assert idle.data["state"] == "idle"
         assert hive.agents.get("worker").status.state.value == "idle"
         assert notes_path(tmp_path).read_text() == SHORT_NOTES
-        [run] = await hive.compaction.last("worker")
+        [run] = await hive.stash[COMPACTOR].last("worker")
         assert (run["outcome"], run["trigger"], run["before_bytes"], run["after_bytes"]) == (
             "ok",
             "threshold",
@@ -219,11 +218,11 @@ async def test_a_bad_compaction_is_undone(make_pm, tmp_path, compacted, reason):
             error = await next_event(hive, "worker", "error", lambda e: "compaction undone" in e.data["text"])
         assert reason in error.data["text"]
         assert notes_path(tmp_path).read_text() == LONG_NOTES
-        [run] = await hive.compaction.last("worker")
+        [run] = await hive.stash[COMPACTOR].last("worker")
         assert run["outcome"] == "restored"
         assert reason in run["reason"]
         # Undone: the threshold does not try again on every turn.
-        assert await hive.compaction._cooling_down("worker")
+        assert await hive.stash[COMPACTOR]._cooling_down("worker")
 
 
 @needs_claude
@@ -239,7 +238,7 @@ async def test_blank_notes_past_the_threshold_are_reported_not_a_crash(make_pm, 
         with trio.fail_after(60):
             error = await next_event(hive, "worker", "error")
         assert error.data["text"] == f"notes compaction: worker has no notes to compact: {notes} is missing or empty"
-        assert await hive.compaction.last("worker") == []
+        assert await hive.stash[COMPACTOR].last("worker") == []
 
 
 @needs_claude
@@ -272,11 +271,9 @@ async def test_forced_compaction_from_the_command_line(make_pm, tmp_path, hyperh
         assert missing.returncode == 1
         assert "no agent named 'nobody'" in missing.stderr
         assert "worker has no notes to compact" in empty.stderr
-        [run] = await hive.compaction.last("worker")
+        [run] = await hive.stash[COMPACTOR].last("worker")
         assert run["trigger"] == "forced"
-        listed = await trio.to_thread.run_sync(
-            lambda: request(hive.paths.host_socket, "compactions", agent="worker", timeout=10)
-        )
+        listed = await host_request(hive, "compactions", agent="worker")
         assert [entry["id"] for entry in listed] == [run["id"]]
 
 
@@ -293,14 +290,14 @@ async def test_a_forced_compaction_waits_for_the_turn(make_pm, tmp_path):
         await hive.broker.send("operator", "worker", "remember the build command")
         with trio.fail_after(60):
             await hive.rehearsal.wait_for_request(lambda r: r.agent == "worker" and r.step == 1)
-            queued = await hive.compaction.request("worker")
+            queued = await hive.stash[COMPACTOR].request("worker")
             assert queued == {"agent": "worker", "queued": True}
             end = await next_event(hive, "worker", "turn_end")
             badge = await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == "compacting")
             await next_event(hive, "worker", "note", lambda e: "compacted" in e.data["text"], after=badge.id)
         assert badge.id > end.id
         assert notes.read_text() == SHORT_NOTES
-        [run] = await hive.compaction.last("worker")
+        [run] = await hive.stash[COMPACTOR].last("worker")
         assert (run["trigger"], run["outcome"]) == ("forced", "ok")
 
 
@@ -320,7 +317,7 @@ async def test_a_turn_waits_for_a_forced_compaction(make_pm, tmp_path):
         runs = []
 
         async def force():
-            runs.append(await hive.compaction.request("worker"))
+            runs.append(await hive.stash[COMPACTOR].request("worker"))
 
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
@@ -342,19 +339,41 @@ async def test_a_turn_waits_for_a_forced_compaction(make_pm, tmp_path):
         assert turn_begin > session_end + 1.0  # after the delayed answer, not alongside it
 
 
+HOSTILE = "<script>alert(1)</script>"
+
+
+def page_html(url: str, token: str) -> str:
+    """A dashboard page as a script fetches it, with the operator token."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
 @needs_claude
 @pytest.mark.slow
 async def test_the_slash_command_starts_one_and_the_panels_show_it(make_pm, tmp_path):
     notes = notes_path(tmp_path)
     notes.parent.mkdir(parents=True)
     notes.write_text(LONG_NOTES)
-    pm = make_pm(compaction=hyperhive_compaction)
+    pm = make_pm(web=hyperhive_web, compaction=hyperhive_compaction)
     async with running_hive(
-        tmp_path, pm, scenario(tmp_path, SHORT_NOTES), agents={"worker": {}}, **compaction_config(threshold_bytes=99999)
+        tmp_path,
+        pm,
+        scenario(tmp_path, SHORT_NOTES),
+        agents={"worker": {}},
+        web={"port": 0},
+        **compaction_config(threshold_bytes=99999),
     ) as hive:
-        before = await web.agent_panel(hive, "worker")
-        assert "last compaction: no compaction yet" in before.html
-        assert f"notes.md is {len(LONG_NOTES)} bytes; compacted past 99999" in before.html
+        dashboard = dashboard_of(hive)
+
+        async def page(path: str) -> str:
+            with trio.fail_after(30):
+                return await trio.to_thread.run_sync(page_html, f"{dashboard.url}{path}", dashboard.token)
+
+        before = await page("/agent/worker/")
+        assert "last compaction: no compaction yet" in before
+        assert f"notes.md is {len(LONG_NOTES)} bytes; compacted past 99999" in before
+        assert 'data-api="/-/compaction/agents/worker/compact"' in before
         with pytest.raises(HyperhiveError, match="/compact-notes takes no arguments"):
             await web.compact_notes_command(hive, "worker", "now please")
         answer = await web.compact_notes_command(hive, "worker", "")
@@ -366,13 +385,27 @@ async def test_the_slash_command_starts_one_and_the_panels_show_it(make_pm, tmp_
             finished = await next_event(hive, "worker", "compaction.finished", after=started.id)
         assert (started.data["trigger"], started.data["before_bytes"]) == ("forced", len(LONG_NOTES))
         assert (finished.data["outcome"], finished.data["after_bytes"]) == ("ok", len(SHORT_NOTES))
-        after = await web.agent_panel(hive, "worker")
-        assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in after.html
-        assert [path.name for path in after.scripts if path.exists()] == ["compaction.js"]
-        host = await web.hive_panel(hive)
-        assert '<th scope="row">worker</th>' in host.html
-        assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in host.html
-        assert '<th scope="row">manager</th><td>-</td><td>no compaction yet</td>' in host.html
+        after = await page("/agent/worker/")
+        assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in after
+        assert [path.name for path in (await web.agent_panel(hive, "worker")).scripts if path.exists()] == [
+            "compaction.js"
+        ]
+        host = await page("/")
+        assert '<th scope="row">worker</th>' in host
+        assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in host
+        assert '<th scope="row">manager</th><td>-</td><td>no compaction yet</td>' in host
+
+        # What a run recorded (its trigger, why it was undone) is shown as text, never as markup.
+        def hostile_run(db):
+            run_id = records.start_run(db, "manager", HOSTILE, "haiku", 10)
+            records.finish_run(db, run_id, outcome=records.RESTORED, reason=HOSTILE)
+
+        await hive.store.write(hostile_run)
+        host = await page("/")
+        escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+        assert f'<span class="error">restored</span>, {escaped}, ' in host
+        assert f"</time>: {escaped}</td>" in host
+        assert HOSTILE not in host
 
 
 def test_no_daemon_is_a_clear_error(tmp_path, hyperhive, clean_env):
@@ -438,7 +471,8 @@ async def test_slash_command_and_panel_button(make_pm, tmp_path):
         web={"port": 0},
         **compaction_config(threshold_bytes=99999),
     ) as hive:
-        url, token = hive.web.url, hive.web.token
+        dashboard = dashboard_of(hive)
+        url, token = dashboard.url, dashboard.token
         slash = f"{url}/-/web/agents/worker/slash"
         status, answer = await trio.to_thread.run_sync(post, slash, token, {"line": "/compact-notes"})
         assert status == 200, answer

@@ -16,8 +16,9 @@ import hyperhive_telemetry
 import hyperhive_web
 import pytest
 import trio
-from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
 from hyperhive_web import dashboard_of
+
+from hyperhive_core.testing import dashboard_page, needs_claude, next_event, running_hive, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "telemetry"

@@ -13,11 +13,12 @@ import hyperhive_telemetry
 import hyperhive_web
 import pytest
 import trio
-from hivekit import dashboard_page, needs_claude, next_event, running_hive, wait_until
 from hyperhive_telemetry.api import stats_body
 from hyperhive_web import dashboard_of
 from prometheus_client.parser import text_string_to_metric_families
 from quart import render_template
+
+from hyperhive_core.testing import dashboard_page, needs_claude, next_event, running_hive, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "telemetry"

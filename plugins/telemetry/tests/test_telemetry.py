@@ -11,7 +11,6 @@ import hyperhive_telemetry
 import pytest
 import sqlite_utils
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 from hyperhive_telemetry import store
 from hyperhive_telemetry.api import metrics_text, stats_body
 from hyperhive_telemetry.collect import TELEMETRY, party_class, turn_samples
@@ -19,6 +18,7 @@ from hyperhive_telemetry.store import Sample
 from prometheus_client.parser import text_string_to_metric_families
 
 from hyperhive_core import ConfigError, Message, Turn, TurnExit, TurnResult
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 IDLE = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 
