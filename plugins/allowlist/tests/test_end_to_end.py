@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
 from hyperhive_allowlist import plugin
 
-from hyperhive_core import hookimpl
-from hyperhive_core.agentenv import CLAUDE_DIR, PROJECTS
-from hyperhive_core.hive import Hive
+from hyperhive_core import Hive, hookimpl
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 pytestmark = [needs_claude, pytest.mark.slow]
 
@@ -326,8 +324,9 @@ async def test_a_session_from_before_resumes(make_pm, tmp_path, monkeypatch):
                 await next_event(hive, "worker", "turn_end")
             first = hive.harnesses["worker"].session.session_id
     state = worker_state(tmp_path)
-    assert [path.name for path in (state / CLAUDE_DIR / PROJECTS).glob("*/*.jsonl")] == [f"{first}.jsonl"]
-    assert not (state / CLAUDE_DIR / ".claude.json").exists()  # it was $HOME/.claude.json then
+    # Claude Code keeps transcripts in $CLAUDE_CONFIG_DIR/projects, which was /state/.claude then.
+    assert [path.name for path in (state / ".claude" / "projects").glob("*/*.jsonl")] == [f"{first}.jsonl"]
+    assert not (state / ".claude" / ".claude.json").exists()  # it was $HOME/.claude.json then
 
     async with running_hive(tmp_path, make_pm(), turns, agents={"worker": {}}, **BWRAP) as hive:
         await hive.broker.send("operator", "worker", "the second message")

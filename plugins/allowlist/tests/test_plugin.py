@@ -10,41 +10,34 @@ import urllib.request
 import hyperhive_web
 import pytest
 import trio
-from hivekit import needs_claude, running_hive
 from hyperhive_allowlist import plugin
+from hyperhive_web import dashboard_of
 
-from hyperhive_core import hookimpl
-from hyperhive_core.agents import AgentConfig, check_agent_config
-from hyperhive_core.config import build_section
-from hyperhive_core.errors import ConfigError
+from hyperhive_core import ConfigError, hookimpl, root_cause
+from hyperhive_core.testing import needs_claude, running_hive
 
 IDLE = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
+HOSTILE = "<script>alert(1)</script>"
 
 
 @pytest.fixture
-def checked(make_pm):
-    """An agent's config table, built and checked with the plugin loaded."""
+def refused(make_pm, tmp_path):
+    """Why a hive whose worker has this [allowlist] table does not start."""
 
-    def check(table: dict) -> AgentConfig:
-        config = build_section(AgentConfig, table, "agents.worker", "hyperhive.toml")
-        return check_agent_config(make_pm(allowlist=plugin), "worker", config, "w.toml")
+    async def start(table: dict) -> str:
+        with pytest.raises(BaseException) as caught:  # noqa: PT011 - the daemon's nurseries wrap it
+            async with running_hive(tmp_path, make_pm(allowlist=plugin), IDLE, agents={"worker": {"allowlist": table}}):
+                pass
+        error = root_cause(caught.value)
+        assert isinstance(error, ConfigError), error
+        return str(error)
 
-    return check
-
-
-def test_the_section_is_typed(checked):
-    config = checked({"allowlist": {"bash": ["git *", "pytest*"]}})
-    assert config.section("allowlist") == plugin.AllowlistSection(["git *", "pytest*"], ["/state/**", "/tmp/**"])
-    assert checked({}).section("allowlist") is None
-    narrow = checked({"allowlist": {"bash": ["git *"], "writable": ["/state/work/**"]}})
-    assert narrow.section("allowlist").writable == ["/state/work/**"]
+    return start
 
 
-def test_every_bad_pattern_is_refused_at_once(checked):
-    with pytest.raises(ConfigError) as caught:
-        checked({"allowlist": {"bash": ["git *", "* --help", "", "ls\nrm"], "writable": ["work/**", "/state/.git/**"]}})
-    message = str(caught.value)
-    assert message.startswith("w.toml: agent 'worker' has an invalid config: ")
+async def test_every_bad_pattern_is_refused_at_once(refused):
+    message = await refused({"bash": ["git *", "* --help", "", "ls\nrm"], "writable": ["work/**", "/state/.git/**"]})
+    assert "agent 'worker' has an invalid config: " in message
     assert "[allowlist] bash: pattern '* --help' must start with the command's name" in message
     assert "[allowlist] bash: pattern '' is empty" in message
     assert "[allowlist] bash: pattern 'ls\\nrm' contains a newline" in message
@@ -63,10 +56,10 @@ def test_every_bad_pattern_is_refused_at_once(checked):
         ({"bash": [], "writable": ["/state/**"] * 101}, "[allowlist] writable has 101 paths; at most 100 are allowed"),
     ],
 )
-def test_a_malformed_section_is_refused(checked, table, problem):
-    with pytest.raises(ConfigError, match="invalid config") as caught:
-        checked({"allowlist": table})
-    assert problem in str(caught.value)
+async def test_a_malformed_section_is_refused(refused, table, problem):
+    message = await refused(table)
+    assert "invalid config" in message
+    assert problem in message
 
 
 def test_the_hook_command_runs_the_checker_in_a_shell():
@@ -121,33 +114,38 @@ async def test_session_options_of_an_allow_listed_agent(make_pm, tmp_path):
     assert len(manager.settings["hooks"]["PreToolUse"]) == 1
 
 
+def page_html(url: str, token: str) -> str:
+    """A dashboard page as a script fetches it, with the operator token."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
 @needs_claude
 async def test_the_agent_page_shows_the_list(make_pm, tmp_path):
-    agents = {"worker": {"allowlist": {"bash": ["git *", "echo <b>"]}}, "shy": {"allowlist": {"bash": []}}}
-    async with running_hive(tmp_path, make_pm(allowlist=plugin), IDLE, agents=agents) as hive:
-        [worker] = plugin.agent_panels(hive, "worker")
-        [shy] = plugin.agent_panels(hive, "shy")
-        [manager] = plugin.agent_panels(hive, "manager")
-    assert worker.key == "allowlist"
-    assert worker.label == "shell allow-list"
-    assert "<li><code>git *</code></li>" in worker.html
-    assert "<li><code>echo &lt;b&gt;</code></li>" in worker.html
-    assert "Commands may write only here (never hidden files):" in worker.html
-    assert "<li><code>/state/**</code></li><li><code>/tmp/**</code></li>" in worker.html
-    assert "may run no shell commands" in shy.html
-    assert "No allow-list" in manager.html
-
-
-@needs_claude
-async def test_hook_agent_panels(make_pm, tmp_path):
-    """The allow-list panel on the real dashboard's agent page."""
-    agents = {"worker": {"allowlist": {"bash": ["git *", "pytest*"]}}}
+    """The typed section, and the allow-list panel on the real dashboard's agent pages."""
+    agents = {
+        "worker": {"allowlist": {"bash": ["git *", "echo <b>"]}},
+        "narrow": {"allowlist": {"bash": ["git *"], "writable": [f"/state/{HOSTILE}/**"]}},
+        "shy": {"allowlist": {"bash": []}},
+    }
     pm = make_pm(allowlist=plugin, web=hyperhive_web)
     async with running_hive(tmp_path, pm, IDLE, agents=agents, web={"port": 0}) as hive:
-        page = urllib.request.Request(
-            f"{hive.web.url}/agent/worker/", headers={"Authorization": f"Bearer {hive.web.token}"}
-        )
-        with trio.fail_after(10):
-            html = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(page, timeout=10).read().decode())
-    assert "SH3LL 4LL0W-L1ST" in html
-    assert "<li><code>git *</code></li><li><code>pytest*</code></li>" in html
+        sections = {name: hive.agents.get(name).config.section("allowlist") for name in ("worker", "narrow", "manager")}
+        dashboard = dashboard_of(hive)
+        pages = {}
+        with trio.fail_after(30):
+            for name in ("worker", "narrow", "shy", "manager"):
+                url = f"{dashboard.url}/agent/{name}/"
+                pages[name] = await trio.to_thread.run_sync(page_html, url, dashboard.token)
+    assert sections["worker"] == plugin.AllowlistSection(["git *", "echo <b>"], ["/state/**", "/tmp/**"])
+    assert sections["narrow"].writable == [f"/state/{HOSTILE}/**"]
+    assert sections["manager"] is None
+    assert "SH3LL 4LL0W-L1ST" in pages["worker"]
+    assert "<li><code>git *</code></li><li><code>echo &lt;b&gt;</code></li>" in pages["worker"]
+    assert "Commands may write only here (never hidden files):" in pages["worker"]
+    assert "<li><code>/state/**</code></li><li><code>/tmp/**</code></li>" in pages["worker"]
+    assert "<li><code>/state/&lt;script&gt;alert(1)&lt;/script&gt;/**</code></li>" in pages["narrow"]
+    assert HOSTILE not in pages["narrow"]
+    assert "may run no shell commands" in pages["shy"]
+    assert "No allow-list" in pages["manager"]
