@@ -25,6 +25,7 @@ stream's leader, so it sees every write that returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -589,7 +590,8 @@ class JetStreamBroker(MessageBroker):
         except UNREACHABLE:
             pass  # unanswered: its lease runs out and it comes again
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(*UNREACHABLE):  # closed meanwhile: the server forgot the request with it
+                await sub.unsubscribe()
 
     async def _give_back_now(self, msgs: list[Msg]) -> None:
         """On the loop: nak fetched messages nobody took."""
