@@ -89,7 +89,8 @@ def register_commands(cli: click.Group) -> None:
 
 @hookimpl
 def register_routes(register: Callable[..., None]) -> None:
-    register(ANSWER_ROUTE, answer_view, methods=("POST",))
+    # Public: the HTTP contract names it, for tools outside the dashboard.
+    register(ANSWER_ROUTE, answer_view, methods=("POST",), public=True)
 
 
 @hookimpl

@@ -46,7 +46,7 @@ async def answer_from_json(hive: Hive, data: Any) -> dict[str, Any]:
 
 
 async def answer_view(hive: Hive) -> dict[str, Any]:
-    """``POST /api/answer-question`` (contract): the question as it is now resolved."""
+    """``POST /api/answer-question`` (the HTTP contract's, a public route): the question as it is now resolved."""
     from quart import request
 
     return await answer_from_json(hive, await request.get_json(force=True, silent=True))

@@ -12,30 +12,25 @@ import hyperhive_questions
 import hyperhive_web
 import pytest
 import trio
-from hivekit import call_tool, dashboard_page, needs_claude, next_event, running_hive
+from hyperhive_web import dashboard_of
 
-from hyperhive_core.rehearsal.conversation import read_turn
+from hyperhive_core.testing import Script, call_tool, dashboard_page, needs_claude, next_event, running_hive
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "questions"
 
-SCENARIO = """
-[[agents.manager.rules]]
-name = "ask"
-when = "ask me"
-steps = [
-  { tool = "ask_operator", input = { question = "Which colour?", options = ["amber", "mauve"] } },
-  { text = "{{result}}" },
-]
-
-[[agents.manager.rules]]
-name = "answered"
-when_regex = '(?s)hive event: operator_answered\\n.*?\\nanswer: (?P<answer>[^\\n]*)'
-steps = [{ tool = "send", input = { to = "operator", body = "you chose {{match.answer}}" } }, { text = "done" }]
-
-[[agents."*".rules]]
-steps = [{ text = "ok" }]
-"""
+SCENARIO = Script()
+SCENARIO.on("manager", "ask me", name="ask").call(
+    "ask_operator", {"question": "Which colour?", "options": ["amber", "mauve"]}
+).reply("{{result}}")
+# Matches only the event as the manager should read it: id, question, answer and status, in order.
+SCENARIO.on(
+    "manager",
+    regex=r"(?s)hive event: operator_answered\nid: 1\nquestion: Which colour\?\nanswer: (?P<answer>[^\n]*)\n"
+    r"status: answered",
+    name="answered",
+).call("send", {"to": "operator", "body": "you chose {{match.answer}}"}).reply("done")
+SCENARIO.otherwise("ok")
 
 
 def post(url: str, token: str, body: object) -> tuple[int, dict]:
@@ -65,7 +60,7 @@ async def hive(make_pm, tmp_path):
 
 async def test_hook_dashboard_panels(hive):
     """The section is always on the host page (so its script is), marked empty while nothing is pending."""
-    url, token = f"{hive.web.url}/-/web/panels/questions", hive.web.token
+    url, token = f"{dashboard_of(hive).url}/-/web/panels/questions", dashboard_of(hive).token
     empty = await trio.to_thread.run_sync(get_json, url, token)
     assert (empty["placement"], empty["order"]) == ("top", 10)
     assert 'class="empty questions-none"' in empty["html"]
@@ -78,8 +73,19 @@ async def test_hook_dashboard_panels(hive):
     assert 'data-body=\'{"id": 1, "cancel": true}\'' in shown
 
 
+async def test_the_panel_escapes_a_hostile_question(hive):
+    url, token = f"{dashboard_of(hive).url}/-/web/panels/questions", dashboard_of(hive).token
+    hostile = "<script>alert(1)</script>"
+    await call_tool(hive, "manager", "ask_operator", question=hostile, options=[hostile, "fine"])
+    shown = (await trio.to_thread.run_sync(get_json, url, token))["html"]
+    assert "<script>" not in shown
+    assert (
+        '<option value="&lt;script&gt;alert(1)&lt;/script&gt;">&lt;script&gt;alert(1)&lt;/script&gt;</option>' in shown
+    )
+
+
 async def test_answer_question_over_http(hive):
-    url, token = f"{hive.web.url}/api/answer-question", hive.web.token
+    url, token = f"{dashboard_of(hive).url}/api/answer-question", dashboard_of(hive).token
     first, _ = await call_tool(hive, "manager", "ask_operator", question="Ship it?", options=["yes", "no"])
     second, _ = await call_tool(hive, "manager", "ask_operator", question="Why?")
     first_id, second_id = int(first.split()[1]), int(second.split()[1])
@@ -166,7 +172,7 @@ async def test_the_operator_answers_on_the_dashboard_and_the_manager_reads_it(hi
         return {"errors": errors, **seen}
 
     with trio.fail_after(120):
-        shown = await trio.to_thread.run_sync(browse, hive.web.url, hive.web.token)
+        shown = await trio.to_thread.run_sync(browse, dashboard_of(hive).url, dashboard_of(hive).token)
         reply = await next_event(hive, "manager", "message_sent", lambda e: e.data["to"] == "operator")
     assert reply.data["preview"] == "you chose mauve"
     assert shown == {
@@ -177,8 +183,5 @@ async def test_the_operator_answers_on_the_dashboard_and_the_manager_reads_it(hi
         "draft_kept": "half-written",
         "armed": "sure? CANC3L",
     }
-    request = next(r for r in hive.rehearsal.requests if r.rule == "answered")
-    prompt = read_turn(request.body["messages"]).prompt
-    assert "\nid: 1\nquestion: Which colour?\nanswer: mauve\nstatus: answered" in prompt
     resolved = [e.data for e in await hive.events.history("manager") if e.type == "questions.resolved"]
     assert [(r["id"], r["status"]) for r in resolved] == [(1, "answered"), (2, "cancelled")]

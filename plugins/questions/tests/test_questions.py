@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import subprocess
+from importlib.resources import files
 
 import hyperhive_questions
 import pytest
 import trio
-from click.testing import CliRunner
-from hivekit import HeldClock, call_tool, needs_claude, next_event, operator_reply, running_hive
 
-from hyperhive_core import hookimpl
-from hyperhive_core.cli import make_cli
-from hyperhive_core.errors import ConfigError
-from hyperhive_core.hostsock import HostCommandError, request
-from hyperhive_core.rehearsal import Director, load_demo_scenario
-from hyperhive_core.rehearsal.conversation import read_turn
+from hyperhive_core import ConfigError, HyperhiveError, hookimpl
+from hyperhive_core.testing import (
+    HeldClock,
+    Script,
+    call_tool,
+    host_request,
+    needs_claude,
+    next_event,
+    operator_reply,
+    running_hive,
+)
 
 QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 
@@ -40,10 +44,6 @@ async def ask(hive, **arguments):
     return int(text.split()[1])  # "question 3 is with the operator, ..."
 
 
-async def host(hive, cmd, **arguments):
-    return await trio.to_thread.run_sync(lambda: request(hive.paths.host_socket, cmd, **arguments))
-
-
 async def events_to_manager(hive):
     """The operator_answered events in the manager's inbox, oldest first."""
     messages = reversed(await hive.broker.recent_for("manager", 50))
@@ -54,9 +54,9 @@ async def test_cancel_resolves_the_question_and_wakes_the_manager(pm, tmp_path):
     async with running_hive(tmp_path, pm, QUIET) as hive:
         with trio.fail_after(30):
             question = await ask(hive, question="Deploy on Friday?", options=["yes", "no"], ttl_seconds=600)
-            pending = await host(hive, "questions")
+            pending = await host_request(hive, "questions")
             assert [(q["id"], q["status"], q["options"]) for q in pending] == [(question, "pending", ["yes", "no"])]
-            cancelled = await host(hive, "cancel-question", id=question)
+            cancelled = await host_request(hive, "cancel-question", id=question)
             assert (cancelled["status"], cancelled["answer"]) == ("cancelled", "[cancelled]")
             turn = await next_event(hive, "manager", "turn_start")
         assert await events_to_manager(hive) == [
@@ -69,8 +69,8 @@ async def test_cancel_resolves_the_question_and_wakes_the_manager(pm, tmp_path):
             }
         ]
         assert len(turn.data["message_ids"]) == 1
-        assert await host(hive, "questions") == []
-        everything = await host(hive, "questions", all=True)
+        assert await host_request(hive, "questions") == []
+        everything = await host_request(hive, "questions", all=True)
         assert [(q["id"], q["status"]) for q in everything] == [(question, "cancelled")]
         resolved = next(e for e in await hive.events.history("manager") if e.type == "questions.resolved")
         assert resolved.data["status"] == "cancelled"
@@ -84,16 +84,16 @@ async def test_questions_expire_at_their_deadline(pm, tmp_path, autojump_clock):
             await clock.advance(100)
             sooner = await ask(hive, question="Sooner?", ttl_seconds=60)  # the reaper must wake for it
             await clock.advance(59)
-            assert [q["id"] for q in await host(hive, "questions")] == [later, sooner]
+            assert [q["id"] for q in await host_request(hive, "questions")] == [later, sooner]
             await clock.advance(2)
             await next_event(hive, "manager", "turn_start")
-            assert [q["id"] for q in await host(hive, "questions")] == [later]
+            assert [q["id"] for q in await host_request(hive, "questions")] == [later]
             assert [(e["id"], e["answer"], e["status"]) for e in await events_to_manager(hive)] == [
                 (sooner, "[expired]", "expired")
             ]
             await clock.advance(440)
             await next_event(hive, "manager", "questions.resolved", lambda e: e.data["id"] == later)
-            assert await host(hive, "questions") == []
+            assert await host_request(hive, "questions") == []
             assert [e["id"] for e in await events_to_manager(hive)] == [sooner, later]
 
 
@@ -104,7 +104,7 @@ async def test_deadlines_survive_a_daemon_restart(pm, tmp_path, autojump_clock):
             question = await ask(hive, question="Still there?", ttl_seconds=600)
             await clock.advance(300)
         async with running_hive(tmp_path, pm, QUIET) as hive:
-            assert [q["id"] for q in await host(hive, "questions")] == [question]
+            assert [q["id"] for q in await host_request(hive, "questions")] == [question]
             await clock.advance(590)  # the deadline is wall-clock: a restart does not give it more time
             assert await events_to_manager(hive) == []
             await clock.advance(11)
@@ -121,7 +121,7 @@ async def test_questions_overdue_at_start_expire_at_once(pm, tmp_path):
             turn = await next_event(hive, "manager", "turn_start")
             assert [(e["id"], e["status"]) for e in await events_to_manager(hive)] == [(question, "expired")]
             assert len(turn.data["message_ids"]) == 1
-            assert await host(hive, "questions") == []
+            assert await host_request(hive, "questions") == []
 
 
 async def test_bad_questions_get_clear_errors(pm, tmp_path):
@@ -159,7 +159,7 @@ async def test_bad_questions_get_clear_errors(pm, tmp_path):
             "tool 'ask_operator' is only for the manager role; you are 'agent'",
             True,
         )
-        assert await host(hive, "questions") == []
+        assert await host_request(hive, "questions") == []
 
 
 async def test_bad_answers_get_clear_errors(pm, tmp_path):
@@ -181,17 +181,17 @@ async def test_bad_answers_get_clear_errors(pm, tmp_path):
             ),
         ]
         for arguments, error in cases:
-            with pytest.raises(HostCommandError) as refused:
-                await host(hive, "answer-question", **arguments)
+            with pytest.raises(HyperhiveError) as refused:
+                await host_request(hive, "answer-question", **arguments)
             assert str(refused.value) == error
-        answered = await host(hive, "answer-question", id=str(question), answer=" mauve ")
+        answered = await host_request(hive, "answer-question", id=str(question), answer=" mauve ")
         assert (answered["status"], answered["answer"]) == ("answered", "mauve")
         for cmd, arguments in [("answer-question", {"answer": "amber"}), ("cancel-question", {})]:
             already = rf"^question {question} is already answered \(answer 'mauve' at "
-            with pytest.raises(HostCommandError, match=already):
-                await host(hive, cmd, id=question, **arguments)
-        with pytest.raises(HostCommandError, match="^there is no question 42;"):
-            await host(hive, "cancel-question", id=42)
+            with pytest.raises(HyperhiveError, match=already):
+                await host_request(hive, cmd, id=question, **arguments)
+        with pytest.raises(HyperhiveError, match="^there is no question 42;"):
+            await host_request(hive, "cancel-question", id=42)
 
 
 @pytest.mark.parametrize(
@@ -210,44 +210,53 @@ def test_bad_config_is_refused(make_config, pm, section, error):
         make_config(pm, questions=section)
 
 
-def test_answer_needs_text_or_cancel_but_not_both(make_pm):
-    cli = make_cli(make_pm(questions=hyperhive_questions))
-    both = CliRunner().invoke(cli, ["answer", "3", "yes", "--cancel"])
-    assert both.exit_code == 2
-    assert "give either an answer TEXT or --cancel, not both" in both.output
-    neither = CliRunner().invoke(cli, ["answer", "3"])
-    assert neither.exit_code == 2
-    assert "give the answer TEXT, or --cancel to withdraw the question" in neither.output
+def test_answer_needs_text_or_cancel_but_not_both(hyperhive, clean_env):
+    env = clean_env | {"HYPERHIVE_LOAD_PLUGINS": "questions"}
+
+    def cli(*args):
+        return subprocess.run([hyperhive, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    both = cli("answer", "3", "yes", "--cancel")
+    assert both.returncode == 2
+    assert "give either an answer TEXT or --cancel, not both" in both.stderr
+    neither = cli("answer", "3")
+    assert neither.returncode == 2
+    assert "give the answer TEXT, or --cancel to withdraw the question" in neither.stderr
 
 
-def test_the_demo_asks_the_operator_and_thanks_for_the_answer():
-    director = Director(load_demo_scenario())
-    prompt = "1 new message.\n\n--- message 4 from operator (text) ---\nplease ask me something"
-    decision = director.decide("manager", {"messages": [{"role": "user", "content": prompt}]})
-    assert decision.rule == "ask the operator"
-    event = (
-        "1 new message.\n\n--- message 9 from hive (event) ---\n"
-        "hive event: operator_answered\nid: 1\nquestion: Which colour?\nanswer: mauve\nstatus: answered"
-    )
-    decision = director.decide("manager", {"messages": [{"role": "user", "content": event}]})
-    assert decision.rule == "operator answered"
-    assert "mauve" in str(decision.describe())
+DEMO = files("hyperhive_core") / "scenarios" / "demo.toml"
+"""The scenario the hive runs without Claude credentials; its manager asks the operator."""
 
 
-ROUND_TRIP = """
-[[agents.manager.rules]]
-name = "ask"
-when = "ask me"
-steps = [
-  { tool = "ask_operator", input = { question = "Which colour?", options = ["amber", "mauve"] } },
-  { text = "{{result}}" },
-]
+@needs_claude
+@pytest.mark.slow
+async def test_the_demo_asks_the_operator_and_thanks_for_the_answer(make_pm, tmp_path):
+    async with running_hive(tmp_path, make_pm(questions=hyperhive_questions), DEMO.read_text()) as hive:
+        await hive.broker.send("operator", "manager", "please ask me something")
+        with trio.fail_after(60):
+            asked = await next_event(hive, "manager", "questions.asked")
+            told = await operator_reply(hive, "manager")
+        assert asked.data["options"] == ["amber", "mauve", "matrix green"]
+        assert told.startswith(f"I asked you a question (question {asked.data['id']} is with the operator")
+        await host_request(hive, "answer-question", id=asked.data["id"], answer="mauve")
+        with trio.fail_after(60):
+            thanks = await next_event(
+                hive, "manager", "message_sent", lambda e: e.data["to"] == "operator" and "Thanks" in e.data["preview"]
+            )
+        assert thanks.data["preview"] == "Thanks! Your answer reached me: mauve"
 
-[[agents.manager.rules]]
-name = "answered"
-when_regex = '(?s)hive event: operator_answered\\n.*\\nanswer: (?P<answer>[^\\n]*)'
-steps = [{ tool = "send", input = { to = "operator", body = "you chose {{match.answer}}" } }, { text = "done" }]
-"""
+
+ROUND_TRIP = Script()
+ROUND_TRIP.on("manager", "ask me", name="ask").call(
+    "ask_operator", {"question": "Which colour?", "options": ["amber", "mauve"]}
+).reply("{{result}}")
+# Matches only the event as the manager should read it: id, question, answer and status, in order.
+ROUND_TRIP.on(
+    "manager",
+    regex=r"(?s)hive event: operator_answered\nid: (?P<id>\d+)\nquestion: Which colour\?\nanswer: (?P<answer>[^\n]*)\n"
+    r"status: answered",
+    name="answered",
+).call("send", {"to": "operator", "body": "you chose {{match.answer}} for {{match.id}}"}).reply("done")
 
 
 @needs_claude
@@ -283,11 +292,7 @@ async def test_round_trip_the_manager_asks_the_operator_answers_the_manager_read
         answered = await trio.to_thread.run_sync(cli, "answer", str(question), "mauve")
         assert answered.stdout == f"answered question {question}: mauve\n", answered.stderr
         with trio.fail_after(60):
-            assert await operator_reply(hive, "manager") == "you chose mauve"
-        request = next(r for r in hive.rehearsal.requests if r.rule == "answered")
-        prompt = read_turn(request.body["messages"]).prompt
-        assert "hive event: operator_answered\n" in prompt
-        assert f"\nid: {question}\nquestion: Which colour?\nanswer: mauve\nstatus: answered" in prompt
+            assert await operator_reply(hive, "manager") == f"you chose mauve for {question}"
         assert first.data["exit"] == "ok"
         again = await trio.to_thread.run_sync(cli, "answer", str(question), "--cancel")
         assert again.returncode == 1
