@@ -12,7 +12,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,8 +109,24 @@ def build_section(schema: type[T], values: Mapping[str, Any], where: str, path: 
     }
     try:
         return schema(**kwargs)
-    except ConfigError as exc:  # a section's own range checks don't know the file
-        raise ConfigError(f"{path}: {exc}") from None
+    except (ConfigError, ValueError) as exc:  # the section's own range checks, in __post_init__
+        raise _out_of_range(exc, fields, where, path) from None
+
+
+def _out_of_range(exc: Exception, keys: Collection[str], where: str, path: Path) -> ConfigError:
+    """A section's own check as one line naming the file, the section and the key.
+
+    The check knows neither the file nor, always, its section: the key is
+    ``ConfigError.key`` when the plugin gave it, else the message names it.
+    """
+    message = str(exc).removeprefix(f"[{where}] ")  # core's own sections name themselves
+    key = getattr(exc, "key", None)
+    if key is None:  # a plain ValueError: the key is the one its message names first
+        named = [(found.start(), name) for name in keys if (found := re.search(rf"\b{re.escape(name)}\b", message))]
+        key = min(named)[1] if named else None
+    elif not re.match(rf"{re.escape(key)}\b", message):
+        message = f"{key}: {message}"
+    return ConfigError(f"{path}: [{where}] {message}", key=key)
 
 
 def _coerce(value: Any, hint: Any, key: str, path: Path) -> Any:
@@ -133,7 +149,7 @@ def _coerce(value: Any, hint: Any, key: str, path: Path) -> Any:
         if not isinstance(value, dict):
             raise _wrong_type(key, path, hint, value)
         return {name: _coerce(item, args[1], f"{key}.{name}", path) for name, item in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise _wrong_type(key, path, hint, value)
         return build_section(hint, value, key, path)

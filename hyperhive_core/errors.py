@@ -6,7 +6,16 @@ class HyperhiveError(Exception):
 
 
 class ConfigError(HyperhiveError):
-    """The config file is missing, malformed, or has an unknown key or wrong type."""
+    """The config file is missing, malformed, or has an unknown key, a wrong type or a value out of range.
+
+    A config section's ``__post_init__`` raises it (or a ``ValueError``) for a value
+    out of range; ``key`` names the offending key when the message does not start
+    with it, and core adds the file and the section (docs/plugins.md#config).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class PluginError(HyperhiveError):

@@ -9,7 +9,7 @@ an awaitable; core awaits it. Every hook here is documented in ``docs/plugins.md
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import pluggy
@@ -31,6 +31,53 @@ hookimpl = pluggy.HookimplMarker("hyperhive")
 
 Migration = Callable[["Database"], None]
 Service = Callable[..., Any]
+Spec = TypeVar("Spec", bound=Callable[..., Any])
+
+# A renamed hook's old spec carries the new name here; the plugin manager calls its
+# implementations as the new hook (hyperhive_core.plugins.HivePluginManager).
+RENAMED_TO = "hyperhive_renamed_to"
+
+
+def renamed(new_name: str, since: str) -> Callable[[Spec], Spec]:
+    """Keep a renamed hook's old spec: pluggy warns each plugin that implements it, core calls it as the new one.
+
+    The old spec stays, taking the arguments of the new, until the next major API
+    version (docs/plugins.md#versions)::
+
+        @renamed("on_turn_finished", since="1.1")
+        def on_turn_end(hive, agent, turn): ...
+    """
+
+    def mark(spec: Spec) -> Spec:
+        setattr(spec, RENAMED_TO, new_name)
+        warning = DeprecationWarning(
+            f"the hook {spec.__name__} is renamed {new_name} as of hyperhive plugin API {since}, and the old "
+            f"name goes in API {next_major(since)}.0: rename the implementation"
+        )
+        return hookspec(warn_on_impl=warning)(spec)
+
+    return mark
+
+
+def removed(since: str, instead: str) -> Callable[[Spec], Spec]:
+    """Keep a hook core no longer calls, so that pluggy warns each plugin that implements it.
+
+    :param instead: what to do instead, a sentence for the plugin's author.
+    """
+
+    def mark(spec: Spec) -> Spec:
+        warning = DeprecationWarning(
+            f"the hook {spec.__name__} is deprecated as of hyperhive plugin API {since}, and hyperhive no longer "
+            f"calls it; it goes in API {next_major(since)}.0. {instead}"
+        )
+        return hookspec(warn_on_impl=warning)(spec)
+
+    return mark
+
+
+def next_major(version: str) -> int:
+    """The major API version after ``version``'s: the earliest a deprecated name may go."""
+    return int(version.split(".", maxsplit=1)[0]) + 1
 
 
 # -- lifecycle ---------------------------------------------------------------

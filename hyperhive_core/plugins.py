@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -13,13 +14,17 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from hyperhive_core import hookspecs
+from hyperhive_core import API_VERSION, hookspecs
 from hyperhive_core.errors import PluginError
 
 ENTRY_POINT_GROUP = "hyperhive"
 LOAD_ENV = "HYPERHIVE_LOAD_PLUGINS"
 TRACE_ENV = "HYPERHIVE_TRACE_PLUGINS"
+
+# What a plugin's module (the object its entry point names) sets to the API range it works with.
+API_ATTRIBUTE = "hyperhive_api"
 
 # Core's own defaults register through the same hooks a third party uses.
 BUILTIN_PLUGINS = {"core": "hyperhive_core.builtin"}
@@ -58,12 +63,80 @@ def plugin_selection(configured: Sequence[str] | None) -> tuple[list[str] | None
 
 
 class HivePluginManager(pluggy.PluginManager):
-    """A pluggy manager that remembers which distribution each plugin came from."""
+    """A pluggy manager that remembers which distribution each plugin came from.
+
+    An implementation of a renamed hook's old name (``hookspecs.renamed``) is called
+    as the new hook too, so core calls only the new name; pluggy warns the plugin as
+    it registers.
+    """
 
     def __init__(self) -> None:
         super().__init__("hyperhive")
         self.add_hookspecs(hookspecs)
         self.distributions: dict[str, tuple[str, str]] = {}
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        for caller in self.get_hookcallers(plugin) or ():
+            new_name = getattr(caller.spec.function, hookspecs.RENAMED_TO, None) if caller.spec else None
+            if new_name is not None:
+                self._call_as(caller, new_name, plugin)
+        return registered
+
+    def _call_as(self, old: pluggy.HookCaller, new_name: str, plugin: object) -> None:
+        new = getattr(self.hook, new_name)
+        accepted = new.spec.argnames if new.spec else ()
+        for impl in old.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            unknown = sorted(set(impl.argnames) - set(accepted))
+            if unknown:
+                self.unregister(plugin)
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} implements {old.name}, now {new_name}, with "
+                    f"{', '.join(unknown)}, which {new_name} does not pass; rename it to {new_name} "
+                    f"and take only {', '.join(accepted)}"
+                )
+            new._add_hookimpl(impl)  # pluggy has no public way to add an implementation to a second hook
+
+
+def check_api(name: str, plugin: object) -> None:
+    """Refuse a plugin made for another plugin API; warn once about one that does not say.
+
+    :raises PluginError: its ``hyperhive_api`` range is malformed or leaves out ``API_VERSION``.
+    """
+    declared = getattr(plugin, API_ATTRIBUTE, None)
+    if declared is None:
+        _warn_undeclared(name)
+        return
+    try:
+        accepted = SpecifierSet(declared) if isinstance(declared, str) else None
+    except InvalidSpecifier:
+        accepted = None
+    if accepted is None:
+        raise PluginError(
+            f"plugin {name!r} declares {API_ATTRIBUTE} = {declared!r}, which is not a version range; "
+            f'its author should write it like {API_ATTRIBUTE} = ">={API_VERSION},<{hookspecs.next_major(API_VERSION)}"'
+        )
+    if not accepted.contains(API_VERSION, prereleases=True):
+        raise PluginError(
+            f"plugin {name!r} works with hyperhive plugin API {declared}, but this hyperhive has API "
+            f"{API_VERSION}. Install a release of the plugin made for API {API_VERSION}, "
+            "or leave it out ([hive] plugins)."
+        )
+
+
+@functools.cache  # once per plugin per process: every command loads the plugins again
+def _warn_undeclared(name: str) -> None:
+    log.warning(
+        "plugin %r does not say which plugin API it works with (this hyperhive has %s); it loads, but may break. "
+        'Its author should add %s = ">=%s,<%d" to its module (docs/plugins.md#versions).',
+        name,
+        API_VERSION,
+        API_ATTRIBUTE,
+        API_VERSION,
+        hookspecs.next_major(API_VERSION),
+    )
 
 
 def make_plugin_manager(selection: Sequence[str] | None, source: str = "default") -> HivePluginManager:
@@ -71,7 +144,7 @@ def make_plugin_manager(selection: Sequence[str] | None, source: str = "default"
 
     :param selection: plugin names to load, or ``None`` for every installed one.
     :param source: where the selection came from, quoted in errors.
-    :raises PluginError: a selected plugin is not installed.
+    :raises PluginError: a selected plugin is not installed, or made for another plugin API.
     """
     pm = HivePluginManager()
     for name, module_name in BUILTIN_PLUGINS.items():
@@ -92,6 +165,7 @@ def make_plugin_manager(selection: Sequence[str] | None, source: str = "default"
             plugin = entry.load()
         except Exception as exc:
             raise PluginError(f"plugin {name!r} ({entry.value}) failed to import: {exc}") from exc
+        check_api(name, plugin)
         pm.register(plugin, name=name)
         if entry.dist is not None:
             pm.distributions[name] = (entry.dist.name, entry.dist.version)
@@ -150,7 +224,7 @@ def callers_by_plugin(pm: pluggy.PluginManager, hook_name: str) -> Iterator[tupl
     Each caller goes through pluggy's own machinery, so tracing still applies.
     """
     hook = getattr(pm.hook, hook_name)
-    owners = dict.fromkeys(pm.get_name(impl.plugin) for impl in hook.get_hookimpls())
+    owners = dict.fromkeys(impl.plugin_name for impl in hook.get_hookimpls())
     for owner in owners:
         others = [plugin for name, plugin in pm.list_name_plugin() if name != owner]
         yield owner, pm.subset_hook_caller(hook_name, remove_plugins=others)
@@ -184,7 +258,7 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self.items
 
-    def __iter__(self):  # noqa: ANN204 - iterates names, like a dict
+    def __iter__(self) -> Iterator[str]:  # names, like a dict
         return iter(self.items)
 
     def __len__(self) -> int:
