@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import signal
-import tempfile
-from collections.abc import Iterator
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import hyperhive_crashwatch
+import hyperhive_web
 import pytest
 import trio
-from hivekit import needs_claude, next_event, operator_reply, running_hive
+from hyperhive_crashwatch import CRASHWATCH
 from hyperhive_crashwatch.bursts import LINE_CHARS
 from hyperhive_crashwatch.records import TABLE
-from systemd_standin import PrivateBus, SystemdStandin
+from hyperhive_web import dashboard_of
 from test_bwrap import needs_bwrap
 
-from hyperhive_core import hookimpl
-from hyperhive_core.containers import ContainerEvent, ContainerEventKind
-from hyperhive_core.containers.dbus_watch import UnitWatcher
-from hyperhive_core.errors import ConfigError
-from hyperhive_core.hive import Hive
-from hyperhive_core.panels import Panel
-from hyperhive_core.plugins import await_all
+from hyperhive_core import ConfigError, ContainerEvent, ContainerEventKind, Hive, hookimpl
+from hyperhive_core.testing import needs_claude, next_event, operator_reply, running_hive
 
 SCENARIO = """
 [[agents.manager.rules]]
@@ -79,11 +74,12 @@ class ParkManager:
             await trio.sleep_forever()
 
 
-def plugins(make_pm, *, park_manager: bool = True):
-    return make_pm(crashwatch=hyperhive_crashwatch, **({"park_manager": ParkManager()} if park_manager else {}))
+def plugins(make_pm, *, park_manager: bool = True, web: bool = False):
+    extra = {"park_manager": ParkManager()} if park_manager else {}
+    return make_pm(crashwatch=hyperhive_crashwatch, **extra, **({"web": hyperhive_web} if web else {}))
 
 
-# -- the three crash sources ------------------------------------------------------
+# -- the crash sources ------------------------------------------------------------
 
 
 def sandboxed_claude(sandbox: int) -> int:
@@ -136,48 +132,23 @@ async def test_a_bwrap_agent_killed_from_outside_is_reported_to_the_manager_once
         assert [(row["agent"], row["count"], row["reported"]) for row in await bursts(hive)] == [("scout", 1, 1)]
 
 
-@pytest.fixture
-def bus() -> Iterator[PrivateBus]:
-    if shutil.which("dbus-daemon") is None:
-        pytest.skip("dbus-daemon is not installed; `make test` installs Debian's dbus")
-    # Not tmp_path: a unix socket's path must stay under 108 bytes.
-    with tempfile.TemporaryDirectory(prefix="hh-bus-") as directory:
-        bus = PrivateBus(Path(directory))
-        bus.start()
-        try:
-            yield bus
-        finally:
-            bus.stop()
-
-
-async def test_a_dbus_crash_signal_is_reported_to_the_manager_once(bus, make_pm, tmp_path):
-    """The unit watcher, wired as core runs it for the nspawn backend; the test runs it on a
-    private bus, since that backend needs systemd-nspawn and the system bus."""
-    standin = SystemdStandin()
-    unit = "container@alice.service"
-    await standin.set_unit(unit, "active", "running")
-    async with (
-        running_hive(tmp_path, plugins(make_pm), SCENARIO, agents={"alice": {}}) as hive,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(standin.serve, bus.address)
-        watcher = UnitWatcher(hive.container_event, address=bus.address, is_agent=lambda name: name in hive.agents)
-        await nursery.start(watcher.run)
-
-        await standin.set_unit(unit, "failed", "failed", "exit-code")
+async def test_a_unit_failing_twice_in_a_burst_is_reported_once(make_pm, tmp_path):
+    """The nspawn backend's crashes, as core's D-Bus watcher reports them (tests/test_dbus_watch.py
+    runs the watcher on a real bus): a unit that fails, is restarted and fails again is one burst."""
+    async with running_hive(tmp_path, plugins(make_pm), SCENARIO, agents={"alice": {}}) as hive:
+        await hive.container_event(crash("alice", "unit failed (failed), result exit-code"))
         with trio.fail_after(2):
             (report,) = await wait_for_reports(hive, 1)
-        assert report["agent"] == "alice"
-        assert report["status"] == "unit failed (failed), result exit-code"
-        assert report["count"] == 1
-
-        # systemd restarts it, and it fails again: the same burst.
-        await standin.set_unit(unit, "active", "running", "success")
-        await standin.set_unit(unit, "failed", "failed", "core-dump")
+        assert (report["agent"], report["status"], report["count"]) == (
+            "alice",
+            "unit failed (failed), result exit-code",
+            1,
+        )
+        await hive.container_event(ContainerEvent("alice", ContainerEventKind.STARTED, "unit active (running)"))
+        await hive.container_event(crash("alice", "unit failed (failed), result core-dump"))
         with trio.fail_after(2):
-            await wait_for_burst(hive, "alice", count=2)
+            await wait_for_burst(hive, "alice", count=2, detail="unit failed (failed), result core-dump")
         assert len(await reports(hive)) == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_burst_of_20_crashes_is_one_report_then_one_follow_up_with_the_count(make_pm, tmp_path, mock_clock):
@@ -267,61 +238,77 @@ async def test_a_burst_open_at_shutdown_is_followed_up_after_a_restart(make_pm, 
         # Shut down at once: what the service did not store yet is stored on the way out.
     async with running_hive(tmp_path, plugins(make_pm), SCENARIO, agents={"scout": {}}) as hive:
         assert [(row["count"], row["reported"]) for row in await bursts(hive)] == [(3, 1)]
-        assert hive.crashwatch.in_burst("scout")
+        assert hive.stash[CRASHWATCH].in_burst("scout")
         mock_clock.jump(WINDOW)
         with trio.fail_after(2):
             _, follow_up = await wait_for_reports(hive, 2)
         assert (follow_up["count"], follow_up["burst"]) == (3, "over")
-        assert not hive.crashwatch.in_burst("scout")
+        assert not hive.stash[CRASHWATCH].in_burst("scout")
 
 
 # -- the dashboard ----------------------------------------------------------------------
 
 
-async def panels(hive: Hive, agent: str | None = None) -> list[Panel]:
-    if agent is None:
-        results = await await_all(hive.pm.hook.dashboard_panels(hive=hive))
-    else:
-        results = await await_all(hive.pm.hook.agent_panels(hive=hive, agent=agent))
-    return [panel for result in results for panel in result or ()]
+def get(url: str, token: str) -> str:
+    """A GET as a script sends it: the operator token as a bearer token."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+async def fetch(hive: Hive, path: str) -> str:
+    dashboard = dashboard_of(hive)
+    return await trio.to_thread.run_sync(get, f"{dashboard.url}{path}", dashboard.token)
+
+
+async def panel(hive: Hive, agent: str | None = None) -> dict[str, Any]:
+    """The crash panel as the dashboard renders it, on the host page or on ``agent``'s."""
+    path = "/-/web/panels/crashwatch" if agent is None else f"/-/web/agents/{agent}/panels/crashwatch-agent"
+    return json.loads(await fetch(hive, path))
+
+
+HOSTILE = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 
 async def test_panels_list_recent_crashes_on_top_while_an_agent_is_crashing(make_pm, tmp_path, mock_clock):
     mock_clock.rate = 1
-    async with running_hive(tmp_path, plugins(make_pm), SCENARIO, agents={"scout": {}}) as hive:
-        (empty,) = await panels(hive)
-        assert "no container crashes recorded" in empty.html
-        assert [script.name for script in empty.scripts] == ["crashwatch.js"]
-        assert all(script.is_file() for script in empty.scripts)
-        await hive.container_event(crash("scout", "killed by signal 9", ("<script>alert(1)</script>",)))
+    pm = plugins(make_pm, web=True)
+    async with running_hive(tmp_path, pm, SCENARIO, agents={"scout": {}}, web={"port": 0}) as hive:
+        empty = await panel(hive)
+        assert "no container crashes recorded" in empty["html"]
+        script = re.search(r'src="(/-/web/assets/crashwatch/\w+/crashwatch\.js)"', await fetch(hive, "/"))
+        assert script, "the host page loads the panel's script"
+        assert "crashwatch.crash" in await fetch(hive, script.group(1))
+        # What a crash reports comes from the agent's process: its exit status and its last log lines.
+        await hive.container_event(crash("scout", f"killed by signal 9 {HOSTILE}", (HOSTILE,)))
         with trio.fail_after(2):
             await wait_for_reports(hive, 1)
 
-        (panel,) = await panels(hive)
-        assert (panel.key, panel.title, panel.label, panel.placement) == (
-            "crashwatch",
-            "CR4SH W4TCH",
-            "container crashes",
-            "top",
-        )
-        assert '<a href="/agent/scout/">scout</a>' in panel.html
-        assert "crashing now" in panel.html
-        assert "killed by signal 9" in panel.html
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in panel.html
-        assert "<script>" not in panel.html
+        shown = await panel(hive)
+        html = shown["html"]
+        assert shown["placement"] == "top"
+        assert 'aria-label="container crashes"' in html
+        assert "◆ CR4SH W4TCH ◆" in html
+        assert '<a href="/agent/scout/">scout</a>' in html
+        assert "crashing now" in html
+        assert f"<td>killed by signal 9 {ESCAPED}</td>" in html
+        assert f"<pre>{ESCAPED}</pre>" in html
+        assert HOSTILE not in html
 
-        (own,) = await panels(hive, "scout")
-        assert own.label == "container crashes of scout"
-        assert "/agent/" not in own.html  # its own page: no agent column
-        (none,) = await panels(hive, "manager")
-        assert "no container crashes recorded" in none.html
+        own = await panel(hive, "scout")
+        assert 'aria-label="container crashes of scout"' in own["html"]
+        assert "/agent/" not in own["html"]  # its own page: no agent column
+        assert '<td>1 <span class="crashwatch-looping">crashing now</span></td>' in own["html"]
+        none = await panel(hive, "manager")
+        assert "no container crashes recorded" in none["html"]
 
         mock_clock.jump(WINDOW)
         with trio.fail_after(2):
             await next_event(hive, "scout", "crashwatch.burst_ended")
-        (panel,) = await panels(hive)
-        assert panel.placement == "main"
-        assert "crashing now" not in panel.html
+        shown = await panel(hive)
+        assert shown["placement"] == "main"
+        assert "crashing now" not in shown["html"]
 
 
 # -- config ---------------------------------------------------------------------------------
