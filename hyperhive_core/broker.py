@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal, NamedTuple, Protocol, TypeGuard, get_args
+from typing import Any, Literal, NamedTuple, Protocol, TypeGuard, get_args
 
 import sqlite_utils
 import trio
@@ -772,7 +772,7 @@ class SqliteBroker(MessageBroker):
         where = "state = 'leased' AND recipient = ?"
         return await self._unlease(where, (recipient,), "lease abandoned: restarted mid-turn")
 
-    async def _unlease(self, where: str, params: tuple, error: str | None) -> list[int]:
+    async def _unlease(self, where: str, params: tuple[Any, ...], error: str | None) -> list[int]:
         changed = await self.store.write(partial(_unlease, where, params, error, self.settings.max_attempts))
         self._wake(message.recipient for message in changed if message.state == "queued")
         dead = sorted((message for message in changed if message.state == "dead"), key=lambda message: message.id)
@@ -842,7 +842,7 @@ class SqliteBroker(MessageBroker):
         sql = "SELECT count(*) FROM messages WHERE state IN ('queued', 'leased') AND recipient = ?"
         return await self.store.read(lambda db: db.execute(sql, (recipient,)).fetchone()[0])
 
-    async def _select(self, where: str, params: tuple, limit: int) -> list[Message]:
+    async def _select(self, where: str, params: tuple[Any, ...], limit: int) -> list[Message]:
         sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - fixed fragments
         return await self.store.read(lambda db: [Message(*row) for row in db.execute(sql, (*params, limit))])
 
@@ -868,7 +868,7 @@ class SqliteBroker(MessageBroker):
             )
         return deleted
 
-    async def _delete_in_chunks(self, select: str, params: tuple) -> int:
+    async def _delete_in_chunks(self, select: str, params: tuple[Any, ...]) -> int:
         deleted = 0
         sql = f"DELETE FROM messages WHERE id IN ({select})"  # noqa: S608 - fixed fragments
         while True:
@@ -978,7 +978,7 @@ def _ack(token: str, ids: list[int], now: float, db: sqlite_utils.Database) -> i
 
 
 def _unlease(
-    where: str, params: tuple, error: str | None, max_attempts: int, db: sqlite_utils.Database
+    where: str, params: tuple[Any, ...], error: str | None, max_attempts: int, db: sqlite_utils.Database
 ) -> list[Message]:
     rows = db.execute(
         f"""

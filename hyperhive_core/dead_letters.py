@@ -131,7 +131,7 @@ ORDER BY t.started_at
 """
 
 
-def _turn_rows(recipient: str, since: float, ids: list[int], db: sqlite_utils.Database) -> list[tuple]:
+def _turn_rows(recipient: str, since: float, ids: list[int], db: sqlite_utils.Database) -> list[tuple[Any, ...]]:
     return db.execute(_TURNS, (recipient, since, json.dumps(ids))).fetchall()
 
 
@@ -161,7 +161,7 @@ def _event_turns(events: list[Event]) -> list[EventTurn]:
     return turns
 
 
-def _attempt(row: tuple | None, turn: EventTurn | None, detail: bool) -> dict[str, Any]:
+def _attempt(row: tuple[Any, ...] | None, turn: EventTurn | None, detail: bool) -> dict[str, Any]:
     """One attempt from its ``turns`` row, its events, or both."""
     activity = turn[1] if turn is not None else None
     end = next((event.data for event in activity or () if event.type == "turn_end"), None)
