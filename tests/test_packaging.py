@@ -136,3 +136,13 @@ def test_every_declared_dependency_is_pinned():
     }
     assert sorted(declared - ours - set(pins)) == [], "pin them: `make constraints` (docs/operations.md)"
     assert not ours & set(pins), "this tree's own packages are installed editable, never pinned"
+
+
+def test_mypy_checks_every_distribution():
+    """`make typecheck` covers core, the dashboard and every bundled plugin, a new one too."""
+    config = project(REPO)["tool"]["mypy"]
+    checked = {str(package.relative_to(REPO)) for path in PROJECTS for package in packages(path)}
+    assert sorted(checked - set(config["files"])) == [], "add them to [tool.mypy] files in pyproject.toml"
+    # The editable installs' import hooks are invisible to mypy: each source root must be on its path.
+    roots = {str(path.relative_to(REPO)) for path in PROJECTS if path != REPO}
+    assert sorted(roots - set(config["mypy_path"])) == [], "add them to [tool.mypy] mypy_path in pyproject.toml"
