@@ -314,9 +314,11 @@ def on_approval_resolved(hive: Hive, approval: Approval) -> None:
 def register_routes(register: Callable[..., None]) -> None:
     """Add HTTP routes to the operator dashboard.
 
-    :param register: ``register(rule, view, methods=("GET",))``. Plugin routes
-        live under ``/-/<plugin>/`` unless the HTTP contract names them. The
-        dashboard calls ``view(hive, **rule_variables)``, sync or async.
+    :param register: ``register(rule, view, methods=("GET",), public=False)``.
+        Plugin routes live under ``/-/<plugin>/``; with ``public=True``, at a path
+        of their own outside ``/-/`` that none of the dashboard's own routes
+        answers (checked at startup). The dashboard calls
+        ``view(hive, **rule_variables)``, sync or async.
     """
 
 
