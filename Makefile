@@ -58,4 +58,4 @@ $(CLAUDE_STAMP):
 	touch $@
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache
