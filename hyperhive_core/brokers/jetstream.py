@@ -198,6 +198,26 @@ class JetStreamBroker(MessageBroker):
         return StoreError(self._unreachable(exc))
 
     def _unreachable(self, exc: BaseException) -> str:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            ca = self.section.tls_ca or "not set, so the system's CAs"
+            return (
+                f"the NATS cluster at {self.where} has a TLS certificate that does not verify "
+                f"({exc.verify_message}) against [jetstream] tls_ca ({ca}); "
+                "set tls_ca to the CA that signed the servers' certificates"
+            )
+        if isinstance(exc, ssl.SSLError):
+            cert = self.section.tls_cert or "not set"
+            return (
+                f"the NATS cluster at {self.where} refused the TLS handshake ({exc.reason or exc}); "
+                f"if its servers require a client certificate, set [jetstream] tls_cert and tls_key (tls_cert: {cert}) "
+                "to one signed by the CA they trust"
+            )
+        if "authorization violation" in str(exc).lower():
+            credentials = self.section.credentials_file or "not set"
+            return (
+                f"the NATS cluster at {self.where} refused the credentials ({exc}); "
+                f"check [jetstream] credentials_file ({credentials}) against the servers' users"
+            )
         return (
             f"the NATS cluster at {self.where} did not answer ({type(exc).__name__}: {exc or 'no reply'}); "
             "check that its nodes are up and reachable"
@@ -212,7 +232,7 @@ class JetStreamBroker(MessageBroker):
             try:
                 await self._bridge.run(self._open)
             except UNREACHABLE as exc:
-                raise StoreError(f"cannot connect to {self._unreachable(exc).removeprefix('the ')}") from exc
+                raise StoreError(f"cannot connect: {self._unreachable(exc)}") from exc
 
     async def _open(self) -> None:
         """On the loop: connect (nats-py reconnects from then on, forever), then make sure the streams exist."""
@@ -227,7 +247,10 @@ class JetStreamBroker(MessageBroker):
             if self._nc is nc:  # not while closing
                 log.warning("lost the NATS cluster at %s; reconnecting", self.where)
 
+        errors: list[Exception] = []
+
         async def error(exc: Exception) -> None:
+            errors.append(exc)
             log.debug("NATS client: %r", exc)
 
         nc = nats.NATS()
@@ -246,6 +269,13 @@ class JetStreamBroker(MessageBroker):
         try:
             # Reconnects go on forever once connected; the first connect gives up after the request timeout.
             await asyncio.wait_for(connecting, self.section.request_timeout_seconds)
+        except TimeoutError as exc:
+            await nc.close()
+            # Why the tries failed says more than that time ran out; a refusal more than the reset after it.
+            telling = [e for e in errors if not isinstance(e, ConnectionError | nats.errors.StaleConnectionError)]
+            if telling or errors:
+                raise (telling or errors)[-1] from exc
+            raise
         except BaseException:
             await nc.close()
             raise

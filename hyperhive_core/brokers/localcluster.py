@@ -43,6 +43,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Tls:
+    """The nodes' TLS for client connections: their certificate and key, and the CA that signs client certificates."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    verify: bool = False
+    """Require a client certificate signed by ``ca``."""
+
+    def config(self) -> str:
+        files = {"cert_file": self.cert, "key_file": self.key, "ca_file": self.ca}
+        lines = "".join(f"  {key}: {json.dumps(str(path))}\n" for key, path in files.items())
+        return f"tls {{\n{lines}  verify: {str(self.verify).lower()}\n}}\n"
+
+
 @dataclass
 class Node:
     name: str
@@ -51,10 +67,11 @@ class Node:
     http_port: int
     store_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    scheme: str = "nats"
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     def healthy(self) -> bool:
         """Whether the node's JetStream is up and current with the cluster (``/healthz``)."""
@@ -78,12 +95,21 @@ class LocalCluster:
     sync_interval: str = "always"
     authorization: str = ""
     """A nats-server ``authorization { ... }`` block's body, to require credentials."""
+    tls: Tls | None = None
+    """Clients must speak TLS (``tls://`` URLs), with a certificate too if ``tls.verify``."""
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.nodes = [
-            Node(f"n{index + 1}", free_port(), free_port(), free_port(), self.root / f"n{index + 1}")
+            Node(
+                f"n{index + 1}",
+                free_port(),
+                free_port(),
+                free_port(),
+                self.root / f"n{index + 1}",
+                scheme="tls" if self.tls else "nats",
+            )
             for index in range(self.size)
         ]
 
@@ -101,7 +127,7 @@ class LocalCluster:
             f"jetstream {{\n  store_dir: {json.dumps(str(node.store_dir))}\n"
             f"  sync_interval: {self.sync_interval}\n  max_memory_store: 64MB\n  max_file_store: 2GB\n}}\n"
             f"cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{node.route_port}\n  routes: [{routes}]\n}}\n"
-            f"{auth}"
+            f"{auth}{self.tls.config() if self.tls else ''}"
         )
 
     def start(self, *nodes: Node) -> None:
