@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hyperhive_core import ConfigError, option
+from hyperhive_core import option
 
 
 @dataclass
@@ -21,9 +21,10 @@ class CrashwatchSection:
     history_per_agent: int = option(100, help="Crash bursts kept per agent for the dashboard; the oldest go first.")
 
     def __post_init__(self) -> None:
+        # Core's config loader names the file and [crashwatch] before it (docs/plugins.md).
         if self.burst_seconds <= 0:
-            raise ConfigError(f"[crashwatch] burst_seconds must be positive, not {self.burst_seconds}")
+            raise ValueError(f"burst_seconds must be positive, not {self.burst_seconds}")
         if self.log_lines < 0:
-            raise ConfigError(f"[crashwatch] log_lines must be 0 or more, not {self.log_lines}")
+            raise ValueError(f"log_lines must be 0 or more, not {self.log_lines}")
         if self.history_per_agent < 1:
-            raise ConfigError(f"[crashwatch] history_per_agent must be at least 1, not {self.history_per_agent}")
+            raise ValueError(f"history_per_agent must be at least 1, not {self.history_per_agent}")

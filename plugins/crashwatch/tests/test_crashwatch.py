@@ -317,10 +317,10 @@ async def test_panels_list_recent_crashes_on_top_while_an_agent_is_crashing(make
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"burst_seconds": 0}, r"\[crashwatch\] burst_seconds must be positive, not 0"),
+        ({"burst_seconds": 0}, r"hyperhive\.toml: \[crashwatch\] burst_seconds must be positive, not 0(\.0)?$"),
         ({"burst_seconds": "soon"}, r"crashwatch.burst_seconds must be a number, not a string \('soon'\)"),
-        ({"log_lines": -1}, r"\[crashwatch\] log_lines must be 0 or more, not -1"),
-        ({"history_per_agent": 0}, r"\[crashwatch\] history_per_agent must be at least 1, not 0"),
+        ({"log_lines": -1}, r"hyperhive\.toml: \[crashwatch\] log_lines must be 0 or more, not -1$"),
+        ({"history_per_agent": 0}, r"hyperhive\.toml: \[crashwatch\] history_per_agent must be at least 1, not 0$"),
         ({"burst_second": 5}, r"unknown key crashwatch.burst_second"),
     ],
 )

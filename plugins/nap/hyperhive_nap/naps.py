@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import sqlite_utils
 import trio
 
-from hyperhive_core import ConfigError, HyperhiveError, State, iso_utc, option
+from hyperhive_core import HyperhiveError, State, iso_utc, option
 
 if TYPE_CHECKING:
     from hyperhive_core import Hive
@@ -24,8 +24,9 @@ class NapSection:
     max_seconds: int = option(3600, help="The longest nap an agent may take, in seconds.")
 
     def __post_init__(self) -> None:
+        # Core's config loader names the file and [nap] before it (docs/plugins.md).
         if self.max_seconds < 1:
-            raise ConfigError(f"[nap] max_seconds must be at least 1, not {self.max_seconds}")
+            raise ValueError(f"max_seconds must be at least 1, not {self.max_seconds}")
 
 
 class Naps:
@@ -40,7 +41,7 @@ class Naps:
     @classmethod
     async def load(cls, hive: Hive) -> Naps:
         """The naps recorded before a restart, still to be slept."""
-        rows = await hive.store.read(lambda db: list(db[TABLE].rows))
+        rows = await hive.store.read(lambda db: list(db.table(TABLE).rows))
         return cls(hive, {row["agent"]: row["wake_at"] for row in rows})
 
     def wake_time(self, agent: str) -> float | None:
@@ -62,7 +63,7 @@ class Naps:
         row = {"agent": agent, "wake_at": wake_at, "started_at": time.time()}
         # Known before it is stored: a /cancel meanwhile ends it (its delete is written after this).
         self._wake_at[agent] = wake_at
-        await self.hive.store.write(lambda db: db[TABLE].upsert(row, pk="agent"))
+        await self.hive.store.write(lambda db: db.table(TABLE).upsert(row, pk="agent"))
         self.hive.events.publish(agent, "note", text=f"napping for {seconds}s, until {iso_utc(wake_at)}")
         return wake_at
 
@@ -104,8 +105,8 @@ class Naps:
 
     async def _forget(self, agent: str) -> None:
         self._wake_at.pop(agent, None)
-        await self.hive.store.write(lambda db: db[TABLE].delete_where("agent = ?", [agent]))
+        await self.hive.store.write(lambda db: db.table(TABLE).delete_where("agent = ?", [agent]))
 
 
 def m001_naps(db: sqlite_utils.Database) -> None:
-    db[TABLE].create({"agent": str, "wake_at": float, "started_at": float}, pk="agent", not_null={"wake_at"})
+    db.table(TABLE).create({"agent": str, "wake_at": float, "started_at": float}, pk="agent", not_null={"wake_at"})

@@ -126,8 +126,11 @@ async def test_a_nap_out_of_range_is_refused_clearly(pm, tmp_path):
 
 
 def test_max_seconds_must_be_positive(make_config, pm):
-    with pytest.raises(ConfigError, match=r"\[nap\] max_seconds must be at least 1, not 0"):
+    with pytest.raises(
+        ConfigError, match=r"hyperhive\.toml: \[nap\] max_seconds must be at least 1, not 0$"
+    ) as refused:
         make_config(pm, nap={"max_seconds": 0})
+    assert refused.value.key == "max_seconds"
 
 
 NAPPER = """

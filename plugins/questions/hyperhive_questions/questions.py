@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlite_utils
 import trio
 
-from hyperhive_core import ConfigError, HyperhiveError, iso_utc, option
+from hyperhive_core import HyperhiveError, iso_utc, option
 
 if TYPE_CHECKING:
     from hyperhive_core import Hive
@@ -44,12 +44,13 @@ class QuestionsSection:
     max_chars: int = option(4000, help="The longest question, and the longest answer, in characters.")
 
     def __post_init__(self) -> None:
+        # Core's config loader names the file and [questions] before it (docs/plugins.md).
         for key in ("default_ttl_seconds", "max_ttl_seconds", "max_chars"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"[questions] {key} must be at least 1, not {getattr(self, key)}")
+                raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
         if self.default_ttl_seconds > self.max_ttl_seconds:
-            raise ConfigError(
-                f"[questions] default_ttl_seconds ({self.default_ttl_seconds}) is over max_ttl_seconds "
+            raise ValueError(
+                f"default_ttl_seconds ({self.default_ttl_seconds}) is over max_ttl_seconds "
                 f"({self.max_ttl_seconds}); lower the default or raise the maximum"
             )
 
@@ -116,7 +117,7 @@ class Questions:
             "deadline": now + ttl,
             "status": PENDING,
         }
-        row["id"] = await self.hive.store.write(lambda db: db[TABLE].insert(row).last_pk)
+        row["id"] = await self.hive.store.write(lambda db: db.table(TABLE).insert(row).last_pk)
         asked = Question.from_row(row | {"answer": None, "answered_at": None})
         self._deadlines[asked.id] = trio.current_time() + ttl
         self._changed.set()
@@ -191,7 +192,8 @@ class Questions:
                     asker, "error", text=f"the {EVENT} event for question {question.id} was not sent: {exc}"
                 )
             else:
-                await self.hive.store.write(lambda db: db[TABLE].update(question.id, {"notified_at": time.time()}))
+                sent = {"notified_at": time.time()}
+                await self.hive.store.write(lambda db: db.table(TABLE).update(question.id, sent))
                 return
         self._owed.add(asker)
 
@@ -253,7 +255,7 @@ def _check_options(options: list[str] | None) -> list[str] | None:
 
 def _resolve(question_id: int, answer: str, status: str, now: float, db: sqlite_utils.Database) -> dict[str, Any]:
     """Resolve a pending question in one transaction, so an answer and its expiry never both win."""
-    rows = list(db[TABLE].rows_where("id = ?", [question_id]))
+    rows = list(db.table(TABLE).rows_where("id = ?", [question_id]))
     if not rows:
         raise QuestionError(f"there is no question {question_id}; `hyperhive questions` lists the pending ones")
     row = rows[0]
@@ -267,14 +269,14 @@ def _resolve(question_id: int, answer: str, status: str, now: float, db: sqlite_
         choices = ", ".join(repr(choice) for choice in options)
         raise QuestionError(f"question {question_id} takes one of {choices}; {answer!r} is not one of them")
     update = {"status": status, "answer": answer, "answered_at": now}
-    db[TABLE].update(question_id, update)
+    db.table(TABLE).update(question_id, update)
     return row | update
 
 
 def _select(include_resolved: bool, limit: int | None, db: sqlite_utils.Database) -> list[dict[str, Any]]:
     if include_resolved:
-        return list(db[TABLE].rows_where(order_by="id desc", limit=limit))
-    return list(db[TABLE].rows_where("status = ?", [PENDING], order_by="id", limit=limit))
+        return list(db.table(TABLE).rows_where(order_by="id desc", limit=limit))
+    return list(db.table(TABLE).rows_where("status = ?", [PENDING], order_by="id", limit=limit))
 
 
 def _owed_askers(db: sqlite_utils.Database) -> list[str]:
@@ -284,11 +286,11 @@ def _owed_askers(db: sqlite_utils.Database) -> list[str]:
 
 def _owed_to(agent: str, db: sqlite_utils.Database) -> list[dict[str, Any]]:
     where = "asker = ? AND status != ? AND notified_at IS NULL"
-    return list(db[TABLE].rows_where(where, [agent, PENDING], order_by="id"))
+    return list(db.table(TABLE).rows_where(where, [agent, PENDING], order_by="id"))
 
 
 def m001_questions(db: sqlite_utils.Database) -> None:
-    db[TABLE].create(
+    db.table(TABLE).create(
         {
             "id": int,
             "asker": str,
@@ -304,4 +306,4 @@ def m001_questions(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"asker", "question", "asked_at", "deadline", "status"},
     )
-    db[TABLE].create_index(["status"])
+    db.table(TABLE).create_index(["status"])

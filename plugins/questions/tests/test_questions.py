@@ -195,19 +195,25 @@ async def test_bad_answers_get_clear_errors(pm, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("section", "error"),
+    ("section", "key", "error"),
     [
-        ({"max_chars": 0}, r"\[questions\] max_chars must be at least 1, not 0"),
-        ({"default_ttl_seconds": -1}, r"\[questions\] default_ttl_seconds must be at least 1, not -1"),
+        ({"max_chars": 0}, "max_chars", r"\[questions\] max_chars must be at least 1, not 0$"),
+        (
+            {"default_ttl_seconds": -1},
+            "default_ttl_seconds",
+            r"\[questions\] default_ttl_seconds must be at least 1, not -1$",
+        ),
         (
             {"default_ttl_seconds": 100, "max_ttl_seconds": 50},
-            r"\[questions\] default_ttl_seconds \(100\) is over max_ttl_seconds \(50\)",
+            "default_ttl_seconds",
+            r"\[questions\] default_ttl_seconds \(100\) is over max_ttl_seconds \(50\); lower the default",
         ),
     ],
 )
-def test_bad_config_is_refused(make_config, pm, section, error):
-    with pytest.raises(ConfigError, match=error):
+def test_bad_config_is_refused(make_config, pm, section, key, error):
+    with pytest.raises(ConfigError, match=rf"hyperhive\.toml: {error}") as refused:
         make_config(pm, questions=section)
+    assert refused.value.key == key
 
 
 def test_answer_needs_text_or_cancel_but_not_both(hyperhive, clean_env):
