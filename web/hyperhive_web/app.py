@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from quart import Response, g, has_websocket_context, jsonify, redirect, render_template, request, websocket
+from quart.typing import ResponseReturnValue
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -45,7 +46,7 @@ SECURITY_HEADERS = {
 
 
 class DashboardApp(QuartTrio):
-    def select_jinja_autoescape(self, filename: str) -> bool:
+    def select_jinja_autoescape(self, filename: str | None) -> bool:
         return True  # a plugin's template escapes what it shows, whatever its file is called
 
 
@@ -77,7 +78,7 @@ def wants_json(path: str) -> bool:
     return path.startswith(("/api/", "/-/")) or (request.endpoint or "").startswith(ENDPOINT_PREFIX)
 
 
-async def guard_request() -> Response | None:
+async def guard_request() -> ResponseReturnValue | None:
     dashboard = current_dashboard()
     check_host(request.headers.get("Host"), dashboard.settings.hosts)
     if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):

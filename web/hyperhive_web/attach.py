@@ -74,7 +74,7 @@ async def run_attach(url: str, token: str, agent: str, stdin: int, stdout: int) 
                                 os.write(stdout, await connection.get_message())  # type: ignore[arg-type]
                         except ConnectionClosed as closed:
                             nursery.cancel_scope.cancel()
-                            return closed.reason.reason or "disconnected"
+                            return (closed.reason and closed.reason.reason) or "disconnected"
     except HandshakeError as exc:
         body = getattr(exc, "body", b"") or b""
         raise click.ClickException(f"the dashboard refused to attach to {agent!r}: {body.decode() or exc}") from None

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from werkzeug.datastructures import Headers
+
 TOKEN_FILE = "operator-token"  # noqa: S105 - the file name, not a secret
 COOKIE = "hyperhive_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -124,7 +126,7 @@ def check_host(host_header: str | None, allowed: frozenset[str]) -> None:
         )
 
 
-def check_origin(headers: Mapping[str, str], own_origin: str, *, state_changing: bool) -> None:
+def check_origin(headers: Headers | Mapping[str, str], own_origin: str, *, state_changing: bool) -> None:
     """Refuse a request that a page of another origin made (the dashboard's port included).
 
     :param headers: the request's headers (case-insensitive ``get``).

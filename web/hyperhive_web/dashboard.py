@@ -104,8 +104,10 @@ class Dashboard:
             try:
                 binds = await nursery.start(partial(serve, self.app, config))
             except* OSError as failed:
+                cause = root_cause(failed)
+                reason = cause.strerror if isinstance(cause, OSError) else cause
                 raise HyperhiveError(
-                    f"the dashboard cannot listen on {config.bind[0]}: {root_cause(failed).strerror}; "
+                    f"the dashboard cannot listen on {config.bind[0]}: {reason}; "
                     "set [web] port to a free port (0 picks one), or stop what uses it"
                 ) from None
             self.port = urlsplit(binds[0]).port

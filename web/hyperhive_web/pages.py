@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
+from quart.typing import ResponseReturnValue
 
 from hyperhive_core import OPERATOR, operator_actions
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
@@ -49,7 +50,7 @@ async def login() -> Any:
 
 
 @pages.post("/logout")
-async def logout() -> Response:
+async def logout() -> ResponseReturnValue:
     response = redirect("/login", 303)
     response.delete_cookie(current_dashboard().cookie_name, path="/")
     return response

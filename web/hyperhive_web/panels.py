@@ -92,7 +92,8 @@ async def panel_body(panel: Panel, dashboard: Dashboard) -> Markup:
     try:
         return Markup(await render_template(panel.template, **panel.context))  # noqa: S704 - autoescaped
     except TemplateNotFound as missing:
-        raise HyperhiveError(missing_template(missing.name or panel.template, dashboard.template_dirs)) from None
+        name = missing.name if isinstance(missing.name, str) else panel.template
+        raise HyperhiveError(missing_template(name, dashboard.template_dirs)) from None
 
 
 def error_panel(key: str, plugin: str, exc: Exception) -> Panel:

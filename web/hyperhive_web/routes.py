@@ -102,7 +102,7 @@ def own_route_at(own: MapAdapter, path: str) -> str | None:
         try:
             rule, _ = own.match(path, method=method, return_rule=True)
         except MethodNotAllowed as other:  # there is a route, for other methods: ask with one of them
-            method = (other.valid_methods or ["POST"])[0]
+            method = next(iter(other.valid_methods or ()), "POST")
         except (NotFound, RequestRedirect):
             return None
         else:

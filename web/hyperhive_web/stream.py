@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import trio
-from quart import Response, make_response
+from quart import Response
 
 from hyperhive_core import Event, SubscriptionDropped
 
@@ -144,10 +144,8 @@ async def event_stream(
 
 
 async def sse_response(body: AsyncIterator[bytes]) -> Response:
-    response = await make_response(
-        body,
-        200,
-        {"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    response = Response(
+        body, 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
     response.timeout = None  # a stream lasts as long as the page is open
     return response

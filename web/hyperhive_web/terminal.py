@@ -57,7 +57,7 @@ async def copy_output(shell: ContainerProcess, done: trio.CancelScope) -> None:
     """Terminal output to the browser, until the shell is gone."""
     assert shell.stdout is not None
     while chunk := await shell.stdout.receive_some(65536):
-        await websocket.send(chunk)
+        await websocket.send(bytes(chunk))
     done.cancel()
 
 
