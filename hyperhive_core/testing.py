@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    import subprocess
+
     import click.testing
     import trio.testing
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHROMIUM",
     "Chromium",
+    "Daemon",
     "HeldClock",
     "Script",
     "build_config",
@@ -92,11 +95,16 @@ def build_config(tmp_path: Path, pm: HivePluginManager, toml: str = "", **sectio
     from hyperhive_core.boot import config_schemas
     from hyperhive_core.config import load_config
 
+    return load_config(tmp_path / "hyperhive.toml", _raw_config(tmp_path, toml, sections), config_schemas(pm))
+
+
+def _raw_config(tmp_path: Path, toml: str, sections: Mapping[str, Any]) -> dict[str, Any]:
+    """The kit's defaults, then ``toml``, then ``sections``, merged table by table."""
     raw: dict[str, Any] = {"hive": {"state_dir": str(tmp_path / "state"), "container_backend": "process"}}
     for given in (tomllib.loads(textwrap.dedent(toml)), sections):
         for name, table in given.items():
             raw[name] = {**raw.get(name, {}), **table} if isinstance(table, Mapping) else table
-    return load_config(tmp_path / "hyperhive.toml", raw, config_schemas(pm))
+    return raw
 
 
 @pytest.fixture
@@ -274,9 +282,7 @@ async def running_hive(
 
     from hyperhive_core.daemon import run_hive
 
-    scenario_path = tmp_path / "scenario.toml"
-    scenario_path.write_text(textwrap.dedent(str(scenario)))
-    model = {"base_url": endpoint} if endpoint else {"rehearsal_scenario": str(scenario_path)}
+    model = {"base_url": endpoint} if endpoint else {"rehearsal_scenario": str(_write_scenario(tmp_path, scenario))}
     config = build_config(
         tmp_path,
         pm,
@@ -292,6 +298,12 @@ async def running_hive(
             yield running
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _write_scenario(tmp_path: Path, scenario: str | Script) -> Path:
+    path = tmp_path / "scenario.toml"
+    path.write_text(textwrap.dedent(str(scenario)))
+    return path
 
 
 async def next_event(
@@ -357,6 +369,106 @@ async def run_cli(hive: Hive, pm: HivePluginManager, *args: str) -> click.testin
     config.write_text(f"[hive]\nstate_dir = {_toml(str(hive.paths.root))}\n")
     command = make_cli(pm)
     return await trio.to_thread.run_sync(lambda: CliRunner().invoke(command, ["--config", str(config), *args]))
+
+
+class Daemon:
+    """A ``hyperhive up`` process of the test's, on its own config file; see the ``hive_daemon`` fixture."""
+
+    STARTUP_SECONDS = 90.0  # a loaded machine starts the daemon slowly
+
+    def __init__(self, hyperhive: str, config: Path, socket: Path, env: Mapping[str, str]) -> None:
+        import subprocess
+
+        self.hyperhive = hyperhive
+        self.config = config
+        self.socket = socket
+        self.env = dict(env)
+        self.log = config.with_name("daemon.log")
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [hyperhive, "-c", str(config), "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._wait_until_it_answers()
+
+    def _wait_until_it_answers(self) -> None:
+        from hyperhive_core.hostclient import DaemonNotRunning, request
+
+        deadline = time.monotonic() + self.STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"`hyperhive up` exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                request(self.socket, "status", timeout=10)
+            except DaemonNotRunning:
+                time.sleep(0.2)
+            else:
+                return
+        self.stop()
+        raise AssertionError(
+            f"`hyperhive up` did not answer within {self.STARTUP_SECONDS:g} s:\n{self.log.read_text()}"
+        )
+
+    def request(self, cmd: str, **arguments: Any) -> Any:
+        """Send ``cmd`` to the host socket and return its result; a refusal raises ``HostCommandError``."""
+        from hyperhive_core.hostclient import request
+
+        return request(self.socket, cmd, **arguments)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``hyperhive -c CONFIG ARGS`` (a plugin's command too) in a child process; its output and exit code."""
+        import subprocess
+
+        command = [self.hyperhive, "-c", str(self.config), *args]
+        return subprocess.run(command, check=False, env=self.env, capture_output=True, text=True, timeout=120)
+
+    def login_url(self) -> str:
+        """The dashboard's login address, as ``hyperhive dashboard`` prints it (needs the ``web`` plugin)."""
+        printed = self.cli("dashboard")
+        if printed.returncode:
+            raise AssertionError(f"`hyperhive dashboard` failed: {printed.stderr.strip()}")
+        return printed.stdout.strip()
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops the hive; its exit code (0 for a clean stop)."""
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def hive_daemon(tmp_path: Path, clean_env: dict[str, str], hyperhive: str) -> Iterator[Callable[..., Daemon]]:
+    """Start a real daemon: ``hive_daemon(script, plugins=["web", "hello"], web={"port": 0})``.
+
+    It writes ``hyperhive.toml`` in ``tmp_path`` (the kit's defaults, ``toml``, then
+    ``sections``; ``plugins`` becomes ``[hive] plugins``), runs ``hyperhive up`` on it
+    with the rehearsal model answering from ``script``, and returns a :class:`Daemon`
+    once its host socket answers. Every daemon stops when the test ends.
+    """
+    started: list[Daemon] = []
+
+    def start(
+        script: str | Script, *, plugins: list[str] | None = None, toml: str = "", **sections: Mapping[str, Any]
+    ) -> Daemon:
+        directory = tmp_path / f"daemon-{len(started)}"
+        directory.mkdir()
+        claude = {"rehearsal_scenario": str(_write_scenario(directory, script))}
+        hive = {} if plugins is None else {"plugins": plugins}
+        raw = _raw_config(directory, toml, {"hive": hive, "claude": claude, **sections})
+        config = directory / "hyperhive.toml"
+        config.write_text("".join(f"{_toml(name)} = {_toml(table)}\n" for name, table in raw.items()))
+        started.append(Daemon(hyperhive, config, Path(raw["hive"]["state_dir"]) / "host.sock", os.environ))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.stop()
 
 
 class HeldClock:
@@ -470,12 +582,20 @@ class Chromium:
         future = self._thread.submit(fn, *args)
         return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
 
-    async def dashboard(self, hive: Hive, path: str = "/", errors: list[str] | None = None) -> Any:
-        """A fresh page (own cookies) logged in to ``hive``'s dashboard at ``path``; page errors go to ``errors``."""
+    async def dashboard(self, hive: Hive | Daemon, path: str = "/", errors: list[str] | None = None) -> Any:
+        """A fresh page (own cookies) logged in to the dashboard of ``hive`` (or of a :class:`Daemon`) at ``path``.
 
-        from hyperhive_web import dashboard_of
+        Page errors go to ``errors``.
+        """
+        import trio
 
-        dashboard = dashboard_of(hive)
+        if isinstance(hive, Daemon):
+            login = await trio.to_thread.run_sync(hive.login_url)
+        else:
+            from hyperhive_web import dashboard_of
+
+            login = dashboard_of(hive).login_url
+        root = login.split("/login?", 1)[0]
 
         def open_page() -> Any:
             context = self._browser.new_context(viewport={"width": 1440, "height": 900})
@@ -483,9 +603,9 @@ class Chromium:
             page = context.new_page()
             if errors is not None:
                 page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{dashboard.url}/login?token={dashboard.token}")
+            page.goto(login)
             if path != "/":
-                page.goto(f"{dashboard.url}{path}")
+                page.goto(f"{root}{path}")
             return page
 
         return await self.run(open_page)

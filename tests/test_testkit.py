@@ -10,8 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import trio
 
 from hyperhive_core.errors import PluginError
+from hyperhive_core.hostclient import HostCommandError
 from hyperhive_core.rehearsal import parse_scenario
 from hyperhive_core.testing import CHROMIUM, Script, needs_claude
 
@@ -141,3 +143,45 @@ def test_local_plugin_loads_an_uninstalled_module_here_and_in_a_subprocess(local
     assert ran.stdout == "probe loaded\n", ran.stderr
     with pytest.raises(ValueError, match=r"give a plugin name and a 'module' or 'module:attr'"):
         local_plugin("no good", "kit_probe")
+
+
+@pytest.fixture
+def hello(local_plugin, tmp_path):
+    """The documented example's plugin, loadable as ``hello``."""
+    source = tmp_path / "hello-src"
+    source.mkdir()
+    (source / "hyperhive_hello.py").write_text(docs_example()["hyperhive_hello.py"])
+    local_plugin("hello", "hyperhive_hello", source)
+
+
+@pytest.mark.slow
+def test_a_daemon_answers_host_commands_and_plugin_commands(hello, hive_daemon):
+    quiet = Script()
+    quiet.otherwise("nothing to do")
+    daemon = hive_daemon(quiet, plugins=["web", "hello"], agents={"worker": {}}, web={"port": 0})
+    assert daemon.request("greetings", agent="worker") == {"agent": "worker", "greetings": 0}
+    with pytest.raises(HostCommandError, match="no agent named 'ghost'; known agents: manager, worker"):
+        daemon.request("greetings", agent="ghost")
+    counted = daemon.cli("greetings", "worker")
+    assert (counted.returncode, counted.stdout) == (0, "0\n"), counted.stderr
+    unknown = daemon.cli("greetings", "ghost")
+    assert unknown.returncode == 1
+    assert "no agent named 'ghost'" in unknown.stderr
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/login\?token=\S+", daemon.login_url())
+    assert daemon.stop() == 0
+
+
+def test_a_daemon_that_cannot_start_says_why(hive_daemon):
+    with pytest.raises(AssertionError, match=r"(?s)`hyperhive up` exited with 1:.*nonesuch"):
+        hive_daemon(Script(), nonesuch={"key": 1})
+
+
+@pytest.mark.slow
+async def test_chromium_logs_in_to_a_daemons_dashboard(hive_daemon, chromium):
+    quiet = Script()
+    quiet.otherwise("nothing to do")
+    daemon = await trio.to_thread.run_sync(lambda: hive_daemon(quiet, plugins=["web"], web={"port": 0}))
+    errors = []
+    page = await chromium.dashboard(daemon, "/agent/manager/", errors)
+    assert (await chromium.run(lambda: page.url)).endswith("/agent/manager/")  # logged in: not sent to /login
+    assert errors == []
