@@ -255,9 +255,10 @@ class Agents:
     def peers(self, name: str) -> list[str]:
         """Who ``name`` may message."""
         agent = self.get(name)
+        everyone = {*self._agents, *self.directory.remote}  # the other hosts' agents too
         if agent.is_manager:
-            return [OPERATOR, *(other for other in sorted(self._agents) if other != name)]
-        allowed = {self.manager, *agent.config.allowed_recipients} & set(self._agents)
+            return [OPERATOR, *(other for other in sorted(everyone) if other != name)]
+        allowed = {self.manager, *agent.config.allowed_recipients} & everyone
         return [OPERATOR, *sorted(allowed - {name})]
 
     def set_state(self, name: str, state: State, detail: str = "") -> None:

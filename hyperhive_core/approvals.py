@@ -367,6 +367,8 @@ class Approvals:
         hive = self.hive
         if name in hive.agents:
             raise ApprovalError(f"an agent named {name!r} already exists")
+        if hive.cluster is not None:
+            hive.cluster.check_free(name)
         if name in await hive.kept_state():
             raise ApprovalError(
                 f"{name!r} has kept state from a destroyed agent; restore it (hyperhive restore {name}) "

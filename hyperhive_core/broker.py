@@ -548,6 +548,10 @@ class MessageBroker(abc.ABC):
     async def prune(self, *, now: float | None = None) -> int:
         """Delete acked messages past the age limit or the per-recipient cap; return how many."""
 
+    async def health(self) -> dict[str, Any]:
+        """Where the messages are kept and how that store is doing, for ``hyperhive status`` (docs/broker.md)."""
+        return {"backend": type(self).__name__}
+
 
 class SqliteBroker(MessageBroker):
     """The default backend: messages in the hive's sqlite file. Run ``serve`` for group commit."""
@@ -841,6 +845,18 @@ class SqliteBroker(MessageBroker):
         """How many messages to ``recipient`` await delivery (queued or leased)."""
         sql = "SELECT count(*) FROM messages WHERE state IN ('queued', 'leased') AND recipient = ?"
         return await self.store.read(lambda db: db.execute(sql, (recipient,)).fetchone()[0])
+
+    async def health(self) -> dict[str, Any]:
+        """The database file, its write-ahead log's size, and how many messages are in each state but acked."""
+        sql = "SELECT state, count(*) FROM messages WHERE state != 'acked' GROUP BY state"
+        counts = dict(await self.store.read(lambda db: db.execute(sql).fetchall()))
+        wal = self.store.path.with_name(self.store.path.name + "-wal")
+        return {
+            "backend": "sqlite",
+            "file": str(self.store.path),
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            **{state: counts.get(state, 0) for state in ("queued", "leased", "dead")},
+        }
 
     async def _select(self, where: str, params: tuple[Any, ...], limit: int) -> list[Message]:
         sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - fixed fragments

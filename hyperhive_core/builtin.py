@@ -11,6 +11,7 @@ from hyperhive_core.approvals import m006_approvals
 from hyperhive_core.broker import BrokerSection, Message, m001_messages, m007_message_idempotency_keys
 from hyperhive_core.brokers import JetStreamSection, make_jetstream_broker, make_sqlite_broker
 from hyperhive_core.claude import ClaudeSection
+from hyperhive_core.cluster import ClusterSection
 from hyperhive_core.containers.bwrap import BwrapBackend, BwrapSection
 from hyperhive_core.containers.cgroups import ContainersSection, hive_cgroups
 from hyperhive_core.containers.dbus_watch import UnitWatcher
@@ -46,6 +47,7 @@ def register_config_sections(register: Callable[[str, type], None]) -> None:
     register("hive", HiveSection)
     register("broker", BrokerSection)
     register("jetstream", JetStreamSection)
+    register("cluster", ClusterSection)
     register("events", EventsSection)
     register("claude", ClaudeSection)
     register("agents", dict[str, AgentConfig])

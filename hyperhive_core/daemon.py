@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from hyperhive_core.agents import AgentConfig, check_agent_config
+from hyperhive_core.cluster import PlacedElsewhere
 from hyperhive_core.config import Config
 from hyperhive_core.hive import Hive
 from hyperhive_core.hostsock import group_id, serve_host_socket
@@ -61,6 +62,8 @@ async def run_hive(
         async with trio.open_nursery() as core:
             await core.start(hive.events.serve)
             await core.start(hive.broker.serve)
+            if hive.cluster is not None:
+                await core.start(hive.cluster.serve)
             await core.start(hive.surface.serve)
             await core.start(hive.model_proxy.serve)
             if hive.rehearsal is not None:
@@ -74,7 +77,10 @@ async def run_hive(
                             await nursery.start(supervise, name, service)
                     hive.agent_nursery = nursery
                     for name, (agent_config, origin) in agents.items():
-                        await hive.add_agent(name, agent_config, origin)
+                        try:
+                            await hive.add_agent(name, agent_config, origin)
+                        except PlacedElsewhere as exc:  # another host runs it (the manager, on all hosts but one)
+                            log.info("agent %s is not started here: %s", name, exc)
                     await hive.started()
                     await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
                     log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))

@@ -15,11 +15,11 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import sqlite_utils
 import trio
@@ -155,6 +155,8 @@ class EventBus:
         self._inflight: list[tuple[Event, str]] = []
         self._has_pending = trio.Event()
         self._behind = False
+        self.forward: Callable[[Event], None] | None = None
+        """Where this host's own events also go (the other hosts of a hive that spans several); never waits."""
 
     def publish(self, agent: str, type: EventType | str, **data: Any) -> Event:
         """Send an event to subscribers now and queue it for history; never waits.
@@ -163,6 +165,16 @@ class EventBus:
         :param type: a core event type, or a plugin's own as ``<plugin>.<event>``.
         :param data: JSON-serializable details.
         """
+        event = self._publish(agent, type, data)
+        if self.forward is not None:
+            self.forward(event)
+        return event
+
+    def merge(self, host: str, agent: str, type: str, data: Mapping[str, Any]) -> Event:
+        """Publish another host's event here, tagged with ``data["host"]``; it goes no further."""
+        return self._publish(agent, type, {**data, "host": host})
+
+    def _publish(self, agent: str, type: EventType | str, data: Mapping[str, Any]) -> Event:
         if type not in EVENT_TYPES and not PLUGIN_EVENT_TYPE.fullmatch(type):
             raise ValueError(
                 f"unknown event type {type!r}; use one of {', '.join(sorted(EVENT_TYPES))}, "
@@ -173,7 +185,7 @@ class EventBus:
         text = json.dumps(data)  # fails here, in the publisher, if data can't be stored
         # Microsecond clock ids stay ahead of ids a crash kept from being persisted.
         self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
-        event = Event(self._last_id, agent, type, data, time.time())
+        event = Event(self._last_id, agent, cast(EventType, type), data, time.time())
         dropped = [sub for sub in self._subscribers if sub.agent in (None, agent) and not sub._offer(event)]
         for sub in dropped:
             self._subscribers.discard(sub)

@@ -30,6 +30,7 @@ from hyperhive_core.approvals import Approvals
 from hyperhive_core.broker import Message, MessageBroker, RecipientDirectory
 from hyperhive_core.brokers import make_broker
 from hyperhive_core.claude import ClaudeSection, find_cli
+from hyperhive_core.cluster import make_cluster
 from hyperhive_core.config import Config, option
 from hyperhive_core.configrepo import ORIGIN_APPLIED, ConfigRepos
 from hyperhive_core.containers import (
@@ -54,6 +55,7 @@ from hyperhive_core.store import Store
 from hyperhive_core.tools import collect_tools
 
 if TYPE_CHECKING:
+    from hyperhive_core.cluster.hosts import Cluster
     from hyperhive_core.harness import Harness
     from hyperhive_core.rehearsal import RehearsalServer
 
@@ -114,6 +116,10 @@ class Hive:
         self._dead_held: list[Message] | None = []
         self.stash = Stash()
         """Plugins' own objects, each under a ``StashKey`` its plugin holds (docs/plugins.md#state)."""
+        self.cluster: Cluster | None = make_cluster(self)
+        """This host's place in a hive that spans hosts (``[cluster] host``); None on a hive of one host."""
+        if self.cluster is not None:
+            self.events.forward = self.cluster.offer_event
 
     @property
     def claude_cli(self) -> Path:
@@ -208,6 +214,8 @@ class Hive:
         """
         from hyperhive_core.harness import Harness
 
+        if self.cluster is not None:
+            await self.cluster.claim(name)  # refused if another host runs an agent of that name
         agent = await self.agents.add(name, config, self.claude.model, origin, self.claude.extra_models)
         self.paths.agent_state(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         spec = self.container_spec(name)
@@ -317,6 +325,8 @@ class Hive:
                 if path.exists():
                     await trio.to_thread.run_sync(shutil.rmtree, path)
             await self.store.write(lambda db: db["agents"].delete_where("name = ?", [name]))
+            if self.cluster is not None:
+                await self.cluster.release(name)
         else:
             await self.agents.remember(name, destroyed_at=time.time())
         await self.approvals.agent_gone(name, purged=purge)

@@ -2,14 +2,59 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
 
 from hyperhive_core import dead_letters
+from hyperhive_core.agents import AGENT, MANAGER
+from hyperhive_core.cluster import HostDown, is_forwarded
+from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.names import OPERATOR
 
 if TYPE_CHECKING:
+    from hyperhive_core.cluster.hosts import Cluster
     from hyperhive_core.hive import Hive
+
+Command = TypeVar("Command", bound=Callable[..., Awaitable[Any]])
+# Where a command runs in a hive across hosts: (the host, the agent it is about), or (None, None) for here.
+Placement = Callable[["Cluster", dict[str, Any]], tuple[str | None, str | None]]
+
+
+def _forwarding(cmd: str, where: Placement) -> Callable[[Command], Command]:
+    """Run the command on the host ``where`` names, when that is another host of the hive
+    (docs/cluster.md): the answer, or the error, is that host's, as if it were local."""
+
+    def wrap(command: Command) -> Command:
+        signature = inspect.signature(command)
+
+        @functools.wraps(command)
+        async def run(hive: Hive, *args: Any, **kwargs: Any) -> Any:
+            if hive.cluster is not None and not is_forwarded():
+                arguments = dict(signature.bind(hive, *args, **kwargs).arguments)
+                del arguments["hive"]
+                host, agent = where(hive.cluster, arguments)
+                if host is not None:
+                    return await hive.cluster.forward(host, cmd, arguments, agent)
+            return await command(hive, *args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def routed(cmd: str, param: str = "agent") -> Callable[[Command], Command]:
+    """On the host the agent named by argument ``param`` is placed on."""
+    return _forwarding(cmd, lambda cluster, arguments: (cluster.elsewhere(arguments.get(param)), arguments.get(param)))
+
+
+def on_manager_host(cmd: str) -> Callable[[Command], Command]:
+    """On the manager's host, which keeps the approvals and drafts."""
+    return _forwarding(cmd, lambda cluster, arguments: (cluster.manager_host(), cluster.hive.agents.manager))
 
 
 async def status(hive: Hive) -> dict[str, Any]:
@@ -24,14 +69,56 @@ async def status(hive: Hive) -> dict[str, Any]:
         "backend": backend_status,
         "rehearsal": hive.rehearsal.url if hive.rehearsal else None,
         "agents": await agents(hive),
+        # The hosts of a hive that spans several; "host" is None on a hive of one host.
+        "cluster": hive.cluster.status() if hive.cluster is not None else {"host": None, "hosts": []},
+        # Where the messages are kept: the sqlite file, or the NATS nodes, streams and consumers.
+        "broker": await hive.broker.health(),
     }
 
 
 async def agents(hive: Hive) -> list[dict[str, Any]]:
-    """Every agent with its live state and inbox depth."""
-    return [await agent(hive, each.name) for each in hive.agents]
+    """Every agent with its live state and inbox depth; in a hive across hosts, every host's,
+    each with its ``host`` (those of a down host in state ``down``)."""
+    here = [await agent(hive, each.name) for each in hive.agents]
+    cluster = hive.cluster
+    if cluster is None or is_forwarded():
+        return here
+    everyone = [{**each, "host": cluster.host} for each in here]
+    others = sorted({*cluster.placement.values(), *cluster.hosts} - {cluster.host})
+    found: dict[str, list[dict[str, Any]]] = {}
+
+    async def ask(host: str) -> None:
+        try:
+            found[host] = [{**each, "host": host} for each in await cluster.forward(host, "agents", {})]
+        except HostDown as exc:
+            found[host] = await _unreachable(hive, cluster, host, str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for host in others:
+            nursery.start_soon(ask, host)
+    for host in others:
+        everyone += found[host]
+    return sorted(everyone, key=lambda each: (each["role"] != MANAGER, each["name"]))
 
 
+async def _unreachable(hive: Hive, cluster: Cluster, host: str, reason: str) -> list[dict[str, Any]]:
+    """The agents placed on a host that does not answer: state ``down``, and their queued messages."""
+    return [
+        {
+            "name": name,
+            "host": host,
+            "role": MANAGER if name == hive.agents.manager else AGENT,
+            "state": "down",
+            "detail": reason,
+            "model": "",
+            "inbox_depth": await hive.broker.inbox_depth(name),
+        }
+        for name, placed in sorted(cluster.placement.items())
+        if placed == host
+    ]
+
+
+@routed("agent")
 async def agent(hive: Hive, agent: str) -> dict[str, Any]:
     """One agent: its live state, config, resource limits (with usage), inbox depth, and
     the connections its egress list refused lately."""
@@ -49,7 +136,8 @@ async def send(hive: Hive, to: str, body: str, idempotency_key: str | None = Non
     A repeat with the same ``idempotency_key`` (a client retrying after a lost
     answer) stores nothing and answers with the first message's id.
     """
-    hive.agents.get(to)
+    if hive.cluster is None or hive.cluster.elsewhere(to) is None:
+        hive.agents.get(to)  # another host's agent gets it from the shared broker, even while that host is down
     message = await hive.broker.send(OPERATOR, to, body, idempotency_key=idempotency_key)
     return {"id": message.id, "to": to}
 
@@ -63,38 +151,65 @@ async def recv(hive: Hive, agent: str = OPERATOR, limit: int = 20) -> list[dict[
     ]
 
 
+@routed("pause")
 async def pause(hive: Hive, agent: str) -> dict[str, Any]:
     hive.agents.get(agent)
     await hive.pause(agent)
     return hive.agents.get(agent).snapshot()
 
 
+@routed("resume")
 async def resume(hive: Hive, agent: str) -> dict[str, Any]:
     hive.agents.get(agent)
     await hive.resume(agent)
     return hive.agents.get(agent).snapshot()
 
 
+@routed("cancel")
 async def cancel(hive: Hive, agent: str) -> dict[str, Any]:
     return {"cancelled": await hive.cancel(agent)}
 
 
+@routed("model")
 async def model(hive: Hive, agent: str, model: str) -> dict[str, Any]:
     return await hive.set_model(agent, model)
 
 
-async def spawn(hive: Hive, agent: str) -> dict[str, Any]:
+@_forwarding("spawn", lambda cluster, arguments: (_other(cluster, arguments.get("host")), None))
+async def spawn(hive: Hive, agent: str, host: str | None = None) -> dict[str, Any]:
+    """A new agent with the default config; in a hive across hosts, on ``host`` (default: this one)."""
+    if host is not None and (hive.cluster is None or host != hive.cluster.host):
+        raise HyperhiveError(_no_such_host(hive, host))
     return await hive.spawn(agent)
 
 
+def _other(cluster: Cluster, host: object) -> str | None:
+    """``host`` if it is another known host of the hive; a clear error for an unknown one."""
+    if host is None or host == cluster.host:
+        return None
+    if not isinstance(host, str) or host not in cluster.hosts:
+        raise HyperhiveError(_no_such_host(cluster.hive, host))
+    return host
+
+
+def _no_such_host(hive: Hive, host: object) -> str:
+    if hive.cluster is None:
+        return f"this hive runs on one host, so there is no host {host!r} to choose; leave the host out"
+    known = ", ".join(sorted({*hive.cluster.hosts, hive.cluster.host}))
+    return f"no host named {host!r} in this hive; its hosts: {known}"
+
+
+@routed("destroy")
 async def destroy(hive: Hive, agent: str, purge: bool = False) -> dict[str, Any]:
     return await hive.destroy(agent, purge=bool(purge))
 
 
+@routed("restore")
 async def restore(hive: Hive, agent: str) -> dict[str, Any]:
     return await hive.restore(agent)
 
 
+@routed("rebuild")
 async def rebuild(hive: Hive, agent: str) -> dict[str, Any]:
     return await hive.rebuild(agent)
 
@@ -107,24 +222,29 @@ async def kept(hive: Hive) -> list[dict[str, Any]]:
     ]
 
 
+@on_manager_host("approvals")
 async def approvals(hive: Hive, status: str | None = None) -> list[dict[str, Any]]:
     """The manager's requests, newest first (only those with ``status`` if given)."""
     return [approval.to_json() for approval in await hive.approvals.list(status)]
 
 
+@on_manager_host("approval")
 async def approval(hive: Hive, approval_id: int) -> dict[str, Any]:
     """One request, with its diff and problems."""
     return (await hive.approvals.get(int(approval_id))).to_json()
 
 
+@on_manager_host("approve")
 async def approve(hive: Hive, approval_id: int, note: str = "") -> dict[str, Any]:
     return (await hive.approvals.approve(int(approval_id), note)).to_json()
 
 
+@on_manager_host("deny")
 async def deny(hive: Hive, approval_id: int, note: str) -> dict[str, Any]:
     return (await hive.approvals.deny(int(approval_id), note)).to_json()
 
 
+@on_manager_host("drafts")
 async def drafts(hive: Hive) -> list[dict[str, Any]]:
     """Agents drafted by the manager and not spawned yet."""
     return [draft.to_json() for draft in await hive.approvals.drafts()]

@@ -1,0 +1,112 @@
+"""One hive on two hosts: two daemons in this process, one real three-node JetStream cluster.
+
+Each host has its own state dir and its own agents; they share the broker, the
+placement and host buckets, forwarded commands and events (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from hyperhive_core.boot import config_schemas
+from hyperhive_core.config import load_config
+from hyperhive_core.daemon import run_hive
+from hyperhive_core.errors import ConfigError
+from hyperhive_core.hostclient import HostCommandError
+from hyperhive_core.testing import Script, host_request, needs_claude, next_event, operator_reply, running_hive
+
+JETSTREAM = {"ack_wait_seconds": 5.0, "heartbeat_seconds": 1.0}
+CLUSTER = {"heartbeat_seconds": 0.5, "down_after_seconds": 3.0, "forward_timeout_seconds": 20.0}
+
+
+@asynccontextmanager
+async def host(tmp_path: Path, pm, name: str, urls: list[str], script: Script, **agents: dict):
+    (tmp_path / name).mkdir()
+    async with running_hive(
+        tmp_path / name,
+        pm,
+        script,
+        agents=agents,
+        broker={"backend": "jetstream"},
+        jetstream={"urls": urls, **JETSTREAM},
+        cluster={"host": name, **CLUSTER},
+    ) as hive:
+        yield hive
+
+
+def conversation() -> tuple[Script, Script]:
+    """alice (on a) asks bob (on b) by name; bob answers; alice tells the operator."""
+    on_a, on_b = Script(), Script()
+    on_a.on("alice", "ping").call("send", {"to": "bob", "body": "hello bob"}).reply("asked")
+    on_a.on("alice", "hi alice").call("send", {"to": "operator", "body": "bob answered"}).reply("done")
+    on_b.on("bob", "hello bob").call("send", {"to": "alice", "body": "hi alice"}).reply("answered")
+    return on_a, on_b
+
+
+@needs_claude
+async def test_two_hosts_share_names_messages_commands_and_events(make_pm, tmp_path, nats_cluster):
+    on_a, on_b = conversation()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(
+            host(tmp_path, make_pm(), "a", nats_cluster.urls, on_a, alice={"allowed_recipients": ["bob"]})
+        )
+        b = await stack.enter_async_context(
+            host(tmp_path, make_pm(), "b", nats_cluster.urls, on_b, bob={"allowed_recipients": ["alice"]})
+        )
+        # One manager: on the host that placed it first.
+        assert {agent.name for agent in a.agents} == {"manager", "alice"}
+        assert {agent.name for agent in b.agents} == {"bob"}
+        assert b.cluster.placement == {"manager": "a", "alice": "a", "bob": "b"}
+
+        # A name another host holds is refused, naming that host.
+        with pytest.raises(HostCommandError, match="'alice' is taken hive-wide: .* placed on host 'a'"):
+            await host_request(b, "spawn", agent="alice")
+        assert "alice" not in b.agents
+
+        # The operator on b sends to alice on a; alice asks bob on b by name; the answer comes back.
+        sent = await host_request(b, "send", to="alice", body="ping")
+        assert sent["to"] == "alice"
+        with trio.fail_after(90):
+            assert (await operator_reply(a, "alice")).startswith("bob answered")
+            # b's live tail shows alice's turn, tagged with her host.
+            remote = await next_event(b, "alice", "turn_end", after=0)
+        assert remote.data["host"] == "a"
+
+        # b's status lists every host and every agent, each with its host.
+        status = await host_request(b, "status")
+        assert [(h["name"], h["up"]) for h in status["cluster"]["hosts"]] == [("a", True), ("b", True)]
+        assert {(x["name"], x["host"]) for x in status["agents"]} == {("manager", "a"), ("alice", "a"), ("bob", "b")}
+
+        # A command about alice, asked on b, runs on a and answers as if local.
+        paused = await host_request(b, "pause", agent="alice")
+        assert (paused["name"], paused["paused"]) == ("alice", True)
+        assert a.agents.get("alice").status.paused
+        with pytest.raises(HostCommandError, match="no agent named 'carol'"):
+            await host_request(b, "pause", agent="carol")
+        # The approvals live with the manager, on a: b shows the same list.
+        assert await host_request(b, "approvals") == await host_request(a, "approvals")
+
+
+async def test_a_cluster_host_needs_the_jetstream_broker(make_pm, tmp_path):
+    pm = make_pm()
+    raw = {"hive": {"state_dir": str(tmp_path / "state"), "container_backend": "process"}, "cluster": {"host": "a"}}
+    config = load_config(tmp_path / "hyperhive.toml", raw, config_schemas(pm))
+    with trio.fail_after(30), pytest.raises(ConfigError, match=r"\[cluster\] host = .a. needs \[broker\] backend"):
+        await run_hive(config, pm)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "says"),
+    [
+        ({"host": "Host A"}, "host must be 1-32 lowercase letters"),
+        ({"host": "a", "heartbeat_seconds": 0}, "heartbeat_seconds must be positive"),
+        ({"host": "a", "heartbeat_seconds": 5, "down_after_seconds": 6}, "at least twice heartbeat_seconds"),
+    ],
+)
+def test_nonsense_cluster_settings_are_a_config_error(make_pm, tmp_path, cluster, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(tmp_path / "hyperhive.toml", {"cluster": cluster}, config_schemas(make_pm()))
