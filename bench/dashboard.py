@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
+from hyperhive_web import dashboard_of
 
 from hyperhive_core.boot import config_schemas
 from hyperhive_core.config import load_config
@@ -112,8 +113,9 @@ def time_requests(url: str, token: str, path: str, count: int) -> None:
 
 
 async def fanout(hive: Hive, clients: int, events: int, rate: float) -> None:
+    web = dashboard_of(hive)
     child = await trio.lowlevel.open_process(
-        [sys.executable, __file__, "--clients", str(clients), "--url", hive.web.url, "--token", hive.web.token],
+        [sys.executable, __file__, "--clients", str(clients), "--url", web.url, "--token", web.token],
         stdout=subprocess.PIPE,
     )
     lines = LineReader(child.stdout)
@@ -150,8 +152,8 @@ async def api_state(hive: Hive, agents: int, messages: int, requests: int) -> No
     while len(list(hive.agents)) < agents:
         await hive.spawn(f"agent-{len(list(hive.agents)):03d}")
     await hive.store.write(lambda db: store_messages(db, [agent.name for agent in hive.agents], messages))
-    command = [sys.executable, __file__, "--time-state", str(requests), "--url", hive.web.url]
-    command += ["--token", hive.web.token]
+    command = [sys.executable, __file__, "--time-state", str(requests), "--url", dashboard_of(hive).url]
+    command += ["--token", dashboard_of(hive).token]
     child = await trio.run_process(command, capture_stdout=True)
     timings = json.loads(child.stdout)
     counts = {"agents": agents, "messages": messages, "requests": requests}
