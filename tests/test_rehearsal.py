@@ -403,6 +403,20 @@ def test_demo_scenario_hands_the_operator_message_to_worker():
     messages.append(results("sent message 14 to operator"))
     assert reply(director, messages).reply.stop_reason == "end_turn"
 
+
+def test_the_demo_asks_the_operator_and_thanks_for_the_answer():
+    director = Director(load_demo_scenario())
+    prompt = "1 new message.\n\n--- message 4 from operator (text) ---\nplease ask me something"
+    decision = director.decide("manager", {"messages": [{"role": "user", "content": prompt}]})
+    assert decision.rule == "ask the operator"
+    event = (
+        "1 new message.\n\n--- message 9 from hive (event) ---\n"
+        "hive event: operator_answered\nid: 1\nquestion: Which colour?\nanswer: mauve\nstatus: answered"
+    )
+    decision = director.decide("manager", {"messages": [{"role": "user", "content": event}]})
+    assert decision.rule == "operator answered"
+    assert "mauve" in str(decision.describe())
+
     worker_prompt = "1 new message.\n\n--- message 13 from manager (text) ---\nThe operator asks: please tidy the notes"
     answer = tool_of(reply(director, [user(worker_prompt)], agent="worker"))[1]
     assert answer["to"] == "operator"

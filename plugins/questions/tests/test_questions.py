@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from importlib.resources import files
 
 import hyperhive_questions
 import pytest
@@ -228,28 +227,6 @@ def test_answer_needs_text_or_cancel_but_not_both(hyperhive, clean_env):
     neither = cli("answer", "3")
     assert neither.returncode == 2
     assert "give the answer TEXT, or --cancel to withdraw the question" in neither.stderr
-
-
-DEMO = files("hyperhive_core") / "scenarios" / "demo.toml"
-"""The scenario the hive runs without Claude credentials; its manager asks the operator."""
-
-
-@needs_claude
-@pytest.mark.slow
-async def test_the_demo_asks_the_operator_and_thanks_for_the_answer(make_pm, tmp_path):
-    async with running_hive(tmp_path, make_pm(questions=hyperhive_questions), DEMO.read_text()) as hive:
-        await hive.broker.send("operator", "manager", "please ask me something")
-        with trio.fail_after(60):
-            asked = await next_event(hive, "manager", "questions.asked")
-            told = await operator_reply(hive, "manager")
-        assert asked.data["options"] == ["amber", "mauve", "matrix green"]
-        assert told.startswith(f"I asked you a question (question {asked.data['id']} is with the operator")
-        await host_request(hive, "answer-question", id=asked.data["id"], answer="mauve")
-        with trio.fail_after(60):
-            thanks = await next_event(
-                hive, "manager", "message_sent", lambda e: e.data["to"] == "operator" and "Thanks" in e.data["preview"]
-            )
-        assert thanks.data["preview"] == "Thanks! Your answer reached me: mauve"
 
 
 ROUND_TRIP = Script()
