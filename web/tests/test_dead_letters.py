@@ -58,6 +58,7 @@ async def test_the_dead_letter_routes(tmp_path, web_pm):
             shown = await http.get(f"/api/dead-letters/{dead}")
             by_agent = (await http.get("/api/dead-letters?agent=manager")).json()
             bad_limit = await http.get("/api/dead-letters?limit=0")
+            too_many = await http.get("/api/dead-letters?limit=5000")
             bad_agent = await http.get("/api/dead-letters?agent=Not%20A%20Name")
             missing = await http.get("/api/dead-letters/99999")
             anonymous = Http(dashboard_of(hive).url)
@@ -85,6 +86,10 @@ async def test_the_dead_letter_routes(tmp_path, web_pm):
         assert [item["type"] for item in detail["history"][0]["activity"]][:2] == ["tool_use", "message_sent"]
         assert by_agent == {"total": 0, "dead_letters": []}
         assert (bad_limit.status, bad_limit.json()["error"]) == (400, "?limit= must be at least 1, not 0")
+        assert (too_many.status, too_many.json()["error"]) == (
+            400,
+            "limit must be a whole number from 1 to 1000, not 5000",
+        )
         assert bad_agent.status == 400
         assert "invalid agent name" in bad_agent.json()["error"]
         assert missing.status == 404

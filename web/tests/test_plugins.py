@@ -43,6 +43,7 @@ class Extras:
         register("/-/extras/hello/<name>", hello)
         register("/-/extras/fail", fail, methods=("POST",))
         register("/api/stats", lambda hive: {"series": []}, public=True)  # a path of its own
+        register("/extras.txt", lambda hive: "extras", public=True)
 
     @hookimpl
     def register_slash_commands(self, register):
@@ -137,12 +138,17 @@ async def test_plugin_routes_are_mounted_behind_the_guard(extras_hive):
     with trio.fail_after(20):
         hello = await http.get("/-/extras/hello/you")
         stats = await http.get("/api/stats")
+        text = await http.get("/extras.txt")
         anonymous = await browser.get("/-/extras/hello/you", headers={"Cookie": None})
+        anonymous_public = await browser.get("/extras.txt", headers={"Cookie": None})
         refused = await http.post("/-/extras/fail")
         no_csrf = await browser.post("/-/extras/fail")
     assert hello.json() == {"hello": "you", "agents": ["manager", "worker"]}
     assert stats.json() == {"series": []}
+    assert (text.status, text.body) == (200, b"extras")
     assert anonymous.status == 401
+    # A public path is behind the login too, and answers as an API: 401 in JSON, not the login page.
+    assert (anonymous_public.status, anonymous_public.json()) == (401, anonymous.json())
     assert (refused.status, refused.json()) == (400, {"error": "extras refuses, and says why"})
     assert no_csrf.status == 403
 
