@@ -10,7 +10,7 @@ from typing import Any
 import hyperhive_web
 import pytest
 
-from hyperhive_core.hive import Hive
+from hyperhive_core import Hive
 
 # The suite runs with --import-mode=importlib: make the helper module next to this file importable.
 sys.path.insert(0, str(Path(__file__).parent))

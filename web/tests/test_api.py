@@ -9,7 +9,7 @@ import trio
 from hyperhive_web import dashboard_of
 from webkit import dashboard_hive, operator
 
-from hyperhive_core.agents import State
+from hyperhive_core import State
 from hyperhive_core.testing import needs_claude, next_event, operator_reply
 
 pytestmark = needs_claude

@@ -31,7 +31,7 @@ from hyperhive_web.limiter import (
 from hyperhive_web.settings import WebSection
 from webkit import fork_as
 
-from hyperhive_core.errors import ConfigError
+from hyperhive_core import ConfigError
 
 OWN = "http://127.0.0.1:8700"
 

@@ -13,7 +13,7 @@ import trio
 from hyperhive_web import dashboard_of
 from webkit import dashboard_hive, screenshot
 
-from hyperhive_core.agents import State
+from hyperhive_core import State
 from hyperhive_core.testing import needs_claude, next_event
 
 pytestmark = [needs_claude, pytest.mark.slow]

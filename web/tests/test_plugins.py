@@ -14,9 +14,7 @@ from hyperhive_web.routes import collect_routes
 from hyperhive_web.slash import collect_slash_commands
 from webkit import browser_session, dashboard_hive, operator
 
-from hyperhive_core import hookimpl
-from hyperhive_core.errors import HyperhiveError, PluginError
-from hyperhive_core.panels import Panel
+from hyperhive_core import HyperhiveError, Panel, PluginError, hookimpl
 from hyperhive_core.testing import needs_claude
 
 pytestmark = needs_claude

@@ -23,7 +23,7 @@ import wsproto
 import wsproto.events
 from hyperhive_web import dashboard_of
 
-from hyperhive_core.hive import Hive
+from hyperhive_core import Hive
 from hyperhive_core.testing import launch_chromium, running_hive
 
 
