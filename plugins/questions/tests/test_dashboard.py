@@ -14,23 +14,10 @@ import pytest
 import trio
 from hyperhive_web import dashboard_of
 
-from hyperhive_core.testing import Script, call_tool, dashboard_page, needs_claude, next_event, running_hive
+from hyperhive_core.testing import call_tool, dashboard_page, needs_claude, next_event, running_hive
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "questions"
-
-SCENARIO = Script()
-SCENARIO.on("manager", "ask me", name="ask").call(
-    "ask_operator", {"question": "Which colour?", "options": ["amber", "mauve"]}
-).reply("{{result}}")
-# Matches only the event as the manager should read it: id, question, answer and status, in order.
-SCENARIO.on(
-    "manager",
-    regex=r"(?s)hive event: operator_answered\nid: 1\nquestion: Which colour\?\nanswer: (?P<answer>[^\n]*)\n"
-    r"status: answered",
-    name="answered",
-).call("send", {"to": "operator", "body": "you chose {{match.answer}}"}).reply("done")
-SCENARIO.otherwise("ok")
 
 
 def post(url: str, token: str, body: object) -> tuple[int, dict]:
@@ -52,9 +39,9 @@ def get_json(url: str, token: str) -> dict:
 
 
 @pytest.fixture
-async def hive(make_pm, tmp_path):
+async def hive(make_pm, tmp_path, asking_manager):
     pm = make_pm(web=hyperhive_web, questions=hyperhive_questions)
-    async with running_hive(tmp_path, pm, SCENARIO, web={"port": 0}) as running:
+    async with running_hive(tmp_path, pm, asking_manager, web={"port": 0}) as running:
         yield running
 
 
@@ -174,7 +161,7 @@ async def test_the_operator_answers_on_the_dashboard_and_the_manager_reads_it(hi
     with trio.fail_after(120):
         shown = await trio.to_thread.run_sync(browse, dashboard_of(hive).url, dashboard_of(hive).token)
         reply = await next_event(hive, "manager", "message_sent", lambda e: e.data["to"] == "operator")
-    assert reply.data["preview"] == "you chose mauve"
+    assert reply.data["preview"] == "you chose mauve for 1"
     assert shown == {
         "errors": [],
         "hidden_at_first": True,

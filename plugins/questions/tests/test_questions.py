@@ -12,7 +12,6 @@ import trio
 from hyperhive_core import ConfigError, HyperhiveError, hookimpl
 from hyperhive_core.testing import (
     HeldClock,
-    Script,
     call_tool,
     host_request,
     needs_claude,
@@ -229,27 +228,14 @@ def test_answer_needs_text_or_cancel_but_not_both(hyperhive, clean_env):
     assert "give the answer TEXT, or --cancel to withdraw the question" in neither.stderr
 
 
-ROUND_TRIP = Script()
-ROUND_TRIP.on("manager", "ask me", name="ask").call(
-    "ask_operator", {"question": "Which colour?", "options": ["amber", "mauve"]}
-).reply("{{result}}")
-# Matches only the event as the manager should read it: id, question, answer and status, in order.
-ROUND_TRIP.on(
-    "manager",
-    regex=r"(?s)hive event: operator_answered\nid: (?P<id>\d+)\nquestion: Which colour\?\nanswer: (?P<answer>[^\n]*)\n"
-    r"status: answered",
-    name="answered",
-).call("send", {"to": "operator", "body": "you chose {{match.answer}} for {{match.id}}"}).reply("done")
-
-
 @needs_claude
 @pytest.mark.slow
 async def test_round_trip_the_manager_asks_the_operator_answers_the_manager_reads_it(
-    make_pm, tmp_path, hyperhive, clean_env
+    make_pm, tmp_path, hyperhive, clean_env, asking_manager
 ):
     config = tmp_path / "hyperhive.toml"
     pm = make_pm(questions=hyperhive_questions)
-    async with running_hive(tmp_path, pm, ROUND_TRIP) as hive:
+    async with running_hive(tmp_path, pm, asking_manager) as hive:
         config.write_text(f'[hive]\nstate_dir = "{hive.paths.root}"\n')
 
         def cli(*args):
