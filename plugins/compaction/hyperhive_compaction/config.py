@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hyperhive_core import ConfigError, HyperhiveError, check_model, option
+from hyperhive_core import HyperhiveError, check_model, option
 
 
 @dataclass
@@ -28,19 +28,17 @@ class CompactionSection:
     def __post_init__(self) -> None:
         for key in ("threshold_bytes", "keep_backups"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"[compaction] {key} must be at least 1, not {getattr(self, key)}")
+                raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
         if self.timeout_seconds <= 0:
-            raise ConfigError(f"[compaction] timeout_seconds must be positive, not {self.timeout_seconds}")
+            raise ValueError(f"timeout_seconds must be positive, not {self.timeout_seconds}")
         if self.retry_failed_after_seconds < 0:
-            raise ConfigError(
-                f"[compaction] retry_failed_after_seconds must be 0 or more, not {self.retry_failed_after_seconds}"
-            )
+            raise ValueError(f"retry_failed_after_seconds must be 0 or more, not {self.retry_failed_after_seconds}")
         if self.model is not None:
             # The name lands in the session's argv, so its shape is checked here (the name
             # itself counts as known); on_startup checks it against [claude] extra_models.
             try:
                 check_model(self.model, extra_models=(self.model,))
             except HyperhiveError:
-                raise ConfigError(
-                    f"[compaction] model {self.model!r} is not a model name, like 'haiku'; fix it or leave it out"
+                raise ValueError(
+                    f"model {self.model!r} is not a model name, like 'haiku'; fix it or leave it out"
                 ) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hyperhive_core import ConfigError, option
+from hyperhive_core import option
 
 
 @dataclass
@@ -25,4 +25,4 @@ class TelemetrySection:
     def __post_init__(self) -> None:
         for key in ("sample_interval_seconds", "window_seconds", "retention_days", "retention_interval_seconds"):
             if getattr(self, key) <= 0:
-                raise ConfigError(f"[telemetry] {key} must be positive, not {getattr(self, key)}")
+                raise ValueError(f"{key} must be positive, not {getattr(self, key)}")
