@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What the daemon sets on a built hive, as it serves.
+_REBOUND = frozenset({"rehearsal", "agent_nursery", "_claude_cli", "_dead_held"})
+
 
 @dataclass
 class HiveSection:
@@ -120,6 +123,17 @@ class Hive:
         """This host's place in a hive that spans hosts (``[cluster] host``); None on a hive of one host."""
         if self.cluster is not None:
             self.events.forward = self.cluster.offer_event
+        self._sealed = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Core's parts are fixed once built, and plugins keep their objects in the stash,
+        # so no plugin replaces ``broker`` or ``events``, or another plugin's object.
+        if getattr(self, "_sealed", False) and name not in _REBOUND:
+            raise AttributeError(
+                f"hive.{name} cannot be set: core's parts are fixed once the hive is built; "
+                "a plugin keeps its own objects in hive.stash under a StashKey (docs/plugins.md#state)"
+            )
+        super().__setattr__(name, value)
 
     @property
     def claude_cli(self) -> Path:
