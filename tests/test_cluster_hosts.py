@@ -24,7 +24,8 @@ CLUSTER = {"heartbeat_seconds": 0.5, "down_after_seconds": 3.0, "forward_timeout
 
 
 @asynccontextmanager
-async def host(tmp_path: Path, pm, name: str, urls: list[str], script: Script, **agents: dict):
+async def host(tmp_path: Path, pm, name: str, urls: list[str], script: Script, agents: dict, **sections: dict):
+    """Host ``name`` of the hive, in this process: its own state dir, ``agents`` and ``sections``."""
     (tmp_path / name).mkdir()
     async with running_hive(
         tmp_path / name,
@@ -34,6 +35,7 @@ async def host(tmp_path: Path, pm, name: str, urls: list[str], script: Script, *
         broker={"backend": "jetstream"},
         jetstream={"urls": urls, **JETSTREAM},
         cluster={"host": name, **CLUSTER},
+        **sections,
     ) as hive:
         yield hive
 
@@ -52,10 +54,10 @@ async def test_two_hosts_share_names_messages_commands_and_events(make_pm, tmp_p
     on_a, on_b = conversation()
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(
-            host(tmp_path, make_pm(), "a", nats_cluster.urls, on_a, alice={"allowed_recipients": ["bob"]})
+            host(tmp_path, make_pm(), "a", nats_cluster.urls, on_a, {"alice": {"allowed_recipients": ["bob"]}})
         )
         b = await stack.enter_async_context(
-            host(tmp_path, make_pm(), "b", nats_cluster.urls, on_b, bob={"allowed_recipients": ["alice"]})
+            host(tmp_path, make_pm(), "b", nats_cluster.urls, on_b, {"bob": {"allowed_recipients": ["alice"]}})
         )
         # One manager: on the host that placed it first.
         assert {agent.name for agent in a.agents} == {"manager", "alice"}

@@ -38,6 +38,7 @@
     const detail = hh.render.detail(a);
     return {
       name: `<a href="/agent/${name}/">${name}</a>${a.role === "manager" ? '<span class="role">manager</span>' : ""}`,
+      host: escape(a.host || ""),
       state: hh.render.badge(a) + (detail ? ` <span class="state-detail">${escape(detail)}</span>` : ""),
       turn: a.last_turn_ms == null ? '<span class="muted">—</span>' : `<span title="${a.last_turn_at ? `ended ${ago(a.last_turn_at)}` : ""}">${formatDuration(a.last_turn_ms)}</span>`,
       model: modelCell(a),
@@ -52,7 +53,7 @@
       row = document.createElement("tr");
       row.id = `agent-${a.name}`;
       row.dataset.agent = a.name;
-      row.innerHTML = '<td class="name"></td><td class="state"></td><td class="turn num"></td><td class="model"></td><td class="inbox num"></td><td class="actions"></td>';
+      row.innerHTML = '<td class="name"></td><td class="host"></td><td class="state"></td><td class="turn num"></td><td class="model"></td><td class="inbox num"></td><td class="actions"></td>';
     }
     const html = cells(a);
     for (const [key, value] of Object.entries(html)) {
@@ -67,9 +68,27 @@
     return row;
   }
 
+  // A hive across hosts: which hosts are up, and the agents of one host only if the operator picks it.
+  function renderHosts() {
+    const cluster = hiveState.cluster || { host: null, hosts: [] };
+    $("hosts").hidden = !cluster.host;
+    document.querySelector("table.agents").classList.toggle("one-host", !cluster.host);
+    const filter = $("host-filter");
+    const names = cluster.hosts.map((h) => h.name);
+    if ([...filter.options].slice(1).map((o) => o.value).join() !== names.join()) {
+      const chosen = filter.value;
+      filter.innerHTML = '<option value="">every host</option>' + names.map((n) => `<option value="${escape(n)}">${escape(n)}</option>`).join("");
+      filter.value = names.includes(chosen) ? chosen : "";
+    }
+    $("host-list").innerHTML = cluster.hosts.map((h) =>
+      `<span class="badge ${h.up ? "idle" : "down"}" title="last seen ${ago(h.last_seen)}">${escape(h.name)} ${h.up ? "up" : "down"}</span>`).join(" ");
+  }
+
   function renderAgents() {
+    renderHosts();
     const body = $("agent-rows");
-    const rows = hiveState.agents.map(renderRow);
+    const host = $("host-filter").value;
+    const rows = hiveState.agents.filter((a) => !host || a.host === host).map(renderRow);
     const wanted = new Set(rows);
     for (const row of [...body.children]) if (!wanted.has(row)) row.remove();
     rows.forEach((row, i) => {
@@ -336,6 +355,10 @@
     // After a reconnect, anything might have changed: the replay covers events, this the rest.
     if (connections++ > 0) { refresh.state(); refresh.lists(); refresh.approvals(); refresh.inbox(); }
   });
+
+  $("host-filter").addEventListener("change", renderAgents);
+  // A host going down sends no event: while the hive spans hosts, look again now and then.
+  setInterval(() => { if (hiveState.cluster && hiveState.cluster.host) refresh.state(); }, 5000);
 
   renderAgents();
   renderApprovals();
