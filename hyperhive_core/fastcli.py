@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -120,7 +121,57 @@ def status(config_path: str | None, as_json: bool) -> list[str]:
         lines.append(f"limits     {backend['limits']}")  # how agents' caps are enforced, or "no limits: why"
     if result["rehearsal"]:
         lines.append(f"model      REHEARSAL MODEL at {result['rehearsal']} (no real Claude)")
-    return lines + [agent_line(agent) for agent in result["agents"]]
+    agent_lines = [agent_line(agent) for agent in result["agents"]]
+    return lines + broker_lines(result.get("broker")) + cluster_lines(result.get("cluster")) + agent_lines
+
+
+def cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
+    """The hosts of a hive across hosts, up or down, with their agents and last heartbeat; none for one host."""
+    if not cluster or not cluster.get("host"):
+        return []
+    now = time.time()
+    return [f"host       {cluster['host']}, one of {len(cluster['hosts'])}"] + [
+        f"  host     {host['name']:<24} {'up' if host['up'] else 'DOWN':<5} {host['agents']} agents, "
+        f"last seen {max(0.0, now - host['last_seen']):.0f} s ago"
+        for host in cluster["hosts"]
+    ]
+
+
+def broker_lines(health: dict[str, Any] | None) -> list[str]:
+    """The broker's health (``MessageBroker.health``) as ``status`` shows it: its store, and on JetStream
+    the node connected to, each stream's leader and replicas, each recipient's backlog."""
+    if health is None:
+        return []
+    if health["backend"] == "sqlite":
+        return [
+            f"broker     sqlite {health['file']} (WAL {health['wal_bytes'] // 1024} KiB): "
+            f"{health['queued']} queued, {health['leased']} leased, {health['dead']} dead"
+        ]
+    if health["backend"] != "jetstream":
+        return [f"broker     {health['backend']}"]
+    where = f"jetstream {health['name']!r}"
+    if "error" in health:
+        return [f"broker     {where}: UNREACHABLE: {health['error']}"]
+    node = health["connected"]
+    lines = [
+        f"broker     {where} via {node['url']} (node {node['server']}, nats-server {node['version']})"
+        + ("" if health["ok"] else "  DEGRADED: a stream has no leader or a replica is behind")
+    ]
+    for stream in health["streams"]:
+        replicas = ", ".join(
+            f"{peer['name']} "
+            + ("OFFLINE" if peer["offline"] else "current" if peer["current"] else f"lag {peer['lag']}")
+            for peer in stream["replicas"]
+        )
+        lines.append(
+            f"  stream   {stream['name']:<24} {stream['messages']} messages, {stream['bytes'] // 1024} KiB, "
+            f"leader {stream['leader'] or 'NONE'}" + (f"; {replicas}" if replicas else "")
+        )
+    lines += [
+        f"  inbox    {each['name']:<24} {each['pending']} pending, {each['ack_pending']} leased"
+        for each in health["consumers"]
+    ]
+    return lines
 
 
 def agents(config_path: str | None, as_json: bool) -> list[str]:
@@ -131,8 +182,9 @@ def agents(config_path: str | None, as_json: bool) -> list[str]:
 
 def agent_line(agent: dict[str, Any]) -> str:
     """One agent as ``status`` and ``agents`` list it."""
+    host = f"{agent['host']:<10} " if "host" in agent else ""  # a hive across hosts
     return (
-        f"{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} "
+        f"{host}{agent['name']:<16} {agent['role']:<8} {describe_state(agent):<28} "
         f"model {agent['model']:<10} inbox {agent['inbox_depth']}"
     )
 

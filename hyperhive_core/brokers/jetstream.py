@@ -918,6 +918,73 @@ class JetStreamBroker(MessageBroker):
             last_error,
         )
 
+    # -- health ----------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """The node this process talks to, each stream's leader, replicas and size, each recipient's backlog.
+
+        ``ok`` is whether every stream has a leader and every replica is current;
+        an unreachable cluster is an ``error``, not an exception, so status still answers.
+        """
+        report: dict[str, Any] = {"backend": "jetstream", "name": self.section.name, "urls": self.section.urls}
+        try:
+            return report | await self._call(self._health)
+        except StoreError as exc:
+            return report | {"ok": False, "error": str(exc)}
+
+    async def _health(self) -> dict[str, Any]:
+        """On the loop: what the servers say (no system account needed)."""
+        nc = self._nc
+        assert nc is not None
+        server = nc._server_info  # nats-py keeps the connected node's INFO only here
+        streams = []
+        for name in (self.inbox_stream, self.acked_stream, self.dead_stream):
+            info = await self._js.stream_info(name)
+            cluster = info.cluster or api.ClusterInfo()
+            streams.append(
+                {
+                    "name": name,
+                    "messages": info.state.messages,
+                    "bytes": info.state.bytes,
+                    "leader": cluster.leader,
+                    "replicas": [
+                        {
+                            "name": peer.name,
+                            "current": bool(peer.current),
+                            "offline": bool(peer.offline),
+                            "lag": peer.lag or 0,
+                            "active_seconds": round(peer.active / 1e9, 3),  # nats-py passes nanoseconds on
+                        }
+                        for peer in cluster.replicas or ()
+                    ],
+                }
+            )
+        consumers = [
+            {
+                "name": info.name,
+                "pending": info.num_pending,
+                "ack_pending": info.num_ack_pending,
+                "redelivered": info.num_redelivered,
+                "leader": info.cluster.leader if info.cluster else None,
+            }
+            for info in await self._js.consumers_info(self.inbox_stream)
+        ]
+        healthy = all(
+            stream["leader"] and all(peer["current"] and not peer["offline"] for peer in stream["replicas"])
+            for stream in streams
+        )
+        return {
+            "ok": healthy,
+            "connected": {
+                "url": nc.connected_url.geturl() if nc.connected_url else None,
+                "server": server.get("server_name"),
+                "version": server.get("version"),
+                "cluster": server.get("cluster"),
+            },
+            "streams": streams,
+            "consumers": sorted(consumers, key=lambda consumer: consumer["name"]),
+        }
+
     # -- retention -------------------------------------------------------------------
 
     async def prune(self, *, now: float | None = None) -> int:
