@@ -112,6 +112,77 @@ in
       };
     };
 
+    # A hive on a NATS JetStream cluster, and across hosts (docs/cluster.md).
+    cluster = {
+      enable = lib.mkEnableOption ''
+        the JetStream broker: [broker] backend = "jetstream", its messages on
+        the NATS cluster at natsUrls'';
+      host = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "alpha";
+        description = ''
+          [cluster] host: this host's name in a hive that spans several hosts.
+          Default: none, the hive runs on this host alone (its messages still on NATS).
+        '';
+      };
+      natsUrls = mkOption {
+        type = types.listOf types.str;
+        default = [ "nats://127.0.0.1:4222" ];
+        example = [
+          "tls://alpha:4222"
+          "tls://beta:4222"
+          "tls://gamma:4222"
+        ];
+        description = ''
+          [jetstream] urls: the NATS cluster's nodes, this host's own first; the
+          daemon fails over to the others in this order.
+        '';
+      };
+      credentialsFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/hyperhive-nats.creds";
+        description = ''
+          [jetstream] credentials_file: user:password, an nkey seed (SU...) or a
+          .creds file, mode 0600 and owned by the daemon's user. A path outside
+          the Nix store, which anyone may read.
+        '';
+      };
+      tls = {
+        ca = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "[jetstream] tls_ca: the CA (PEM) that signed the NATS servers' certificates.";
+        };
+        cert = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "[jetstream] tls_cert: a client certificate (PEM), for servers that require one.";
+        };
+        key = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "[jetstream] tls_key: the client certificate's key (PEM), outside the Nix store.";
+        };
+      };
+    };
+
+    nats = {
+      enable = lib.mkEnableOption ''
+        a NATS node with JetStream on this host (NixOS's services.nats), one of
+        the cluster at cluster.natsUrls; each write is fsynced before it is acknowledged'';
+      routes = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "nats-route://beta:6222"
+          "nats-route://gamma:6222"
+        ];
+        description = "The other nodes' cluster addresses; none runs a cluster of one node (set [jetstream] replicas = 1).";
+      };
+    };
+
     agents = mkOption {
       type = types.attrsOf (
         types.submodule {
@@ -168,6 +239,10 @@ in
       }) generated.typedKeys
       ++ [
         {
+          assertion = cfg.cluster.host == null || cfg.cluster.enable;
+          message = "services.hyperhive.cluster.host needs services.hyperhive.cluster.enable: the hosts of a hive share its messages on NATS.";
+        }
+        {
           assertion = hardening.backends ? ${backend};
           message = "services.hyperhive: container backend ${backend} has no service profile; set settings.hive.container_backend to one of ${lib.concatStringsSep ", " (lib.attrNames hardening.backends)}.";
         }
@@ -175,6 +250,23 @@ in
 
     # On NixOS agents run in nixos-containers built from their agent.nix.
     services.hyperhive.settings.hive.container_backend = lib.mkDefault "nspawn";
+
+    # A node of the hive's NATS cluster on this host, on the ports natsUrls and routes name.
+    services.nats = lib.mkIf cfg.nats.enable {
+      enable = true;
+      jetstream = true;
+      serverName = if cfg.cluster.host != null then cfg.cluster.host else config.networking.hostName;
+      settings = {
+        # Acknowledge a write only once it is on disk: a power cut loses nothing acknowledged.
+        jetstream.sync_interval = "always";
+      } // lib.optionalAttrs (cfg.nats.routes != [ ]) {
+        cluster = {
+          name = "hyperhive";
+          listen = "0.0.0.0:6222";
+          routes = cfg.nats.routes;
+        };
+      };
+    };
 
     environment.etc."hyperhive/hyperhive.toml".source = configFile;
     environment.systemPackages = [ cfg.package ];
@@ -207,7 +299,7 @@ in
       description = "hyperhive: a swarm of Claude Code agents";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
+      after = [ "network-online.target" ] ++ lib.optionals cfg.nats.enable [ "nats.service" ];
       restartTriggers = [ configFile ];
       path =
         [

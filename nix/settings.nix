@@ -2,7 +2,8 @@
 # the config key it is named after (stateDir -> [hive] state_dir,
 # agents.<name>.allowedRecipients -> [agents.<name>] allowed_recipients,
 # containers.memoryMaxMb -> [containers] memory_max_mb; the
-# dashboard's options are the dashboard plugin's [web] section), over the freeform
+# dashboard's options are the dashboard plugin's [web] section; cluster.* are
+# [broker] backend, [jetstream]'s connection keys and [cluster] host), over the freeform
 # `settings`. tests/test_nix.py checks these keys against the ones `hyperhive init`
 # writes.
 #
@@ -37,6 +38,22 @@ let
       cpu_weight = cfg.containers.cpuWeight or null;
     };
     agents = builtins.mapAttrs (name: agent) cfg.agents;
+  }
+  // (if clustered then jetstream else { });
+
+  # cluster.enable: the JetStream broker; the cluster's URLs, credentials and TLS; this host's name.
+  clustered = cfg.cluster.enable or false;
+  tls = cfg.cluster.tls or { };
+  jetstream = nonEmpty {
+    broker.backend = "jetstream";
+    jetstream = withoutNulls {
+      urls = cfg.cluster.natsUrls or [ "nats://127.0.0.1:4222" ];
+      credentials_file = cfg.cluster.credentialsFile or null;
+      tls_ca = tls.ca or null;
+      tls_cert = tls.cert or null;
+      tls_key = tls.key or null;
+    };
+    cluster = withoutNulls { host = cfg.cluster.host or null; };
   };
 in
 {

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from hyperhive_core.boot import config_schemas
+from hyperhive_core.broker import BrokerSection
+from hyperhive_core.brokers import JetStreamSection
 from hyperhive_core.config import load_config, render_default_config
 from hyperhive_core.containers import ContainerSpec
 from hyperhive_core.containers.nspawn import (
@@ -34,7 +36,16 @@ from hyperhive_core.service import HARDENING, ServicePlan, service_settings
 REPO = Path(__file__).resolve().parent.parent
 NIX = REPO / "nix"
 # Options of the module that are not hyperhive.toml keys.
-MODULE_ONLY = {("enable",), ("package",), ("settings",)}
+MODULE_ONLY = {("enable",), ("package",), ("settings",), ("nats", "enable"), ("nats", "routes")}
+# Options named for what they mean on a NixOS host rather than after their key.
+RENAMED = {
+    ("cluster", "enable"): ("broker", "backend"),
+    ("cluster", "natsUrls"): ("jetstream", "urls"),
+    ("cluster", "credentialsFile"): ("jetstream", "credentials_file"),
+    ("cluster", "tls", "ca"): ("jetstream", "tls_ca"),
+    ("cluster", "tls", "cert"): ("jetstream", "tls_cert"),
+    ("cluster", "tls", "key"): ("jetstream", "tls_key"),
+}
 # Top-level options are [hive] keys, a group of options is a section, `agents` a table of entries.
 TABLES = {"agents"}
 # The dashboard is the web plugin.
@@ -121,6 +132,8 @@ def config_key(option: tuple[str, ...]) -> tuple[str, ...]:
     """The hyperhive.toml key an option is named after: ``stateDir`` is [hive] state_dir,
     ``dashboard.bind`` is [web] bind, ``agents`` is [agents.NAME] and
     ``agents.<name>.model`` its key model."""
+    if option in RENAMED:
+        return RENAMED[option]
     if len(option) == 1 and option[0] not in TABLES:
         return ("hive", snake(option[0]))
     if option[0] in TABLES:  # the table itself, then its entries' keys
@@ -232,8 +245,20 @@ def full_cfg() -> dict[str, Any]:
                 "allowlist": {"bash": ["git *"]},
             }
         },
+        "cluster": {
+            "enable": True,
+            "host": "alpha",
+            "natsUrls": ["tls://alpha:4222", "tls://beta:4222", "tls://gamma:4222"],
+            "credentialsFile": "/run/keys/hive.creds",
+            "tls": {"ca": "/etc/nats/ca.pem", "cert": "/run/keys/client.pem", "key": "/run/keys/client.key"},
+        },
+        "nats": {"enable": True, "routes": ["nats-route://beta:6222", "nats-route://gamma:6222"]},
         "settings": {"hive": {"manager": "boss", "container_backend": "bwrap"}, "claude": {"model": "opus"}},
     }
+
+
+ALONE = {"cluster": {"enable": False, "host": None, "natsUrls": [], "tls": {}}, "nats": {"enable": False, "routes": []}}
+"""A module config's cluster options left at their defaults: one host, sqlite."""
 
 
 def test_the_written_config_uses_exactly_the_options_keys(tmp_path):
@@ -257,6 +282,15 @@ def test_the_written_config_uses_exactly_the_options_keys(tmp_path):
         "allowlist": {"bash": ["git *"]},
     }
     assert toml["claude"] == {"model": "opus"}
+    assert toml["broker"] == {"backend": "jetstream"}
+    assert toml["jetstream"] == {
+        "urls": ["tls://alpha:4222", "tls://beta:4222", "tls://gamma:4222"],
+        "credentials_file": "/run/keys/hive.creds",
+        "tls_ca": "/etc/nats/ca.pem",
+        "tls_cert": "/run/keys/client.pem",
+        "tls_key": "/run/keys/client.key",
+    }
+    assert toml["cluster"] == {"host": "alpha"}
     assert toml["containers"] == {"memory_max_mb": 4096, "memory_high_mb": 3072, "pids_max": 1024, "cpu_weight": 200}
     # The daemon accepts what the module writes.
     schemas = config_schemas(make_plugin_manager(None))
@@ -266,11 +300,47 @@ def test_the_written_config_uses_exactly_the_options_keys(tmp_path):
     config = load_config(tmp_path / "hyperhive.toml", toml, schemas)
     assert config.hive.state_dir == Path("/srv/hive")
     assert config.section("agents")["scout"].allowed_recipients == ["builder"]
+    assert config.section("broker", BrokerSection).backend == "jetstream"
+    jetstream = config.section("jetstream", JetStreamSection)
+    assert (jetstream.urls[0], jetstream.tls_key) == ("tls://alpha:4222", Path("/run/keys/client.key"))
+
+
+def test_the_cluster_options_run_a_nats_node_and_need_each_other():
+    config = with_stub(f"(module (builtins.fromJSON ''{json.dumps(full_cfg())}'')).config")
+    assert config["services"]["nats"] == {
+        "enable": True,
+        "jetstream": True,
+        "serverName": "alpha",
+        "settings": {
+            "jetstream": {"sync_interval": "always"},
+            "cluster": {
+                "name": "hyperhive",
+                "listen": "0.0.0.0:6222",
+                "routes": ["nats-route://beta:6222", "nats-route://gamma:6222"],
+            },
+        },
+    }
+    assert config["systemd"]["services"]["hyperhive"]["after"] == ["network-online.target", "nats.service"]
+
+    alone = with_stub(f"(module (builtins.fromJSON ''{json.dumps(full_cfg() | ALONE)}'')).config")
+    assert alone["services"]["nats"] == {}
+    assert alone["systemd"]["services"]["hyperhive"]["after"] == ["network-online.target"]
+
+    cfg = full_cfg() | ALONE
+    cfg["cluster"] = ALONE["cluster"] | {"host": "alpha"}
+    failed = with_stub(
+        f"builtins.filter (a: !a.assertion) (module (builtins.fromJSON ''{json.dumps(cfg)}'')).config.assertions"
+    )
+    assert [item["message"] for item in failed] == [
+        "services.hyperhive.cluster.host needs services.hyperhive.cluster.enable: "
+        "the hosts of a hive share its messages on NATS."
+    ]
 
 
 def test_options_left_unset_write_no_keys():
     unset = {"memoryMaxMb": None, "memoryHighMb": None, "pidsMax": None, "cpuWeight": None}
-    cfg = full_cfg() | {"dashboard": {"bind": None}, "plugins": None, "agents": {}, "settings": {}, "containers": unset}
+    cfg = full_cfg() | ALONE | {"dashboard": {"bind": None}, "plugins": None, "agents": {}, "settings": {}}
+    cfg["containers"] = unset
     written = nix_eval(f"(import {NIX / 'settings.nix'} (builtins.fromJSON ''{json.dumps(cfg)}'')).toml")
     assert written == {"hive": {"state_dir": "/srv/hive", "admin_group": "operators"}}
 
