@@ -355,8 +355,8 @@ async def host_request(hive: Hive, cmd: str, **arguments: Any) -> Any:
     return await trio.to_thread.run_sync(functools.partial(request, hive.paths.host_socket, cmd, **arguments))
 
 
-async def run_cli(hive: Hive, pm: HivePluginManager, *args: str) -> click.testing.Result:
-    """Run ``hyperhive ARGS`` with ``pm``'s commands against ``hive``; its output and exit code.
+async def run_cli(hive: Hive, *args: str) -> click.testing.Result:
+    """Run ``hyperhive ARGS``, with the commands of ``hive``'s plugins, against ``hive``; its output and exit code.
 
     Plugin commands reach the hive through ``ask_daemon``, over the host socket.
     """
@@ -367,7 +367,7 @@ async def run_cli(hive: Hive, pm: HivePluginManager, *args: str) -> click.testin
 
     config = hive.paths.root.parent / "cli.toml"
     config.write_text(f"[hive]\nstate_dir = {_toml(str(hive.paths.root))}\n")
-    command = make_cli(pm)
+    command = make_cli(hive.pm)
     return await trio.to_thread.run_sync(lambda: CliRunner().invoke(command, ["--config", str(config), *args]))
 
 
