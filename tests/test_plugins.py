@@ -320,6 +320,14 @@ class DeprecatedSpecs:
         """A hook core stopped calling."""
 
 
+@pytest.fixture
+def deprecating_pm(make_pm):
+    """A plugin manager without core's hooks, and with the deprecated specs above."""
+    pm = make_pm(builtin=False)
+    pm.add_hookspecs(DeprecatedSpecs)
+    return pm
+
+
 class OldStyle:
     def __init__(self, ran: list[str]) -> None:
         self.ran = ran
@@ -339,10 +347,9 @@ class NewStyle(OldStyle):
         return "new"
 
 
-async def test_a_renamed_hook_warns_its_implementer_and_is_still_called(make_pm):
+async def test_a_renamed_hook_warns_its_implementer_and_is_still_called(deprecating_pm):
     ran: list[str] = []
-    pm = make_pm(builtin=False)
-    pm.add_hookspecs(DeprecatedSpecs)
+    pm = deprecating_pm
     pm.register(NewStyle(ran), name="new")
     with pytest.warns(DeprecationWarning, match="renamed") as caught:
         pm.register(OldStyle(ran), name="old")
@@ -361,14 +368,13 @@ async def test_a_renamed_hook_warns_its_implementer_and_is_still_called(make_pm)
     assert [impl.plugin_name for impl in pm.hook.on_startup.get_hookimpls()] == ["new"]
 
 
-def test_a_renamed_hook_whose_argument_is_gone_is_refused(make_pm):
+def test_a_renamed_hook_whose_argument_is_gone_is_refused(deprecating_pm):
     class Moody:
         @hookimpl
         def on_begin_with(self, hive, mood):
             pass
 
-    pm = make_pm(builtin=False)
-    pm.add_hookspecs(DeprecatedSpecs)
+    pm = deprecating_pm
     with pytest.warns(DeprecationWarning, match="on_begin_with is renamed on_startup"), pytest.raises(PluginError) as e:
         pm.register(Moody(), name="moody")
     assert str(e.value) == (
@@ -378,14 +384,13 @@ def test_a_renamed_hook_whose_argument_is_gone_is_refused(make_pm):
     assert pm.get_plugin("moody") is None
 
 
-def test_a_removed_hook_warns_its_implementer(make_pm):
+def test_a_removed_hook_warns_its_implementer(deprecating_pm):
     class Preparer:
         @hookimpl
         def on_prepare(self, hive):
             pass
 
-    pm = make_pm(builtin=False)
-    pm.add_hookspecs(DeprecatedSpecs)
+    pm = deprecating_pm
     with pytest.warns(DeprecationWarning, match=r"^the hook on_prepare is deprecated as of hyperhive plugin API 1\.0"):
         pm.register(Preparer(), name="preparer")
 
@@ -404,6 +409,6 @@ def test_a_deprecated_argument_warns_through_pluggy(make_pm):
             pass
 
     pm = make_pm(builtin=False)
-    pm.add_hookspecs(Specs)
+    pm.add_hookspecs(Specs)  # a spec of its own: pluggy's warn_on_impl_args, no hyperhive helper
     with pytest.warns(DeprecationWarning, match="on_thing's old goes in API 2.0; use new"):
         pm.register(UsesOld(), name="uses-old")
