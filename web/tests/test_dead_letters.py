@@ -13,7 +13,6 @@ import trio
 from hyperhive_web import dashboard_of
 from webkit import Http, browser_session, dashboard_hive, operator, screenshot
 
-from hyperhive_core.dead_letters import REQUEUE_WARNING
 from hyperhive_core.testing import needs_claude, next_event
 
 pytestmark = needs_claude
@@ -82,7 +81,7 @@ async def test_the_dead_letter_routes(tmp_path, web_pm):
         assert [attempt["exit"] for attempt in letter["history"]] == ["failure"]
         detail = shown.json()
         assert detail["body"] == "doomed: one"
-        assert detail["warning"] == REQUEUE_WARNING
+        assert detail["warning"].startswith("a requeue delivers the message again: the agent may repeat work")
         assert [item["type"] for item in detail["history"][0]["activity"]][:2] == ["tool_use", "message_sent"]
         assert by_agent == {"total": 0, "dead_letters": []}
         assert (bad_limit.status, bad_limit.json()["error"]) == (400, "?limit= must be at least 1, not 0")
@@ -100,7 +99,7 @@ async def test_the_dead_letter_routes(tmp_path, web_pm):
         assert not_dead.status == 404
         assert f"message {dead + 1} is queued, waiting for delivery" in not_dead.json()["error"]
         assert requeued.status == 200, requeued.body
-        assert requeued.json() == {"requeued": [dead], "warning": REQUEUE_WARNING}
+        assert requeued.json() == {"requeued": [dead], "warning": detail["warning"]}
         assert again.status == 404
         assert "nothing was requeued" in again.json()["error"]
 

@@ -194,14 +194,12 @@ PROBE = textwrap.dedent(
 
 @pytest.mark.slow
 async def test_code_in_an_agents_sandbox_cannot_approve_or_read_another_agents_data(tmp_path, web_pm):
-    from hyperhive_core.containers.bwrap import BwrapBackend
-
     if os.geteuid() != 0:
         pytest.skip("the bwrap backend needs root: it runs each agent as its own host uid")
     # Uids of their own, clear of a real hive's on this machine (61000 up) and of tests/test_bwrap.py's.
     bwrap = {"uid_range_start": 61960, "uid_range_size": 20}
     async with dashboard_hive(tmp_path, web_pm, hive={"container_backend": "bwrap"}, bwrap=bwrap) as hive:
-        assert isinstance(hive.backend, BwrapBackend)
+        assert hive.backend.name == "bwrap"
         token_path = str(hive.paths.root / "web" / "operator-token")
         spec = hive.container_spec("worker")
         env = hive.session_env("worker", hive.backend.view(spec).state)
