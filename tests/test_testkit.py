@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,11 +30,12 @@ def docs_example() -> dict[str, str]:
     return dict(blocks)
 
 
-def run_pytest(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_pytest(directory: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """pytest in ``directory`` as a plugin's author runs it: the kit comes from the entry point alone."""
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
         cwd=directory,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -185,3 +187,15 @@ async def test_chromium_logs_in_to_a_daemons_dashboard(hive_daemon, chromium):
     page = await chromium.dashboard(daemon, "/agent/manager/", errors)
     assert (await chromium.run(lambda: page.url)).endswith("/agent/manager/")  # logged in: not sent to /login
     assert errors == []
+
+
+def test_without_a_browser_a_chromium_test_skips_saying_what_to_install(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_page.py").write_text(
+        "def test_page(chromium):\n    raise AssertionError('ran without a browser')\n"
+    )
+    env = {**os.environ, "HYPERHIVE_CHROMIUM": str(tmp_path / "no-chromium"), "PLAYWRIGHT_BROWSERS_PATH": str(tmp_path)}
+    ran = run_pytest(tmp_path, env=env)
+    assert ran.stdout.strip().splitlines()[-1].startswith("1 skipped"), ran.stdout + ran.stderr
+    assert "Chromium does not start" in ran.stdout
+    assert "install chromium or `playwright install`" in ran.stdout
