@@ -80,6 +80,8 @@ class Approval:
     """For ``destroy``: wipe the agent's state too."""
     error: str = ""
     """Why carrying out the approval failed (status ``failed``)."""
+    host: str = ""
+    """For ``spawn`` in a hive across hosts: the host the new agent is created on."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,12 +151,30 @@ class Approvals:
 
     # -- the manager's requests ---------------------------------------------------------
 
-    async def request_spawn(self, requester: str, name: str, description: str) -> Approval:
-        """Ask for a new agent with the template config."""
+    async def request_spawn(self, requester: str, name: str, description: str, host: str = "") -> Approval:
+        """Ask for a new agent with the template config; in a hive across hosts, on ``host``
+        (default: the up host with the fewest agents)."""
         await self.check_free(check_agent_name(name))
         description = _required(description, "description", "say what the new agent is for")
+        host = self._spawn_host(host)
         diff = _new_file_diff(AGENT_TOML, render_agent_toml(AgentConfig(), self.agent_sections()))
-        return await self._insert(requester, name, Kind.SPAWN, description=description, diff=diff)
+        return await self._insert(requester, name, Kind.SPAWN, description=description, diff=diff, host=host)
+
+    def _spawn_host(self, host: str) -> str:
+        """The host a new agent goes to: ``host`` if it is an up host of the hive, else the least busy one."""
+        cluster = self.hive.cluster
+        if cluster is None:
+            if host:
+                raise ApprovalError(f"this hive runs on one host, so there is no host {host!r} to choose; leave it out")
+            return ""
+        if not host:
+            return cluster.least_busy_host()
+        if host != cluster.host and host not in cluster.hosts:
+            known = ", ".join(sorted({*cluster.hosts, cluster.host}))
+            raise ApprovalError(f"no host named {host!r} in this hive; its hosts: {known}")
+        if not cluster.is_up(host):
+            raise ApprovalError(f"{cluster.down_reason(host)}; choose a host that is up, or leave host out")
+        return host
 
     async def request_spawn_draft(self, requester: str, name: str) -> Draft:
         """Create a draft: its config repo (from the template) and state dir, no container."""
@@ -315,7 +335,10 @@ class Approvals:
         hive = self.hive
         name = approval.agent
         if approval.kind is Kind.SPAWN:
-            await hive.spawn(name)
+            if hive.cluster is not None and approval.host not in ("", hive.cluster.host):
+                await hive.cluster.forward(approval.host, "spawn", {"agent": name}, name)
+            else:
+                await hive.spawn(name)
         elif approval.kind is Kind.DESTROY:
             await hive.destroy(name, purge=approval.purge)
         elif approval.kind is Kind.SPAWN_COMMIT:
@@ -424,6 +447,7 @@ def _approval(row: dict[str, Any]) -> Approval:
         problems=json.loads(row["problems"] or "[]"),
         purge=bool(row["purge"]),
         error=row["error"] or "",
+        host=row.get("host") or "",
     )
 
 
@@ -471,3 +495,8 @@ def m006_approvals(db: sqlite_utils.Database) -> None:
     # At most one pending request per agent and kind, whatever races.
     db.execute("CREATE UNIQUE INDEX approvals_one_pending ON approvals (agent, kind) WHERE status = 'pending'")
     db["drafts"].create({"name": str, "created_at": float, "created_by": str}, pk="name")
+
+
+def m009_approval_host(db: sqlite_utils.Database) -> None:
+    """The host a spawn request creates its agent on, in a hive across hosts."""
+    db.table("approvals").add_column("host", str)

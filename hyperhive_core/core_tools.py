@@ -71,13 +71,14 @@ def list_agents(ctx: ToolContext) -> str:
 # -- the manager's requests to the operator (docs/approvals.md) --------------------------
 
 
-async def request_spawn(ctx: ToolContext, name: str, description: str) -> str:
+async def request_spawn(ctx: ToolContext, name: str, description: str, host: str = "") -> str:
     """Ask the operator to create a new agent with the default config; it starts once approved.
 
     :param name: the new agent's name: 1-31 lowercase letters, digits and '-', starting with a letter.
     :param description: what the agent is for, for the operator to judge.
+    :param host: in a hive that spans hosts, the host to run it on; empty: the up host with the fewest agents.
     """
-    return _requested(await ctx.hive.approvals.request_spawn(ctx.agent, name, description))
+    return _requested(await ctx.hive.approvals.request_spawn(ctx.agent, name, description, host))
 
 
 async def request_spawn_draft(ctx: ToolContext, name: str) -> str:

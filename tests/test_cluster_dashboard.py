@@ -57,7 +57,8 @@ async def test_one_dashboard_shows_every_host_filters_by_host_and_approves_on_th
             with trio.fail_after(60):
                 await chromium.run(every_host)
 
-            # The manager on a asks; b's dashboard hears of it live and approves it: a carries it out.
+            # The manager on a asks for an agent where the hive has room (b); b's dashboard hears of it
+            # live and approves it; a, which keeps the approvals, has b create it.
             approval = await a.approvals.request_spawn("manager", "helper", "a helper for alice")
 
             def approve() -> None:
@@ -65,13 +66,13 @@ async def test_one_dashboard_shows_every_host_filters_by_host_and_approves_on_th
                 expect(card).to_be_visible()
                 card.get_by_role("button", name=f"approve {approval.id}").click()
                 expect(card).to_have_count(0)
-                wait_until(page, "() => document.querySelector('#agent-helper .host')?.textContent === 'a'")
+                wait_until(page, "() => document.querySelector('#agent-helper .host')?.textContent === 'b'")
 
             with trio.fail_after(90):
                 await chromium.run(approve)
             assert (await a.approvals.get(approval.id)).status == "approved"
-            assert "helper" in a.agents
-            assert b.cluster.placement["helper"] == "a"
+            assert "helper" in b.agents
+            assert a.cluster.placement["helper"] == "b"
 
             # Host a stops: b's dashboard shows it down, and its agents down, not idle.
             on_a.cancel()

@@ -17,7 +17,15 @@ from hyperhive_core.config import load_config
 from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import ConfigError
 from hyperhive_core.hostclient import HostCommandError
-from hyperhive_core.testing import Script, host_request, needs_claude, next_event, operator_reply, running_hive
+from hyperhive_core.testing import (
+    Script,
+    call_tool,
+    host_request,
+    needs_claude,
+    next_event,
+    operator_reply,
+    running_hive,
+)
 
 JETSTREAM = {"ack_wait_seconds": 5.0, "heartbeat_seconds": 1.0}
 CLUSTER = {"heartbeat_seconds": 0.5, "down_after_seconds": 3.0, "forward_timeout_seconds": 20.0}
@@ -89,7 +97,18 @@ async def test_two_hosts_share_names_messages_commands_and_events(make_pm, tmp_p
         assert a.agents.get("alice").status.paused
         with pytest.raises(HostCommandError, match="no agent named 'carol'"):
             await host_request(b, "pause", agent="carol")
-        # The approvals live with the manager, on a: b shows the same list.
+        # The manager's spawn requests name a host, or the hive picks the up host with the fewest agents.
+        assert (
+            "no host named 'c' in this hive; its hosts: a, b"
+            in (await call_tool(a, "manager", "request_spawn", name="carol", description="helps", host="c"))[0]
+        )
+        await call_tool(a, "manager", "request_spawn", name="carol", description="helps bob")
+        [pending] = await host_request(b, "approvals", status="pending")  # they live with the manager, on a
+        assert (pending["agent"], pending["host"]) == ("carol", "b")
+        approved = await host_request(b, "approve", approval_id=pending["id"])
+        assert approved["status"] == "approved", approved
+        assert "carol" in b.agents
+        assert a.cluster.placement["carol"] == "b"
         assert await host_request(b, "approvals") == await host_request(a, "approvals")
 
 
