@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -149,6 +150,10 @@ def hyperhive() -> str:
     return str(Path(sys.executable).with_name("hyperhive"))
 
 
+# What an entry point names: ``module.path`` or ``module.path:attribute.path``.
+ENTRY_POINT_VALUE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
+
+
 @pytest.fixture
 def local_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
     """Make a plugin that is not pip-installed loadable by name: ``local_plugin("hello", "hyperhive_hello", path)``.
@@ -161,7 +166,7 @@ def local_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..
     """
 
     def add(name: str, value: str, path: str | os.PathLike[str] | None = None) -> None:
-        if not name.isidentifier() or not value.replace(":", ".").replace(".", "_").isidentifier():
+        if not name.isidentifier() or not ENTRY_POINT_VALUE.fullmatch(value):
             raise ValueError(f"local_plugin({name!r}, {value!r}): give a plugin name and a 'module' or 'module:attr'")
         site = tmp_path / "local-plugins" / name
         info = site / f"{name}-0+local.dist-info"

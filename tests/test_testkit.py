@@ -145,6 +145,8 @@ def test_local_plugin_loads_an_uninstalled_module_here_and_in_a_subprocess(local
     assert ran.stdout == "probe loaded\n", ran.stderr
     with pytest.raises(ValueError, match=r"give a plugin name and a 'module' or 'module:attr'"):
         local_plugin("no good", "kit_probe")
+    with pytest.raises(ValueError, match=r"local_plugin\('probe', 'kit_probe:a:b'\)"):
+        local_plugin("probe", "kit_probe:a:b")
 
 
 @pytest.fixture
