@@ -1,4 +1,4 @@
-"""The examples in docs/plugins.md run as written: storage, config, CLI and slash commands."""
+"""The examples in docs/plugins.md run as written: storage, config, CLI and slash commands, a sealed hive."""
 
 from __future__ import annotations
 
@@ -92,6 +92,8 @@ async def test_the_storage_cli_and_slash_command_examples_work_on_a_running_hive
         assert unknown.exit_code == 1
         assert "no agent named 'ghost'" in unknown.output
 
+        with pytest.raises(AttributeError, match=r"hive\.cache cannot be set: .* hive\.stash under a StashKey"):
+            hive.cache = {}  # the State section: the hive is sealed
         slash = collect(pm, "register_slash_commands", "slash command", lambda name, handler, help="": (name, handler))
         with trio.fail_after(30):
             assert await slash["greetings"](hive, "worker", "") == "worker has greeted 2 people"
