@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from hyperhive_core import hookimpl
-from hyperhive_core.broker import BrokerSection, RecipientDirectory, SqliteBroker
+from hyperhive_core.broker import BrokerError, BrokerSection, IdempotencyConflict, RecipientDirectory, SqliteBroker
 from hyperhive_core.brokers import JetStreamSection
 from hyperhive_core.brokers.jetstream import JetStreamBroker
 from hyperhive_core.brokers.localcluster import LocalCluster
@@ -118,6 +118,43 @@ async def test_the_cluster_fsyncs_every_write_and_a_kill_9_of_every_node_loses_n
             delivered += batch.ids
             await broker.ack(batch)
     assert delivered == sent
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic-batches", "one-by-one"])
+async def test_concurrent_sends_go_as_groups_and_each_gets_its_own_id_and_answer(nats_cluster, nursery, atomic):
+    broker = jetstream_broker(nats_cluster.urls)
+    await nursery.start(broker.serve)
+    first = await broker.send("s0", "bob", "first", idempotency_key="k-first")  # connect, make the streams
+    broker.atomic = atomic  # as on a server without atomic batches (before 2.12)
+    transactions = broker.stats.transactions
+    results: dict[str, object] = {}
+
+    async def send(name, sender, body, key=None):
+        try:
+            results[name] = await broker.send(sender, "bob", body, idempotency_key=key)
+        except BrokerError as exc:
+            results[name] = exc
+
+    async with trio.open_nursery() as senders:
+        for n in range(20):
+            senders.start_soon(send, f"m{n}", f"s{n % 4}", f"body {n}")
+        senders.start_soon(send, "again", "s0", "first", "k-first")  # a repeat of a key used before
+        senders.start_soon(send, "twin-a", "s1", "twin", "k-twin")  # the same key twice in one group
+        senders.start_soon(send, "twin-b", "s1", "twin", "k-twin")
+        senders.start_soon(send, "clash", "s0", "not the first", "k-first")  # a used key, another body
+    assert results["again"].id == first.id
+    assert results["twin-a"].id == results["twin-b"].id
+    assert isinstance(results["clash"], IdempotencyConflict)
+    new = {results[f"m{n}"].id: f"body {n}" for n in range(20)} | {results["twin-a"].id: "twin"}
+    assert len(new) == 21  # each its own id
+    assert broker.stats.transactions - transactions < 24  # some went together
+    delivered = {}
+    with trio.fail_after(30):
+        while len(delivered) < 22:
+            batch = await broker.wait_for_messages("bob", limit=100)
+            delivered |= {message.id: message.body for message in batch.messages}
+            await broker.ack(batch)
+    assert delivered == new | {first.id: "first"}  # the ids a group got are its messages' own
 
 
 class OtherBroker:

@@ -76,6 +76,8 @@ PULL_SECONDS = 30.0
 LEASE_LINGER_SECONDS = 0.25
 # The most sends stored as one atomic batch (the server allows 1,000).
 GROUP_LIMIT = 256
+# The stream's answer to a message whose idempotency key another publish is storing right now.
+DUPLICATE_IN_PROCESS = 10158
 # The acked and dead copies dedupe a repeat (a crash between copy and ack) within this window.
 COPY_WINDOW_SECONDS = 300.0
 # Not a nats-py error, but what a JetStream request can end in when the cluster is away.
@@ -171,6 +173,8 @@ class JetStreamBroker(MessageBroker):
         self._leases: dict[str, _Lease] = {}
         self._given_back: dict[int, tuple[int, str | None]] = {}
         self._outbox: list[_Outgoing] = []
+        self.atomic = True
+        """Whether the cluster stores a group of sends as one atomic batch (nats-server 2.12 and later)."""
         self._carrying = False
         """A group is on its way; the next waits for it (a second at once only halves both)."""
         """Attempts and last error of messages given back by this process, by id (the stream keeps neither)."""
@@ -282,15 +286,23 @@ class JetStreamBroker(MessageBroker):
         connected.set()
         try:
             js = nc.jetstream(timeout=self.section.request_timeout_seconds)
-            for name, subject, retention, window in (
-                (self.inbox_stream, self.inbox_subject, "workqueue", self.section.duplicate_window_seconds),
-                (self.acked_stream, self.acked_subject, "limits", COPY_WINDOW_SECONDS),
-                (self.dead_stream, self.dead_subject, "limits", COPY_WINDOW_SECONDS),
-            ):
+            streams = [
                 await _ensure_stream(js, self._stream_config(name, subject, retention, window))
+                for name, subject, retention, window in (
+                    (self.inbox_stream, self.inbox_subject, "workqueue", self.section.duplicate_window_seconds),
+                    (self.acked_stream, self.acked_subject, "limits", COPY_WINDOW_SECONDS),
+                    (self.dead_stream, self.dead_subject, "limits", COPY_WINDOW_SECONDS),
+                )
+            ]
         except BaseException:
             await nc.close()
             raise
+        # A server before 2.12 has no atomic batches (and ignores the setting): sends then go one by one.
+        self.atomic = bool(streams[0].config.allow_atomic)
+        if not self.atomic:
+            log.warning(
+                "the NATS cluster at %s has no atomic batches (nats-server < 2.12): sends go one by one", self.where
+            )
         self._nc, self._js, self._connected = nc, js, connected
         self._consumers.clear()
 
@@ -453,7 +465,7 @@ class JetStreamBroker(MessageBroker):
         A batch the stream refuses stored nothing (a key used before refuses the
         whole batch), so its messages then go one by one, each to its own answer.
         """
-        if len(group) > 1:
+        if len(group) > 1 and self.atomic:
             try:
                 last = await self._publish_batch(group)
             except nats.js.errors.APIError as exc:
@@ -504,13 +516,13 @@ class JetStreamBroker(MessageBroker):
             return answer["seq"]
 
     async def _publish(self, subject: str, record: dict[str, Any], headers: dict[str, str] | None) -> api.PubAck:
-        """On the loop: store one record; a stream that has no responder yet (just made, electing) is asked again.
-
-        No responder means nobody received it, so asking again cannot store it twice.
-        """
         return await self._publish_data(subject, _encode(record), headers)
 
     async def _publish_data(self, subject: str, data: bytes, headers: dict[str, str] | None) -> api.PubAck:
+        """On the loop: store one message; a stream that has no responder yet (just made, electing) is asked again.
+
+        No responder means nobody received it, so asking again cannot store it twice.
+        """
         await self._until_connected()
         deadline = asyncio.get_running_loop().time() + self.section.request_timeout_seconds
         while True:
@@ -519,7 +531,11 @@ class JetStreamBroker(MessageBroker):
             except nats.js.errors.NoStreamResponseError:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
-                await asyncio.sleep(0.05)
+            except nats.js.errors.APIError as exc:
+                # The same key on its way meanwhile (a retry, another host): once stored, this is its repeat.
+                if exc.err_code != DUPLICATE_IN_PROCESS or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
     async def _repeat(self, draft: _Draft, message_id: int) -> Message:
         """The message first stored under ``draft``'s key, or why the repeat is refused."""
@@ -1031,14 +1047,14 @@ class JetStreamBroker(MessageBroker):
 KINDS = ("inbox", "acked", "dead")
 
 
-async def _ensure_stream(js: Any, config: api.StreamConfig) -> None:
+async def _ensure_stream(js: Any, config: api.StreamConfig) -> api.StreamInfo:
     """Create the stream, or bring an existing one to ``config`` (new replicas, a new window)."""
     try:
-        await js.add_stream(config)
+        return await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != 10058:  # stream name already in use with a different configuration
             raise
-        await js.update_stream(config)
+        return await js.update_stream(config)
 
 
 async def _each(nc: nats.NATS, msgs: list[Msg], verb: str, timeout: float) -> int:
