@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_bwrap import needs_bwrap
+from test_cluster_hosts import conversation
 
 from hyperhive_core.testing import Script, needs_claude
 
@@ -35,10 +37,12 @@ class HostDaemon:
         self.config = self.dir / "hyperhive.toml"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def configure(self, script: Script, agents: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> None:
+    def configure(
+        self, script: Script, agents: dict[str, dict[str, Any]], backend: str = "process", **sections: dict[str, Any]
+    ) -> None:
         (self.dir / "scenario.toml").write_text(str(script))
         tables = {
-            "hive": {"state_dir": str(self.dir / "state"), "container_backend": "process"},
+            "hive": {"state_dir": str(self.dir / "state"), "container_backend": backend},
             "claude": {"rehearsal_scenario": str(self.dir / "scenario.toml"), "api_error_backoff_seconds": 0.2},
             "broker": {"backend": "jetstream"},
             "jetstream": {"urls": self.urls, **JETSTREAM},
@@ -173,3 +177,30 @@ def test_a_host_killed_mid_turn_shows_down_and_its_agents_messages_wait_for_it(h
     until(lambda: agent_rows(a.status())["bob"]["inbox_depth"] == 0, 60, "bob's inbox to empty")
     hosts_seen = {h["name"]: h["up"] for h in a.status()["cluster"]["hosts"]}
     assert hosts_seen == {"a": True, "b": True}
+
+
+@needs_claude
+@needs_bwrap
+@pytest.mark.slow
+def test_in_bwrap_sandboxes_an_agent_asks_another_hosts_agent_by_name_and_hears_back(hosts):
+    """The real Claude Code CLI in each host's bwrap sandboxes, on the rehearsal model; each
+    host its own uids. The operator on b starts it by sending to alice, on a."""
+    a, b = hosts("a"), hosts("b")
+    on_a, on_b = conversation()
+    # Uids clear of a real hive's and of the other bwrap tests'.
+    for daemon, script, agent, peer, first_uid in ((a, on_a, "alice", "bob", 61700), (b, on_b, "bob", "alice", 61720)):
+        daemon.configure(
+            script,
+            {agent: {"allowed_recipients": [peer]}},
+            backend="bwrap",
+            bwrap={"uid_range_start": first_uid, "uid_range_size": 20},
+        )
+    a.up()
+    b.up()
+
+    sent = b.cli("send", "alice", "ping")
+    assert sent.stdout.startswith("sent message")
+    until(lambda: "bob answered" in a.cli("debug", "recv").stdout, 180, "alice to hear back from bob")
+    seen_from_b = {agent["name"]: agent["host"] for agent in b.status()["agents"]}
+    assert seen_from_b == {"manager": "a", "alice": "a", "bob": "b"}
+    assert a.status()["backend"]["isolated"]
