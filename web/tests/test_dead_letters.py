@@ -69,6 +69,8 @@ async def test_the_dead_letter_routes(tmp_path, web_pm):
             forged = await browser.post(f"/api/dead-letters/{dead}/requeue")
             still_dead = (await http.get("/api/dead-letters")).json()["total"]
             not_dead = await http.post(f"/api/dead-letters/{dead + 1}/drop")  # the note to the operator
+            # Paused, the worker leaves the requeued message queued: it cannot die again before the second requeue.
+            assert (await http.post("/-/web/agents/worker/pause")).status == 200
             requeued = await browser.post(f"/api/dead-letters/{dead}/requeue", headers={"X-CSRF-Token": csrf})
             again = await http.post(f"/api/dead-letters/{dead}/requeue")
         assert state["dead_letters"] == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import wsproto.events
 from hyperhive_web import dashboard_of
 
 from hyperhive_core import Hive
-from hyperhive_core.testing import launch_chromium, running_hive
+from hyperhive_core.testing import Chromium, running_hive
 
 
 @dataclass
@@ -298,23 +297,8 @@ async def browser_session(hive: Hive) -> tuple[Http, str]:
     return client, csrf
 
 
-class Browser:
-    """Chromium through playwright's sync API, on a thread of its own, so the hive's trio loop keeps serving."""
-
-    def __init__(self) -> None:
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
-        self._thread.submit(self._launch).result()
-
-    def _launch(self) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self._playwright = sync_playwright().start()
-        self._browser = launch_chromium(self._playwright)
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on the browser's thread; the trio loop is free meanwhile."""
-        future = self._thread.submit(fn, *args)
-        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+class Browser(Chromium):
+    """The test kit's Chromium, with fresh pages that are not logged in (the login tests start there)."""
 
     async def page(self) -> Any:
         """A fresh page in a fresh context (its own cookies)."""
@@ -325,14 +309,6 @@ class Browser:
             return context.new_page()
 
         return await self.run(open_page)
-
-    def close(self) -> None:
-        def stop() -> None:
-            self._browser.close()
-            self._playwright.stop()
-
-        self._thread.submit(stop).result()
-        self._thread.shutdown()
 
 
 def screenshot(page: Any, name: str) -> Path:
