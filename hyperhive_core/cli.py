@@ -240,7 +240,18 @@ def agent_action(name: str, done: str, help: str) -> click.Command:
 
 agent_action("pause", "paused", "Pause agent AGENT after its current turn.")
 agent_action("resume", "resumed", "Resume a paused (or failed) agent AGENT.")
-agent_action("spawn", "spawned", "Create and start a new agent AGENT with a default config.")
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--host", default=None, help="In a hive across hosts: the host to run it on (default: this one).")
+@pass_state
+def spawn(state: CliState, agent: str, host: str | None) -> None:
+    """Create and start a new agent AGENT with a default config."""
+    ask_daemon(state, "spawn", agent=agent, **({"host": host} if host else {}))
+    click.echo(f"spawned {agent}" + (f" on {host}" if host else ""))
+
+
 agent_action("restore", "restored", "Bring back destroyed agent AGENT from its kept state.")
 agent_action("rebuild", "rebuilt", "Restart agent AGENT from scratch with its current config.")
 

@@ -146,6 +146,14 @@ def test_a_host_killed_mid_turn_shows_down_and_its_agents_messages_wait_for_it(h
     a.up()
     b.up()
 
+    # Any host's CLI spawns on another host, and a name another host holds is refused, naming it.
+    assert a.cli("spawn", "dora", "--host", "b").stdout == "spawned dora on b\n"
+    assert agent_rows(b.status())["dora"]["host"] == "b"
+    taken = a.cli("spawn", "bob", check=False)
+    assert "'bob' is taken hive-wide: an agent of that name is placed on host 'b'" in taken.stderr
+    unknown = a.cli("spawn", "eve", "--host", "c", check=False)
+    assert "no host named 'c' in this hive; its hosts: a, b" in unknown.stderr
+
     a.cli("send", "bob", "work one")
     until(lambda: agent_rows(a.status())["bob"]["state"] == "thinking", 60, "bob to be mid-turn, seen from a")
     b.kill_9()
