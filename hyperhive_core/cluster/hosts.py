@@ -371,9 +371,19 @@ class Cluster:
 
         async with trio.open_nursery() as nursery:
             while True:
-                msg = await self._call(lambda: _next_msg(sub))
+                msg = await self._next(sub)
                 if msg is not None:
                     nursery.start_soon(answer, msg)
+
+    async def _next(self, sub: Any) -> Any:
+        """A subscription's next message, or None: none came for a while, or the cluster is away
+        (nats-py reconnects and resubscribes by itself; this asks again after a heartbeat)."""
+        try:
+            return await self._call(lambda: _next_msg(sub))
+        except StoreError as exc:
+            log.warning("host %s: %s", self.host, exc)
+            await trio.sleep(self.section.heartbeat_seconds)
+            return None
 
     # -- events across hosts ----------------------------------------------------------------
 
@@ -413,7 +423,7 @@ class Cluster:
         sub = await self._call(lambda: nc.subscribe(f"{self.prefix}.events.*"))
         task_status.started()
         while True:
-            msg = await self._call(lambda: _next_msg(sub))
+            msg = await self._next(sub)
             if msg is None or msg.subject == own:
                 continue
             host = msg.subject.rsplit(".", 1)[1]
