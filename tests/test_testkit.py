@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import trio
 from hyperhive_core.errors import PluginError
 from hyperhive_core.hostclient import HostCommandError
 from hyperhive_core.rehearsal import parse_scenario
-from hyperhive_core.testing import CHROMIUM, Script, needs_claude
+from hyperhive_core.testing import CHROMIUM, HeldClock, Script, needs_claude
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -201,3 +202,14 @@ def test_without_a_browser_a_chromium_test_skips_saying_what_to_install(tmp_path
     assert ran.stdout.strip().splitlines()[-1].startswith("1 skipped"), ran.stdout + ran.stderr
     assert "Chromium does not start" in ran.stdout
     assert "install chromium or `playwright install`" in ran.stdout
+
+
+async def test_a_held_clock_jumps_only_when_told(autojump_clock):
+    clock = HeldClock(autojump_clock)
+    start = trio.current_time()
+    with trio.fail_after(60):  # a bare autojump clock jumps to this deadline while the thread works
+        await trio.to_thread.run_sync(time.sleep, 0.2)
+    assert trio.current_time() == start
+    with trio.fail_after(7200):
+        await clock.advance(3600)
+    assert trio.current_time() - start >= 3600
