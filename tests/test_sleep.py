@@ -310,8 +310,9 @@ async def test_an_answer_to_ask_operator_wakes_an_asleep_manager(make_pm, tmp_pa
             asked = await next_event(hive, "manager", "turn_end")
             session_id = harness.session.session_id
             await fallen_asleep(hive, asked.id)
-            (question,) = await hive.questions.find()
-            await hive.questions.answer(question.id, "teal")
+            questions = hive.stash[hyperhive_questions.QUESTIONS]
+            (question,) = await questions.find()
+            await questions.answer(question.id, "teal")
             assert await reply(hive, "thanks for teal") == "thanks for teal"
         assert harness.session.session_id == session_id
         assert "which colour?" in requests_with(hive, "answer: teal")[0]  # the question is in the resumed context
