@@ -247,8 +247,8 @@ class _Rule:
 
 def _toml(value: Any) -> str:
     """``value`` as a TOML inline value (basic strings are JSON's, less what TOML has no escape for)."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, str | os.PathLike):
+        return json.dumps(os.fspath(value), ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, bool | int | float):
         return json.dumps(value)
     if isinstance(value, Mapping):
@@ -256,7 +256,7 @@ def _toml(value: Any) -> str:
         return "{ " + ", ".join(pairs) + " }" if pairs else "{}"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
-    raise TypeError(f"a scenario holds strings, numbers, booleans, lists and tables, not {type(value).__name__}")
+    raise TypeError(f"TOML holds strings, paths, numbers, booleans, lists and tables, not {type(value).__name__}")
 
 
 # -- a running hive ---------------------------------------------------------------------

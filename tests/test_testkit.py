@@ -108,7 +108,7 @@ def test_a_script_says_what_is_wrong_with_it():
         str(rule_without_steps)
     odd_input = Script()
     odd_input.on("worker").call("greet", {"when": object()})
-    with pytest.raises(TypeError, match="a scenario holds strings, numbers, booleans, lists and tables, not object"):
+    with pytest.raises(TypeError, match="TOML holds strings, paths, numbers, booleans, lists and tables, not object"):
         str(odd_input)
 
 
@@ -160,10 +160,14 @@ def hello(local_plugin, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_daemon_answers_host_commands_and_plugin_commands(hello, hive_daemon):
+def test_a_daemon_answers_host_commands_and_plugin_commands(hello, hive_daemon, tmp_path):
     quiet = Script()
     quiet.otherwise("nothing to do")
-    daemon = hive_daemon(quiet, plugins=["web", "hello"], agents={"worker": {}}, web={"port": 0})
+    state = tmp_path / "hive-state"
+    daemon = hive_daemon(
+        quiet, plugins=["web", "hello"], agents={"worker": {}}, web={"port": 0}, hive={"state_dir": state}
+    )
+    assert daemon.socket == state / "host.sock"
     assert daemon.request("greetings", agent="worker") == {"agent": "worker", "greetings": 0}
     with pytest.raises(HostCommandError, match="no agent named 'ghost'; known agents: manager, worker"):
         daemon.request("greetings", agent="ghost")
