@@ -65,6 +65,13 @@ def list_agents(ctx: ToolContext) -> str:
         lines.append(
             f"{agent.name}: {agent.role}, {state}, model {status.model}{', ' + ', '.join(flags) if flags else ''}"
         )
+    cluster = ctx.hive.cluster
+    if cluster is not None:  # the other hosts' agents: where each runs, and whether its host is up
+        lines += [
+            f"{name}: on host {host}{'' if cluster.is_up(host) else ' (down: its messages wait)'}"
+            for name, host in sorted(cluster.placement.items())
+            if host != cluster.host
+        ]
     return "\n".join(lines) or "no agents"
 
 

@@ -97,6 +97,11 @@ async def test_two_hosts_share_names_messages_commands_and_events(make_pm, tmp_p
         assert a.agents.get("alice").status.paused
         with pytest.raises(HostCommandError, match="no agent named 'carol'"):
             await host_request(b, "pause", agent="carol")
+        # The manager lists every host's agents, and may message them.
+        listed, _ = await call_tool(a, "manager", "list_agents")
+        assert "bob: on host b" in listed.splitlines()
+        assert "bob" in (await call_tool(a, "manager", "peers"))[0].splitlines()
+
         # The manager's spawn requests name a host, or the hive picks the up host with the fewest agents.
         assert (
             "no host named 'c' in this hive; its hosts: a, b"
