@@ -14,7 +14,7 @@ import trio
 from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.cluster import PlacedElsewhere
 from hyperhive_core.config import Config
-from hyperhive_core.hive import Hive
+from hyperhive_core.hive import Hive, HiveSection
 from hyperhive_core.hostsock import group_id, serve_host_socket
 from hyperhive_core.paths import StatePaths, default_state_dir
 from hyperhive_core.plugins import HivePluginManager, call_async, call_each, collect
@@ -44,7 +44,7 @@ async def run_hive(
 ) -> None:
     """Open the store, start the core and every plugin service, then the agents; run until cancelled."""
     paths = state_paths(config)
-    admin_group = config.section("hive").admin_group
+    admin_group = config.section("hive", HiveSection).admin_group
     paths.ensure(group_id(admin_group) if admin_group else None)
     store = Store(paths.database)
     try:

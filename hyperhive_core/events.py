@@ -158,8 +158,10 @@ class EventBus:
         self.forward: Callable[[Event], None] | None = None
         """Where this host's own events also go (the other hosts of a hive that spans several); never waits."""
 
-    def publish(self, agent: str, type: EventType | str, **data: Any) -> Event:
+    def publish(self, agent: str, type: EventType | str, /, **data: Any) -> Event:
         """Send an event to subscribers now and queue it for history; never waits.
+
+        ``agent`` and ``type`` are positional, so ``data`` may use those names too.
 
         :param agent: whose event it is (an agent, ``operator`` or ``hive``).
         :param type: a core event type, or a plugin's own as ``<plugin>.<event>``.
