@@ -157,6 +157,31 @@ async def test_concurrent_sends_go_as_groups_and_each_gets_its_own_id_and_answer
     assert delivered == new | {first.id: "first"}  # the ids a group got are its messages' own
 
 
+async def test_a_message_acked_but_for_the_consumers_record_is_not_delivered_again(nats_cluster, nursery):
+    # Short leases, so the dead holder's runs out within the test.
+    timing = {"ack_wait_seconds": 2.0, "heartbeat_seconds": 0.5}
+    holder, taker = jetstream_broker(nats_cluster.urls, **timing), jetstream_broker(nats_cluster.urls, **timing)
+    await nursery.start(taker.serve)
+    copied = await holder.send("operator", "bob", "acked, but the consumer never heard")
+    [message] = (await holder.lease("bob")).messages
+    # An ack's first half, the copy to the acked stream; the holder dies before the ack itself.
+    subject, record = holder._acked_copy(message)
+    await holder._call(lambda: holder._publish(subject, record, {"Nats-Msg-Id": f"acked:{copied.id}"}))
+    await holder.aclose()
+
+    later = await taker.send("operator", "bob", "later")
+    taken = []
+    with trio.fail_after(60):
+        while await taker.inbox_depth("bob"):  # the copied one comes back once the dead holder's lease runs out
+            batch = await taker.lease("bob")
+            if batch is not None:
+                taken += batch.ids
+                await taker.ack(batch)
+            await trio.sleep(0.2)
+    assert taken == [later.id]
+    assert [(m.id, m.state) for m in await taker.recent_for("bob")] == [(later.id, "acked"), (copied.id, "acked")]
+
+
 class OtherBroker:
     """A plugin's backend: the sqlite one under another name, to see the hook choose it."""
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import nats
@@ -51,6 +52,7 @@ from hyperhive_core.broker import (
     Message,
     MessageBroker,
     MessageKind,
+    MessageState,
     RecipientPolicy,
     _check_ids,
     _conflict,
@@ -181,6 +183,12 @@ class JetStreamBroker(MessageBroker):
 
     # -- the connection ------------------------------------------------------------
 
+    @property
+    def _client(self) -> nats.NATS:
+        """The connection, on the loop once ``_connect`` made it."""
+        assert self._nc is not None
+        return self._nc
+
     async def _call(self, make: Callable[[], Coroutine[Any, Any, T]], **kwargs: Any) -> T:
         """Run ``make()`` on the NATS loop; a cluster that does not answer is a ``StoreError`` naming it."""
         await self._connect()
@@ -261,8 +269,8 @@ class JetStreamBroker(MessageBroker):
         connecting = nc.connect(
             servers=self.section.urls,
             name=f"hyperhive {self.section.name}",
-            connect_timeout=self.section.request_timeout_seconds,
-            reconnect_time_wait=0.5,
+            connect_timeout=self.section.request_timeout_seconds,  # type: ignore[arg-type]  # seconds, any number
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
             dont_randomize=True,  # the first URL is this host's own node; the others are for failover
             reconnected_cb=up,
@@ -353,14 +361,15 @@ class JetStreamBroker(MessageBroker):
                 held = [msg for lease in self._leases.values() for msg in lease.messages.values()]
                 if held:
                     try:
-                        await self._call(
-                            lambda held=held: _each(self._nc, held, "+WPI", self.section.request_timeout_seconds)
-                        )
+                        await self._call(partial(self._keep_alive, held))
                     except StoreError as exc:
                         log.warning("could not keep %d leased message(s) alive: %s", len(held), exc)
         finally:
             with trio.CancelScope(shield=True):
                 await self.aclose()
+
+    async def _keep_alive(self, held: list[Msg]) -> int:
+        return await _each(self._client, held, "+WPI", self.section.request_timeout_seconds)
 
     async def aclose(self) -> None:
         if self._bridge is None:
@@ -568,6 +577,10 @@ class JetStreamBroker(MessageBroker):
 
     async def _pull(self, recipient: str, limit: int, wait: float | None) -> Batch | None:
         msgs = await self._call(lambda: self._fetch(recipient, limit, wait), abandoned=self._give_back_now)
+        again = [msg for msg in msgs if msg.metadata.num_delivered > 1]
+        if again:
+            acked = await self._call(lambda: self._ack_if_copied(recipient, again))
+            msgs = [msg for msg in msgs if msg.metadata.sequence.stream not in acked]
         leased: dict[int, Msg] = {}
         overdue: list[tuple[Msg, Message]] = []
         for msg in msgs:
@@ -621,6 +634,30 @@ class JetStreamBroker(MessageBroker):
         await sub.unsubscribe()
         return msgs
 
+    async def _ack_if_copied(self, recipient: str, msgs: list[Msg]) -> set[int]:
+        """On the loop: ack away redelivered messages that were acked already; return their sequences.
+
+        An ack copies the message to the acked stream first. A message delivered
+        again with its copy there was acked, and only the consumer's record of it
+        was lost: a crash between copy and ack, or a consumer leader that died
+        before its followers heard of the ack.
+        """
+
+        async def copied(msg: Msg) -> bool:
+            subject = self._acked_copy(self._from_delivery(recipient, msg))[0]
+            try:
+                await self._js.get_msg(self.acked_stream, subject=subject)
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        found = await asyncio.gather(*(copied(msg) for msg in msgs))
+        acked = [msg for msg, hit in zip(msgs, found, strict=True) if hit]
+        if acked:
+            log.info("%d message(s) to %s delivered again after their ack: acked again", len(acked), recipient)
+            await _each(self._client, acked, "+ACK", self.section.request_timeout_seconds)
+        return {msg.metadata.sequence.stream for msg in acked}
+
     async def _drain(self, sub: Any, msgs: list[Msg], seconds: float) -> None:
         deadline = asyncio.get_running_loop().time() + seconds
         try:
@@ -641,7 +678,7 @@ class JetStreamBroker(MessageBroker):
 
     async def _give_back_now(self, msgs: list[Msg]) -> None:
         """On the loop: nak fetched messages nobody took."""
-        await _each(self._nc, msgs, "-NAK", self.section.request_timeout_seconds)
+        await _each(self._client, msgs, "-NAK", self.section.request_timeout_seconds)
 
     def _from_delivery(self, recipient: str, msg: Msg) -> Message:
         metadata = msg.metadata
@@ -711,7 +748,7 @@ class JetStreamBroker(MessageBroker):
                 for msg, (subject, record) in copies
             )
         )
-        return await _each(self._nc, [msg for msg, _ in copies], "+ACK", self.section.request_timeout_seconds)
+        return await _each(self._client, [msg for msg, _ in copies], "+ACK", self.section.request_timeout_seconds)
 
     async def release(self, batch: Batch, *, error: str | None = None) -> list[int]:
         lease = self._leases.pop(batch.token, None)
@@ -732,7 +769,7 @@ class JetStreamBroker(MessageBroker):
             else:
                 naks.append(msg)
                 self._given_back[message.id] = (message.attempts, last_error)
-        await self._call(lambda: _each(self._nc, naks, "-NAK", self.section.request_timeout_seconds))
+        await self._call(lambda: _each(self._client, naks, "-NAK", self.section.request_timeout_seconds))
         return await self._bury(dead)
 
     async def _bury(self, dead: list[tuple[Msg, Message]]) -> list[int]:
@@ -752,7 +789,7 @@ class JetStreamBroker(MessageBroker):
                     for (msg, _), message in zip(dead, buried, strict=True)
                 )
             )
-            await _each(self._nc, [msg for msg, _ in dead], "+ACK", self.section.request_timeout_seconds)
+            await _each(self._client, [msg for msg, _ in dead], "+ACK", self.section.request_timeout_seconds)
 
         await self._call(copy_then_ack)
         for message in buried:
@@ -792,7 +829,7 @@ class JetStreamBroker(MessageBroker):
     async def _dead_or_raise(self, ids: list[int], verb: str) -> list[tuple[int, Message]]:
         """Each id's dead letter with its sequence in the dead stream; ``NotDeadLetter`` names any other."""
         found = {message_id: await self._find_with_seq(message_id) for message_id in ids}
-        not_dead = {
+        not_dead: dict[int, str | None] = {
             message_id: (hit[1].state if hit else None)
             for message_id, hit in found.items()
             if hit is None or hit[1].state != "dead"
@@ -837,11 +874,12 @@ class JetStreamBroker(MessageBroker):
     async def _recent(self, addresses: str, limit: int) -> list[Message]:
         """Newest first across the three streams; a message caught between two (a crash mid-ack) counts once."""
         found: dict[int, Message] = {}
-        for stream, subject, state in (
+        streams: tuple[tuple[str, str, MessageState], ...] = (
             (self.inbox_stream, self.inbox_subject, "queued"),
             (self.acked_stream, self.acked_subject, "acked"),
             (self.dead_stream, self.dead_subject, "dead"),
-        ):
+        )
+        for stream, subject, state in streams:
             for message in await self._newest(stream, f"{subject}.{addresses}.*", limit, state):
                 found[message.id] = message
         return sorted(found.values(), key=lambda message: message.id, reverse=True)[:limit]
@@ -858,7 +896,7 @@ class JetStreamBroker(MessageBroker):
         info = await self._call(lambda: self._js.stream_info(stream, subjects_filter=filter_subject))
         return list(info.state.subjects or ())
 
-    async def _newest(self, stream: str, filter_subject: str, limit: int, state: str) -> list[Message]:
+    async def _newest(self, stream: str, filter_subject: str, limit: int, state: MessageState) -> list[Message]:
         """The newest ``limit`` messages matching ``filter_subject``, newest first.
 
         The acked and dead streams name each message's id in its subject, so only
@@ -889,13 +927,14 @@ class JetStreamBroker(MessageBroker):
     async def _find_with_seq(self, message_id: int) -> tuple[int, Message] | None:
         """Message ``message_id`` wherever it is now, with its sequence in that stream; ``None`` if nowhere."""
 
-        async def look() -> tuple[str, Any] | None:
+        async def look() -> tuple[MessageState, Any] | None:
             # Copies first: a message is copied to dead or acked before it is acked away from the inbox.
-            for stream, subject, state in (
+            places: tuple[tuple[str, str, MessageState], ...] = (
                 (self.dead_stream, f"{self.dead_subject}.*.*.{message_id}", "dead"),
                 (self.acked_stream, f"{self.acked_subject}.*.*.{message_id}", "acked"),
                 (self.inbox_stream, f"{self.inbox_subject}.*.*.r{message_id}", "queued"),
-            ):
+            )
+            for stream, subject, state in places:
                 try:
                     return state, await self._js.get_msg(stream, subject=subject)
                 except nats.js.errors.NotFoundError:
@@ -912,7 +951,7 @@ class JetStreamBroker(MessageBroker):
         state, raw = hit
         return raw.seq, self._decode(raw.subject, raw.seq, raw.data, state)
 
-    def _decode(self, subject: str, seq: int, data: bytes, state: str) -> Message:
+    def _decode(self, subject: str, seq: int, data: bytes, state: MessageState) -> Message:
         """A stored record as a ``Message``; an inbox message is ``leased`` while this process holds it."""
         _, _, _, recipient, sender, _ = subject.split(".")
         record = json.loads(data)
@@ -969,7 +1008,7 @@ class JetStreamBroker(MessageBroker):
                             "current": bool(peer.current),
                             "offline": bool(peer.offline),
                             "lag": peer.lag or 0,
-                            "active_seconds": round(peer.active / 1e9, 3),  # nats-py passes nanoseconds on
+                            "active_seconds": round((peer.active or 0) / 1e9, 3),  # nats-py passes nanoseconds on
                         }
                         for peer in cluster.replicas or ()
                     ],
@@ -1034,7 +1073,7 @@ class JetStreamBroker(MessageBroker):
         return [info.name for info in await self._js.consumers_info(self.inbox_stream)]
 
     async def _api(self, subject: str, request: dict[str, Any]) -> dict[str, Any]:
-        reply = await self._nc.request(
+        reply = await self._client.request(
             subject, json.dumps(request).encode(), timeout=self.section.request_timeout_seconds
         )
         answer = json.loads(reply.data)
