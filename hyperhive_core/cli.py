@@ -252,6 +252,26 @@ def spawn(state: CliState, agent: str, host: str | None) -> None:
     click.echo(f"spawned {agent}" + (f" on {host}" if host else ""))
 
 
+@cli.command()
+@click.argument("agent", required=False)
+@click.option(
+    "--after", type=int, default=None, metavar="ID", help="First replay the kept events after event ID (0: all)."
+)
+@json_option("One JSON object per event.")
+@pass_state
+def events(state: CliState, agent: str | None, after: int | None, as_json: bool) -> None:
+    """Follow the live events of AGENT (default: every agent) until Ctrl-C.
+
+    In a hive across hosts, every host's, each with the host it came from.
+    """
+    import json
+
+    from hyperhive_core.hostclient import subscribe
+
+    for event in subscribe(fastcli.host_socket(state.config_path), agent, after):
+        click.echo(json.dumps(event) if as_json else fastcli.event_line(event))
+
+
 agent_action("restore", "restored", "Bring back destroyed agent AGENT from its kept state.")
 agent_action("rebuild", "rebuilt", "Restart agent AGENT from scratch with its current config.")
 

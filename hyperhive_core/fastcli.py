@@ -189,6 +189,14 @@ def agent_line(agent: dict[str, Any]) -> str:
     )
 
 
+def event_line(event: dict[str, Any]) -> str:
+    """One live event as ``hyperhive events`` prints it: id, host (another host's), agent, type, data."""
+    data = dict(event["data"])
+    host = data.pop("host", "")
+    details = json.dumps(data, ensure_ascii=False)
+    return f"{event['id']} {host or '-':<10} {event['agent']:<16} {event['type']:<18} {details[:300]}"
+
+
 def describe_state(agent: dict[str, Any]) -> str:
     flags = [flag for flag in ("paused", "failed", "stopped") if agent.get(flag)]
     state = agent["state"] + (f" ({agent['detail']})" if agent.get("detail") else "")
@@ -250,7 +258,8 @@ def _parse_send(config_path: str | None, args: list[str]) -> Callable[[], list[s
         return None
     if len(positional) != 2 or not retry_for >= 0:  # click says what is wrong
         return None
-    return partial(send, config_path, *positional, retry_for, options.get("--idempotency-key"))
+    name, message = positional
+    return partial(send, config_path, name, message, retry_for, options.get("--idempotency-key"))
 
 
 def main(argv: list[str]) -> int | None:

@@ -209,6 +209,7 @@ def test_every_json_flag_is_the_shared_option():
         "dead list",
         "dead requeue",
         "dead show",
+        "events",
         "plugins",
         "questions",
         "stats",

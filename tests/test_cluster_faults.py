@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -89,6 +90,22 @@ class HostDaemon:
         )
         assert not check or result.returncode == 0, result.stderr
         return result
+
+    def first_event(self, matches: Callable[[dict[str, Any]], bool], *args: str, seconds: float = 60) -> dict[str, Any]:
+        """The first event ``hyperhive events --json ARGS`` prints that ``matches``."""
+        command = [self.hyperhive, "-c", str(self.config), "events", "--json", *args]
+        with subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, text=True) as follow:
+            timer = threading.Timer(seconds, follow.kill)  # a quiet stream ends too
+            timer.start()
+            try:
+                assert follow.stdout is not None
+                for line in follow.stdout:
+                    if matches(event := json.loads(line)):
+                        return event
+                raise AssertionError(f"no matching event within {seconds} s")
+            finally:
+                timer.cancel()
+                follow.kill()
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
@@ -209,6 +226,9 @@ def test_in_bwrap_sandboxes_an_agent_asks_another_hosts_agent_by_name_and_hears_
     sent = b.cli("send", "alice", "ping")
     assert sent.stdout.startswith("sent message")
     until(lambda: "bob answered" in a.cli("debug", "recv").stdout, 180, "alice to hear back from bob")
+    # b's live tail has alice's turns, tagged with her host.
+    turn = b.first_event(lambda event: event["type"] == "turn_end", "alice", "--after", "0")
+    assert turn["data"]["host"] == "a"
     seen_from_b = {agent["name"]: agent["host"] for agent in b.status()["agents"]}
     assert seen_from_b == {"manager": "a", "alice": "a", "bob": "b"}
     assert a.status()["backend"]["isolated"]
