@@ -36,7 +36,8 @@ from hyperhive_core.store import Store
 
 BACKENDS = ["sqlite", "jetstream"]
 # Short leases, so a killed holder's lease runs out within the test; heartbeats keep live ones.
-JETSTREAM_TIMING = {"ack_wait_seconds": 2.0, "heartbeat_seconds": 0.5}
+# A fresh cluster makes its streams in a fraction of a second, but on a loaded machine it can take seconds.
+JETSTREAM_TIMING = {"ack_wait_seconds": 2.0, "heartbeat_seconds": 0.5, "request_timeout_seconds": 15.0}
 
 
 def directory(*names):

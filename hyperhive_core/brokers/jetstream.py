@@ -78,6 +78,8 @@ PULL_SECONDS = 30.0
 LEASE_LINGER_SECONDS = 0.25
 # The most sends stored as one atomic batch (the server allows 1,000).
 GROUP_LIMIT = 256
+# One try of a publish waits this long for its answer, then asks again (a node gone mid-request).
+TRY_SECONDS = 2.0
 # The stream's answer to a message whose idempotency key another publish is storing right now.
 DUPLICATE_IN_PROCESS = 10158
 # The acked and dead copies dedupe a repeat (a crash between copy and ack) within this window.
@@ -129,7 +131,7 @@ class _Outgoing:
 
     subject: str
     data: bytes
-    headers: dict[str, str] | None
+    headers: dict[str, str]
     stored: tuple[int, bool] | None = None
     """Its id, and whether it repeats a message stored before under the same key."""
     error: BaseException | None = None
@@ -328,10 +330,19 @@ class JetStreamBroker(MessageBroker):
             allow_atomic=True,  # concurrent sends are stored as one batch
         )
 
-    async def _until_connected(self) -> None:
-        """On the loop: wait for a reconnect in progress, as long as a request may take."""
+    async def _until_connected(self, deadline: float | None = None) -> None:
+        """On the loop: wait for a reconnect in progress, as long as a request may take (or until ``deadline``)."""
         assert self._connected is not None
-        await asyncio.wait_for(self._connected.wait(), self.section.request_timeout_seconds)
+        timeout = self.section.request_timeout_seconds if deadline is None else self._try_seconds(deadline)
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.section.request_timeout_seconds
+
+    @staticmethod
+    def _try_seconds(deadline: float) -> float:
+        """How long one try of a publish may wait for its answer before it is asked again (until ``deadline``)."""
+        return max(0.05, min(TRY_SECONDS, deadline - asyncio.get_running_loop().time()))
 
     async def _consumer(self, recipient: str) -> None:
         """Make sure ``recipient``'s durable pull consumer exists with the current settings."""
@@ -393,10 +404,11 @@ class JetStreamBroker(MessageBroker):
     ) -> Message:
         draft = self.draft(sender, recipient, body, kind, idempotency_key)
         record = {"kind": draft.kind, "body": draft.body, "created_at": draft.created_at}
+        token = secrets.token_hex(8)
+        # Every message has a Nats-Msg-Id, so a publish whose answer was lost can be asked again safely.
+        msg_id = f"{draft.sender}:{draft.idempotency_key}" if draft.idempotency_key else f"~{draft.sender}:{token}"
         outgoing = _Outgoing(
-            f"{self.inbox_subject}.{draft.recipient}.{draft.sender}.{secrets.token_hex(8)}",
-            _encode(record),
-            {"Nats-Msg-Id": f"{draft.sender}:{draft.idempotency_key}"} if draft.idempotency_key else None,
+            f"{self.inbox_subject}.{draft.recipient}.{draft.sender}.{token}", _encode(record), {"Nats-Msg-Id": msg_id}
         )
         await self._submit(outgoing)
         if outgoing.error is not None:
@@ -410,7 +422,7 @@ class JetStreamBroker(MessageBroker):
         assert outgoing.stored is not None
         seq, duplicate = outgoing.stored
         self._refusals.stored()
-        if duplicate:
+        if duplicate and draft.idempotency_key:  # without a key of the caller's, a repeat is a try of this send's own
             return await self._repeat(draft, seq)
         self.stats.messages += 1
         message = Message(
@@ -495,14 +507,13 @@ class JetStreamBroker(MessageBroker):
         The messages of an atomic batch are stored together, in order, at
         consecutive sequences, or not at all.
         """
-        await self._until_connected()
-        nc = self._nc
-        assert nc is not None
-        deadline = asyncio.get_running_loop().time() + self.section.request_timeout_seconds
+        deadline = self._deadline()
         while True:
+            await self._until_connected(deadline)
+            nc = self._client
             batch_id = secrets.token_hex(8)
             *first, last = (
-                (outgoing, {**(outgoing.headers or {}), "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)})
+                (outgoing, {**outgoing.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)})
                 for n, outgoing in enumerate(group, 1)
             )
             for outgoing, headers in first:
@@ -511,10 +522,12 @@ class JetStreamBroker(MessageBroker):
                 reply = await nc.request(
                     last[0].subject,
                     last[0].data,
-                    timeout=self.section.request_timeout_seconds,
+                    timeout=self._try_seconds(deadline),
                     headers={**last[1], "Nats-Batch-Commit": "1"},
                 )
-            except nats.errors.NoRespondersError:  # nothing stored (just made, electing): ask again
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                # No responder: nothing stored (a stream just made, or electing a leader). No answer (a node
+                # gone mid-batch): maybe stored, and the repeat of each message's Nats-Msg-Id says so.
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.05)
@@ -524,20 +537,21 @@ class JetStreamBroker(MessageBroker):
                 raise nats.js.errors.APIError.from_error(answer["error"])
             return answer["seq"]
 
-    async def _publish(self, subject: str, record: dict[str, Any], headers: dict[str, str] | None) -> api.PubAck:
+    async def _publish(self, subject: str, record: dict[str, Any], headers: dict[str, str]) -> api.PubAck:
         return await self._publish_data(subject, _encode(record), headers)
 
-    async def _publish_data(self, subject: str, data: bytes, headers: dict[str, str] | None) -> api.PubAck:
-        """On the loop: store one message; a stream that has no responder yet (just made, electing) is asked again.
+    async def _publish_data(self, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
+        """On the loop: store one message (``headers`` has its Nats-Msg-Id); ask again until the request timeout.
 
-        No responder means nobody received it, so asking again cannot store it twice.
+        A try with no responder (a stream just made, or electing) stored nothing;
+        one with no answer may have, and the message id makes a second try its repeat.
         """
-        await self._until_connected()
-        deadline = asyncio.get_running_loop().time() + self.section.request_timeout_seconds
+        deadline = self._deadline()
         while True:
             try:
-                return await self._js.publish(subject, data, headers=headers)
-            except nats.js.errors.NoStreamResponseError:
+                await self._until_connected(deadline)
+                return await self._js.publish(subject, data, headers=headers, timeout=self._try_seconds(deadline))
+            except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError):
                 if asyncio.get_running_loop().time() > deadline:
                     raise
             except nats.js.errors.APIError as exc:
