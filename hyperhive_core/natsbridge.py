@@ -14,6 +14,8 @@ trio is doing.
 Cancelling the trio side cancels the asyncio task and waits for it to finish, so
 nothing runs on behind the caller's back; a result that was ready anyway goes to
 the call's ``abandoned`` callback (the broker gives fetched messages back).
+Stopping the loop cancels whatever still runs on it, and its callers get
+``LoopStopped`` instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from typing import Any, TypeVar
 import trio
 
 T = TypeVar("T")
+# How long stopping waits for the calls still running to end once cancelled.
+STOP_SECONDS = 2.0
+
+
+class LoopStopped(ConnectionError):
+    """The loop was stopped before or while a call ran on it: its connection is closed."""
 
 
 class AsyncioThread:
@@ -60,6 +68,8 @@ class AsyncioThread:
             with a result anyway, it is handed to this coroutine (on the loop), so
             it can be given back instead of dropped.
         """
+        if not self.running:
+            raise LoopStopped("the NATS client's event loop has stopped")
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box: dict[str, asyncio.Task[T]] = {}
@@ -87,10 +97,21 @@ class AsyncioThread:
                 if abandoned is not None and not task.cancelled() and task.exception() is None:
                     await self.run(lambda: abandoned(task.result()))
             raise
+        if box["task"].cancelled():  # not by this caller: the loop stopped
+            raise LoopStopped("the NATS client's event loop stopped during the call")
         return box["task"].result()
 
     def stop(self) -> None:
-        """Stop the loop and its thread (after the caller closed what runs on it)."""
+        """Stop the loop and its thread (after the caller closed what runs on it), cancelling what still runs."""
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._shutdown()))
+            self._thread.join(timeout=STOP_SECONDS + 5)
+
+    async def _shutdown(self) -> None:
+        """On the loop: cancel every other task, so each caller wakes, then stop."""
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_SECONDS)
+        self._loop.stop()
