@@ -89,7 +89,9 @@ async def agents(hive: Hive) -> list[dict[str, Any]]:
 
     async def ask(host: str) -> None:
         try:
-            found[host] = [{**each, "host": host} for each in await cluster.forward(host, "agents", {})]
+            # A listing waits no longer than a send would: a host that does not answer shows down.
+            listed = await cluster.forward(host, "agents", {}, timeout=cluster.jetstream.request_timeout_seconds)
+            found[host] = [{**each, "host": host} for each in listed]
         except HostDown as exc:
             found[host] = await _unreachable(hive, cluster, host, str(exc))
 

@@ -84,13 +84,26 @@ class Cluster:
         self._outgoing, self._outgoing_receive = trio.open_memory_channel[Event](EVENT_BUFFER)
         self._dropping = False
         self._watchers: list[Any] = []
+        self._calls = 0
+        """Calls on the NATS loop under way, which must end before the loop stops."""
 
     # -- the connection --------------------------------------------------------------------
 
+    def _connection(self) -> nats.NATS:
+        if self._nc is None:
+            raise self._stopping()
+        return self._nc
+
+    def _stopping(self) -> StoreError:
+        return StoreError(f"host {self.host} is not connected to the NATS cluster at {self.where}: it is stopping")
+
     async def _call(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        assert self._bridge is not None, "the cluster connects in serve"
+        bridge = self._bridge
+        if bridge is None:
+            raise self._stopping()
+        self._calls += 1
         try:
-            return await self._bridge.run(make)
+            return await bridge.run(make)
         except nats.js.errors.APIError as exc:
             raise StoreError(f"the NATS cluster at {self.where} refused the request: {exc.description}") from exc
         except UNREACHABLE as exc:
@@ -98,6 +111,8 @@ class Cluster:
                 f"the NATS cluster at {self.where} did not answer ({type(exc).__name__}: {exc or 'no reply'}); "
                 "check that its nodes are up and reachable"
             ) from exc
+        finally:
+            self._calls -= 1
 
     async def _open(self) -> None:
         """On the loop: connect (nats-py reconnects by itself from then on) and open both buckets."""
@@ -174,9 +189,15 @@ class Cluster:
                     await bridge.run(lambda: self._hosts_kv.put(self.host, record))
                 except UNREACHABLE as exc:
                     log.warning("could not tell the other hosts this one stops: %r", exc)
-            for watcher in self._watchers:  # its ordered consumer's tasks end with it
-                await bridge.run(watcher.stop)
-            await bridge.run(nc.close)
+            with trio.move_on_after(self.jetstream.request_timeout_seconds):
+                for watcher in self._watchers:  # its ordered consumer's tasks end with it
+                    await bridge.run(watcher.stop)
+                await bridge.run(nc.close)
+        # Calls cancelled meanwhile (a forwarded command whose client left) end on the loop:
+        # stopping it under them would leave them waiting for ever.
+        with trio.move_on_after(self.jetstream.request_timeout_seconds):
+            while self._calls:
+                await trio.sleep(0.01)
         bridge.stop()
 
     # -- heartbeats and hosts ----------------------------------------------------------------
@@ -324,14 +345,18 @@ class Cluster:
                 f"{about} ({self.down_reason(host)}); start its daemon (hyperhive up on {host}), then try again"
             )
 
-    async def forward(self, host: str, cmd: str, arguments: dict[str, Any], agent: str | None = None) -> Any:
-        """Run host command ``cmd`` on ``host`` and return its result, or raise its error as if it were local."""
+    async def forward(
+        self, host: str, cmd: str, arguments: dict[str, Any], agent: str | None = None, timeout: float | None = None
+    ) -> Any:
+        """Run host command ``cmd`` on ``host`` and return its result, or raise its error as if it were local.
+
+        :param timeout: how long it may take; default ``[cluster] forward_timeout_seconds``.
+        """
         self.check_up(host, agent)
         subject = f"{self.prefix}.host.{host}.cmd"
         data = json.dumps({"cmd": cmd, **arguments}, default=str).encode()
-        timeout = self.section.forward_timeout_seconds
-        assert self._nc is not None
-        nc = self._nc
+        timeout = timeout or self.section.forward_timeout_seconds
+        nc = self._connection()
         reply = await self._call(lambda: _request(nc, subject, data, timeout))
         if reply is None:
             raise HostDown(
@@ -348,8 +373,7 @@ class Cluster:
         from hyperhive_core.hostsock import collect_host_commands
 
         commands = collect_host_commands(self.hive.pm)
-        assert self._nc is not None
-        nc = self._nc
+        nc = self._connection()
         sub = await self._call(lambda: nc.subscribe(f"{self.prefix}.host.{self.host}.cmd"))
         task_status.started()
 
@@ -399,8 +423,7 @@ class Cluster:
 
     async def _send_events(self) -> None:
         subject = f"{self.prefix}.events.{self.host}"
-        assert self._nc is not None
-        nc = self._nc
+        nc = self._connection()
         async for event in self._outgoing_receive:
             batch = [event]
             while len(batch) < EVENT_BATCH:
@@ -417,8 +440,7 @@ class Cluster:
                 log.warning("%d event(s) not sent to the other hosts: %s", len(batch), exc)
 
     async def _receive_events(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        assert self._nc is not None
-        nc = self._nc
+        nc = self._connection()
         own = f"{self.prefix}.events.{self.host}"
         sub = await self._call(lambda: nc.subscribe(f"{self.prefix}.events.*"))
         task_status.started()
