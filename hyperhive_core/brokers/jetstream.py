@@ -73,6 +73,8 @@ T = TypeVar("T")
 # idle recipient per this many seconds, and the longest a cancelled wait keeps
 # its request open to give back whatever still arrives for it.
 PULL_SECONDS = 30.0
+# A waiting pull hears from the server this often (status 100); three missed, and it is asked again.
+PULL_HEARTBEAT_SECONDS = 2.0
 # A consumer learns of a stored message a moment after its send returned: ``lease``
 # waits this long for a first message before it says there is none.
 LEASE_LINGER_SECONDS = 0.25
@@ -622,8 +624,13 @@ class JetStreamBroker(MessageBroker):
         assert nc is not None
         sub = await nc.subscribe(nc.new_inbox())
         request: dict[str, Any] = {"batch": limit, "no_wait": True}
+        # Silence this long means the request is gone (with a consumer leader that died): ask again.
+        silence = (wait or 0) + self.section.request_timeout_seconds
         if wait is not None:
             request["expires"] = int(wait * 1e9)
+            if wait > 3 * PULL_HEARTBEAT_SECONDS:  # a long wait hears from the server while it is pending
+                request["idle_heartbeat"] = int(PULL_HEARTBEAT_SECONDS * 1e9)
+                silence = 3 * PULL_HEARTBEAT_SECONDS
         msgs: list[Msg] = []
         try:
             await nc.publish(
@@ -632,7 +639,7 @@ class JetStreamBroker(MessageBroker):
                 reply=sub.subject,
             )
             while len(msgs) < limit:
-                msg = await sub.next_msg(timeout=(wait or 0) + self.section.request_timeout_seconds)
+                msg = await sub.next_msg(timeout=silence)
                 status = (msg.headers or {}).get(api.Header.STATUS)
                 if status is None:
                     msgs.append(msg)
@@ -643,8 +650,9 @@ class JetStreamBroker(MessageBroker):
             asyncio.get_running_loop().create_task(self._drain(sub, msgs, (wait or 0) + 1))
             raise
         except nats.errors.TimeoutError:
-            if not msgs:
-                raise
+            # Silence: the request was lost with a consumer leader that went away (a node killed).
+            # What came is the batch; the caller asks again.
+            log.debug("pull for %s had no answer after %d message(s)", recipient, len(msgs))
         await sub.unsubscribe()
         return msgs
 
@@ -681,7 +689,11 @@ class JetStreamBroker(MessageBroker):
                 if remaining <= 0:
                     return
                 msg = await sub.next_msg(timeout=remaining)
-                if (msg.headers or {}).get(api.Header.STATUS) is not None:
+                status = (msg.headers or {}).get(api.Header.STATUS)
+                if status == "100":  # a heartbeat: the request is still open
+                    msgs = []
+                    continue
+                if status is not None:
                     return
                 msgs = [msg]
         except UNREACHABLE:
