@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import trio
+import trio.testing
 
 from hyperhive_core.broker import BrokerSection, RecipientDirectory
 from hyperhive_core.brokers import JetStreamSection
@@ -88,3 +89,31 @@ async def test_a_node_killed_mid_run_loses_no_acked_send_and_delivers_none_twice
     for broker in hosts:
         assert await broker.inbox_depth("bob") == 0
     print(f"retries: {retries[0]}, delivered again after an unconfirmed ack: {len(twice)}")
+
+
+async def test_a_recipient_waiting_when_its_consumer_leader_is_killed_still_gets_the_next_message(
+    nats_cluster, nursery
+):
+    sender, recipient = host(nats_cluster, 0), host(nats_cluster, 1)
+    for broker in (sender, recipient):
+        await nursery.start(broker.serve)
+    await sender.send("operator", "bob", "first")
+    await recipient.ack(await recipient.wait_for_messages("bob"))  # the consumer exists, with a leader
+    info = await recipient._call(lambda: recipient._js.consumer_info(recipient.inbox_stream, "bob"))
+    leader = next(node for node in nats_cluster.nodes if node.name == info.cluster.leader)
+    survivor = recipient if leader is nats_cluster.nodes[0] else sender  # a connection whose node stays up
+    got = trio.Event()
+    batches = []
+
+    async def wait() -> None:
+        batches.append(await recipient.wait_for_messages("bob"))
+        got.set()
+
+    nursery.start_soon(wait)
+    await trio.testing.wait_all_tasks_blocked(0.5)  # its pull is pending on the consumer leader
+    nats_cluster.stop(leader, kill=True)  # the pending pull goes with it, unanswered
+    with trio.fail_after(120):
+        sent = await survivor.send("operator", "bob", "after the kill", idempotency_key="after-kill")
+        await got.wait()
+    assert batches[0].ids == [sent.id]
+    await recipient.ack(batches[0])
