@@ -18,8 +18,10 @@ A lease is messages fetched and not yet acked; ``serve`` keeps them alive with
 out after ``ack_wait_seconds`` and is delivered again. ``release`` naks, or, on a
 message's last attempt, copies it to dead-letter and acks it away. A delivery
 past ``max_attempts`` (the holder died on the last attempt) goes straight to
-dead-letter. The idempotency key is the ``Nats-Msg-Id``. Every read goes to a
-stream's leader, so it sees every write that returned.
+dead-letter. The idempotency key is the ``Nats-Msg-Id``; a message sent without
+one gets its own, so a publish whose answer was lost can be asked again. Sends
+that queue meanwhile are stored together as one atomic batch (group commit). Every
+read goes to a stream's leader, so it sees every write that returned.
 """
 
 from __future__ import annotations
