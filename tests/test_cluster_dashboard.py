@@ -6,7 +6,7 @@ from __future__ import annotations
 import hyperhive_web
 import pytest
 import trio
-from test_cluster_hosts import host
+from test_cluster_hosts import host, placement_ready
 
 from hyperhive_core.testing import Script, needs_claude, wait_until
 
@@ -22,6 +22,7 @@ def expect(target):
 async def test_one_dashboard_shows_every_host_filters_by_host_and_approves_on_the_managers_host(
     make_pm, tmp_path, nats_cluster, chromium
 ):
+    placement_ready(nats_cluster.urls)
     idle = Script()
     idle.otherwise("nothing to do")
     async with trio.open_nursery() as nursery:

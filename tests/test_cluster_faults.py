@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 from test_bwrap import needs_bwrap
-from test_cluster_hosts import conversation
+from test_cluster_hosts import conversation, placement_ready
 
 from hyperhive_core.testing import Script, needs_claude
 
-JETSTREAM = {"ack_wait_seconds": 5.0, "heartbeat_seconds": 1.0}
+# A loaded machine: the cluster may take a while to elect its leaders at first.
+JETSTREAM = {"ack_wait_seconds": 5.0, "heartbeat_seconds": 1.0, "request_timeout_seconds": 20.0}
 CLUSTER = {"heartbeat_seconds": 0.5, "down_after_seconds": 3.0}
 
 
@@ -132,6 +133,7 @@ def until(condition: Callable[[], Any], seconds: float, what: str) -> Any:
 
 @pytest.fixture
 def hosts(tmp_path, nats_cluster, clean_env, hyperhive) -> Iterator[Callable[[str], HostDaemon]]:
+    placement_ready(nats_cluster.urls)
     started: list[HostDaemon] = []
 
     def make(name: str) -> HostDaemon:

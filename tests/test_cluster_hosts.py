@@ -6,13 +6,18 @@ placement and host buckets, forwarded commands and events (docs/cluster.md).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import nats
+import nats.js.errors
 import pytest
 import trio
 
 from hyperhive_core.boot import config_schemas
+from hyperhive_core.brokers.localcluster import LocalCluster
 from hyperhive_core.config import load_config
 from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import ConfigError
@@ -27,8 +32,39 @@ from hyperhive_core.testing import (
     running_hive,
 )
 
-JETSTREAM = {"ack_wait_seconds": 5.0, "heartbeat_seconds": 1.0}
+# A loaded machine: the cluster may take a while to elect its leaders at first.
+JETSTREAM = {"ack_wait_seconds": 5.0, "heartbeat_seconds": 1.0, "request_timeout_seconds": 20.0}
 CLUSTER = {"heartbeat_seconds": 0.5, "down_after_seconds": 3.0, "forward_timeout_seconds": 20.0}
+
+
+def placement_ready(urls: list[str], seconds: float = 60) -> None:
+    """Wait until the cluster places a three-replica stream: a fresh cluster is healthy a moment
+    before its JetStream leader knows every node, and refuses placement until then."""
+
+    async def probe() -> None:
+        nc = await nats.connect(servers=urls)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + seconds
+            while True:
+                try:
+                    await js.add_stream(name="PROBE", subjects=["probe"], num_replicas=3)
+                    await js.delete_stream("PROBE")
+                    return
+                except (nats.js.errors.BadRequestError, nats.js.errors.ServiceUnavailableError):
+                    assert time.monotonic() < deadline, f"the cluster placed no R3 stream within {seconds} s"
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    asyncio.run(probe())
+
+
+@pytest.fixture
+def cluster(nats_cluster: LocalCluster) -> LocalCluster:
+    """The three-node cluster, ready to place the hive's streams and buckets."""
+    placement_ready(nats_cluster.urls)
+    return nats_cluster
 
 
 @asynccontextmanager
@@ -58,14 +94,14 @@ def conversation() -> tuple[Script, Script]:
 
 
 @needs_claude
-async def test_two_hosts_share_names_messages_commands_and_events(make_pm, tmp_path, nats_cluster):
+async def test_two_hosts_share_names_messages_commands_and_events(make_pm, tmp_path, cluster):
     on_a, on_b = conversation()
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(
-            host(tmp_path, make_pm(), "a", nats_cluster.urls, on_a, {"alice": {"allowed_recipients": ["bob"]}})
+            host(tmp_path, make_pm(), "a", cluster.urls, on_a, {"alice": {"allowed_recipients": ["bob"]}})
         )
         b = await stack.enter_async_context(
-            host(tmp_path, make_pm(), "b", nats_cluster.urls, on_b, {"bob": {"allowed_recipients": ["alice"]}})
+            host(tmp_path, make_pm(), "b", cluster.urls, on_b, {"bob": {"allowed_recipients": ["alice"]}})
         )
         # One manager: on the host that placed it first.
         assert {agent.name for agent in a.agents} == {"manager", "alice"}

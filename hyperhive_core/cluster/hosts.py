@@ -36,6 +36,8 @@ WAIT_SECONDS = 30.0
 # Local events waiting to go out to the other hosts; beyond it they stay local (and a warning says so).
 EVENT_BUFFER = 10_000
 EVENT_BATCH = 200
+# JetStream's "no suitable peers for placement": a fresh cluster does not know all its nodes yet.
+NO_SUITABLE_PEERS = 10005
 
 
 @dataclass(frozen=True)
@@ -462,17 +464,21 @@ _NOTHING: Any = object()
 
 
 async def _bucket(js: Any, config: api.KeyValueConfig, timeout: float) -> Any:
-    """Open (creating if need be) a KV bucket; a cluster still electing its JetStream leader is asked again."""
+    """Open (creating if need be) a KV bucket. A cluster still electing its JetStream leader, or
+    not yet knowing all its peers, is asked again."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
             return await js.create_key_value(config)
-        except nats.js.errors.BadRequestError:
-            return await js.key_value(config.bucket)  # it exists with other settings: use it as it is
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != NO_SUITABLE_PEERS:
+                return await js.key_value(config.bucket)  # it exists with other settings: use it as it is
+            if asyncio.get_running_loop().time() > deadline:
+                raise
         except nats.js.errors.ServiceUnavailableError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
-            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)
 
 
 async def _next_update(watcher: Any) -> Any:
