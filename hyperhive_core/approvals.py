@@ -25,6 +25,7 @@ import sqlite_utils
 import trio
 
 from hyperhive_core.agents import AgentConfig, check_agent_config
+from hyperhive_core.cluster import one_host_only
 from hyperhive_core.configrepo import AGENT_TOML, ORIGIN_APPLIED, check_ref, render_agent_toml
 from hyperhive_core.errors import ConfigError, HyperhiveError
 from hyperhive_core.names import SYSTEM, check_agent_name
@@ -165,14 +166,11 @@ class Approvals:
         cluster = self.hive.cluster
         if cluster is None:
             if host:
-                raise ApprovalError(f"this hive runs on one host, so there is no host {host!r} to choose; leave it out")
+                raise one_host_only(host)
             return ""
         if not host:
             return cluster.least_busy_host()
-        if host != cluster.host and host not in cluster.hosts:
-            known = ", ".join(sorted({*cluster.hosts, cluster.host}))
-            raise ApprovalError(f"no host named {host!r} in this hive; its hosts: {known}")
-        if not cluster.is_up(host):
+        if cluster.other_host(host) is not None and not cluster.is_up(host):
             raise ApprovalError(f"{cluster.down_reason(host)}; choose a host that is up, or leave host out")
         return host
 

@@ -12,8 +12,7 @@ import trio
 
 from hyperhive_core import dead_letters
 from hyperhive_core.agents import AGENT, MANAGER
-from hyperhive_core.cluster import HostDown, is_forwarded
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.cluster import HostDown, is_forwarded, one_host_only
 from hyperhive_core.names import OPERATOR
 
 if TYPE_CHECKING:
@@ -177,28 +176,12 @@ async def model(hive: Hive, agent: str, model: str) -> dict[str, Any]:
     return await hive.set_model(agent, model)
 
 
-@_forwarding("spawn", lambda cluster, arguments: (_other(cluster, arguments.get("host")), None))
+@_forwarding("spawn", lambda cluster, arguments: (cluster.other_host(arguments.get("host")), None))
 async def spawn(hive: Hive, agent: str, host: str | None = None) -> dict[str, Any]:
     """A new agent with the default config; in a hive across hosts, on ``host`` (default: this one)."""
-    if host is not None and (hive.cluster is None or host != hive.cluster.host):
-        raise HyperhiveError(_no_such_host(hive, host))
+    if host is not None and hive.cluster is None:
+        raise one_host_only(host)
     return await hive.spawn(agent)
-
-
-def _other(cluster: Cluster, host: object) -> str | None:
-    """``host`` if it is another known host of the hive; a clear error for an unknown one."""
-    if host is None or host == cluster.host:
-        return None
-    if not isinstance(host, str) or host not in cluster.hosts:
-        raise HyperhiveError(_no_such_host(cluster.hive, host))
-    return host
-
-
-def _no_such_host(hive: Hive, host: object) -> str:
-    if hive.cluster is None:
-        return f"this hive runs on one host, so there is no host {host!r} to choose; leave the host out"
-    known = ", ".join(sorted({*hive.cluster.hosts, hive.cluster.host}))
-    return f"no host named {host!r} in this hive; its hosts: {known}"
 
 
 @routed("destroy")

@@ -172,3 +172,15 @@ async def test_a_cluster_host_needs_the_jetstream_broker(make_pm, tmp_path):
 def test_nonsense_cluster_settings_are_a_config_error(make_pm, tmp_path, cluster, says):
     with pytest.raises(ConfigError, match=says):
         load_config(tmp_path / "hyperhive.toml", {"cluster": cluster}, config_schemas(make_pm()))
+
+
+async def test_a_hive_of_one_host_has_no_other_host_to_spawn_on(make_pm, tmp_path):
+    idle = Script()
+    idle.otherwise("nothing to do")
+    async with running_hive(tmp_path, make_pm(), idle) as hive:
+        with pytest.raises(HostCommandError, match="this hive runs on one host, so there is no host 'b' to choose"):
+            await host_request(hive, "spawn", agent="carol", host="b")
+        status = await host_request(hive, "status")
+        assert status["cluster"] == {"host": None, "hosts": []}
+        assert "host" not in status["agents"][0]
+        assert "carol" not in hive.agents

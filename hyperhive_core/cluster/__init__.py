@@ -85,6 +85,11 @@ class HostDown(HyperhiveError):
     """The host an agent is placed on does not answer."""
 
 
+def one_host_only(host: object) -> HyperhiveError:
+    """A host named where the hive has only this one."""
+    return HyperhiveError(f"this hive runs on one host, so there is no host {host!r} to choose; leave the host out")
+
+
 def make_cluster(hive: Hive) -> Cluster | None:
     """The hive's cluster membership when ``[cluster] host`` is set; a clear error if it cannot be."""
     section = hive.config.section("cluster", ClusterSection)

@@ -307,6 +307,16 @@ class Cluster:
             await self._call(lambda: self._placement_kv.delete(name))
             self._placed(name, None)
 
+    def other_host(self, host: object) -> str | None:
+        """``host`` if it is another host of the hive; None for this one, or none; an error naming the
+        hive's hosts for a name that is neither."""
+        if host is None or host == self.host:
+            return None
+        if not isinstance(host, str) or host not in self.hosts:
+            known = ", ".join(sorted({*self.hosts, self.host}))
+            raise HyperhiveError(f"no host named {host!r} in this hive; its hosts: {known}")
+        return host
+
     def manager_host(self) -> str | None:
         """The host that runs the manager, when it is another one."""
         return self.elsewhere(self.hive.agents.manager)
