@@ -190,6 +190,10 @@ def test_a_host_killed_mid_turn_shows_down_and_its_agents_messages_wait_for_it(h
     assert "host 'b'" in bob["detail"]
     assert bob["inbox_depth"] >= 1
     assert agent_rows(state)["manager"]["host"] == "a"
+    text = a.cli("status").stdout.splitlines()
+    assert "host       a, one of 2" in text
+    [b_line] = [line for line in text if line.split()[:2] == ["host", "b"]]
+    assert b_line.split()[2:4] == ["DOWN", "2"], b_line  # bob and dora
     # A command about bob says his host is down, naming it.
     refused = a.cli("pause", "bob", check=False)
     assert refused.returncode != 0
