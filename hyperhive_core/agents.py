@@ -250,7 +250,7 @@ class Agents:
 
     async def stored(self) -> dict[str, dict[str, Any]]:
         """Every agent the store remembers, live or kept, by name."""
-        return await self.store.read(lambda db: {row["name"]: row for row in db["agents"].rows})
+        return await self.store.read(lambda db: {row["name"]: row for row in db.table("agents").rows})
 
     def peers(self, name: str) -> list[str]:
         """Who ``name`` may message."""
@@ -299,11 +299,11 @@ class Agents:
 
     async def remember(self, name: str, **columns: Any) -> None:
         """Persist per-agent facts that outlive the daemon (session id, model, paused and why)."""
-        await self.store.write(lambda db: db["agents"].update(name, columns))
+        await self.store.write(lambda db: db.table("agents").update(name, columns))
 
 
 def _upsert(db: sqlite_utils.Database, name: str, role: str, origin: str, config: AgentConfig) -> dict[str, Any]:
-    table = db["agents"]
+    table = db.table("agents")
     rows = list(table.rows_where("name = ?", [name]))
     columns = {"role": role, "origin": origin, "config_json": config_json(config), "destroyed_at": None}
     if rows:
@@ -323,7 +323,7 @@ def config_from_json(text: str) -> AgentConfig:
 
 
 def m003_agents(db: sqlite_utils.Database) -> None:
-    db["agents"].create(
+    db.table("agents").create(
         {
             "name": str,
             "role": str,
@@ -344,5 +344,5 @@ def m003_agents(db: sqlite_utils.Database) -> None:
 
 def m008_agent_pause_reason(db: sqlite_utils.Database) -> None:
     """Why an agent is paused, and the day the operator lifted its spend cap: both outlive a restart."""
-    db["agents"].add_column("pause_reason", str)
-    db["agents"].add_column("spend_cap_lifted_on", str)
+    db.table("agents").add_column("pause_reason", str)
+    db.table("agents").add_column("spend_cap_lifted_on", str)

@@ -123,11 +123,13 @@ class Approvals:
         if status is not None and status not in set(Status):
             raise ApprovalError(f"unknown approval status {status!r}; use one of {', '.join(Status)}")
         where, args = ("status = ?", [str(status)]) if status else (None, [])
-        rows = await self.hive.store.read(lambda db: list(db["approvals"].rows_where(where, args, order_by="id desc")))
+        rows = await self.hive.store.read(
+            lambda db: list(db.table("approvals").rows_where(where, args, order_by="id desc"))
+        )
         return [_approval(row) for row in rows]
 
     async def get(self, approval_id: int) -> Approval:
-        rows = await self.hive.store.read(lambda db: list(db["approvals"].rows_where("id = ?", [approval_id])))
+        rows = await self.hive.store.read(lambda db: list(db.table("approvals").rows_where("id = ?", [approval_id])))
         if not rows:
             raise ApprovalError(f"no approval {approval_id}; `hyperhive approvals` lists them")
         return _approval(rows[0])
@@ -138,17 +140,19 @@ class Approvals:
         def read(db: sqlite_utils.Database) -> builtins.list[Draft]:
             pending = {
                 row["agent"]: row["id"]
-                for row in db["approvals"].rows_where("kind = ? AND status = ?", [Kind.SPAWN_COMMIT, Status.PENDING])
+                for row in db.table("approvals").rows_where(
+                    "kind = ? AND status = ?", [Kind.SPAWN_COMMIT, Status.PENDING]
+                )
             }
             return [
                 Draft(row["name"], row["created_at"], row["created_by"], pending.get(row["name"]))
-                for row in db["drafts"].rows_where(order_by="created_at")
+                for row in db.table("drafts").rows_where(order_by="created_at")
             ]
 
         return await self.hive.store.read(read)
 
     async def is_draft(self, name: str) -> bool:
-        return await self.hive.store.read(lambda db: bool(db["drafts"].count_where("name = ?", [name])))
+        return await self.hive.store.read(lambda db: bool(db.table("drafts").count_where("name = ?", [name])))
 
     # -- the manager's requests ---------------------------------------------------------
 
@@ -182,7 +186,7 @@ class Approvals:
         hive.paths.agent_state(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         now = time.time()
         await hive.store.write(
-            lambda db: db["drafts"].insert({"name": name, "created_at": now, "created_by": requester})
+            lambda db: db.table("drafts").insert({"name": name, "created_at": now, "created_by": requester})
         )
         hive.container_changed(hive.agents.manager)
         hive.events.publish(name, "note", text=f"drafted by {requester}")
@@ -261,7 +265,9 @@ class Approvals:
 
         def insert(db: sqlite_utils.Database) -> int:
             _refuse_pending(db, name, kind)
-            return db["approvals"].insert(row).last_pk
+            pk = db.table("approvals").insert(row).last_pk
+            assert isinstance(pk, int)  # the rowid of the row just inserted
+            return pk
 
         approval = await self.get(await self.hive.store.write(insert))
         self.hive.events.publish(name, "approval_requested", **_event_data(approval))
@@ -317,7 +323,7 @@ class Approvals:
     async def agent_gone(self, name: str, purged: bool) -> None:
         """``name`` was destroyed: its other pending requests are moot; a purge ends its draft too."""
         if purged:
-            await self.hive.store.write(lambda db: db["drafts"].delete_where("name = ?", [name]))
+            await self.hive.store.write(lambda db: db.table("drafts").delete_where("name = ?", [name]))
             self.hive.container_changed(self.hive.agents.manager)  # its repo is gone from the manager's view
         for approval in await self.list(Status.PENDING):
             if approval.agent == name and approval.id != self._carrying:
@@ -345,7 +351,7 @@ class Approvals:
             config = await self.checked_config(name, approval.fetched_sha)
             await hive.repos.checkout(name, approval.fetched_sha)
             await hive.add_applied(name, config, approval.fetched_sha)
-            await hive.store.write(lambda db: db["drafts"].delete_where("name = ?", [name]))
+            await hive.store.write(lambda db: db.table("drafts").delete_where("name = ?", [name]))
         else:
             assert approval.fetched_sha is not None
             await hive.apply_config(name, await self.checked_config(name, approval.fetched_sha), approval.fetched_sha)
@@ -420,7 +426,7 @@ class Approvals:
 
 
 def _refuse_pending(db: sqlite_utils.Database, name: str, kind: Kind) -> None:
-    rows = list(db["approvals"].rows_where("agent = ? AND kind = ? AND status = ?", [name, kind, Status.PENDING]))
+    rows = list(db.table("approvals").rows_where("agent = ? AND kind = ? AND status = ?", [name, kind, Status.PENDING]))
     if rows:
         raise ApprovalError(
             f"approval {rows[0]['id']} ({kind} of {name}) is still waiting for the operator; "
@@ -469,7 +475,7 @@ def _new_file_diff(path: str, text: str) -> str:
 
 
 def m006_approvals(db: sqlite_utils.Database) -> None:
-    db["approvals"].create(
+    db.table("approvals").create(
         {
             "id": int,
             "agent": str,
@@ -492,7 +498,7 @@ def m006_approvals(db: sqlite_utils.Database) -> None:
     )
     # At most one pending request per agent and kind, whatever races.
     db.execute("CREATE UNIQUE INDEX approvals_one_pending ON approvals (agent, kind) WHERE status = 'pending'")
-    db["drafts"].create({"name": str, "created_at": float, "created_by": str}, pk="name")
+    db.table("drafts").create({"name": str, "created_at": float, "created_by": str}, pk="name")
 
 
 def m009_approval_host(db: sqlite_utils.Database) -> None:

@@ -288,7 +288,7 @@ class Hive:
             with trio.CancelScope(shield=True):
                 if name in self.agents:
                     await self._stop_agent(name)
-                await self.store.write(lambda db: db["agents"].delete_where("name = ?", [name]))
+                await self.store.write(lambda db: db.table("agents").delete_where("name = ?", [name]))
             raise
         self.events.publish(name, "note", text=f"spawned from config {sha[:12]}")
 
@@ -338,7 +338,7 @@ class Hive:
             for path in doomed:
                 if path.exists():
                     await trio.to_thread.run_sync(shutil.rmtree, path)
-            await self.store.write(lambda db: db["agents"].delete_where("name = ?", [name]))
+            await self.store.write(lambda db: db.table("agents").delete_where("name = ?", [name]))
             if self.cluster is not None:
                 await self.cluster.release(name)
         else:
