@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,7 @@ async def serve_host_socket(
     log.info("host socket listening on %s", path)
     task_status.started()
     try:
-        await trio.serve_listeners(lambda stream: _serve_connection(hive, commands, stream), [listener])
+        await trio.serve_listeners(partial(_serve_connection, hive, commands), [listener])
     finally:
         path.unlink(missing_ok=True)
 
