@@ -19,7 +19,7 @@ CLAUDE_STAMP  := $(CLAUDE_PREFIX)/.installed-$(CLAUDE_CODE_VERSION)
 up: install
 	$(VENV)/bin/hyperhive up
 
-test: install lint
+test: install lint typecheck
 	$(PYTHON) -m pytest
 
 lint: install
