@@ -392,7 +392,8 @@ class JetStreamBroker(MessageBroker):
         bridge, nc, self._bridge, self._nc = self._bridge, self._nc, None, None
         self._consumers.clear()
         if nc is not None:
-            await bridge.run(nc.close)
+            with contextlib.suppress(*UNREACHABLE):  # a connection already broken has nothing left to flush
+                await bridge.run(nc.close)
         bridge.stop()
 
     # -- sending -------------------------------------------------------------------
