@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import trio
 
@@ -15,19 +13,6 @@ from hyperhive_core.brokers.localcluster import LocalCluster
 from hyperhive_core.daemon import run_hive
 from hyperhive_core.errors import ConfigError, PluginError, StoreError
 from hyperhive_core.testing import needs_claude, operator_reply, running_hive
-
-# nats-py, reconnecting to a node that is down or refuses it, can drop a half-open
-# connection's writer without closing it; its garbage collection warns in whichever
-# test runs then. Each test here collects it before it ends, under this filter.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function StreamWriter.__del__:pytest.PytestUnraisableExceptionWarning"
-)
-
-
-@pytest.fixture(autouse=True)
-def nats_reconnect_leak():
-    yield
-    gc.collect()
 
 
 def jetstream_broker(urls, **section):

@@ -6,7 +6,6 @@ from collections import Counter
 
 import trio
 import trio.testing
-from test_jetstream import nats_reconnect_leak, pytestmark  # noqa: F401 - nats-py's leaked writers
 
 from hyperhive_core.broker import BrokerSection, RecipientDirectory
 from hyperhive_core.brokers import JetStreamSection

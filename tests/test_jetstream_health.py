@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from test_jetstream import nats_reconnect_leak, pytestmark  # noqa: F401 - nats-py's leaked writers
 
 from hyperhive_core import host_commands
 from hyperhive_core.broker import BrokerSection, RecipientDirectory, SqliteBroker

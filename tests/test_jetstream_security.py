@@ -13,7 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from test_jetstream import nats_reconnect_leak, pytestmark  # noqa: F401 - nats-py's leaked writers
 
 from hyperhive_core.broker import BrokerSection, RecipientDirectory
 from hyperhive_core.brokers import JetStreamSection
