@@ -88,6 +88,8 @@ TRY_SECONDS = 2.0
 DUPLICATE_IN_PROCESS = 10158
 # The acked and dead copies dedupe a repeat (a crash between copy and ack) within this window.
 COPY_WINDOW_SECONDS = 300.0
+# How long closing the connection may take before the loop under it is stopped anyway.
+CLOSE_SECONDS = 5.0
 # Not a nats-py error, but what a JetStream request can end in when the cluster is away.
 UNREACHABLE = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
@@ -392,7 +394,9 @@ class JetStreamBroker(MessageBroker):
         bridge, nc, self._bridge, self._nc = self._bridge, self._nc, None, None
         self._consumers.clear()
         if nc is not None:
-            with contextlib.suppress(*UNREACHABLE):  # a connection already broken has nothing left to flush
+            # A connection already broken has nothing left to flush; and nats-py's close can wait
+            # for ever on a reconnect that failed, so it gets a bound before the loop is stopped.
+            with trio.move_on_after(CLOSE_SECONDS), contextlib.suppress(*UNREACHABLE):
                 await bridge.run(nc.close)
         bridge.stop()
 
