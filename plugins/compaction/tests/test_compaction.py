@@ -372,7 +372,8 @@ async def test_the_slash_command_starts_one_and_the_panels_show_it(make_pm, tmp_
 
         before = await page("/agent/worker/")
         assert "last compaction: no compaction yet" in before
-        assert f"notes.md is {len(LONG_NOTES)} bytes; compacted past 99999" in before
+        threshold = "compacted once it grows past 99999 bytes (the threshold)"
+        assert f"notes.md is {len(LONG_NOTES)} bytes; {threshold}" in before
         assert 'data-api="/-/compaction/agents/worker/compact"' in before
         with pytest.raises(HyperhiveError, match="/compact-notes takes no arguments"):
             await web.compact_notes_command(hive, "worker", "now please")
@@ -391,6 +392,7 @@ async def test_the_slash_command_starts_one_and_the_panels_show_it(make_pm, tmp_
             "compaction.js"
         ]
         host = await page("/")
+        assert "notes.md is compacted once it grows past 99999 bytes (the threshold)." in host
         assert '<th scope="row">worker</th>' in host
         assert f"{len(LONG_NOTES)} → {len(SHORT_NOTES)} bytes" in host
         assert '<th scope="row">manager</th><td>-</td><td>no compaction yet</td>' in host
