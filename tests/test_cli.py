@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def test_init_writes_config_and_refuses_to_overwrite(clean_env, tmp_path, hyperh
 def test_plugins_lists_bundled_and_honours_env(clean_env, hyperhive):
     listed = subprocess.run([hyperhive, "plugins"], env=clean_env, capture_output=True, text=True, check=True).stdout
     names = [line.split()[0] for line in listed.splitlines()]
-    assert names == ["allowlist", "compaction", "crashwatch", "nap", "questions", "telemetry", "web"]
+    assert names == ["allowlist", "compaction", "crashwatch", "nap", "questions", "telemetry", "tracing", "web"]
     only_nap = subprocess.run(
         [hyperhive, "plugins"], env=clean_env | {"HYPERHIVE_LOAD_PLUGINS": "nap"}, capture_output=True, text=True
     )
@@ -216,3 +217,16 @@ def test_every_json_flag_is_the_shared_option():
         "status",
     ]
     assert all((param.name, param.is_flag, param.opts) == ("as_json", True, ["--json"]) for param in flags.values())
+
+
+def test_the_readme_shows_only_commands_help_lists(make_pm):
+    """A newcomer copies the README's examples: each command they run is one ``--help`` offers, none hidden."""
+    from hyperhive_core.plugins import make_plugin_manager
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert readme.split("```sh\n", 1)[1].startswith("make up ") and "\nmake test " in readme.split("```", 2)[1]
+    cli = make_cli(make_plugin_manager(None))
+    listed = {name for name, command in cli.commands.items() if not command.hidden}
+    shown = re.findall(r"^\.venv/bin/hyperhive ((?:-\S+ )*)([a-z-]+)", readme, re.M)
+    assert len(shown) >= 5
+    assert {command for _, command in shown} <= listed

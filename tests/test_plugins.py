@@ -27,7 +27,7 @@ from hyperhive_core.plugins import (
 )
 from hyperhive_core.tools import collect_tools
 
-BUNDLED = ["allowlist", "compaction", "crashwatch", "nap", "questions", "telemetry", "web"]
+BUNDLED = ["allowlist", "compaction", "crashwatch", "nap", "questions", "telemetry", "tracing", "web"]
 
 
 def loaded_names(pm) -> list[str]:
