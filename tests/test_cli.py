@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from hyperhive_core import hookimpl
 from hyperhive_core.cli import make_cli
 from hyperhive_core.errors import PluginError
+from hyperhive_core.testing import Script
 
 THIRD_PARTY = {
     "pyproject.toml": """
@@ -231,3 +232,16 @@ def test_the_readme_shows_only_commands_help_lists():
     shown = re.findall(r"^\.venv/bin/hyperhive ((?:-\S+ )*)([a-z][a-z-]*)", readme, re.M)
     assert len(shown) >= 5
     assert {command for _, command in shown} <= listed
+
+
+def test_up_logs_the_dashboards_address_once(hive_daemon):
+    script = Script()
+    script.otherwise("ok")
+    daemon = hive_daemon(script, plugins=["web"], web={"port": 0})
+    url = daemon.login_url().split("/login")[0]
+    daemon.stop()
+    log = daemon.log.read_text()
+    assert log.count(f"Running on {url}") == 1, log
+    # In the daemon's own format, as every other line.
+    (line,) = [line for line in log.splitlines() if "Running on" in line]
+    assert " INFO    hypercorn.error: Running on " in line

@@ -98,6 +98,9 @@ class Dashboard:
         host = f"[{self.settings.bind}]" if ":" in self.settings.bind else self.settings.bind
         config.bind = [f"{host}:{self.settings.port}"]
         config.accesslog = None
+        # A logger, not hypercorn's default "-": that adds a stderr handler of its own
+        # beside the daemon's, and every line (`Running on …`) printed twice.
+        config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
             await nursery.start(self.feed.serve)
