@@ -540,9 +540,14 @@ class MessageBroker(abc.ABC):
     async def recent_from(self, sender: str, limit: int = 50) -> list[Message]:
         """The newest ``limit`` messages from ``sender``, any state, newest first."""
 
-    @abc.abstractmethod
     async def inbox_depth(self, recipient: str) -> int:
         """How many messages to ``recipient`` await delivery (queued or leased)."""
+        return (await self.inbox_depths([recipient]))[recipient]
+
+    @abc.abstractmethod
+    async def inbox_depths(self, recipients: Iterable[str]) -> dict[str, int]:
+        """``inbox_depth`` of each of ``recipients`` (0 for one with none), asked in one go: what a listing
+        of every agent shows, at the cost of one question to the store rather than one per agent."""
 
     @abc.abstractmethod
     async def prune(self, *, now: float | None = None) -> int:
@@ -841,14 +846,18 @@ class SqliteBroker(MessageBroker):
         """The newest ``limit`` messages from ``sender``, any state, newest first."""
         return await self._select("sender = ?", (sender,), limit)
 
-    async def inbox_depth(self, recipient: str) -> int:
-        """How many messages to ``recipient`` await delivery (queued or leased)."""
-        sql = "SELECT count(*) FROM messages WHERE state IN ('queued', 'leased') AND recipient = ?"
-        return await self.store.read(lambda db: db.execute(sql, (recipient,)).fetchone()[0])
+    async def inbox_depths(self, recipients: Iterable[str]) -> dict[str, int]:
+        """One query, each recipient a lookup in the ``messages_by_state`` index: the acked messages,
+        however many, are never read."""
+        names = list(dict.fromkeys(recipients))
+        rows = await self.store.read(lambda db: db.execute(_INBOX_DEPTHS, (json.dumps(names),)).fetchall())
+        counted = dict(rows)
+        return {name: counted.get(name, 0) for name in names}
 
     async def health(self) -> dict[str, Any]:
         """The database file, its write-ahead log's size, and how many messages are in each state but acked."""
-        sql = "SELECT state, count(*) FROM messages WHERE state != 'acked' GROUP BY state"
+        # States named, not "!= 'acked'": a search of the state index, where the inequality scans every acked message.
+        sql = "SELECT state, count(*) FROM messages WHERE state IN ('queued', 'leased', 'dead') GROUP BY state"
         counts = dict(await self.store.read(lambda db: db.execute(sql).fetchall()))
         wal = self.store.path.with_name(self.store.path.name + "-wal")
         return {
@@ -1010,6 +1019,10 @@ def _unlease(
 
 
 _DEAD_COUNT = "SELECT count(*) FROM messages WHERE state = 'dead'"
+_INBOX_DEPTHS = (
+    "SELECT recipient, count(*) FROM messages WHERE state IN ('queued', 'leased') "
+    "AND recipient IN (SELECT value FROM json_each(?)) GROUP BY recipient"
+)
 _STATES = "SELECT id, state FROM messages WHERE id IN (SELECT value FROM json_each(?))"
 
 # Why a message is not a dead letter, by its state (None: no such message).

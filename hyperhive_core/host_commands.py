@@ -78,7 +78,9 @@ async def status(hive: Hive) -> dict[str, Any]:
 async def agents(hive: Hive) -> list[dict[str, Any]]:
     """Every agent with its live state and inbox depth; in a hive across hosts, every host's,
     each with its ``host`` (those of a down host in state ``down``)."""
-    here = [await agent(hive, each.name) for each in hive.agents]
+    names = [each.name for each in hive.agents]
+    depths = await hive.broker.inbox_depths(names)  # one question to the broker, however many agents
+    here = [await _described(hive, name, depths[name]) for name in names]
     cluster = hive.cluster
     if cluster is None or is_forwarded():
         return here
@@ -104,6 +106,8 @@ async def agents(hive: Hive) -> list[dict[str, Any]]:
 
 async def _unreachable(hive: Hive, cluster: Cluster, host: str, reason: str) -> list[dict[str, Any]]:
     """The agents placed on a host that does not answer: state ``down``, and their queued messages."""
+    names = [name for name, placed in sorted(cluster.placement.items()) if placed == host]
+    depths = await hive.broker.inbox_depths(names)
     return [
         {
             "name": name,
@@ -112,10 +116,9 @@ async def _unreachable(hive: Hive, cluster: Cluster, host: str, reason: str) -> 
             "state": "down",
             "detail": reason,
             "model": "",
-            "inbox_depth": await hive.broker.inbox_depth(name),
+            "inbox_depth": depths[name],
         }
-        for name, placed in sorted(cluster.placement.items())
-        if placed == host
+        for name in names
     ]
 
 
@@ -123,10 +126,14 @@ async def _unreachable(hive: Hive, cluster: Cluster, host: str, reason: str) -> 
 async def agent(hive: Hive, agent: str) -> dict[str, Any]:
     """One agent: its live state, config, resource limits (with usage), inbox depth, and
     the connections its egress list refused lately."""
+    return await _described(hive, agent, await hive.broker.inbox_depth(agent))
+
+
+async def _described(hive: Hive, agent: str, inbox_depth: int) -> dict[str, Any]:
     return {
         **hive.agents.get(agent).snapshot(),
         "limits": await hive.backend.limits(hive.container_spec(agent)),
-        "inbox_depth": await hive.broker.inbox_depth(agent),
+        "inbox_depth": inbox_depth,
         "egress_denied": hive.model_proxy.denied(agent),
     }
 

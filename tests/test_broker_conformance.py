@@ -176,6 +176,29 @@ async def test_ack_release_and_dead_letter_after_max_attempts(open_broker):
     assert [m.state for m in await broker.recent_for("bob")] == ["dead", "acked", "acked"]
 
 
+async def test_inbox_depths_of_many_recipients_at_once_match_each_ones_depth(open_broker):
+    broker = await open_broker("bob", "carol", "dave", "erin", max_attempts=1)
+    for n in range(4):
+        await broker.send("alice", "bob", f"bob {n}")  # queued
+    for n in range(3):
+        await broker.send("alice", "carol", f"carol {n}")
+    leased = await broker.lease("carol", limit=2)  # two leased, one queued
+    for n in range(2):
+        await broker.send("alice", "dave", f"dave {n}")
+    assert await broker.ack(await broker.lease("dave", limit=1)) == 1  # one acked, one queued
+    await broker.send("alice", "erin", "erin")
+    assert await broker.release(await broker.lease("erin"), error="failed") != []  # dead
+    names = ["bob", "carol", "dave", "erin", "operator", "bob"]  # one with no mail; a name twice counts once
+
+    depths = await broker.inbox_depths(names)
+
+    assert depths == {"bob": 4, "carol": 3, "dave": 1, "erin": 0, "operator": 0}
+    assert depths == {name: await broker.inbox_depth(name) for name in names}
+    assert await broker.inbox_depths([]) == {}
+    await broker.ack(leased)
+    assert await broker.inbox_depths(["carol"]) == {"carol": 1}
+
+
 async def test_dead_letters_requeue_and_drop_all_or_nothing(open_broker):
     broker = await open_broker("bob", max_attempts=1)
     delivered = await broker.send("operator", "bob", "fine")
