@@ -47,6 +47,7 @@ _EXPORTS = {
     "ConfigError": "hyperhive_core.errors",
     "PluginError": "hyperhive_core.errors",
     "check_model": "hyperhive_core.models",
+    "known_models": "hyperhive_core.models",
     # CLI commands that reach the daemon
     "CliState": "hyperhive_core.cli",
     "pass_state": "hyperhive_core.cli",
@@ -101,6 +102,7 @@ __all__ = [
     "hookimpl",
     "iso_utc",
     "json_option",
+    "known_models",
     "operator_actions",
     "option",
     "pass_state",
@@ -123,7 +125,7 @@ if TYPE_CHECKING:
     from hyperhive_core.hive import Hive
     from hyperhive_core.hookspecs import Service, hookimpl
     from hyperhive_core.host_commands import operator_actions
-    from hyperhive_core.models import check_model
+    from hyperhive_core.models import check_model, known_models
     from hyperhive_core.names import OPERATOR, SYSTEM
     from hyperhive_core.panels import Panel
     from hyperhive_core.plugins import await_all, callers_by_plugin, collect

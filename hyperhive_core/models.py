@@ -54,6 +54,14 @@ def check_model(name: object, extra_models: Collection[str] = ()) -> str:
     )
 
 
+def known_models(extra_models: Collection[str] = ()) -> list[str]:
+    """The model names to offer by name: the CLI's aliases, then ``[claude] extra_models``.
+
+    :func:`check_model` accepts each; it also accepts any full model id, which no list holds.
+    """
+    return [*ALIASES, *(name for name in extra_models if name not in ALIASES)]
+
+
 def check_extra_models(names: Collection[str]) -> None:
     """Check ``[claude] extra_models``: each entry must have the shape of a model name."""
     for name in names:

@@ -7,7 +7,7 @@ from typing import Any
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
 from quart.typing import ResponseReturnValue
 
-from hyperhive_core import OPERATOR, operator_actions
+from hyperhive_core import OPERATOR, known_models, operator_actions
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
 from hyperhive_web.auth import Refused, safe_next
 from hyperhive_web.dashboard import current_dashboard
@@ -117,6 +117,8 @@ async def agent_page(name: str) -> str:
     initial = {
         "agent": await agent_json(name),
         "inbox": await operator_actions.recv(hive, agent=name, limit=INBOX_LIMIT),
+        # The model picker's names; it switches through /model, which checks whatever is typed.
+        "models": known_models(hive.claude.extra_models),
         "commands": [
             {"name": command.name, "help": command.help, "plugin": command.plugin}
             for command in sorted(dashboard.slash_commands.values(), key=lambda command: command.name)

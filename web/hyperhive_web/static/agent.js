@@ -9,6 +9,7 @@
   let agent = initial.agent;
   let inbox = initial.inbox;
   const commands = initial.commands;
+  const models = initial.models;
   const $ = (id) => document.getElementById(id);
   const MAX_TAIL = 2000;
 
@@ -29,6 +30,7 @@
       ? ` <span class="k">· switched <span data-ago="${agent.model_switched_at}">${ago(agent.model_switched_at)}</span></span>`
       : "";
     $("model").innerHTML = `<span class="k">model</span> <span class="v">${escape(agent.model)}</span>${queued}${switched}`;
+    renderModelChoice();
     renderLimits(agent.limits);
     renderEgress(agent.egress_denied || []);
     $("cancel").hidden = !["thinking", "napping", "compacting"].includes(agent.state);
@@ -175,9 +177,15 @@
     }
   }
 
+  // What the tail will show, until the first event or note takes its place.
+  function dropExplanation() {
+    $("tail-empty")?.remove();
+  }
+
   function append(ev) {
     if (seen.has(ev.id)) return; // never twice, whatever the stream replays
     seen.add(ev.id);
+    dropExplanation();
     let repeat = false;
     if (ev.type === "state_change") {
       // A status republished unchanged (a model queued, say) is no news: kept, but not shown.
@@ -209,6 +217,7 @@
   });
 
   function note(text) {
+    dropExplanation();
     const el = document.createElement("div");
     el.className = "ev note local";
     el.innerHTML = `<time>${clockOf(Date.now() / 1000)}</time><span class="glyph" aria-hidden="true">?</span><span class="text">${escape(text)}</span>`;
@@ -305,6 +314,58 @@
       input.value = back ? history[history.length - back] : "";
       e.preventDefault();
     }
+  });
+
+  // -- the model picker: the known models, or another name; it switches through /model -----------------
+
+  const OTHER = "";
+  const choice = $("model-choice");
+  const custom = $("model-custom");
+  const modelError = $("model-error");
+
+  // The running model selected (listed even when it is a full id no list holds), then "other…".
+  function renderModelChoice() {
+    const names = models.includes(agent.model) ? models : [agent.model, ...models];
+    const picked = choice.value;
+    choice.innerHTML = [...names.map((m) => `<option value="${escape(m)}">${escape(m)}${m === agent.model ? " (running)" : ""}</option>`), `<option value="${OTHER}">other…</option>`].join("");
+    // Keep what the operator is choosing; the running model is where the picker starts.
+    choice.value = choice.dataset.touched && [...choice.options].some((o) => o.value === picked) ? picked : agent.model;
+    custom.hidden = choice.value !== OTHER;
+  }
+
+  function showModelError(text) {
+    modelError.textContent = text;
+    modelError.hidden = !text;
+  }
+
+  choice.addEventListener("change", () => {
+    choice.dataset.touched = "1";
+    custom.hidden = choice.value !== OTHER;
+    showModelError("");
+    if (!custom.hidden) custom.focus();
+  });
+  custom.addEventListener("input", () => showModelError(""));
+
+  $("model-picker").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const model = choice.value === OTHER ? custom.value.trim() : choice.value;
+    if (!model) {
+      showModelError("type the name of the model to switch to, or choose one from the list");
+      custom.focus();
+      return;
+    }
+    const line = `/model ${model}`;
+    const call = () => hh.api(`/-/web/agents/${name}/slash`, { method: "POST", body: { line } }).catch((error) => {
+      showModelError(error.message);
+      throw error;
+    });
+    hh.run($("model-switch"), call, { done: (r) => r.text }).then((r) => {
+      if (r === undefined) return;
+      showModelError("");
+      custom.value = "";
+      delete choice.dataset.touched;
+      refreshState();
+    });
   });
 
   // -- buttons ---------------------------------------------------------------------------------------------------
