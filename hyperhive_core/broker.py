@@ -25,7 +25,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -58,6 +58,11 @@ PRUNE_CHUNK = 5000
 # A refused send is logged at once, then at most once per this many seconds.
 REFUSAL_LOG_INTERVAL = 30.0
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Message headers: lowercase names, printable ASCII values, a few small ones (docs/broker.md#headers).
+HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+MAX_HEADERS = 16
+MAX_HEADER_BYTES = 2048
 
 
 @dataclass
@@ -118,6 +123,10 @@ class InvalidBody(BrokerError):
     """A body that is empty, too large, or not UTF-8 text."""
 
 
+class InvalidHeaders(BrokerError):
+    """Message headers with a bad name or value, or too many or too large."""
+
+
 class NotDeadLetter(BrokerError):
     """A dead-letter operation named a message that is not in dead-letter; nothing was changed."""
 
@@ -138,6 +147,8 @@ class Message:
     state: MessageState
     attempts: int
     last_error: str | None
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Metadata the sender's side stamped on it (``message_headers`` hooks): never shown to the model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +171,7 @@ class _Draft(NamedTuple):
     body: str
     created_at: float
     idempotency_key: str | None
+    headers: Mapping[str, str]
 
 
 @dataclass(eq=False)
@@ -276,6 +288,33 @@ def check_idempotency_key(key: object) -> str:
         f"idempotency key must be 1-128 characters of letters, digits, '.', '_', ':' and '-', not {shown}; "
         "a fresh UUID for each new message works"
     )
+
+
+def check_headers(headers: object) -> dict[str, str]:
+    """Return ``headers`` as a dict if each name is lowercase ``[a-z0-9._-]`` (at most 64, starting with a
+    letter or digit), each value printable ASCII (not empty, no space at either end), at most ``MAX_HEADERS``
+    of them in ``MAX_HEADER_BYTES``."""
+    if not isinstance(headers, Mapping):
+        raise InvalidHeaders(f"message headers must be a mapping of names to text, not {type(headers).__name__}")
+    size = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            raise InvalidHeaders(
+                f"message header name {name!r} must be 1-64 lowercase letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit"
+            )
+        if not isinstance(value, str) or not HEADER_VALUE.fullmatch(value):
+            raise InvalidHeaders(
+                f"message header {name!r} must be printable ASCII text, not empty and with no space at either end, "
+                f"not {value!r}"
+            )
+        size += len(name) + len(value)
+    if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+        raise InvalidHeaders(
+            f"message headers are {len(headers)} header(s) in {size} bytes, over the limit of {MAX_HEADERS} "
+            f"in {MAX_HEADER_BYTES} bytes; stamp fewer or shorter ones (message_headers hooks)"
+        )
+    return dict(headers)
 
 
 def _too_large(size: int, limit: int) -> InvalidBody:
@@ -412,11 +451,26 @@ class MessageBroker(abc.ABC):
         self.stats = BrokerStats()
         self._on_commit = on_commit
         self._on_dead = on_dead
+        self.stamp_headers: Callable[[str, str, str, str], Mapping[str, str]] | None = None
+        """The headers every send gets, from ``(sender, recipient, kind, body)``; the hive sets it to run
+        the ``message_headers`` hooks."""
 
     # -- what backends share -------------------------------------------------------
 
-    def draft(self, sender: str, recipient: str, body: str | bytes, kind: str, idempotency_key: str | None) -> _Draft:
-        """Check a send: addresses, kind, body, key, policy. Raises ``BrokerError``; stores nothing."""
+    def draft(
+        self,
+        sender: str,
+        recipient: str,
+        body: str | bytes,
+        kind: str,
+        idempotency_key: str | None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Draft:
+        """Check a send: addresses, kind, body, key, policy, headers. Raises ``BrokerError``; stores nothing.
+
+        The headers are the stamped ones (``stamp_headers``) with ``headers`` over them.
+        """
         sender = check_address(sender, "sender")
         recipient = check_address(recipient, "recipient")
         if recipient == SYSTEM:
@@ -427,7 +481,9 @@ class MessageBroker(abc.ABC):
         if idempotency_key is not None:
             idempotency_key = check_idempotency_key(idempotency_key)
         self.policy.check(sender, recipient)
-        return _Draft(sender, recipient, kind, text, time.time(), idempotency_key)
+        stamped = self.stamp_headers(sender, recipient, kind, text) if self.stamp_headers is not None else {}
+        merged = check_headers({**stamped, **headers} if headers else stamped)
+        return _Draft(sender, recipient, kind, text, time.time(), idempotency_key, merged)
 
     async def announce(self, message: Message) -> None:
         """A new message is durable: run ``on_commit``."""
@@ -474,11 +530,14 @@ class MessageBroker(abc.ABC):
         kind: MessageKind = "text",
         *,
         idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Store a message for ``recipient``; return it once it is durable.
 
         :param idempotency_key: makes a retry safe: sending again with the key
             (by this sender) stores nothing and returns the first message.
+        :param headers: metadata kept with the message (``Message.headers``), over
+            what ``message_headers`` hooks stamp.
         :raises BrokerError: bad input, or a key already used for a different
             message. Nothing is stored.
         :raises StoreError: the store refused the write or cannot be reached.
@@ -590,6 +649,7 @@ class SqliteBroker(MessageBroker):
         kind: MessageKind = "text",
         *,
         idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Store a message for ``recipient``; return it once it is on disk.
 
@@ -602,7 +662,7 @@ class SqliteBroker(MessageBroker):
         :raises StoreError: the database refused the write (a full disk, say).
             Nothing is stored.
         """
-        draft = self.draft(sender, recipient, body, kind, idempotency_key)
+        draft = self.draft(sender, recipient, body, kind, idempotency_key, headers=headers)
         pending = _PendingSend(draft)
         if self._queue is not None:
             try:
@@ -678,7 +738,16 @@ class SqliteBroker(MessageBroker):
             if isinstance(outcome, int):
                 self.stats.messages += 1
                 pending.message = leased_now.get(outcome) or Message(
-                    outcome, draft.sender, draft.recipient, draft.kind, draft.body, draft.created_at, "queued", 0, None
+                    outcome,
+                    draft.sender,
+                    draft.recipient,
+                    draft.kind,
+                    draft.body,
+                    draft.created_at,
+                    "queued",
+                    0,
+                    None,
+                    draft.headers,
                 )
             elif (outcome.recipient, outcome.kind, outcome.body) == (draft.recipient, draft.kind, draft.body):
                 pending.message, pending.repeat = leased_now.get(outcome.id, outcome), True
@@ -869,7 +938,7 @@ class SqliteBroker(MessageBroker):
 
     async def _select(self, where: str, params: tuple[Any, ...], limit: int) -> list[Message]:
         sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - fixed fragments
-        return await self.store.read(lambda db: [Message(*row) for row in db.execute(sql, (*params, limit))])
+        return await self.store.read(lambda db: [_message(row) for row in db.execute(sql, (*params, limit))])
 
     # -- retention ------------------------------------------------------------
 
@@ -913,7 +982,24 @@ Broker = SqliteBroker
 
 # -- SQL, run on the store's threads ---------------------------------------------
 
-_COLUMNS = "id, sender, recipient, kind, body, created_at, state, attempts, last_error"
+_COLUMNS = "id, sender, recipient, kind, body, created_at, state, attempts, last_error, headers"
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    """A row of ``_COLUMNS`` as a ``Message``; headers are stored as JSON, NULL for none."""
+    id_, sender, recipient, kind, body, created_at, state, attempts, last_error, headers = row
+    return Message(
+        id_,
+        sender,
+        recipient,
+        kind,
+        body,
+        created_at,
+        state,
+        attempts,
+        last_error,
+        json.loads(headers) if headers else {},
+    )
 
 
 def m001_messages(db: sqlite_utils.Database) -> None:
@@ -951,7 +1037,15 @@ def m007_message_idempotency_keys(db: sqlite_utils.Database) -> None:
     )
 
 
-_INSERT = "INSERT INTO messages (sender, recipient, kind, body, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?)"
+def m010_message_headers(db: sqlite_utils.Database) -> None:
+    """Each message's headers as a JSON object; NULL when it has none."""
+    db.execute("ALTER TABLE messages ADD COLUMN headers TEXT")
+
+
+_INSERT = (
+    "INSERT INTO messages (sender, recipient, kind, body, created_at, idempotency_key, headers) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _BY_KEY = f"SELECT {_COLUMNS} FROM messages WHERE sender = ? AND idempotency_key = ?"  # noqa: S608 - fixed fragments
 
 
@@ -969,9 +1063,9 @@ def _insert_messages(
         if draft.idempotency_key is not None:
             row = db.execute(_BY_KEY, (draft.sender, draft.idempotency_key)).fetchone()
             if row is not None:
-                stored.append(Message(*row))
+                stored.append(_message(row))
                 continue
-        rowid = db.conn.execute(_INSERT, draft).lastrowid
+        rowid = db.conn.execute(_INSERT, (*draft[:-1], json.dumps(draft.headers) if draft.headers else None)).lastrowid
         assert rowid is not None  # an INSERT always sets it
         stored.append(rowid)
     leased = {recipient: _lease(recipient, token, limit, now, db) for recipient, (token, limit) in hand_over.items()}
@@ -989,7 +1083,7 @@ def _lease(recipient: str, token: str, limit: int, now: float, db: sqlite_utils.
         """,  # noqa: S608 - fixed fragments
         (token, now, recipient, limit),
     ).fetchall()
-    return tuple(sorted((Message(*row) for row in rows), key=lambda message: message.id))
+    return tuple(sorted((_message(row) for row in rows), key=lambda message: message.id))
 
 
 def _ack(token: str, ids: list[int], now: float, db: sqlite_utils.Database) -> int:
@@ -1015,7 +1109,7 @@ def _unlease(
         """,  # noqa: S608 - fixed fragments
         (max_attempts, error, *params),
     ).fetchall()
-    return [Message(*row) for row in rows]
+    return [_message(row) for row in rows]
 
 
 _DEAD_COUNT = "SELECT count(*) FROM messages WHERE state = 'dead'"
@@ -1081,7 +1175,7 @@ def _requeue_dead(ids: list[int], db: sqlite_utils.Database) -> list[Message]:
         """,  # noqa: S608 - fixed fragments
         (_dead_or_raise(ids, "requeued", db),),
     ).fetchall()
-    return sorted((Message(*row) for row in rows), key=lambda message: message.id)
+    return sorted((_message(row) for row in rows), key=lambda message: message.id)
 
 
 def _drop_dead(ids: list[int], db: sqlite_utils.Database) -> list[Message]:
@@ -1092,7 +1186,7 @@ def _drop_dead(ids: list[int], db: sqlite_utils.Database) -> list[Message]:
         """,  # noqa: S608 - fixed fragments
         (_dead_or_raise(ids, "dropped", db),),
     ).fetchall()
-    return sorted((Message(*row) for row in rows), key=lambda message: message.id)
+    return sorted((_message(row) for row in rows), key=lambda message: message.id)
 
 
 def _recipients(db: sqlite_utils.Database) -> list[str]:

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 from hyperhive_core import core_tools, host_commands
 from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents, m008_agent_pause_reason
 from hyperhive_core.approvals import m006_approvals, m009_approval_host
-from hyperhive_core.broker import BrokerSection, Message, m001_messages, m007_message_idempotency_keys
+from hyperhive_core.broker import (
+    BrokerSection,
+    Message,
+    m001_messages,
+    m007_message_idempotency_keys,
+    m010_message_headers,
+)
 from hyperhive_core.brokers import JetStreamSection, make_jetstream_broker, make_sqlite_broker
 from hyperhive_core.claude import ClaudeSection
 from hyperhive_core.cluster import ClusterSection
@@ -37,6 +43,7 @@ CORE_MIGRATIONS = [
     m007_message_idempotency_keys,
     m008_agent_pause_reason,
     m009_approval_host,
+    m010_message_headers,
 ]
 
 # Enough of a body for the sender's live tail; the message itself has all of it.

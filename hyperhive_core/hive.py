@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from hyperhive_core.containers import (
     collect_backends,
 )
 from hyperhive_core.containers.cgroups import ContainersSection, resolve_limits
-from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core.errors import ConfigError, HyperhiveError, PluginError
 from hyperhive_core.events import EventBus, EventsSection
 from hyperhive_core.mcp_surface import AgentSockets
 from hyperhive_core.modelproxy import SOCKET_NAME, make_model_proxy, sandbox_env
@@ -101,6 +102,7 @@ class Hive:
         self.broker: MessageBroker = make_broker(
             self, policy=directory, on_commit=self._message_committed, on_dead=self._messages_dead
         )
+        self.broker.stamp_headers = self._message_headers
         self.agents = Agents(store, self.events, directory, self.settings.manager)
         self.surface = AgentSockets(self, collect_tools(pm))
         self.model_proxy = make_model_proxy(self)
@@ -478,6 +480,24 @@ class Hive:
         """The daemon calls this once every agent has started: report what was held meanwhile."""
         held, self._dead_held = self._dead_held or [], None
         await self._messages_dead(held)
+
+    def _message_headers(self, sender: str, recipient: str, kind: str, body: str) -> dict[str, str]:
+        """What the ``message_headers`` hooks stamp on a send; the first called wins a name two give."""
+        headers: dict[str, str] = {}
+        for stamped in self.pm.hook.message_headers(
+            hive=self, sender=sender, recipient=recipient, kind=kind, body=body
+        ):
+            if inspect.iscoroutine(stamped):
+                stamped.close()
+            if stamped is None:
+                continue
+            if not isinstance(stamped, Mapping):
+                raise PluginError(
+                    f"a message_headers hook returned {type(stamped).__name__}; it must return a mapping of "
+                    "header names to text, or None, at once (not async)"
+                )
+            headers = {**stamped, **headers}
+        return headers
 
     async def _message_committed(self, message: Message) -> None:
         """Run the ``on_message`` hooks; a failing one is reported, the message stays sent."""

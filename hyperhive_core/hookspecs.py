@@ -8,7 +8,7 @@ an awaitable; core awaits it. Every hook here is documented in ``docs/plugins.md
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -144,6 +144,23 @@ def on_message(hive: Hive, message: Message) -> None:
     :param message: the stored ``hyperhive_core.broker.Message``, with its id.
         Runs in the sender's task, so keep it quick. An exception is logged and
         reported as an ``error`` event; the message stays sent.
+    """
+
+
+@hookspec
+def message_headers(hive: Hive, sender: str, recipient: str, kind: str, body: str) -> Mapping[str, str] | None:
+    """Called on every send, before the message is stored, to stamp headers on it.
+
+    :param hive: the running hive.
+    :param sender: who sends it, as core knows it (an agent from its own socket,
+        ``operator`` or ``hive``); headers never change it.
+    :param recipient: who it is for.
+    :param kind: ``text`` or ``event``.
+    :param body: the checked body (a hive event's is its JSON).
+    :return: headers to add (lowercase names, short ASCII values), or ``None``.
+        The results are merged; on a name two plugins give, the one called first
+        wins, and headers the caller passed to ``send`` win over all. Runs in the
+        sender's task and must not await (no ``async def``): keep it quick.
     """
 
 

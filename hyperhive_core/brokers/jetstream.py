@@ -29,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -183,6 +184,10 @@ class JetStreamBroker(MessageBroker):
         self._leases: dict[str, _Lease] = {}
         self._given_back: dict[int, tuple[int, str | None]] = {}
         self._outbox: list[_Outgoing] = []
+        # A token unique to each message (its subject, its own Nats-Msg-Id) and batch: one random
+        # draw for the broker and a count, rather than a draw per send.
+        token_prefix = secrets.token_hex(8)
+        self._tokens = map(f"{token_prefix}{{:x}}".format, itertools.count())
         self.atomic = True
         """Whether the cluster stores a group of sends as one atomic batch (nats-server 2.12 and later)."""
         self._carrying = False
@@ -244,6 +249,8 @@ class JetStreamBroker(MessageBroker):
         )
 
     async def _connect(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:  # connected: no lock to take on every call
+            return
         async with self._connecting:
             if self._nc is not None and not self._nc.is_closed:
                 return
@@ -339,6 +346,8 @@ class JetStreamBroker(MessageBroker):
     async def _until_connected(self, deadline: float | None = None) -> None:
         """On the loop: wait for a reconnect in progress, as long as a request may take (or until ``deadline``)."""
         assert self._connected is not None
+        if self._connected.is_set():  # the usual case, without wait_for's task and timer
+            return
         timeout = self.section.request_timeout_seconds if deadline is None else self._try_seconds(deadline)
         await asyncio.wait_for(self._connected.wait(), timeout)
 
@@ -410,14 +419,17 @@ class JetStreamBroker(MessageBroker):
         kind: MessageKind = "text",
         *,
         idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
-        draft = self.draft(sender, recipient, body, kind, idempotency_key)
+        draft = self.draft(sender, recipient, body, kind, idempotency_key, headers=headers)
         record = {"kind": draft.kind, "body": draft.body, "created_at": draft.created_at}
-        token = secrets.token_hex(8)
+        token = next(self._tokens)
         # Every message has a Nats-Msg-Id, so a publish whose answer was lost can be asked again safely.
         msg_id = f"{draft.sender}:{draft.idempotency_key}" if draft.idempotency_key else f"~{draft.sender}:{token}"
         outgoing = _Outgoing(
-            f"{self.inbox_subject}.{draft.recipient}.{draft.sender}.{token}", _encode(record), {"Nats-Msg-Id": msg_id}
+            f"{self.inbox_subject}.{draft.recipient}.{draft.sender}.{token}",
+            _encode(record),
+            {**_nats_headers(draft.headers), "Nats-Msg-Id": msg_id},
         )
         await self._submit(outgoing)
         if outgoing.error is not None:
@@ -435,7 +447,16 @@ class JetStreamBroker(MessageBroker):
             return await self._repeat(draft, seq)
         self.stats.messages += 1
         message = Message(
-            seq, draft.sender, draft.recipient, draft.kind, draft.body, draft.created_at, "queued", 0, None
+            seq,
+            draft.sender,
+            draft.recipient,
+            draft.kind,
+            draft.body,
+            draft.created_at,
+            "queued",
+            0,
+            None,
+            draft.headers,
         )
         await self.announce(message)
         return message
@@ -520,7 +541,7 @@ class JetStreamBroker(MessageBroker):
         while True:
             await self._until_connected(deadline)
             nc = self._client
-            batch_id = secrets.token_hex(8)
+            batch_id = next(self._tokens)
             *first, last = (
                 (outgoing, {**outgoing.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)})
                 for n, outgoing in enumerate(group, 1)
@@ -715,7 +736,7 @@ class JetStreamBroker(MessageBroker):
 
     def _from_delivery(self, recipient: str, msg: Msg) -> Message:
         metadata = msg.metadata
-        message = self._decode(msg.subject, metadata.sequence.stream, msg.data, "leased")
+        message = self._decode(msg.subject, metadata.sequence.stream, msg.data, "leased", msg.headers)
         attempts = metadata.num_delivered
         return _replace(
             message, attempts=attempts, last_error=self._given_back.get(message.id, (0, message.last_error))[1]
@@ -777,7 +798,14 @@ class JetStreamBroker(MessageBroker):
         """On the loop: store the acked copies, then ack the originals away; return how many acks the server took."""
         await asyncio.gather(
             *(
-                self._publish(subject, record, {"Nats-Msg-Id": f"acked:{msg.metadata.sequence.stream}"})
+                self._publish(
+                    subject,
+                    record,
+                    {
+                        **_nats_headers(_hive_headers(msg.headers)),
+                        "Nats-Msg-Id": f"acked:{msg.metadata.sequence.stream}",
+                    },
+                )
                 for msg, (subject, record) in copies
             )
         )
@@ -817,7 +845,7 @@ class JetStreamBroker(MessageBroker):
                     self._publish(
                         f"{self.dead_subject}.{message.recipient}.{message.sender}.{message.id}",
                         _record(message),
-                        {"Nats-Msg-Id": f"dead:{msg.metadata.sequence.stream}"},
+                        {**_nats_headers(message.headers), "Nats-Msg-Id": f"dead:{msg.metadata.sequence.stream}"},
                     )
                     for (msg, _), message in zip(dead, buried, strict=True)
                 )
@@ -878,7 +906,9 @@ class JetStreamBroker(MessageBroker):
             for seq, message in dead:
                 record = {**_record(message), "id": message.id}
                 subject = f"{self.inbox_subject}.{message.recipient}.{message.sender}.r{message.id}"
-                await self._publish(subject, record, {"Nats-Msg-Id": f"requeue:{seq}"})
+                await self._publish(
+                    subject, record, {**_nats_headers(message.headers), "Nats-Msg-Id": f"requeue:{seq}"}
+                )
                 await self._js.delete_msg(self.dead_stream, seq)
 
         await self._call(requeue)
@@ -957,7 +987,7 @@ class JetStreamBroker(MessageBroker):
             return [result for result in found if not isinstance(result, BaseException)]  # gone meanwhile: acked
 
         stored = await self._call(read) if subjects else []
-        messages = [self._decode(raw.subject, raw.seq, raw.data, state) for raw in stored]
+        messages = [self._decode(raw.subject, raw.seq, raw.data, state, raw.headers) for raw in stored]
         return sorted(messages, key=lambda message: message.id, reverse=True)[:limit]
 
     async def _find(self, message_id: int) -> Message | None:
@@ -989,9 +1019,11 @@ class JetStreamBroker(MessageBroker):
         if hit is None:
             return None
         state, raw = hit
-        return raw.seq, self._decode(raw.subject, raw.seq, raw.data, state)
+        return raw.seq, self._decode(raw.subject, raw.seq, raw.data, state, raw.headers)
 
-    def _decode(self, subject: str, seq: int, data: bytes, state: MessageState) -> Message:
+    def _decode(
+        self, subject: str, seq: int, data: bytes, state: MessageState, headers: Mapping[str, str] | None = None
+    ) -> Message:
         """A stored record as a ``Message``; an inbox message is ``leased`` while this process holds it."""
         _, _, _, recipient, sender, _ = subject.split(".")
         record = json.loads(data)
@@ -1011,6 +1043,7 @@ class JetStreamBroker(MessageBroker):
             state,
             attempts,
             last_error,
+            _hive_headers(headers),
         )
 
     # -- health ----------------------------------------------------------------------
@@ -1150,8 +1183,28 @@ async def _each(nc: nats.NATS, msgs: list[Msg], verb: str, timeout: float) -> in
     return len(results) - len(failed)
 
 
+# One encoder for every record: ``json.dumps`` with an option builds a new one per call, which doubles its cost.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def _encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False).encode()
+    return _ENCODER.encode(record).encode()
+
+
+# A message's own headers travel as NATS headers under this prefix, apart from NATS's (Nats-Msg-Id ...).
+HEADER_PREFIX = "Hive-Header-"
+
+
+def _nats_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {HEADER_PREFIX + name: value for name, value in headers.items()}
+
+
+def _hive_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    return {
+        name.removeprefix(HEADER_PREFIX): value
+        for name, value in (headers or {}).items()
+        if name.startswith(HEADER_PREFIX)
+    }
 
 
 def _record(message: Message) -> dict[str, Any]:
