@@ -56,6 +56,7 @@ _EXPORTS = {
     "json_option": "hyperhive_core.cliopts",
     # the dashboard's: acting for the operator, and the hooks it serves
     "operator_actions": "hyperhive_core.host_commands",
+    "on_manager_host": "hyperhive_core.host_commands",
     "state_paths": "hyperhive_core.daemon",
     "collect": "hyperhive_core.plugins",
     "callers_by_plugin": "hyperhive_core.plugins",
@@ -103,6 +104,7 @@ __all__ = [
     "iso_utc",
     "json_option",
     "known_models",
+    "on_manager_host",
     "operator_actions",
     "option",
     "pass_state",
@@ -124,7 +126,7 @@ if TYPE_CHECKING:
     from hyperhive_core.harness import Turn
     from hyperhive_core.hive import Hive
     from hyperhive_core.hookspecs import Service, hookimpl
-    from hyperhive_core.host_commands import operator_actions
+    from hyperhive_core.host_commands import on_manager_host, operator_actions
     from hyperhive_core.models import check_model, known_models
     from hyperhive_core.names import OPERATOR, SYSTEM
     from hyperhive_core.panels import Panel

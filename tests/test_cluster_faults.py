@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_bwrap import needs_bwrap
-from test_cluster_hosts import conversation, placement_ready
+from test_cluster_hosts import placement_ready
 
+from hyperhive_core.hostclient import request
 from hyperhive_core.testing import Script, needs_claude
 
 # A loaded machine: the cluster may take a while to elect its leaders at first.
@@ -111,14 +111,22 @@ class HostDaemon:
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
 
-    def api(self, path: str) -> Any:
-        """A GET on this host's dashboard, with the operator token."""
+    def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A GET on this host's dashboard (a POST of ``body``, if given), with the operator token, as a
+        script uses it; a refusal raises ``urllib.error.HTTPError``."""
         web = self.dir / "state" / "web"
         url = json.loads((web / "dashboard.json").read_text())["url"]
-        token = (web / "operator-token").read_text().strip()
-        request = urllib.request.Request(url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"})
+        headers = {"Authorization": f"Bearer {(web / 'operator-token').read_text().strip()}"}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url.rstrip("/") + path, data=data, headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
+
+    def request(self, cmd: str, **arguments: Any) -> Any:
+        """``cmd`` on this host's socket; a refusal raises ``HostCommandError``."""
+        return request(self.dir / "state" / "host.sock", cmd, **arguments)
 
 
 def until(condition: Callable[[], Any], seconds: float, what: str) -> Any:
@@ -208,33 +216,3 @@ def test_a_host_killed_mid_turn_shows_down_and_its_agents_messages_wait_for_it(h
     until(lambda: agent_rows(a.status())["bob"]["inbox_depth"] == 0, 60, "bob's inbox to empty")
     hosts_seen = {h["name"]: h["up"] for h in a.status()["cluster"]["hosts"]}
     assert hosts_seen == {"a": True, "b": True}
-
-
-@needs_claude
-@needs_bwrap
-@pytest.mark.slow
-def test_in_bwrap_sandboxes_an_agent_asks_another_hosts_agent_by_name_and_hears_back(hosts):
-    """The real Claude Code CLI in each host's bwrap sandboxes, on the rehearsal model; each
-    host its own uids. The operator on b starts it by sending to alice, on a."""
-    a, b = hosts("a"), hosts("b")
-    on_a, on_b = conversation()
-    # Uids clear of a real hive's and of the other bwrap tests'.
-    for daemon, script, agent, peer, first_uid in ((a, on_a, "alice", "bob", 61700), (b, on_b, "bob", "alice", 61720)):
-        daemon.configure(
-            script,
-            {agent: {"allowed_recipients": [peer]}},
-            backend="bwrap",
-            bwrap={"uid_range_start": first_uid, "uid_range_size": 20},
-        )
-    a.up()
-    b.up()
-
-    sent = b.cli("send", "alice", "ping")
-    assert sent.stdout.startswith("sent message")
-    until(lambda: "bob answered" in a.cli("debug", "recv").stdout, 180, "alice to hear back from bob")
-    # b's live tail has alice's turns, tagged with her host.
-    turn = b.first_event(lambda event: event["type"] == "turn_end", "alice", "--after", "0")
-    assert turn["data"]["host"] == "a"
-    seen_from_b = {agent["name"]: agent["host"] for agent in b.status()["agents"]}
-    assert seen_from_b == {"manager": "a", "alice": "a", "bob": "b"}
-    assert a.status()["backend"]["isolated"]

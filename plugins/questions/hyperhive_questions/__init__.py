@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_core import Panel, ToolContext, hookimpl, iso_utc
-from hyperhive_questions.commands import HOST_COMMANDS, QUESTIONS, add_commands, questions_of
+from hyperhive_core import HyperhiveError, Panel, ToolContext, hookimpl, iso_utc
+from hyperhive_questions.commands import HOST_COMMANDS, QUESTIONS, add_commands, list_questions, questions_of
 from hyperhive_questions.questions import EVENT, Question, Questions, QuestionsSection, m001_questions
 from hyperhive_questions.web import ANSWER_ROUTE, answer_view, questions_panel
 
@@ -95,4 +95,8 @@ def register_routes(register: Callable[..., None]) -> None:
 
 @hookimpl
 async def dashboard_panels(hive: Hive) -> list[Panel]:
-    return [questions_panel(await questions_of(hive).find())]
+    try:  # from the manager's host, wherever this dashboard runs
+        pending = [Question(**question) for question in await list_questions(hive)]
+    except HyperhiveError as exc:  # its host is down: say so where its questions would be
+        return [questions_panel([], unreachable=str(exc))]
+    return [questions_panel(pending)]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_core import StashKey
+from hyperhive_core import StashKey, on_manager_host
 from hyperhive_questions.questions import QuestionError, Questions
 
 if TYPE_CHECKING:
@@ -31,12 +31,18 @@ def question_id(value: Any) -> int:
     raise QuestionError(f"a question id is a whole number, like 3; not {value!r}")
 
 
+# The questions live with the manager, who asks them: in a hive across hosts, the
+# commands run on its host, whichever host's socket, CLI or dashboard they came from.
+
+
+@on_manager_host("questions")
 async def list_questions(hive: Hive, all: bool = False, limit: int = 50) -> list[dict[str, Any]]:
     """Host command ``questions``: the pending questions, or with ``all`` the newest of every status."""
     found = await questions_of(hive).find(include_resolved=all, limit=limit)
     return [question.to_json() for question in found]
 
 
+@on_manager_host("answer-question")
 async def answer_question(hive: Hive, id: Any, answer: str) -> dict[str, Any]:
     """Host command ``answer-question``."""
     if not isinstance(answer, str):
@@ -44,6 +50,7 @@ async def answer_question(hive: Hive, id: Any, answer: str) -> dict[str, Any]:
     return (await questions_of(hive).answer(question_id(id), answer)).to_json()
 
 
+@on_manager_host("cancel-question")
 async def cancel_question(hive: Hive, id: Any) -> dict[str, Any]:
     """Host command ``cancel-question``: resolve it with ``[cancelled]``."""
     return (await questions_of(hive).cancel(question_id(id))).to_json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,17 +17,28 @@ STATIC = Path(__file__).parent / "static"
 ANSWER_ROUTE = "/api/answer-question"
 
 
-def questions_panel(pending: list[Question]) -> Panel:
+def questions_panel(pending: list[Question], unreachable: str = "") -> Panel:
     """The section at the top of the host page; its stylesheet hides it while nothing is pending.
 
     It is always there, so its script is on the page to bring it back when a question arrives.
+    ``unreachable`` is why the questions cannot be read (the manager's host is down): shown instead.
     """
+    body: dict[str, Any] = (
+        {"html": f'<p class="questions-away">{html.escape(unreachable)}</p>'}
+        if unreachable
+        else {
+            "template": "questions/panel.html",
+            "context": {
+                "pending": [(question, iso_utc(question.deadline)) for question in pending],
+                "route": ANSWER_ROUTE,
+            },
+        }
+    )
     return Panel(
         key="questions",
         title="M1ND H4S QU3STI0NS",
         label="questions from the manager that wait for your answer",
-        template="questions/panel.html",
-        context={"pending": [(question, iso_utc(question.deadline)) for question in pending], "route": ANSWER_ROUTE},
+        **body,
         placement="top",
         order=10,
         scripts=(STATIC / "questions.js",),
