@@ -1,8 +1,9 @@
-"""The charts' time axes in Chromium, on a phone's width and a desktop's: labels that fit.
+"""The charts' axes in Chromium, on a phone's width and a desktop's: labels that fit.
 
 Each uPlot the page makes is kept (a stand-in constructor, installed before the
-page's scripts) so the test can read what its x axis drew: the label texts, where
-their centres fall and, measured in the axis font, how wide they are.
+page's scripts) so the test can read what its axes drew: the time labels' texts,
+where their centres fall and, measured in the axis font, how wide they are; and
+whether the widest value label fits its axis. The panels stay within the page.
 """
 
 from __future__ import annotations
@@ -60,10 +61,33 @@ X_AXES = """
     const centre = plot.valToPos(axis._splits[index], "x", true);
     return [{ text: String(text), left: centre - width / 2, right: centre + width / 2 }];
   });
+  const values = plot.axes[1];
+  plot.ctx.font = values.font[0];
+  const widest = Math.max(0, ...(values._values || []).map((text) => plot.ctx.measureText(String(text)).width));
   plot.ctx.restore();
   const span = plot.scales.x.max - plot.scales.x.min;
-  return { chart: plot.root.closest(".telemetry-chart").dataset.chart, points: plot.data[0].length, span, labels };
+  const valueAxis = {
+    texts: values._values,
+    room: values._size - values.ticks.size - values.gap,
+    widest: widest / devicePixelRatio,
+  };
+  const chart = plot.root.closest(".telemetry-chart").dataset.chart;
+  return { chart, points: plot.data[0].length, span, labels, valueAxis };
 })
+"""
+
+# The panel within the page's width; the hive's table scrolls sideways in its own box.
+PANEL_FITS = """
+() => {
+  const panel = document.getElementById("panel-telemetry").getBoundingClientRect();
+  const wrap = document.querySelector(".telemetry-table-wrap");
+  const table = wrap && {
+    scroll: wrap.scrollWidth,
+    client: wrap.clientWidth,
+    cells: wrap.querySelector("td, th").offsetHeight,
+  };
+  return { left: panel.left, right: panel.right, inner: innerWidth, table };
+}
 """
 
 EVERY_CHART_HAS_POINTS = (
@@ -87,6 +111,7 @@ def axes_at(url: str, token: str, width: int) -> dict:
             wait_until(page, EVERY_CHART_HAS_POINTS.format(count=count))
             page.locator("#panel-telemetry").screenshot(path=str(ARTIFACTS / f"axes-{name}-{width}.png"))
             shown[name] = page.evaluate(X_AXES)
+            shown[f"{name}-fit"] = page.evaluate(PANEL_FITS)
     return {"errors": errors, **shown}
 
 
@@ -122,3 +147,15 @@ async def test_time_labels_fit_and_one_point_spans_minutes(make_pm, tmp_path, de
     assert all(re.fullmatch(r"\d\d:\d\d", label["text"]) for label in turns["labels"]), turns["labels"]
     for name in ("agent", "hive"):
         assert (ARTIFACTS / f"axes-{name}-{WIDTHS[device]}.png").stat().st_size > 0
+    # Every value label whole: "199.0 MB" is not cut to "99.0 MB" at the chart's left edge.
+    for where, axis in charts.items():
+        assert axis["valueAxis"]["texts"], where
+        assert axis["valueAxis"]["widest"] <= axis["valueAxis"]["room"], (where, axis["valueAxis"])
+    for name in ("agent", "hive"):
+        fit = shown[f"{name}-fit"]
+        assert fit["left"] >= 0, fit
+        assert fit["right"] <= fit["inner"], fit
+    table = shown["hive-fit"]["table"]
+    assert table["cells"] < 30, table  # one line a cell, not a heading broken over three
+    if device == "phone":
+        assert table["scroll"] > table["client"], table

@@ -160,11 +160,23 @@
     return xs.length && xs[0] === xs[xs.length - 1] ? [xs[0] - 60, xs[0] + 60] : [min, max];
   }
 
+  /** The value axis as wide as its widest label ("199.0 MB"), so none is cut off at the left edge. */
+  function valueAxisSize(u, values, axisIndex, cycle) {
+    const axis = u.axes[axisIndex];
+    if (cycle > 1) return axis._size; // uPlot asks again after a resize; settle rather than loop
+    const widest = (values || []).reduce((longest, text) => (String(text).length > longest.length ? String(text) : longest), "");
+    u.ctx.save();
+    u.ctx.font = axis.font[0];
+    const width = u.ctx.measureText(widest).width / devicePixelRatio;
+    u.ctx.restore();
+    return Math.ceil(width + axis.ticks.size + axis.gap + 4);
+  }
+
   /** A time chart with one line per label; counts are drawn as steps with whole-number ticks. */
   function chart(element, labels, valueFormat, counts) {
     const axis = { stroke: "#9a9a9a", grid: { stroke: "#262626", width: 1 }, ticks: { stroke: "#333", width: 1 } };
     const xAxis = { ...axis, space: TIME_LABEL_SPACE, values: timeLabels };
-    const yAxis = { ...axis, size: 64, values: (u, values) => values.map(valueFormat) };
+    const yAxis = { ...axis, size: valueAxisSize, values: (u, values) => values.map(valueFormat) };
     if (counts) yAxis.incrs = COUNT_STEPS;
     const options = {
       width: Math.max(240, element.clientWidth || 320),
