@@ -159,8 +159,12 @@
       case "approval_requested":
       case "approval_resolved":
         return ["◆", `approval #${escape(d.id)} ${escape(d.kind || "")} ${escape(d.status || "requested")}${d.note ? `: ${escape(d.note)}` : ""}`];
-      default:
+      default: {
+        // A plugin's event with text and a link to a dashboard page (docs/plugins.md): the text, then the link.
+        const href = d.link && typeof d.link.href === "string" && /^\/(?![/\\])/.test(d.link.href) ? d.link.href : null;
+        if (href && typeof d.text === "string") return ["↗", `${escape(d.text)} · <a href="${escape(href)}">${escape(d.link.label || "open")}</a>`];
         return ["·", `<span class="more">${escape(ev.type)}</span> ${escape(clip(JSON.stringify(d), 400))}`];
+      }
     }
   }
 
@@ -354,13 +358,19 @@
       custom.focus();
       return;
     }
+    // A refusal (the rule a name breaks, or the known names) shows under the field, not as a
+    // toast that would lie over the form on a phone.
     const line = `/model ${model}`;
-    const call = () => hh.api(`/-/web/agents/${name}/slash`, { method: "POST", body: { line } }).catch((error) => {
-      showModelError(error.message);
-      throw error;
-    });
-    hh.run($("model-switch"), call, { done: (r) => r.text }).then((r) => {
+    const call = () =>
+      hh.api(`/-/web/agents/${name}/slash`, { method: "POST", body: { line } }).catch((error) => ({ error: error.message }));
+    hh.run($("model-switch"), call).then((r) => {
       if (r === undefined) return;
+      if (r.error) {
+        showModelError(r.error);
+        (custom.hidden ? choice : custom).focus();
+        return;
+      }
+      hh.toast(r.text);
       showModelError("");
       custom.value = "";
       delete choice.dataset.touched;
