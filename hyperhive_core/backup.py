@@ -38,15 +38,12 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from hyperhive_core.cliopts import CliState, pass_state
 from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.paths import StatePaths
-
-if TYPE_CHECKING:
-    from hyperhive_core.cli import CliState
 
 # Rebuilt as needed: agents' sockets, the nspawn backend's generated containers,
 # the daemon's scratch (git's empty home and quarantines).
@@ -226,7 +223,7 @@ def _keep_metadata(path: Path, info: os.stat_result) -> None:
 
 @click.command(name="backup")
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.pass_obj
+@pass_state
 def backup_command(state: CliState, dest: Path) -> None:
     """Copy the state dir to the new directory DEST, consistently, while the hive runs."""
     from hyperhive_core.daemon import state_paths

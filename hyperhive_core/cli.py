@@ -20,7 +20,7 @@ import click
 
 from hyperhive_core import fastcli
 from hyperhive_core.backup import backup_command
-from hyperhive_core.cliopts import echo_json, json_option
+from hyperhive_core.cliopts import CliState, config_option, echo_json, json_option, pass_state
 from hyperhive_core.configfile import configured_plugins, find_config, read_toml
 from hyperhive_core.dead_letters import dead_command
 from hyperhive_core.errors import HyperhiveError, PluginError
@@ -28,7 +28,6 @@ from hyperhive_core.rehearsal.command import rehearse
 from hyperhive_core.service import install_service
 
 if TYPE_CHECKING:
-    from hyperhive_core.boot import Booted
     from hyperhive_core.plugins import HivePluginManager
 
 # Where HiveGroup keeps one invocation's plugin commands, in its context's meta.
@@ -79,32 +78,9 @@ class HiveGroup(click.Group):
             raise click.ClickException(str(cause)) from None
 
 
-class CliState:
-    """Options of the top-level group, shared with every command."""
-
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
-
-    def boot(self) -> Booted:
-        """The validated config and the plugins it selects (they all load)."""
-        from hyperhive_core.boot import boot
-
-        return boot(self.config_path)
-
-
-pass_state = click.make_pass_decorator(CliState)
-
-
 @click.group(cls=HiveGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hyperhive", prog_name="hyperhive")
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    metavar="FILE",
-    is_eager=True,  # read before --help, which lists the commands of the plugins this config selects
-    help="Config file. Default: $HYPERHIVE_CONFIG, then ./hyperhive.toml.",
-)
+@config_option(top_level=True)
 @click.option("-v", "--verbose", count=True, help="More log detail (-v debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.pass_context

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hyperhive_core.cliopts import echo_json, json_option
+from hyperhive_core.cliopts import echo_json, json_option, pass_state
 from hyperhive_core.names import SYSTEM
 
 if TYPE_CHECKING:
@@ -374,7 +374,7 @@ def dead_command() -> None:
 @click.option("--agent", "recipient", metavar="NAME", help="Only those addressed to agent NAME.")
 @click.option("--limit", default=LIST_LIMIT, show_default=True, type=click.IntRange(1, MAX_LIST_LIMIT))
 @json_option(help="Machine-readable output, attempts included.")
-@click.pass_obj
+@pass_state
 def list_command(obj: Any, recipient: str | None, limit: int, as_json: bool) -> None:
     """Dead letters, newest first: id, recipient, sender, attempts, age and last error."""
     result = _ask(obj, "dead_letters", recipient=recipient, limit=limit)
@@ -396,7 +396,7 @@ def list_command(obj: Any, recipient: str | None, limit: int, as_json: bool) -> 
 @dead_command.command(name="show")
 @click.argument("message_id", metavar="ID", type=int)
 @json_option()
-@click.pass_obj
+@pass_state
 def show_command(obj: Any, message_id: int, as_json: bool) -> None:
     """Dead letter ID in full, and what each attempt at it did."""
     letter = _ask(obj, "dead_letter", message_id=message_id)
@@ -424,7 +424,7 @@ def show_command(obj: Any, message_id: int, as_json: bool) -> None:
 @dead_command.command(name="requeue")
 @click.argument("ids", metavar="ID...", type=int, nargs=-1, required=True)
 @json_option()
-@click.pass_obj
+@pass_state
 def requeue_command(obj: Any, ids: tuple[int, ...], as_json: bool) -> None:
     """Put dead letters back in their agents' queues with fresh attempts (all or none)."""
     result = _ask(obj, "requeue_dead", ids=list(ids))
@@ -439,7 +439,7 @@ def requeue_command(obj: Any, ids: tuple[int, ...], as_json: bool) -> None:
 @click.argument("ids", metavar="ID...", type=int, nargs=-1, required=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option()
-@click.pass_obj
+@pass_state
 def drop_command(obj: Any, ids: tuple[int, ...], yes: bool, as_json: bool) -> None:
     """Delete dead letters for good (all or none); asks first unless --yes."""
     what = f"drop dead letter{'s' if len(ids) > 1 else ''} {_ids(ids)} for good"

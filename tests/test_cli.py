@@ -245,3 +245,39 @@ def test_up_logs_the_dashboards_address_once(hive_daemon):
     # In the daemon's own format, as every other line.
     (line,) = [line for line in log.splitlines() if "Running on" in line]
     assert " INFO    hypercorn.error: Running on " in line
+
+
+def test_config_is_taken_before_or_after_the_command(clean_env, tmp_path, hyperhive):
+    def run(*args):
+        return subprocess.run([hyperhive, *args], env=clean_env, capture_output=True, text=True, timeout=120)
+
+    assert run("init", "--config", "after.toml").stdout == "wrote after.toml\n"
+    assert run("-c", "before.toml", "init").stdout == "wrote before.toml\n"
+    assert run("-c", "after.toml", "init", "-c", "./after.toml", "--force").stdout == "wrote after.toml\n"
+    twice = run("-c", "before.toml", "init", "--config", "after.toml")
+    assert twice.returncode == 2
+    assert twice.stderr.endswith(
+        "Error: --config is given twice, as before.toml before the command and after.toml after it; "
+        "give it once, before or after the command name\n"
+    )
+    missing = run("up", "--config", "missing.toml")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "Error: config file missing.toml does not exist; create one with `hyperhive init --config missing.toml`\n",
+    )
+
+
+def test_every_command_that_reads_the_config_takes_config():
+    """Core's and the bundled plugins' commands: all but those that read no hive config."""
+    from hyperhive_core.plugins import make_plugin_manager
+
+    def leaves(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from leaves(sub, (*path, name)) if isinstance(sub, click.Group) else [((*path, name), sub)]
+
+    without = {
+        " ".join(path)
+        for path, command in leaves(make_cli(make_plugin_manager(None)), ())
+        if not any("--config" in param.opts for param in command.params)
+    }
+    assert without == {"install-service", "rehearse"}  # its own --config-path; a scenario, no hive
