@@ -34,7 +34,7 @@
       <div class="body">${escape(d.preview)}</div>
       <p class="last-error"><span class="label">last error</span> ${escape(d.last_error || "(none recorded)")}</p>
       ${attempts}
-      <details class="activity"><summary>what the attempts did</summary><div class="activity-body"></div></details>
+      <details class="activity"><summary>what the attempts did</summary><div class="activity-body" data-keep="children"></div></details>
       <p class="hint warn">${WARNING}</p>
       <div class="decide">
         <button class="go" data-dead="requeue" data-id="${d.id}" aria-label="requeue dead letter ${d.id}">R3QU3U3</button>
@@ -93,43 +93,31 @@
     }
   }
 
+  const attemptsSeen = new Map(); // id → its attempts as last rendered
+
   function render() {
-    const list = $("dead-list");
     const letters = data.dead_letters;
-    const wanted = new Set(letters.map((d) => String(d.id)));
-    for (const el of [...list.querySelectorAll("article.dead-letter")]) if (!wanted.has(el.dataset.id)) el.remove();
-    list.querySelector(".empty, .more")?.remove();
-    let previous = null;
+    const tail = !letters.length
+      ? '<p class="empty">no dead letters. a message whose every delivery attempt fails lands here, to requeue or drop.</p>'
+      : data.total > letters.length ? `<p class="hint more">… and ${data.total - letters.length} older (hyperhive dead list --limit N)</p>` : "";
+    // In place: an armed DR0P stays armed, opened details stay open with what they show.
+    hh.morph($("dead-list"), letters.map(card).join("") + tail);
     for (const d of letters) {
-      const html = card(d);
-      let el = $(`dead-${d.id}`);
-      // An unchanged card stays as it is: an armed DR0P stays armed, opened details stay open.
-      if (!el || el.dataset.html !== html) {
-        const open = el?.querySelector("details.activity")?.open;
-        const template = document.createElement("template");
-        template.innerHTML = html.trim();
-        const fresh = template.content.firstElementChild;
-        fresh.dataset.html = html;
-        if (el) el.replaceWith(fresh);
-        el = fresh;
+      const attempts = JSON.stringify(d.history);
+      if (attemptsSeen.has(d.id) && attemptsSeen.get(d.id) !== attempts) {
         activity.delete(d.id); // new attempts: fetch what they did again
-        if (open) {
-          el.querySelector("details.activity").open = true;
-          loadActivity(el);
-        }
+        const el = $(`dead-${d.id}`);
+        if (el.querySelector("details.activity").open) loadActivity(el);
       }
-      const next = previous ? previous.nextElementSibling : list.firstElementChild;
-      if (next !== el) list.insertBefore(el, next);
-      previous = el;
+      attemptsSeen.set(d.id, attempts);
     }
-    if (!letters.length) list.insertAdjacentHTML("beforeend", '<p class="empty">no dead letters. a message whose every delivery attempt fails lands here, to requeue or drop.</p>');
-    else if (data.total > letters.length) list.insertAdjacentHTML("beforeend", `<p class="hint more">… and ${data.total - letters.length} older (hyperhive dead list --limit N)</p>`);
     const total = data.total;
     $("dead-title").querySelector("span").innerHTML = `◆ D34D L3TT3RS ◆<span class="count">${total}</span>`;
     const chip = $("dead-chip");
     chip.hidden = !total;
     chip.textContent = `◆ ${total} D34D`;
     chip.setAttribute("aria-label", `${plural(total, "dead letter")}: messages whose every delivery attempt failed`);
+    hh.waiting("dead letters", total);
   }
 
   let timer = null;
@@ -161,6 +149,14 @@
   });
 
   for (const type of ["message_dead", "message_requeued", "message_dropped"]) hh.on(type, refresh);
+  hh.on("message_dead", (ev) => {
+    if (ev.replay) return;
+    hh.notify(`dead letter #${ev.data.id} to ${ev.data.recipient}`, {
+      body: ev.data.last_error || ev.data.preview || "",
+      tag: `dead-${ev.data.id}`,
+      href: `#dead-${ev.data.id}`,
+    });
+  });
   let connections = 0;
   hh.on("live", () => {
     if (connections++ > 0) refresh(); // after a reconnect, the replay may not cover everything

@@ -25,12 +25,12 @@
   function actionsCell(a) {
     const name = escape(a.name);
     const resume = a.paused || a.failed
-      ? `<button class="go" data-act="resume" data-agent="${name}" aria-label="resume ${name}">R3SUM3</button>`
+      ? `<button class="go" data-act="resume" data-key="resume" data-agent="${name}" aria-label="resume ${name}">R3SUM3</button>`
       : "";
     const destroy = a.role === "manager"
       ? ""
-      : `<button class="danger" data-act="destroy" data-agent="${name}" aria-label="destroy ${name}, keeping its state">D3STR0Y</button>`;
-    return `${resume}<button class="quiet" data-act="rebuild" data-agent="${name}" aria-label="rebuild ${name}">REBU1LD</button>${destroy}`;
+      : `<button class="danger" data-act="destroy" data-key="destroy" data-agent="${name}" aria-label="destroy ${name}, keeping its state">D3STR0Y</button>`;
+    return `${resume}<button class="quiet" data-act="rebuild" data-key="rebuild" data-agent="${name}" aria-label="rebuild ${name}">REBU1LD</button>${destroy}`;
   }
 
   function cells(a) {
@@ -54,14 +54,14 @@
       row = document.createElement("tr");
       row.id = `agent-${a.name}`;
       row.dataset.agent = a.name;
-      row.innerHTML = '<td class="name"></td><td class="host"></td><td class="state"></td><td class="turn num"></td><td class="model"></td><td class="inbox num"></td><td class="actions"></td>';
+      row.innerHTML = '<td class="name"></td><td class="host" data-label="host"></td><td class="state"></td><td class="turn num" data-label="last turn"></td>'
+        + '<td class="model" data-label="model"></td><td class="inbox num" data-label="inbox"></td><td class="actions"></td>';
     }
     const html = cells(a);
     for (const [key, value] of Object.entries(html)) {
       const cell = row.querySelector(`.${key}`);
-      // Untouched cells keep their state (an armed D3STR0Y button stays armed).
       if (cell.dataset.html !== value) {
-        cell.innerHTML = value;
+        hh.morph(cell, value); // an armed D3STR0Y stays armed
         cell.dataset.html = value;
       }
     }
@@ -155,23 +155,14 @@
   function renderApprovals() {
     const pending = approvals.filter((p) => p.status === "pending");
     const done = approvals.filter((p) => p.status !== "pending");
-    const focused = document.activeElement?.closest?.(".approval")?.id;
-    const notes = {};
-    for (const input of document.querySelectorAll(".approval input[name=note]")) notes[input.closest("form").dataset.approval] = input.value;
     const history = done.length
       ? `<details class="history"><summary>recently resolved (${done.length})</summary><ul class="resolved">${done
           .map((p) => `<li><span>#${p.id}</span><span>${escape(p.kind)} ${escape(p.agent)}</span><span class="st-${escape(p.status)}">${escape(p.status)}</span><span>${escape(p.note || p.error || "")}</span></li>`)
           .join("")}</ul></details>`
       : "";
-    const list = $("approval-list");
-    const wasOpen = list.querySelector("details.history")?.open;
-    list.innerHTML = (pending.length ? pending.map(pendingCard).join("") : '<p class="empty">nothing waits for you.</p>') + history;
-    if (wasOpen) list.querySelector("details.history").open = true;
-    for (const [id, value] of Object.entries(notes)) {
-      const input = list.querySelector(`form[data-approval="${id}"] input[name=note]`);
-      if (input) input.value = value;
-    }
-    if (focused) $(focused)?.querySelector("input")?.focus();
+    // In place: an armed D3NY, a note being typed and the opened history all stay as they are.
+    hh.morph($("approval-list"), (pending.length ? pending.map(pendingCard).join("") : '<p class="empty">nothing waits for you.</p>') + history);
+    hh.waiting("approvals", pending.length);
     $("approvals-title").querySelector("span").innerHTML = `◆ 4PPR0V4LS ◆${pending.length ? `<span class="count">${pending.length} pending</span>` : ""}`;
     const chip = $("pending");
     chip.hidden = !pending.length;
@@ -203,22 +194,22 @@
   // -- drafts and kept state -------------------------------------------------------------------
 
   function renderDrafts() {
-    $("draft-list").innerHTML = drafts.length
+    hh.morph($("draft-list"), drafts.length
       ? `<ul class="rows">${drafts
-          .map((d) => `<li><span class="name">${escape(d.name)}</span><span class="meta">drafted by ${escape(d.created_by)} · <span data-ago="${d.created_at}">${ago(d.created_at)}</span></span><span class="grow"></span>${
+          .map((d) => `<li data-key="draft-${escape(d.name)}"><span class="name">${escape(d.name)}</span><span class="meta">drafted by ${escape(d.created_by)} · <span data-ago="${d.created_at}">${ago(d.created_at)}</span></span><span class="grow"></span>${
             d.pending ? `<a href="#approval-${d.pending}">#${d.pending} waits for approval</a>` : '<span class="meta">being prepared by the manager</span>'}</li>`)
           .join("")}</ul>`
-      : '<p class="empty">no drafts. the manager drafts an agent with request_spawn_draft.</p>';
+      : '<p class="empty">no drafts. the manager drafts an agent with request_spawn_draft.</p>');
   }
 
   function renderKept() {
-    $("kept-list").innerHTML = kept.length
+    hh.morph($("kept-list"), kept.length
       ? `<ul class="rows">${kept
-          .map((k) => `<li><span class="name">${escape(k.name)}</span><span class="meta">destroyed <span data-ago="${k.destroyed_at}">${ago(k.destroyed_at)}</span></span><span class="grow"></span>
-            <button class="go" data-act="restore" data-agent="${escape(k.name)}" aria-label="restore ${escape(k.name)}">R3ST0R3</button>
-            <button class="danger" data-act="purge" data-agent="${escape(k.name)}" aria-label="purge the state of ${escape(k.name)}, for good">PURG3</button></li>`)
+          .map((k) => `<li data-key="kept-${escape(k.name)}"><span class="name">${escape(k.name)}</span><span class="meta">destroyed <span data-ago="${k.destroyed_at}">${ago(k.destroyed_at)}</span></span><span class="grow"></span>
+            <button class="go" data-act="restore" data-key="restore" data-agent="${escape(k.name)}" aria-label="restore ${escape(k.name)}">R3ST0R3</button>
+            <button class="danger" data-act="purge" data-key="purge" data-agent="${escape(k.name)}" aria-label="purge the state of ${escape(k.name)}, for good">PURG3</button></li>`)
           .join("")}</ul>`
-      : '<p class="empty">no kept state. destroyed agents leave theirs here, to restore or purge.</p>';
+      : '<p class="empty">no kept state. destroyed agents leave theirs here, to restore or purge.</p>');
   }
 
   // -- the operator inbox -------------------------------------------------------------------------
@@ -226,26 +217,20 @@
   function messageItem(m) {
     const from = agentNames().has(m.from) ? `<a href="/agent/${escape(m.from)}/">${escape(m.from)}</a>` : escape(m.from);
     const reply = agentNames().has(m.from)
-      ? `<form class="reply inline-form" data-to="${escape(m.from)}" hidden><input name="body" aria-label="reply to ${escape(m.from)}" placeholder="reply to ${escape(m.from)}" required><button type="submit" aria-label="send the reply">S3ND</button></form>`
+      ? `<form class="reply inline-form" data-to="${escape(m.from)}" data-keep="hidden" hidden><input name="body" aria-label="reply to ${escape(m.from)}" placeholder="reply to ${escape(m.from)}" required><button type="submit" aria-label="send the reply">S3ND</button></form>`
       : "";
-    return `<li class="${escape(m.kind)}" data-id="${m.id}"><div class="head"><span class="from">${from}</span>${m.kind === "event" ? '<span class="kind">hive event</span>' : ""}
+    return `<li class="${escape(m.kind)}${settled.has(m.id) ? " settled" : ""}" data-id="${m.id}" data-key="message-${m.id}"><div class="head"><span class="from">${from}</span>${m.kind === "event" ? '<span class="kind">hive event</span>' : ""}
       <span class="at" data-ago="${m.at}">${ago(m.at)}</span>${reply ? `<button class="quiet" data-act="reply" aria-label="reply to ${escape(m.from)}">↩</button>` : ""}</div>
       <div class="body">${escape(m.body)}</div>${reply}</li>`;
   }
 
+  // What was there when the page loaded does not light up as new; a reply being typed stays open.
+  const settled = new Set(inbox.map((m) => m.id));
+
   function renderInbox() {
-    const list = $("inbox-list");
-    const seen = new Set([...list.children].map((li) => li.dataset.id));
-    const open = [...list.querySelectorAll("form.reply:not([hidden])")].map((f) => f.closest("li").dataset.id);
-    if (!inbox.length) {
-      list.innerHTML = '<li class="empty">nothing yet. what agents send to the operator lands here.</li>';
-      return;
-    }
-    list.innerHTML = inbox.map(messageItem).join("");
-    for (const li of list.children) {
-      if (seen.has(li.dataset.id) || !seen.size) li.style.animation = "none";
-      if (open.includes(li.dataset.id)) li.querySelector("form.reply").hidden = false;
-    }
+    hh.morph($("inbox-list"), inbox.length
+      ? inbox.map(messageItem).join("")
+      : '<li class="empty">nothing yet. what agents send to the operator lands here.</li>');
   }
 
   $("inbox-list").addEventListener("click", (e) => {
@@ -348,7 +333,22 @@
   hh.on("note", (ev) => {
     if (/^(spawned|destroyed|restored|rebuilt|drafted|model switched)/.test(ev.data.text || "")) refresh.lists();
   });
-  hh.on("approval_requested", () => { refresh.approvals(); refresh.lists(); });
+  hh.on("approval_requested", (ev) => {
+    refresh.approvals();
+    refresh.lists();
+    if (!ev.replay) {
+      hh.notify(`approval #${ev.data.id} waits: ${ev.data.kind} ${ev.agent}`, {
+        body: ev.data.description || `asked by ${ev.data.requested_by}`,
+        tag: `approval-${ev.data.id}`,
+        href: `#approval-${ev.data.id}`,
+      });
+    }
+  });
+  hh.on("error", (ev) => {
+    // An agent's crash or failed turn; the daemon's own errors (agent "hive") are for its log.
+    if (ev.replay || !agentNames().has(ev.agent)) return;
+    hh.notify(`${ev.agent}: error`, { body: ev.data.text || ev.data.error || "", tag: `error-${ev.agent}`, href: `#agent-${ev.agent}` });
+  });
   hh.on("approval_resolved", () => { refresh.approvals(); refresh.lists(); });
 
   let connections = 0;

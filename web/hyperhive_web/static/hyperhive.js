@@ -186,6 +186,146 @@
     }
   }
 
+  // -- re-rendering in place --------------------------------------------------------------
+  // A live update patches the nodes already on the page rather than replacing them: a
+  // button waiting for its second click stays armed, an open <details> stays open, and a
+  // half-typed answer keeps its text, its caret and the focus.
+
+  /** An element's identity across renders: its id, or its data-key. */
+  const keyOf = (node) => (node.nodeType === Node.ELEMENT_NODE ? node.id || node.dataset.key || null : null);
+  const sameKind = (a, b) => a.nodeType === b.nodeType && a.nodeName === b.nodeName;
+  // An armed or running button is the operator's until it is done: left exactly as it is.
+  const held = (el) => el.dataset.armed === "1" || el.getAttribute("aria-busy") === "true";
+
+  /** What data-keep names stays as the page has it: attributes, or "children" (a script fills them). */
+  function kept(el) {
+    const keep = new Set((el.dataset.keep || "").split(/\s+/).filter(Boolean));
+    if (el.localName === "details") keep.add("open"); // the operator opens and closes it
+    return keep;
+  }
+
+  function morphAttributes(from, to, keep) {
+    for (const { name } of [...from.attributes]) {
+      if (!keep.has(name) && !to.hasAttribute(name)) from.removeAttribute(name);
+    }
+    for (const { name, value } of [...to.attributes]) {
+      if (!keep.has(name) && from.getAttribute(name) !== value) from.setAttribute(name, value);
+    }
+  }
+
+  function morphNode(from, to) {
+    if (from.nodeType !== Node.ELEMENT_NODE) {
+      if (from.nodeValue !== to.nodeValue) from.nodeValue = to.nodeValue;
+      return;
+    }
+    if (held(from)) return;
+    const keep = kept(from);
+    morphAttributes(from, to, keep);
+    if (!keep.has("children")) morphChildren(from, to);
+  }
+
+  function morphChildren(from, to) {
+    const keyed = new Map();
+    for (const child of from.childNodes) if (keyOf(child)) keyed.set(keyOf(child), child);
+    let cursor = from.firstChild;
+    for (const want of [...to.childNodes]) {
+      const key = keyOf(want);
+      let match = null;
+      if (key) {
+        match = keyed.get(key);
+        keyed.delete(key);
+        if (match && !sameKind(match, want)) match = null;
+      } else {
+        for (let node = cursor; node && !match; node = node.nextSibling) {
+          if (!keyOf(node) && sameKind(node, want)) match = node;
+        }
+      }
+      if (match) morphNode(match, want);
+      else match = want;
+      if (match === cursor) cursor = cursor.nextSibling;
+      else from.insertBefore(match, cursor);
+    }
+    while (cursor) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
+  }
+
+  /** Run change(), then give the focus (and the caret) back to the field that had it, if it is still there. */
+  function keepingFocus(root, change) {
+    const focused = root.contains(document.activeElement) ? document.activeElement : null;
+    let caret = null;
+    try {
+      if (focused && typeof focused.selectionStart === "number") {
+        caret = [focused.selectionStart, focused.selectionEnd, focused.selectionDirection];
+      }
+    } catch {
+      // a field without a caret (a number input)
+    }
+    change();
+    if (focused && focused.isConnected && document.activeElement !== focused) {
+      focused.focus({ preventScroll: true });
+      if (caret) focused.setSelectionRange(...caret);
+    }
+    tick();
+  }
+
+  /** Make el's children what html describes, reusing the nodes already there (matched by id or data-key). */
+  function morph(el, html) {
+    const template = document.createElement("template");
+    template.innerHTML = html;
+    keepingFocus(el, () => morphChildren(el, template.content));
+  }
+
+  // -- what waits for the operator: the tab's title and icon, and notifications ---------------
+
+  const baseTitle = document.title;
+  const favicon = document.querySelector('link[rel="icon"]');
+  const baseIcon = favicon?.getAttribute("href");
+  const waitingBy = new Map();
+
+  function badgeIcon(count) {
+    const text = count > 99 ? "99+" : String(count);
+    const svg = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><path d="M32 3 57 17.5v29L32 61 7 46.5v-29z" fill="#07080a" stroke="#ffb000" stroke-width="4"/><circle cx="42" cy="22" r="20" fill="#ff5468"/><text x="42" y="30" font-family="monospace" font-weight="700" font-size="${text.length > 2 ? 16 : 22}" text-anchor="middle" fill="#0b0b0b">${text}</text></svg>`;
+    return `data:image/svg+xml,${encodeURIComponent(svg)}`;
+  }
+
+  /** How many things of source wait for the operator; the title and the favicon show the sum. */
+  function waiting(source, count) {
+    waitingBy.set(source, count);
+    const total = [...waitingBy.values()].reduce((a, b) => a + b, 0);
+    document.title = total ? `(${total}) ${baseTitle}` : baseTitle;
+    if (favicon) favicon.setAttribute("href", total ? badgeIcon(total) : baseIcon);
+    askForNotificationsOnFirstClick();
+    return total;
+  }
+
+  // Browsers ignore (or hold against the page) a permission prompt nobody asked for:
+  // the operator's first click anywhere asks, never the page load.
+  let askArmed = false;
+  function askForNotificationsOnFirstClick() {
+    if (askArmed || !("Notification" in window)) return;
+    askArmed = true;
+    document.addEventListener("click", () => {
+      if (Notification.permission === "default") Notification.requestPermission().catch(() => {});
+    }, { once: true, capture: true });
+  }
+
+  /** A browser notification, only while the tab is hidden (and notifications are allowed). */
+  function notify(title, { body = "", tag, href } = {}) {
+    if (document.visibilityState !== "hidden" || !("Notification" in window) || Notification.permission !== "granted") {
+      return null;
+    }
+    const note = new Notification(title, { body, tag, icon: "/static/icon-192.png" });
+    note.onclick = () => {
+      window.focus();
+      if (href) location.hash = href;
+      note.close();
+    };
+    return note;
+  }
+
   // -- plugin panels ---------------------------------------------------------------------
 
   async function refreshPanel(key) {
@@ -200,12 +340,13 @@
     template.innerHTML = data.html.trim();
     const section = template.content.firstElementChild;
     if (existing) {
-      existing.replaceWith(section);
-    } else {
-      const box = document.querySelector(`.panels[data-placement="${data.placement}"]`);
-      const after = [...box.children].find((el) => Number(el.dataset.order) > data.order);
-      box.insertBefore(section, after || null);
+      keepingFocus(existing, () => morphNode(existing, section));
+      return existing;
     }
+    const box = document.querySelector(`.panels[data-placement="${data.placement}"]`);
+    const after = [...box.children].find((el) => Number(el.dataset.order) > data.order);
+    box.insertBefore(section, after || null);
+    tick();
     return section;
   }
 
@@ -313,6 +454,9 @@
     toast,
     run,
     refreshPanel,
+    morph,
+    waiting,
+    notify,
     formatDuration,
     clock,
     ago,

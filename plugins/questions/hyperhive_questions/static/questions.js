@@ -1,32 +1,32 @@
 // ◆ M1ND H4S QU3STI0NS ◆: re-rendered from the server whenever a question is asked or
-// resolved, keeping what the operator was typing into the other questions.
+// resolved. The dashboard patches the section in place, so what the operator is typing
+// into another question (text, caret, focus) stays as it is.
 "use strict";
 
 (() => {
   const KEY = "questions";
 
-  async function refresh() {
-    const drafts = new Map();
-    for (const field of document.querySelectorAll(`#panel-${KEY} [name=answer]`)) {
-      drafts.set(field.closest("[data-question]").dataset.question, field.value);
-    }
-    const focused = document.activeElement?.closest?.(`#panel-${KEY} [data-question]`)?.dataset.question;
-    const section = await hyperhive.refreshPanel(KEY);
-    if (!section) return;
-    for (const [id, value] of drafts) {
-      const field = section.querySelector(`[data-question="${id}"] [name=answer]`);
-      if (field && value) field.value = value;
-    }
-    if (focused) section.querySelector(`[data-question="${focused}"] [name=answer]`)?.focus();
+  function count() {
+    hyperhive.waiting(KEY, document.querySelectorAll(`#panel-${KEY} [data-question]`).length);
   }
 
   function changed(event) {
     if (event.replay) return;
-    refresh().catch((error) => hyperhive.toast(error.message, { kind: "error" }));
+    hyperhive.refreshPanel(KEY).then(count, (error) => hyperhive.toast(error.message, { kind: "error" }));
   }
 
-  hyperhive.on("questions.asked", changed);
+  hyperhive.on("questions.asked", (event) => {
+    changed(event);
+    if (!event.replay) {
+      hyperhive.notify(`${event.data.asker} asks the operator`, {
+        body: event.data.question,
+        tag: `question-${event.data.id}`,
+        href: `#panel-${KEY}`,
+      });
+    }
+  });
   hyperhive.on("questions.resolved", changed);
   // Back from a lost connection: whatever changed meanwhile came as replayed events.
   hyperhive.on("live", changed);
+  count();
 })();
