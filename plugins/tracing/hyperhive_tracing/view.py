@@ -54,7 +54,7 @@ def publish_turn_link(hive: Hive, agent: str, trace_id: str, span_id: str) -> Ev
         trace_id=trace_id,
         span_id=span_id,
         text=f"trace {trace_id[:8]}",
-        link={"href": trace_href(trace_id, span_id), "label": "trace ↗"},
+        link={"href": trace_href(trace_id, span_id), "label": "waterfall ↗"},
     )
 
 
