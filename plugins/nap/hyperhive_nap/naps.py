@@ -65,6 +65,7 @@ class Naps:
         self._wake_at[agent] = wake_at
         await self.hive.store.write(lambda db: db.table(TABLE).upsert(row, pk="agent"))
         self.hive.events.publish(agent, "note", text=f"napping for {seconds}s, until {iso_utc(wake_at)}")
+        self.hive.events.publish(agent, "nap.started", seconds=seconds, wake_at=wake_at)
         return wake_at
 
     async def wait(self, agent: str) -> None:
@@ -91,6 +92,7 @@ class Naps:
         if self._wake_at.get(agent) == wake_at:  # not already ended by the operator
             await self._forget(agent)
             self.hive.events.publish(agent, "note", text="woke from a nap")
+            self.hive.events.publish(agent, "nap.ended", how="woke")
 
     async def wake(self, agent: str) -> bool:
         """End ``agent``'s nap now; return whether it was napping (or about to)."""
@@ -101,6 +103,7 @@ class Naps:
         if agent in self._woken:
             self._woken[agent].set()
         self.hive.events.publish(agent, "note", text="nap ended by the operator")
+        self.hive.events.publish(agent, "nap.ended", how="woken by the operator")
         return True
 
     async def _forget(self, agent: str) -> None:

@@ -19,7 +19,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,12 +119,24 @@ class SpanRecord:
             "links": json.dumps(self.links),
         }
 
+    def to_event(self) -> dict[str, Any]:
+        """The span as live-event data, for the other hosts of a hive across several."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_event(cls, data: Mapping[str, Any]) -> SpanRecord:
+        """A span another host published (``to_event``); a malformed one raises ``ValueError`` or ``TypeError``."""
+        return cls(**{name: data[name] for name in _FIELDS if name in data})
+
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SpanRecord:
         fields = {**row, "waits_on_person": bool(row["waits_on_person"])}
         fields["attributes"] = json.loads(row["attributes"])
         fields["links"] = json.loads(row["links"])
         return cls(**fields)
+
+
+_FIELDS = tuple(SpanRecord.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
