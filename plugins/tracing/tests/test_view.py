@@ -13,11 +13,11 @@ import hyperhive_tracing
 import hyperhive_web
 import pytest
 import trio
-from hyperhive_tracing.store import SpanRecord, save_spans
+from hyperhive_tracing.store import SpanRecord, recent_traces, save_spans
 from hyperhive_tracing.view import publish_turn_link
 from hyperhive_web import dashboard_of
 
-from hyperhive_core.testing import Script, running_hive, wait_until
+from hyperhive_core.testing import Script, needs_claude, next_event, running_hive, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "test-artifacts" / "tracing"
@@ -368,4 +368,65 @@ async def test_a_turn_in_the_tail_links_to_its_trace(hive, chromium):
         return page.locator(f"#detail-{SPAN['later_turn']}").inner_text()
 
     assert "turn worker" in await chromium.run(follow)
+    assert errors == []
+
+
+CONVERSATION = """
+[[agents.manager.rules]]
+when = "from operator"
+steps = [
+  { tool = "send", input = { to = "worker", body = "please report" } },
+  { text = "asked the worker" },
+]
+
+[[agents.worker.rules]]
+when = "please report"
+steps = [
+  { tool = "Read", input = { file_path = "/etc/hostname" } },
+  { text = "done" },
+]
+"""
+
+
+def follow_the_tail(page: Any) -> dict[str, Any]:
+    """From the worker's tail to its turn's trace: the waterfall as the conversation drew it."""
+    page.wait_for_selector('#tail .ev a[href^="/-/tracing/trace/"]')
+    page.locator('#tail .ev a[href^="/-/tracing/trace/"]').first.click()
+    page.wait_for_selector(".wf-detail:not([hidden])")  # the link opens the worker's turn
+    page.screenshot(path=str(ARTIFACTS / "conversation.png"), full_page=True)
+    return {
+        "opened": page.locator(".wf-detail:not([hidden]) header strong").inner_text(),
+        "rows": page.eval_on_selector_all(
+            ".wf-row",
+            """rows => rows.map(row => [
+                row.querySelector('.wf-name').textContent,
+                Number(row.dataset.depth),
+                row.classList.contains('critical'),
+            ])""",
+        ),
+    }
+
+
+@needs_claude
+@pytest.mark.slow
+async def test_a_conversation_from_the_tail_to_its_waterfall(make_pm, tmp_path, chromium):
+    pm = make_pm(web=hyperhive_web, tracing=hyperhive_tracing)
+    async with running_hive(tmp_path, pm, CONVERSATION, agents={"worker": {}}, web={"port": 0}) as hive:
+        await hive.broker.send("operator", "manager", "how is the worker?")
+        with trio.fail_after(90):
+            await next_event(hive, "worker", "turn_end")
+            while not (traces := await recent_traces(hive, 5)) or traces[0].open:
+                await trio.sleep(0.1)  # the spans are written just after the turn ends
+        errors: list[str] = []
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page = await chromium.dashboard(hive, "/agent/worker/", errors)
+        seen = await chromium.run(follow_the_tail, page)
+
+    assert seen["opened"] == "turn worker"
+    rows = {name: (depth, critical) for name, depth, critical in seen["rows"]}
+    assert seen["rows"][0] == ["message operator→manager", 0, True]
+    assert rows["turn manager"][0] == 1
+    assert rows["send manager→worker"][0] == 2
+    assert rows["turn worker"] == (3, True)  # the worker's turn continues the send, and ends last
+    assert rows["tool Read"][0] == 4
     assert errors == []
