@@ -220,15 +220,17 @@ def branches(tops: Sequence[SpanNode]) -> list[Branch]:
 
 
 def cost_by_agent(tops: Sequence[SpanNode]) -> dict[str, float]:
-    """What each agent's spans cost, model requests counted once (see the module's definitions)."""
-    costs: dict[str, float] = defaultdict(float)
-    for top in tops:
-        costs[top.span.agent] += top.span.cost_usd or 0.0
-    for node in walk(tops):
-        for kid in node.children:
-            if kid.span.cost_usd is not None and _counted(node.span.cost_usd, kid.span):
-                costs[kid.span.agent] += kid.span.cost_usd
-    return {agent: cost for agent, cost in sorted(costs.items()) if cost}
+    """What each agent's spans cost, model requests counted once (see the module's definitions).
+
+    Only agents with a span that carries a cost are listed (at $0 on the rehearsal model).
+    """
+    costs: dict[str, float] = {}
+    counted = [(None, top) for top in tops] + [(node, kid) for node in walk(tops) for kid in node.children]
+    for parent, node in counted:
+        cost = node.span.cost_usd
+        if cost is not None and (parent is None or _counted(parent.span.cost_usd, node.span)):
+            costs[node.span.agent] = costs.get(node.span.agent, 0.0) + cost
+    return dict(sorted(costs.items()))
 
 
 def analyse(spans: Sequence[SpanRecord], now_ns: int) -> TraceAnalysis:

@@ -189,7 +189,8 @@ def trace_context(trace_id: str, analysis: TraceAnalysis) -> dict[str, Any]:
         "spans": len(analysis.rows),
         "agents": sorted({node.span.agent for node in analysis.rows}),
         "total_cost": cost_text(analysis.total_cost_usd),
-        "person_wait": duration_text(analysis.person_wait_ns),
+        "person_wait": duration_text(analysis.person_wait_ns) if analysis.person_wait_ns else "none",
+        "person_waited": analysis.person_wait_ns > 0,
         "person_share": f"{100 * analysis.person_wait_ns / duration:.0f}%" if duration else "0%",
         "critical_path": [node.span.name for node in analysis.critical_path],
         "branches": [

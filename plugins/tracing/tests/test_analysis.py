@@ -193,3 +193,13 @@ def test_an_empty_trace():
     analysis = analyse([], now_ns=7)
     assert (analysis.rows, analysis.critical_path, analysis.branches, analysis.duration_ns) == ([], [], [], 0)
     assert (analysis.person_wait_ns, analysis.total_cost_usd, analysis.open) == (0, 0, False)
+
+
+def test_an_agent_whose_spans_cost_nothing_is_listed_at_zero():
+    spans = [
+        span("a", None, "message", "operator", 0, 0),
+        span("b", "a", "turn", "m", 1, 10),
+        span("c", "b", "model", "m", 1, 10, cost_usd=0.0),  # the rehearsal model
+        span("d", "a", "turn", "w", 1, 10),  # no cost at all
+    ]
+    assert analyse(spans, now_ns=0).cost_by_agent == {"m": 0.0}
