@@ -1,16 +1,20 @@
-"""Dashboard latency, one JSON line per figure (docs/architecture.md §12).
+"""Dashboard latency, one JSON line per figure (docs/architecture.md §12, docs/dashboard.md#performance).
 
 - SSE fan-out: N browsers hold ``GET /api/events`` open; the daemon publishes events
   stamped with a monotonic clock; each client notes when it got each one. p50/p99
-  of publish → received, at 50 and 200 clients.
+  of publish → received, at 200 and 1,000 clients.
 - ``GET /api/state`` with 100 agents and a million stored messages: p50/p99 of
   sequential requests.
 
+Every figure carries the machine's 1-minute load average when it was taken and its
+number of cores: on a shared machine the load says more about a tail than the code.
 The clients run in a child process (this script with ``--clients`` or
 ``--time-state``), so they do not share the daemon's event loop; CLOCK_MONOTONIC is
-the same for both. Usage::
+the same for both. A thousand streams need a thousand file descriptors on each side:
+both processes raise their soft limit (``ulimit -n``) to what they need, up to the
+hard limit, and stop with what to do when the hard limit is lower. Usage::
 
-    .venv/bin/python bench/dashboard.py [--events 200] [--messages 1000000]
+    .venv/bin/python bench/dashboard.py [--clients 200 1000] [--events 200] [--messages 1000000]
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import argparse
 import gc
 import http.client
 import json
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +49,19 @@ DONE = "bench-done"
 
 
 def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    extra |= {"load_1m": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
     print(json.dumps({"bench": "dashboard", "figure": figure, "value": round(value, 2), "unit": unit, **extra}))
+
+
+def allow_open_files(count: int) -> None:
+    """Raise this process's soft limit on open files to ``count`` plus room for the rest, if below."""
+    wanted = count + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        sys.exit(f"{count} streams need {wanted} open files, and the hard limit is {hard}: raise it (ulimit -Hn)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -57,7 +75,8 @@ SENT = re.compile(rb'"sent": ([0-9.]+)')
 
 
 async def run_clients(url: str, token: str, count: int) -> None:
-    """Hold ``count`` event streams open; print "ready", then every latency (ms) once DONE arrives.
+    """Hold ``count`` event streams open; print "ready", then every latency (ms) and how many reads
+    brought events, once DONE arrives.
 
     Each client notes the time a read returns, before looking at the bytes, and reads
     them no further than it must: the figure is the server's, not this process's parsing.
@@ -67,10 +86,13 @@ async def run_clients(url: str, token: str, count: int) -> None:
         f"GET /api/events HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
         "Accept: text/event-stream\r\n\r\n"
     ).encode()
+    allow_open_files(count)
     latencies: list[float] = []
+    reads = 0
     live = trio.Semaphore(0)
 
     async def client() -> None:
+        nonlocal reads
         async with await trio.open_tcp_stream(parts.hostname, parts.port) as stream:
             await stream.send_all(request)
             pending = b""
@@ -80,7 +102,9 @@ async def run_clients(url: str, token: str, count: int) -> None:
                 complete, _, pending = pending.rpartition(b"\n\n")  # whole SSE messages only
                 if b"event: live" in complete:
                     live.release()
-                latencies.extend((now - float(sent)) * 1000 for sent in SENT.findall(complete))
+                stamps = SENT.findall(complete)
+                latencies.extend((now - float(sent)) * 1000 for sent in stamps)
+                reads += bool(stamps)
                 if DONE.encode() in complete:
                     return
 
@@ -90,7 +114,7 @@ async def run_clients(url: str, token: str, count: int) -> None:
         for _ in range(count):
             await live.acquire()
         print("ready", flush=True)
-    print(json.dumps(latencies), flush=True)
+    print(json.dumps({"latencies": latencies, "reads": reads}), flush=True)
 
 
 def time_requests(url: str, token: str, path: str, count: int) -> None:
@@ -115,22 +139,28 @@ def time_requests(url: str, token: str, path: str, count: int) -> None:
 async def fanout(hive: Hive, clients: int, events: int, rate: float) -> None:
     web = dashboard_of(hive)
     child = await trio.lowlevel.open_process(
-        [sys.executable, __file__, "--clients", str(clients), "--url", web.url, "--token", web.token],
+        [sys.executable, __file__, "--streams", str(clients), "--url", web.url, "--token", web.token],
         stdout=subprocess.PIPE,
     )
     lines = LineReader(child.stdout)
     assert await lines.next() == "ready"
     await trio.sleep(1)
+    cpu = time.process_time()
     for index in range(events):
         hive.events.publish("manager", "note", text="bench", seq=index, sent=time.monotonic())
         await trio.sleep(1 / rate)
     await trio.sleep(0.5)
     hive.events.publish("manager", "note", text=DONE)
-    latencies = json.loads(await lines.next())
+    cpu = time.process_time() - cpu
+    received = json.loads(await lines.next())
+    latencies = received["latencies"]
     await child.wait()
     load = {"clients": clients, "events": events, "per_second": rate, "gc_frozen": gc.get_freeze_count() > 0}
     emit("sse_fanout_p50", statistics.median(latencies), "ms", **load)
     emit("sse_fanout_p99", percentile(latencies, 0.99), "ms", **load, delivered=len(latencies) / (clients * events))
+    # What each delivery cost the daemon, and how many events a write carried: figures the load moves less.
+    emit("sse_daemon_cpu_per_delivery", cpu * 1e6 / len(latencies), "us", **load)
+    emit("sse_events_per_read", len(latencies) / max(1, received["reads"]), "events", **load)
 
 
 class LineReader:
@@ -192,30 +222,33 @@ async def main(args: argparse.Namespace) -> None:
             "events": {"subscriber_buffer": 10_000},
         }
         config = load_config(root / "hyperhive.toml", raw, config_schemas(pm))
+        allow_open_files(max(args.clients, default=0))
         async with trio.open_nursery() as nursery:
             hive = await nursery.start(run_hive, config, pm)
             if not args.no_freeze_gc:
                 gc.freeze()  # as `hyperhive up` does once started: full collections skip the startup heap
-            for clients in (50, 200):
+            for clients in args.clients:
                 await fanout(hive, clients, args.events, args.rate)
-            await api_state(hive, 100, args.messages, args.requests)
+            if args.messages:
+                await api_state(hive, 100, args.messages, args.requests)
             nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="*", default=[200, 1000], help="streams per fan-out run")
     parser.add_argument("--events", type=int, default=200, help="events published per fan-out run")
     parser.add_argument("--rate", type=float, default=10, help="events published per second")
-    parser.add_argument("--messages", type=int, default=1_000_000, help="messages stored for /api/state")
+    parser.add_argument("--messages", type=int, default=1_000_000, help="messages stored for /api/state (0: skip it)")
     parser.add_argument("--requests", type=int, default=300, help="/api/state requests timed")
     parser.add_argument("--no-freeze-gc", action="store_true", help="skip the gc.freeze() the daemon does once started")
-    parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--streams", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--time-state", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.clients:
-        trio.run(run_clients, arguments.url, arguments.token, arguments.clients)
+    if arguments.streams:
+        trio.run(run_clients, arguments.url, arguments.token, arguments.streams)
     elif arguments.time_state:
         time_requests(arguments.url, arguments.token, "/api/state", arguments.time_state)
     else:

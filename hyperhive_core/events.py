@@ -134,9 +134,33 @@ class Subscription:
                         f"behind and was dropped; resubscribe from event {self._last_id}"
                     ) from None
                 raise StopAsyncIteration from None
-            if event.id > self._last_id:  # skip what replay already delivered
-                self._last_id = event.id
+            if self._fresh(event):
                 return event
+
+    def ready(self) -> list[Event]:
+        """The events already waiting, taken at once without waiting: those that arrived with the last one.
+
+        A fan-out that hands them on together lets each of its readers write them in one go.
+        """
+        events = []
+        while self._replay:
+            event = self._replay.popleft()
+            self._last_id = event.id
+            events.append(event)
+        while True:
+            try:
+                event = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return events  # a dropped subscriber hears of it from the next ``async for`` step
+            if self._fresh(event):
+                events.append(event)
+
+    def _fresh(self, event: Event) -> bool:
+        """Whether ``event`` is news, noting it as the last seen if so: replay may have delivered it already."""
+        if event.id <= self._last_id:
+            return False
+        self._last_id = event.id
+        return True
 
     def _close(self) -> None:
         self._send.close()

@@ -137,6 +137,23 @@ async def test_replay_includes_events_not_yet_on_disk_without_duplicates(store):
     assert [n for _, _, n in await saved(store)] == [0, 1, 2, 3]
 
 
+async def test_ready_takes_what_arrived_together_without_repeats_or_waiting(store):
+    bus = EventBus(store, EventsSection(subscriber_buffer=4))
+    before = bus.publish("alice", "note", n=0)
+    async with bus.subscribe("alice", after_id=0) as stream:
+        together = [bus.publish("alice", "note", n=n) for n in range(1, 4)]
+        assert await anext(stream) == before  # replayed from history
+        assert stream.ready() == together
+        assert stream.ready() == []  # nothing waits: it does not wait either
+        later = bus.publish("alice", "note", n=4)
+        assert await anext(stream) == later
+        for n in range(5, 10):  # one more than its queue holds: dropped
+            bus.publish("alice", "note", n=n)
+        assert [event.data["n"] for event in stream.ready()] == [5, 6, 7, 8]
+        with pytest.raises(SubscriptionDropped):
+            await anext(stream)
+
+
 async def test_bad_events_are_refused_at_publish(store):
     bus = EventBus(store)
     with pytest.raises(ValueError, match="unknown event type 'turn_begin'"):

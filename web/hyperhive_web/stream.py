@@ -6,8 +6,13 @@ after ``?after=ID``, or the newest ``?tail=N`` of an agent's history), then send
 browser's automatic reconnect resumes exactly where it stopped: no gap, no repeat.
 
 One ``LiveFeed`` per dashboard holds the only subscription to the event bus and
-hands each event, encoded once, to every open stream; a stream sends whatever
-piled up since its last write in one chunk, so a busy hive costs fewer writes.
+hands each event, encoded once, to every open stream: every stream writes the same
+bytes. The feed hands on every event that arrived together before any stream runs,
+and a stream sends whatever piled up since its last write in one chunk, so a burst,
+or a daemon too busy to keep up, costs one write per stream rather than one per
+event. A write is the cost that grows with the streams (docs/dashboard.md#performance):
+nothing else is done per stream and event, not even a timer; one keepalive round
+for all streams finds the idle ones.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 2000
 LIVE = b"event: live\ndata: {}\n\n"
+KEEPALIVE = b": keepalive\n\n"
 
 Wanted = Callable[[Event], bool]
 
@@ -49,6 +55,8 @@ class Listener:
         self.limit = limit
         self.pending: list[tuple[int, bytes]] = []
         self.overflowed = False
+        self.idle = True  # offered nothing since the last keepalive round
+        self.keepalive = False
         self._wake = trio.Event()
 
     def offer(self, event: Event, chunk: bytes) -> None:
@@ -58,7 +66,15 @@ class Listener:
             self.overflowed = True  # a stalled client: it reconnects and resumes from history
         else:
             self.pending.append((event.id, chunk))
+        self.idle = False
         self._wake.set()
+
+    def nudge(self) -> None:
+        """A keepalive round: a stream offered nothing since the last one writes a comment."""
+        if self.idle:
+            self.keepalive = True
+            self._wake.set()
+        self.idle = True
 
     async def wait_batch(self) -> list[tuple[int, bytes]]:
         """Everything offered since the last call; waits for at least one."""
@@ -76,6 +92,12 @@ class LiveFeed:
         self.listeners: set[Listener] = set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_alive)
+            await self._relay(task_status)
+            nursery.cancel_scope.cancel()
+
+    async def _relay(self, task_status: trio.TaskStatus[None]) -> None:
         started = False
         last_id: int | None = None
         while True:
@@ -84,14 +106,22 @@ class LiveFeed:
                     if not started:
                         task_status.started()
                         started = True
-                    async for event in subscription:
-                        last_id = event.id
-                        chunk = encode(event)
-                        for listener in self.listeners:
-                            listener.offer(event, chunk)
+                    async for first in subscription:
+                        for event in (first, *subscription.ready()):
+                            last_id = event.id
+                            chunk = encode(event)
+                            for listener in self.listeners:
+                                listener.offer(event, chunk)
                 return
             except SubscriptionDropped:
                 continue  # starved for a while: resubscribe, replaying what was missed
+
+    async def _keep_alive(self) -> None:
+        """Every ``KEEPALIVE_SECONDS``, a comment on each stream that was quiet since the last time."""
+        while True:
+            await trio.sleep(KEEPALIVE_SECONDS)
+            for listener in self.listeners:
+                listener.nudge()
 
     def listen(self, wanted: Wanted) -> Listener:
         listener = Listener(wanted, self.hive.events.settings.subscriber_buffer)
@@ -125,20 +155,18 @@ async def event_stream(
             yield b"".join(encode(event) for event in replay)
         yield LIVE
         while True:
-            batch = None
-            with trio.move_on_after(KEEPALIVE_SECONDS):
-                batch = await listener.wait_batch()
+            batch = await listener.wait_batch()
             if listener.overflowed:
                 return
-            if batch is None:
-                yield b": keepalive\n\n"
-                continue
+            keepalive, listener.keepalive = listener.keepalive, False
             if replayed:
                 batch = [(event_id, chunk) for event_id, chunk in batch if event_id not in replayed]
                 if batch and batch[-1][0] > newest_replayed:
                     replayed = set()  # events come in id order: nothing replayed can follow
             if batch:
                 yield b"".join(chunk for _, chunk in batch)
+            elif keepalive:
+                yield KEEPALIVE
     finally:
         feed.listeners.discard(listener)
 
