@@ -150,9 +150,16 @@ async def test_the_agent_page_on_a_phone(tmp_path, make_pm, browser):
             assert fit["left"] >= 0, fit
             assert fit["right"] <= fit["wrapRight"] <= fit["inner"], fit
             page.locator(".xterm-screen").tap()
-            page.keyboard.type("echo phone-$((6*7))")
+            page.keyboard.type("echo phone-$((6*7)) size $(stty size)")
             page.keyboard.press("Enter")
             expect(page.locator(".xterm-rows")).to_contain_text("phone-42")
+            # The shell's PTY was told the fitted size: lines wrap where the screen does.
+            rows, cols = map(
+                int, re.search(r"phone-42 size (\d+) (\d+)", page.locator(".xterm-rows").inner_text()).groups()
+            )
+            assert cols >= 30, (rows, cols)
+            assert rows >= 10, (rows, cols)
+            print(f"phone terminal: {cols} columns x {rows} rows")
             assert overflow(page)["scroll"] <= overflow(page)["inner"], overflow(page)
             screenshot(page, "phone-agent-terminal")
             page.get_by_role("tab", name="live tail").tap()
