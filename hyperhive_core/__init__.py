@@ -41,6 +41,8 @@ _EXPORTS = {
     "Panel": "hyperhive_core.panels",
     "OPERATOR": "hyperhive_core.names",
     "SYSTEM": "hyperhive_core.names",
+    "AGENT_NAME_PATTERN": "hyperhive_core.names",
+    "AGENT_NAME_RULE": "hyperhive_core.names",
     # config and errors
     "option": "hyperhive_core.config",
     "HyperhiveError": "hyperhive_core.errors",
@@ -66,6 +68,8 @@ _EXPORTS = {
 
 # Literal, for type checkers; test_meta checks it lists every export.
 __all__ = [
+    "AGENT_NAME_PATTERN",
+    "AGENT_NAME_RULE",
     "API_VERSION",
     "OPERATOR",
     "SYSTEM",
@@ -128,7 +132,7 @@ if TYPE_CHECKING:
     from hyperhive_core.hookspecs import Service, hookimpl
     from hyperhive_core.host_commands import on_manager_host, operator_actions
     from hyperhive_core.models import check_model, known_models
-    from hyperhive_core.names import OPERATOR, SYSTEM
+    from hyperhive_core.names import AGENT_NAME_PATTERN, AGENT_NAME_RULE, OPERATOR, SYSTEM
     from hyperhive_core.panels import Panel
     from hyperhive_core.plugins import await_all, callers_by_plugin, collect
     from hyperhive_core.stash import Stash, StashKey

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperhive_core.errors import HyperhiveError
-from hyperhive_core.names import AGENT_NAME
+from hyperhive_core.names import AGENT_NAME, AGENT_NAME_RULE
 from hyperhive_core.rehearsal.templates import Ref, Template, TemplateError, compile_value, refs_in
 from hyperhive_core.rehearsal.wire import CUTS, Cut, Fault
 
@@ -179,8 +179,7 @@ class _Reader:
             if name != ANY_AGENT and not AGENT_NAME.fullmatch(name):
                 raise self.fail(
                     where,
-                    f"{name!r} is not an agent name; use lowercase letters, digits and '-', "
-                    'starting with a letter, or "*" for every agent',
+                    f'{name!r} is not an agent name; use {AGENT_NAME_RULE}, or "*" for every agent',
                 )
             scripts[name] = self.agent(raw, where)
         return Scenario(self.source, scripts)

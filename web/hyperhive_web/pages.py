@@ -7,7 +7,7 @@ from typing import Any
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
 from quart.typing import ResponseReturnValue
 
-from hyperhive_core import OPERATOR, known_models, operator_actions
+from hyperhive_core import AGENT_NAME_PATTERN, AGENT_NAME_RULE, OPERATOR, known_models, operator_actions
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
 from hyperhive_web.auth import Refused, safe_next
 from hyperhive_web.dashboard import current_dashboard
@@ -103,6 +103,7 @@ async def host_page() -> str:
         "host.html",
         initial=initial,
         stream=f"/api/events?after={after}",
+        agent_name={"pattern": AGENT_NAME_PATTERN, "rule": AGENT_NAME_RULE},  # the spawn form checks core's rule
         panels=split_panels(await collect_panels(current_dashboard())),
         **await page_context(),
     )
