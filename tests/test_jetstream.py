@@ -160,6 +160,47 @@ async def test_concurrent_sends_go_as_groups_and_each_gets_its_own_id_and_answer
     assert delivered == new | {first.id: "first"}  # the ids a group got are its messages' own
 
 
+async def test_a_send_the_stream_refuses_in_a_group_fails_alone_and_every_other_is_stored_once(nats_cluster, nursery):
+    broker = jetstream_broker(nats_cluster.urls, name="refusal")
+    await nursery.start(broker.serve)
+    first = await broker.send("s0", "bob", "first")  # connect, make the streams
+
+    async def shrink() -> None:  # from now on the inbox stream refuses a message over 1 KiB
+        config = (await broker._js.stream_info(broker.inbox_stream)).config
+        config.max_msg_size = 1024
+        await broker._js.update_stream(config)
+
+    await broker._call(shrink)
+    transactions = broker.stats.transactions
+    results: dict[int, object] = {}
+
+    async def send(n, body):
+        try:
+            results[n] = await broker.send(f"s{n % 4}", "bob", body)
+        except StoreError as exc:
+            results[n] = exc
+
+    async with trio.open_nursery() as senders:
+        for n in range(16):
+            senders.start_soon(send, n, "too big " * 200 if n in (5, 11) else f"body {n}")
+    for n in (5, 11):
+        refused = results.pop(n)
+        assert isinstance(refused, StoreError)
+        assert str(refused).startswith("message to 'bob' was not stored, or not confirmed: the NATS cluster at ")
+        assert "refused the request: message size exceeds maximum allowed" in str(refused)
+    assert broker.stats.transactions - transactions < 16  # the others went in groups
+    stored = {message.id: message.body for message in results.values()}
+    assert sorted(stored.values()) == sorted(f"body {n}" for n in range(16) if n not in (5, 11))
+    delivered: list[tuple[int, str]] = []
+    with trio.fail_after(30):
+        while len(delivered) < len(stored) + 1:
+            batch = await broker.wait_for_messages("bob", limit=100)
+            delivered += [(message.id, message.body) for message in batch.messages]
+            await broker.ack(batch)
+    assert sorted(delivered) == sorted((stored | {first.id: "first"}).items())  # each acked send once, no other
+    assert await broker.inbox_depth("bob") == 0
+
+
 async def test_a_message_acked_but_for_the_consumers_record_is_not_delivered_again(nats_cluster, nursery):
     # Short leases, so the dead holder's runs out within the test.
     timing = {"ack_wait_seconds": 2.0, "heartbeat_seconds": 0.5}
