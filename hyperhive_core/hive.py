@@ -455,6 +455,14 @@ class Hive:
             if event.kind is ContainerEventKind.CRASHED:
                 text = f"container crashed: {event.detail}"
                 self.events.publish(event.agent, "error", text=text, log=list(event.log_tail))
+                # The daemon's log is where an operator without the dashboard looks first.
+                log.warning(
+                    "agent %s: container crashed: %s; its last output is in its live tail "
+                    "(the dashboard's agent page, or `hyperhive events %s --after 0`)",
+                    event.agent,
+                    event.detail,
+                    event.agent,
+                )
             await await_all(self.pm.hook.on_container_event(hive=self, event=event))
         except Exception as exc:
             log.exception("reporting a container event of %s failed", event.agent)
