@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 PREFIX = "/-/tracing"
 STATIC = Path(__file__).parent / "static"
-ASSETS = {name: STATIC / name for name in ("trace.js", "tracing.css")}
+ASSETS = {name: STATIC / name for name in ("trace.js", "tracing.css")}  # the pages'
+PANEL_SCRIPT = STATIC / "panel.js"
 LIST_LIMIT, MAX_LIMIT = 50, 500
 PANEL_TRACES = 8
 TURN_EVENT = "tracing.turn"
@@ -139,8 +140,11 @@ def summary_row(summary: TraceSummary) -> dict[str, Any]:
     }
 
 
-def span_row(node: SpanNode, analysis: TraceAnalysis, critical: frozenset[str]) -> dict[str, Any]:
+def span_row(
+    node: SpanNode, analysis: TraceAnalysis, critical: frozenset[str], names: dict[str, str]
+) -> dict[str, Any]:
     span = node.span
+    parent = span.parent_id if span.parent_id in names and not node.orphan else None
     whole = max(analysis.duration_ns, 1)
     attributes = {key: value if isinstance(value, str) else json.dumps(value) for key, value in span.attributes.items()}
     return {
@@ -166,6 +170,7 @@ def span_row(node: SpanNode, analysis: TraceAnalysis, critical: frozenset[str]) 
         "input_tokens": span.input_tokens,
         "output_tokens": span.output_tokens,
         "attributes": sorted(attributes.items()),
+        "parent": {"href": f"#span-{parent}", "label": names[parent]} if parent else None,
         "links": [
             {
                 "href": trace_href(link["trace_id"], link["span_id"]),
@@ -178,6 +183,7 @@ def span_row(node: SpanNode, analysis: TraceAnalysis, critical: frozenset[str]) 
 
 def trace_context(trace_id: str, analysis: TraceAnalysis) -> dict[str, Any]:
     critical = analysis.critical_ids
+    names = {node.span.span_id: node.span.name for node in analysis.rows}
     root = analysis.roots[0].span.name if analysis.roots else trace_id
     duration = analysis.duration_ns
     return {
@@ -199,7 +205,7 @@ def trace_context(trace_id: str, analysis: TraceAnalysis) -> dict[str, Any]:
         ],
         "by_agent": [(agent, cost_text(cost)) for agent, cost in analysis.cost_by_agent.items()],
         "axis": [duration_text(duration * tick // AXIS_TICKS) for tick in range(AXIS_TICKS + 1)],
-        "rows": [span_row(node, analysis, critical) for node in analysis.rows],
+        "rows": [span_row(node, analysis, critical, names) for node in analysis.rows],
     }
 
 
@@ -307,6 +313,7 @@ def traces_panel(traces: list[TraceSummary], label: str, more: str) -> Panel:
         label=label,
         template="tracing/panel.html",
         context={"traces": [summary_row(summary) for summary in traces], "more": more},
+        scripts=(PANEL_SCRIPT,),
         styles=(ASSETS["tracing.css"],),
     )
 

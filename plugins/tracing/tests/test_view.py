@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import hyperhive_tracing
 import hyperhive_web
 import pytest
 import trio
-from hyperhive_tracing.store import SpanRecord, recent_traces, save_spans
+from hyperhive_tracing.store import SpanRecord, recent_traces, save_spans, trace_spans
 from hyperhive_tracing.view import publish_turn_link
 from hyperhive_web import dashboard_of
 
@@ -429,4 +430,50 @@ async def test_a_conversation_from_the_tail_to_its_waterfall(make_pm, tmp_path, 
     assert rows["send manager→worker"][0] == 2
     assert rows["turn worker"] == (3, True)  # the worker's turn continues the send, and ends last
     assert rows["tool Read"][0] == 4
+    assert errors == []
+
+
+async def test_an_open_trace_and_the_panel_follow_the_work(hive, chromium):
+    errors: list[str] = []
+    turn = SPAN["later_turn"]
+    page = await chromium.dashboard(hive, f"/-/tracing/trace/{LATER}#span-{turn}", errors)
+
+    def opened() -> dict[str, Any]:
+        page.wait_for_selector(f"#detail-{turn}:not([hidden])")
+        return {
+            "state": page.locator('[data-figure="state"]').inner_text(),
+            "parent": page.locator(f"#detail-{turn} a[href='#span-{SPAN['later_root']}']").inner_text(),
+        }
+
+    assert await chromium.run(opened) == {"state": "open", "parent": "message operator→worker"}
+    running = next(span for span in await trace_spans(hive, LATER) if span.span_id == turn)
+    await save_spans(hive, [replace(running, end_ns=running.start_ns + 2000 * MS, status="ok")])
+
+    def finished() -> dict[str, Any]:
+        wait_until(page, "() => document.querySelector('[data-figure=\"state\"]').textContent === 'finished'")
+        return {
+            "duration": page.locator('[data-figure="duration"]').inner_text(),
+            "still_shown": page.locator(f"#detail-{turn}").is_visible(),
+        }
+
+    assert await chromium.run(finished) == {"duration": "2.1s", "still_shown": True}  # from the root
+
+    host = await chromium.dashboard(hive, "/", errors)
+    await chromium.run(lambda: host.wait_for_selector("#link.live"))
+    fresh = "e" * 32
+    now = time.time_ns()
+    await save_spans(
+        hive,
+        [
+            SpanRecord(
+                "400000000000000e", fresh, None, "message operator→scout", "message", "operator", "", now, now, "ok"
+            )
+        ],
+    )
+    publish_turn_link(hive, "worker", fresh, "400000000000000e")
+    await chromium.run(
+        wait_until,
+        host,
+        "() => document.querySelector('#panel-tracing a[href=\"/-/tracing/trace/' + 'e'.repeat(32) + '\"]')",
+    )
     assert errors == []

@@ -1,11 +1,11 @@
 // A trace's page: a tap on a span opens its details (rendered by the server, hidden until
-// then); #span-<id> in the address opens that span, so a link to a span lands on it.
+// then); #span-<id> in the address opens that span, so a link to a span lands on it. While
+// the trace is open the page fetches itself again every few seconds and shows what changed.
 "use strict";
 
 (() => {
-  const rows = document.querySelector(".wf-rows");
-  if (!rows) return; // the list page: nothing to open
-
+  const REFRESH_MS = 5000;
+  const MAX_REFRESHES = 720; // an hour of a trace left open; reload the page to follow it longer
   let open = null;
 
   function close() {
@@ -31,29 +31,30 @@
     return true;
   }
 
+  const forget = () => history.replaceState(null, "", location.pathname + location.search);
+
   function fromAddress() {
     const match = /^#span-([0-9a-f]{16})$/.exec(location.hash);
     if (match) show(match[1], { scroll: true });
   }
 
-  rows.addEventListener("click", (event) => {
+  // Delegated: the rows and details are replaced as an open trace is refreshed.
+  document.addEventListener("click", (event) => {
     const label = event.target.closest(".wf-label");
-    if (!label) return;
-    const spanId = label.closest(".wf-row").dataset.span;
-    if (open && open.row.dataset.span === spanId) {
+    if (label) {
+      const spanId = label.closest(".wf-row").dataset.span;
+      if (open && open.row.dataset.span === spanId) {
+        close();
+        forget();
+      } else if (show(spanId)) {
+        history.replaceState(null, "", `#span-${spanId}`);
+      }
+    } else if (event.target.closest(".wf-close")) {
+      const spanId = open && open.row.dataset.span;
       close();
-      history.replaceState(null, "", location.pathname + location.search);
-    } else if (show(spanId)) {
-      history.replaceState(null, "", `#span-${spanId}`);
+      forget();
+      if (spanId) document.querySelector(`#span-${spanId} .wf-label`).focus();
     }
-  });
-
-  document.querySelector(".wf-details").addEventListener("click", (event) => {
-    if (!event.target.closest(".wf-close")) return;
-    const label = open && open.label;
-    close();
-    history.replaceState(null, "", location.pathname + location.search);
-    if (label) label.focus();
   });
 
   document.addEventListener("keydown", (event) => {
@@ -62,4 +63,33 @@
 
   window.addEventListener("hashchange", fromAddress);
   fromAddress();
+
+  // -- an open trace, kept current ----------------------------------------------------------
+
+  const isOpen = (root) => root.querySelector(".trace-summary[data-open='true']") !== null;
+  let refreshes = 0;
+
+  async function refresh() {
+    if (document.hidden) return;
+    refreshes += 1;
+    const response = await fetch(location.pathname, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`the trace could not be fetched again: HTTP ${response.status}`);
+    const next = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("main");
+    const selected = open && open.row.dataset.span;
+    const box = document.querySelector(".waterfall");
+    const scrolled = box ? box.scrollLeft : 0;
+    open = null;
+    document.getElementById("main").replaceWith(next);
+    const newBox = document.querySelector(".waterfall");
+    if (newBox) newBox.scrollLeft = scrolled;
+    if (selected) show(selected);
+    if (!isOpen(document) || refreshes >= MAX_REFRESHES) clearInterval(timer);
+  }
+
+  const timer = isOpen(document)
+    ? setInterval(() => refresh().catch((error) => {
+        clearInterval(timer);
+        console.warn(error.message);
+      }), REFRESH_MS)
+    : null;
 })();
