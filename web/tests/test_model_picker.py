@@ -108,6 +108,18 @@ async def test_the_picker_switches_the_model_and_the_next_turn_uses_it(tmp_path,
                 "type the name of the model to switch to, or choose one from the list"
             )
 
+        def queued_during_a_turn() -> None:
+            say("slow")
+            expect(page.locator("#badge")).to_have_text("thinking")
+            pick("opus")
+            expect(page.locator(".toast", has_text="model opus queued").first).to_be_visible()
+            expect(page.locator("#model .queued")).to_have_text("→ opus queued")
+            expect(page.locator("#model-choice")).to_have_value("house-model")  # still the running one
+            page.click("#cancel")
+            expect(page.locator("#tail .ev.note", has_text="model switched to opus")).to_be_visible()
+            expect(page.locator("#model-choice")).to_have_value("opus")
+            expect(page.locator("#model-choice option:checked")).to_have_text("opus (running)")
+
         async def next_turn_runs(model: str) -> str:
             mark = hive.rehearsal.request_count
             await browser.run(say, f"which model, after {model}?")
@@ -124,5 +136,6 @@ async def test_the_picker_switches_the_model_and_the_next_turn_uses_it(tmp_path,
             await browser.run(switch_to_a_custom_name)
             assert await next_turn_runs("house-model") == "house-model"
             await browser.run(bad_names)
-        assert hive.agents.get("worker").status.model == "house-model"
+            await browser.run(queued_during_a_turn)
+        assert hive.agents.get("worker").status.model == "opus"
         assert errors == []

@@ -328,7 +328,10 @@
   const modelError = $("model-error");
 
   // The running model selected (listed even when it is a full id no list holds), then "other…".
+  // Rebuilt only when the running model changes: an open list stays open through state changes.
   function renderModelChoice() {
+    if (choice.dataset.running === agent.model) return;
+    choice.dataset.running = agent.model;
     const names = models.includes(agent.model) ? models : [agent.model, ...models];
     const picked = choice.value;
     choice.innerHTML = [...names.map((m) => `<option value="${escape(m)}">${escape(m)}${m === agent.model ? " (running)" : ""}</option>`), `<option value="${OTHER}">other…</option>`].join("");
@@ -374,6 +377,7 @@
       showModelError("");
       custom.value = "";
       delete choice.dataset.touched;
+      choice.dataset.running = ""; // back to the running model, whether the switch is made or queued
       refreshState();
     });
   });
