@@ -10,8 +10,8 @@ from contextlib import contextmanager
 import hyperhive_tracing
 import pytest
 import trio
-from hyperhive_tracing.capture import TRACER
-from hyperhive_tracing.store import trace_spans
+from hyperhive_tracing.capture import TRACEPARENT, TRACER, parse_traceparent
+from hyperhive_tracing.store import SpanRecord, new_span_id, new_trace_id, trace_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -173,6 +173,33 @@ async def test_a_collector_that_fails_holds_no_turn_and_gets_the_spans_later(mak
                 assert hive.stash[TRACER].export.exported == len(late.spans)
     assert sorted(span["span_id"] for span in late.spans) == sorted(span.span_id for span in stored)
     assert len(arrived) == len(stored)
+
+
+async def test_other_hosts_spans_are_kept_here_but_exported_only_by_their_host(make_pm, tmp_path):
+    receiver = Receiver()
+    pm = make_pm(tracing=hyperhive_tracing)
+    with receiver.serving():
+        async with running_hive(tmp_path, pm, SCRIPT, tracing={"otlp_endpoint": receiver.url}) as hive:
+            with trio.fail_after(30):
+                theirs = SpanRecord(
+                    new_span_id(), new_trace_id(), None, "turn builder", "turn", "builder", "b", 5, 9, "ok"
+                )
+                hive.events.merge("b", "hive", "tracing.span", theirs.to_event())
+                mine = await hive.broker.send("hive", "operator", "a note for the operator")
+                trace_id, _ = parse_traceparent(mine.headers[TRACEPARENT])
+                await until(lambda: trace_spans(hive, theirs.trace_id))
+                await until(lambda: trace_spans(hive, trace_id))
+                while not receiver.spans:
+                    await trio.sleep(0.05)
+                await trio.sleep(0.5)  # anything more would have come by now
+    [only] = receiver.spans
+    assert only["trace_id"] == trace_id
+
+
+async def until(predicate):
+    while not (found := await predicate()):
+        await trio.sleep(0.05)
+    return found
 
 
 def ours(caplog) -> list[str]:
