@@ -240,14 +240,24 @@ def trace_json(trace_id: str, analysis: TraceAnalysis) -> dict[str, Any]:
 # -- routes ------------------------------------------------------------------------------------------
 
 
-async def list_page(hive: Hive) -> str:
+async def list_page(hive: Hive) -> str | tuple[str, int]:
     """``GET /-/tracing/``: the recent traces (``?agent=`` those an agent took part in, ``?limit=``)."""
     from quart import render_template
 
-    traces, agent = await listed(hive)
+    try:
+        traces, agent = await listed(hive)
+    except HyperhiveError as bad:
+        return await message_page("wrong request", "WR0NG R3QU3ST", str(bad)), 400
     return await render_template(
         "tracing/list.html", traces=[summary_row(summary) for summary in traces], agent=agent, prefix=PREFIX
     )
+
+
+async def message_page(title: str, heading: str, message: str) -> str:
+    """A page that says what went wrong, for a person who opened a link."""
+    from quart import render_template
+
+    return await render_template("tracing/message.html", prefix=PREFIX, title=title, heading=heading, message=message)
 
 
 async def list_json(hive: Hive) -> dict[str, Any]:
@@ -263,9 +273,9 @@ async def trace_page(hive: Hive, trace_id: str) -> str | tuple[str, int]:
     try:
         analysis = await analysed(hive, trace_id)
     except HyperhiveError as bad:
-        return await render_template("tracing/message.html", prefix=PREFIX, message=str(bad)), 400
+        return await message_page("not a trace id", "N0T 4 TR4C3", str(bad)), 400
     if analysis is None:
-        return await render_template("tracing/message.html", prefix=PREFIX, message=not_stored(trace_id)), 404
+        return await message_page("no such trace", "N0 SUCH TR4C3", not_stored(trace_id)), 404
     return await render_template("tracing/trace.html", prefix=PREFIX, **trace_context(trace_id, analysis))
 
 

@@ -172,6 +172,9 @@ async def test_what_a_wrong_request_is_told(hive):
     status, kind, body = await fetch(hive, "/-/tracing/trace/NOPE")
     assert (status, kind) == (400, "text/html; charset=utf-8")
     assert "&#39;NOPE&#39; is not a trace id" in body
+    status, kind, body = await fetch(hive, "/-/tracing/?limit=-1")
+    assert (status, kind) == (400, "text/html; charset=utf-8")
+    assert "limit must be a whole number from 1 to 500, not &#39;-1&#39;" in body
     status, _, body = await fetch(hive, "/-/tracing/static/evil.js")
     assert (status, json.loads(body)) == (404, {"error": "no tracing asset 'evil.js'; there are trace.js, tracing.css"})
     status, kind, _ = await fetch(hive, "/-/tracing/static/trace.js")
@@ -369,6 +372,20 @@ async def test_a_turn_in_the_tail_links_to_its_trace(hive, chromium):
         return page.locator(f"#detail-{SPAN['later_turn']}").inner_text()
 
     assert "turn worker" in await chromium.run(follow)
+
+    def on_a_phone() -> dict[str, int]:
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto(page.url.split("/-/")[0] + "/agent/worker/")
+        panel = page.locator("#panel-tracing")
+        panel.wait_for()
+        panel.scroll_into_view_if_needed()
+        panel.screenshot(path=str(ARTIFACTS / "agent-panel-phone.png"))
+        return page.evaluate(
+            "() => { const p = document.querySelector('#panel-tracing'); return [p.scrollWidth, p.clientWidth]; }"
+        )
+
+    width, fits = await chromium.run(on_a_phone)
+    assert width <= fits <= 390
     assert errors == []
 
 

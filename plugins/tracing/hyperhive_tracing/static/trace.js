@@ -58,7 +58,10 @@
   });
 
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") close();
+    if (event.key === "Escape" && open) {
+      close();
+      forget();
+    }
   });
 
   window.addEventListener("hashchange", fromAddress);
