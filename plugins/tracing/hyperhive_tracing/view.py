@@ -205,6 +205,13 @@ def trace_context(trace_id: str, analysis: TraceAnalysis) -> dict[str, Any]:
         ],
         "by_agent": [(agent, cost_text(cost)) for agent, cost in analysis.cost_by_agent.items()],
         "axis": [duration_text(duration * tick // AXIS_TICKS) for tick in range(AXIS_TICKS + 1)],
+        "person_bars": [
+            (
+                f"{100 * (start - analysis.start_ns) / max(duration, 1):.3f}",
+                f"{100 * (end - start) / max(duration, 1):.3f}",
+            )
+            for start, end in analysis.person_intervals
+        ],
         "rows": [span_row(node, analysis, critical, names) for node in analysis.rows],
     }
 

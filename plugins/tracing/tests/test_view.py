@@ -255,6 +255,10 @@ def look_at_the_waterfall(page: Any, base: str) -> dict[str, Any]:
             width: row.querySelector('.wf-bar').getBoundingClientRect().width,
         }))""",
     )
+    seen["lane"] = page.eval_on_selector_all(
+        ".wf-lane .wf-bar",
+        "bars => bars.map(bar => [bar.getBoundingClientRect().left, bar.getBoundingClientRect().right])",
+    )
     seen["figures"] = {
         key: page.locator(f'[data-figure="{key}"]').inner_text()
         for key in ("duration", "cost", "person-wait", "critical-path", "total-cost", "state")
@@ -323,6 +327,11 @@ async def test_the_waterfall_in_chromium(hive, chromium):
     assert by_name["w_turn"]["left"] + by_name["w_turn"]["width"] == pytest.approx(
         max(row["left"] + row["width"] for row in rows), abs=1
     )
+    # The person's time is one stretch on the axis: from the question's start to the approval's end.
+    question, approval = by_name["m_question"], by_name["m_approval"]
+    assert seen["lane"] == [
+        [pytest.approx(question["left"], abs=1), pytest.approx(approval["left"] + approval["width"], abs=1)]
+    ]
     assert seen["figures"] == {
         "duration": "9.0s",
         "cost": "$0.0700",
