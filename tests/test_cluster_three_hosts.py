@@ -246,8 +246,8 @@ def test_an_approval_asked_on_a_is_given_on_cs_dashboard_and_acts_on_the_right_h
     until(lambda: agent_rows(a.status())["helper"]["inbox_depth"] == 0, 120, "the helper to take b's message")
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``."""
+def descendants(pid: int) -> list[tuple[int, list[str]]]:
+    """Every process below ``pid``, with its command line."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -260,29 +260,29 @@ def descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
-            found.append(child)
+            try:
+                found.append((child, Path(f"/proc/{child}/cmdline").read_text().split("\0")))
+            except OSError:
+                continue
             todo.append(child)
     return found
 
 
 def test_a_crash_on_b_shows_in_as_event_stream_tagged_with_b(hive):
+    """The worker's Claude Code, in its sandbox on b, killed with SIGKILL between turns."""
     a, b = hive["a"], hive["b"]
     b.cli("send", "worker", "wake up")  # a session to kill, if it has none yet
     until(lambda: agent_rows(b.status())["worker"]["state"] == "idle", 120, "the worker's turn to end")
 
-    def worker_sandbox() -> int | None:
+    def workers_claude() -> int | None:
         assert b.process is not None
-        for pid in descendants(b.process.pid):
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-            except OSError:
-                continue
+        for sandbox, command in descendants(b.process.pid):
             if os.path.basename(command[0]) == "bwrap" and any("/worker" in part for part in command):
-                return pid
+                inside = descendants(sandbox)
+                return next((pid for pid, command in inside if any("claude" in part for part in command[:2])), None)
         return None
 
-    sandbox = until(worker_sandbox, 60, "the worker's Claude Code sandbox on b")
-    os.kill(sandbox, signal.SIGKILL)
+    os.kill(until(workers_claude, 60, "the worker's Claude Code on b"), signal.SIGKILL)
     crash = a.first_event(
         lambda event: event["type"] == "error" and "container crashed" in event["data"].get("text", ""),
         "worker",
@@ -290,7 +290,8 @@ def test_a_crash_on_b_shows_in_as_event_stream_tagged_with_b(hive):
         "0",
     )
     assert crash["data"]["host"] == "b"
-    assert "signal 9" in crash["data"]["text"]
+    # bwrap, the sandbox's first process, exits with 128 + 9 for its child's SIGKILL.
+    assert crash["data"]["text"] == "container crashed: Claude Code exited with status 137", crash
 
 
 def test_a_question_waits_for_its_host_and_expires_there_if_it_fell_due_meanwhile(hive):
