@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +51,14 @@ from hyperhive_core.modelproxy import SOCKET_NAME, make_model_proxy, sandbox_env
 from hyperhive_core.models import check_model
 from hyperhive_core.names import SYSTEM, check_agent_name
 from hyperhive_core.paths import StatePaths
-from hyperhive_core.plugins import HivePluginManager, await_all
+from hyperhive_core.plugins import HivePluginManager, await_all, callers_by_plugin
 from hyperhive_core.stash import Stash
 from hyperhive_core.store import Store
 from hyperhive_core.tools import collect_tools
 
 if TYPE_CHECKING:
+    import sqlite_utils
+
     from hyperhive_core.cluster.hosts import Cluster
     from hyperhive_core.harness import Harness
     from hyperhive_core.rehearsal import RehearsalServer
@@ -340,14 +343,28 @@ class Hive:
             for path in doomed:
                 if path.exists():
                     await trio.to_thread.run_sync(shutil.rmtree, path)
-            await self.store.write(lambda db: db.table("agents").delete_where("name = ?", [name]))
+            await self.store.write(partial(_forget_agent, name))
             if self.cluster is not None:
                 await self.cluster.release(name)
         else:
             await self.agents.remember(name, destroyed_at=time.time())
         await self.approvals.agent_gone(name, purged=purge)
+        if purge:
+            await self._agent_purged(name)
         self.events.publish(name, "note", text="destroyed; state purged" if purge else "destroyed; state kept")
         return {"agent": name, "purged": purge}
+
+    async def _agent_purged(self, name: str) -> None:
+        """Let each plugin's ``on_agent_purged`` forget ``name``; one that fails is reported, and
+        neither stops the others forgetting it nor undoes the purge."""
+        for plugin, caller in reversed(list(callers_by_plugin(self.pm, "on_agent_purged"))):
+            try:
+                await await_all(caller(hive=self, agent=name))
+            except Exception as exc:
+                log.exception("plugin %s: on_agent_purged failed for %s", plugin, name)
+                self.events.publish(
+                    SYSTEM, "error", where="on_agent_purged", plugin=plugin, agent=name, error=repr(exc)
+                )
 
     async def restore(self, name: str) -> dict[str, Any]:
         """Bring back a destroyed agent from its kept state, with the config it had."""
@@ -514,6 +531,12 @@ class Hive:
         except Exception as exc:
             log.exception("an on_message hook failed for message %d", message.id)
             self.events.publish(SYSTEM, "error", where="on_message", message_id=message.id, error=repr(exc))
+
+
+def _forget_agent(name: str, db: sqlite_utils.Database) -> None:
+    """Core's records of a purged agent: its row and its turns."""
+    db.table("agents").delete_where("name = ?", [name])
+    db.table("turns").delete_where("agent = ?", [name])
 
 
 class _AgentRun:

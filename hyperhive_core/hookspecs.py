@@ -214,6 +214,20 @@ def on_cancel(hive: Hive, agent: str) -> None:
 
 
 @hookspec
+def on_agent_purged(hive: Hive, agent: str) -> None:
+    """An agent was destroyed with its state purged (``hyperhive destroy NAME --purge``,
+    the dashboard's purge): forget what the plugin keeps about it.
+
+    Its container, state dir, config repos and core's records of it are gone by
+    then; a plugin deletes its own (rows in its tables), so nothing shows the
+    purged agent and a new agent of that name starts clean. May be async.
+
+    :param hive: the running hive.
+    :param agent: the purged agent's name.
+    """
+
+
+@hookspec
 def before_recv(hive: Hive, agent: str) -> None:
     """Called before an agent's loop waits for its next messages; may hold it there.
 

@@ -53,6 +53,42 @@ async def test_spawn_destroy_restore_purge(make_pm, tmp_path):
             await hive.destroy("scout")
 
 
+async def test_hook_on_agent_purged(make_pm, tmp_path):
+    """Called for a purge only, once core forgot the agent; a failing plugin is reported and the purge stands."""
+    purged = []
+
+    class Remember:
+        @hookimpl
+        async def on_agent_purged(self, hive, agent):
+            rows = await hive.store.read(
+                lambda db: [
+                    db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", [agent]).fetchone()[0]
+                    for table, column in (("agents", "name"), ("turns", "agent"))
+                ]
+            )
+            purged.append((agent, rows, agent in hive.agents, hive.paths.agent_dir(agent).exists()))
+
+    class Broken:
+        @hookimpl
+        def on_agent_purged(self, hive, agent):
+            raise RuntimeError("cannot forget")
+
+    async with running_hive(tmp_path, make_pm(remember=Remember(), broken=Broken()), ECHO) as hive:
+        await hive.spawn("scout")
+        await hive.broker.send("operator", "scout", "ping")
+        with trio.fail_after(60):
+            await next_event(hive, "scout", "turn_end")
+        await hive.destroy("scout")
+        assert purged == []  # kept state: restore brings it back whole
+        await hive.destroy("scout", purge=True)
+        assert purged == [("scout", [0, 0], False, False)]
+        with trio.fail_after(10):
+            error = await next_event(hive, "hive", "error", lambda e: e.data.get("where") == "on_agent_purged")
+        assert (error.data["plugin"], error.data["agent"]) == ("broken", "scout")
+        assert error.data["error"] == "RuntimeError('cannot forget')"
+        assert await hive.kept_state() == {}
+
+
 @pytest.mark.parametrize("name", ["..", "a/b", "bad\x00name", "Upper", "-dash", "x" * 40, "operator", "hive", ""])
 async def test_bad_names_are_refused_before_touching_the_disk(make_pm, tmp_path, name):
     async with running_hive(tmp_path, make_pm(), ECHO) as hive:

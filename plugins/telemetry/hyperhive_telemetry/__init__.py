@@ -61,6 +61,11 @@ async def on_dead_letter(hive: Hive, message: Message) -> None:
 
 
 @hookimpl
+async def on_agent_purged(hive: Hive, agent: str) -> None:
+    await hive.stash[TELEMETRY].agent_purged(agent)
+
+
+@hookimpl
 def register_routes(register: Callable[..., None]) -> None:
     # Paths of their own, which dashboards and Prometheus scrapers know.
     for rule, view in web.ROUTES:

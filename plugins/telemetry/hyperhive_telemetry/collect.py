@@ -130,8 +130,15 @@ class Telemetry:
         sample = Sample(message.recipient, time.time(), "dead_lettered", 1)
         await self.hive.store.write(lambda db: store.record(db, [sample], add_to_totals=True), durable=False)
 
+    async def agent_purged(self, agent: str) -> None:
+        """Forget a purged agent's figures, so stats, panels and /metrics no longer show it."""
+        self._sent.pop(agent, None)
+        await self.hive.store.write(lambda db: store.forget(db, agent))
+
     async def sample(self) -> None:
         samples = await current_samples(self.hive, time.time())
+        # Not an agent purged while the gauges were read: its figures are gone for good.
+        samples = [sample for sample in samples if sample.agent == HIVE or sample.agent in self.hive.agents]
         await self.hive.store.write(lambda db: store.record(db, samples), durable=False)
 
     async def run_sampler(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

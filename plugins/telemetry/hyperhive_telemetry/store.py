@@ -49,6 +49,12 @@ def record(db: sqlite_utils.Database, samples: Iterable[Sample], *, add_to_total
         )
 
 
+def forget(db: sqlite_utils.Database, agent: str) -> None:
+    """Delete every sample and total of ``agent`` (purged): no figure outlives it."""
+    for table in (STATS, TOTALS):
+        db.execute(f"DELETE FROM {table} WHERE agent = ?", [agent])  # noqa: S608
+
+
 def prune(db: sqlite_utils.Database, before: float) -> int:
     """Delete up to one chunk of samples older than ``before``; return how many went."""
     cursor = db.execute(

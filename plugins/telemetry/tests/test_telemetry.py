@@ -345,3 +345,41 @@ async def test_memory_is_sampled_while_warm_and_is_zero_asleep(make_pm, tmp_path
         gauge = {s.labels["agent"]: s.value for s in families["hyperhive_memory_bytes"].samples}
         assert gauge["worker"] == 0
         assert families["hyperhive_memory_bytes"].type == "gauge"
+
+
+@needs_claude
+async def test_a_purged_agent_leaves_the_stats_and_metrics(make_pm, tmp_path):
+    """Kept state keeps its figures (restore brings it back); a purge forgets them: stats, its command, /metrics."""
+    from hyperhive_core.testing import host_request, run_cli
+
+    pm = make_pm(telemetry=hyperhive_telemetry)
+    async with running_hive(tmp_path, pm, IDLE, telemetry={"sample_interval_seconds": 0.2}) as hive:
+        await hive.spawn("scout")
+        await hive.broker.send("operator", "scout", "hello")
+        with trio.fail_after(60):
+            await next_event(hive, "scout", "turn_end")
+            await stats_when(hive, {}, lambda body: body["summary"].get("scout", {}).get("turns") == 1)
+
+        async def shown() -> tuple[set[str], set[str], str]:
+            summary = (await stats_body(hive, {}))["summary"]
+            families = text_string_to_metric_families(await metrics_text(hive))
+            metrics = {sample.labels.get("agent") for family in families for sample in family.samples}
+            table = await run_cli(hive, "stats")
+            assert table.exit_code == 0, table.output
+            return set(summary), metrics, table.output
+
+        await host_request(hive, "destroy", agent="scout")
+        summary, metrics, table = await shown()
+        assert "scout" in summary
+        assert "scout" in metrics
+        assert "\nscout " in table
+
+        await host_request(hive, "destroy", agent="scout", purge=True)
+        await trio.sleep(0.5)  # sampler ticks after the purge add nothing of it
+        summary, metrics, table = await shown()
+        assert "scout" not in summary
+        assert "scout" not in metrics
+        assert "scout" not in table
+        assert "manager" in summary  # the others keep theirs
+        count = "SELECT COUNT(*) FROM telemetry_totals WHERE agent = 'scout'"
+        assert await hive.store.read(lambda db: db.execute(count).fetchone()[0]) == 0
