@@ -17,6 +17,7 @@ import trio
 from hyperhive_web import dashboard_of
 from webkit import ARTIFACTS, dashboard_hive
 
+from hyperhive_core import State
 from hyperhive_core.testing import call_tool, needs_claude, next_event
 
 pytestmark = [needs_claude, pytest.mark.slow]
@@ -34,6 +35,11 @@ steps = [
   { tool = "send", input = { to = "operator", body = "working on it, a long line to see it wrap on a phone screen" } },
   { text = "done", status = 500 },
 ]
+
+[[agents.worker.rules]]
+name = "ping"
+when = "ping"
+steps = [{ tool = "send", input = { to = "operator", body = "pong" } }, { text = "answered" }]
 
 [[agents."*".rules]]
 steps = [{ text = "noted" }]
@@ -88,13 +94,18 @@ def expect(target: Any) -> Any:
     return playwright_expect(target)
 
 
-async def open_page(browser: Any, hive: Any, viewport: dict[str, int]) -> Any:
-    """A page in a fresh context of ``viewport``, logged in, on the host dashboard, live."""
+async def open_page(browser: Any, hive: Any, viewport: dict[str, int], clock: bool = False) -> Any:
+    """A page in a fresh context of ``viewport``, logged in, on the host dashboard, live.
+
+    With ``clock``, the page's timers are Playwright's, for the test to pause and move on.
+    """
     url, token = dashboard_of(hive).url, dashboard_of(hive).token
 
     def open_it() -> Any:
         context = browser._browser.new_context(viewport=viewport, device_scale_factor=1)
         context.set_default_timeout(15_000)
+        if clock:
+            context.clock.install()
         page = context.new_page()
         page.goto(f"{url}/login?token={token}")
         page.wait_for_selector("#link.live")
@@ -260,3 +271,69 @@ async def test_the_host_page_on_a_desktop_keeps_its_two_columns(hive, browser):
 
     with trio.fail_after(90):
         await browser.run(looks)
+
+
+async def test_an_armed_deny_and_a_half_typed_answer_survive_live_updates(hive, browser):
+    text, is_error = await call_tool(hive, "manager", "ask_operator", question="what should the helper do first?")
+    assert not is_error, text
+    question = int(text.split()[1])
+    approval = await hive.approvals.request_spawn("manager", "helper", "a helper for the worker")
+    page = await open_page(browser, hive, PHONE, clock=True)
+    card = page.locator(f"#approval-{approval.id}")
+    deny = card.get_by_role("button", name=f"deny {approval.id}")
+
+    def arm_and_type() -> None:
+        # From here on the page's time moves only when the test moves it: the deny stays
+        # armed for its four seconds however slow the machine is, unless a re-render resets it.
+        page.clock.pause_at(page.evaluate("() => Date.now()") / 1000 + 1)
+        card.get_by_role("textbox").fill("not now")
+        deny.click()
+        expect(deny).to_have_text("sure? D3NY")
+        page.locator(f'[data-question="{question}"] textarea').click()
+        page.keyboard.type("half an ans")
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowLeft")
+
+    later: dict[str, int] = {}
+
+    def updated() -> None:
+        """Move the page's time on, a little at a time, until every update has been rendered."""
+        rendered = """(ids) => !!document.getElementById(`approval-${ids.approval}`)
+          && !!document.querySelector(`[data-question="${ids.question}"]`)
+          && [...document.querySelectorAll("#inbox-list li")].some((li) => li.textContent.includes("pong"))
+          && document.querySelector("#agent-manager .state").textContent.includes("idle")"""
+        for _ in range(120):  # 3 s of the page's time at most: the deny disarms by itself after 4
+            if page.evaluate(rendered, later):
+                return
+            page.clock.run_for(25)
+            page.wait_for_timeout(150)
+        raise AssertionError("the live updates did not all arrive")
+
+    def still_armed_and_typed() -> None:
+        expect(deny).to_have_text("sure? D3NY")
+        expect(deny).to_have_class(re.compile("armed"))
+        focused = page.evaluate(
+            """() => { const el = document.activeElement;
+              const q = el.closest("[data-question]")?.dataset.question;
+              return [q, el.value, el.selectionStart, el.selectionEnd]; }"""
+        )
+        assert focused == [str(question), "half an ans", 9, 9]
+        shot(page, "phone-host-kept-through-updates")
+        deny.click()
+        expect(page.locator(".toast", has_text=f"#{approval.id} denied")).to_be_visible()
+        expect(card).to_have_count(0)
+
+    with trio.fail_after(120):
+        await browser.run(arm_and_type)
+        # The manager's turn: its state changes, a second approval and a question arrive, a message comes in.
+        hive.agents.set_state("manager", State.THINKING, "1 message(s)")
+        later["approval"] = (await hive.approvals.request_spawn("manager", "helper-two", "another helper")).id
+        text, is_error = await call_tool(hive, "manager", "ask_operator", question="and then?")
+        later["question"] = int(text.split()[1])
+        await hive.broker.send("operator", "worker", "ping")
+        await next_event(hive, "worker", "message_sent", lambda event: event.data["to"] == "operator")
+        hive.agents.set_state("manager", State.IDLE)
+        await browser.run(updated)
+        await browser.run(still_armed_and_typed)
+    denied = await hive.approvals.get(approval.id)
+    assert (denied.status, denied.note) == ("denied", "not now")
