@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import time
-from collections import deque
+from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +50,8 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 SPAN_EVENT = "tracing.span"
 # Spans waiting for the writer, at most; past it a span is lost with a warning (the hive never waits on tracing).
 WRITE_QUEUE = 10_000
-# Turns remembered per agent, to find the one a late event (a tool call, a compaction) belongs to.
-RECENT_TURNS = 4
+# Turns remembered by key, to find the one an event (a tool call, a compaction) belongs to, however late.
+KNOWN_TURNS = 4096
 # A send refused before it was stored never ends its span; forget such spans past this many.
 PENDING_LIMIT = 1_000
 RETENTION_INTERVAL = 3600.0
@@ -93,8 +93,10 @@ class Tracer:
         self.export = Export(settings) if settings.otlp_endpoint else None
         self._running: dict[str, SpanRecord] = {}
         """Each agent's turn now running, by agent."""
-        self._recent: dict[str, deque[SpanRecord]] = {}
-        """Each agent's last few turns, newest last (the running one too)."""
+        self._turns: OrderedDict[tuple[str, str], SpanRecord] = OrderedDict()
+        """The last turns, by (agent, turn key), oldest first."""
+        self._streamed: dict[str, str] = {}
+        """The key of each agent's turn the live events are at now (its last ``turn_start``)."""
         self._pending: dict[str, SpanRecord] = {}
         """Send and message spans whose message is not stored yet, by span id."""
         self._tools: dict[str, SpanRecord] = {}
@@ -162,7 +164,7 @@ class Tracer:
             links=[{"trace_id": trace, "span_id": span_id} for trace, span_id in others],
         )  # fmt: skip
         self._running[agent] = span
-        self._recent.setdefault(agent, deque(maxlen=RECENT_TURNS)).append(span)
+        self._know(agent, span)
         self._save(span)
         publish_turn_link(self.hive, agent, trace_id, span.span_id)
         return span
@@ -187,24 +189,19 @@ class Tracer:
                 output_tokens=usage.get("output_tokens"),
             )
         )
-        for tool_id, tool in list(self._tools.items()):
-            if tool.parent_id == span.span_id:
-                del self._tools[tool_id]
-                self._save(_finish(tool, end, "error", error="the turn ended before the tool's result"))
         finished = _finish(span, end, "ok" if ok else "error", exit=turn.exit, duration_ms=turn.duration_ms)
-        self._remember(agent, finished)
+        self._know(agent, finished)
         self._save(finished)
 
-    def _remember(self, agent: str, span: SpanRecord) -> None:
-        recent = self._recent.get(agent, deque())
-        for index, turn in enumerate(recent):
-            if turn.span_id == span.span_id:
-                recent[index] = span
+    def _know(self, agent: str, span: SpanRecord) -> None:
+        self._turns[(agent, span.attributes["turn_key"])] = span
+        if len(self._turns) > KNOWN_TURNS:
+            self._turns.popitem(last=False)
 
-    def _turn_at(self, agent: str, at_ns: int) -> SpanRecord | None:
-        """The turn of ``agent`` running at ``at_ns``, or the last one before it."""
-        before = [turn for turn in self._recent.get(agent, ()) if turn.start_ns <= at_ns]
-        return before[-1] if before else None
+    def _turn_of(self, agent: str) -> SpanRecord | None:
+        """The turn ``agent``'s live events are at (however far behind they are), else the one running now."""
+        streamed = self._turns.get((agent, self._streamed.get(agent, "")))
+        return streamed or self._running.get(agent)
 
     def _open(self, parent: SpanRecord, name: str, kind: str, agent: str, **attributes: Any) -> SpanRecord:
         return SpanRecord(
@@ -218,8 +215,16 @@ class Tracer:
         """One live event of this host's (a tool call, a question, an approval, a nap, a compaction)."""
         data, at = event.data, _ns(event.at)
         kind: str = event.type  # plugins' own types too, beyond core's
-        if kind == "tool_use":
-            turn = self._running.get(event.agent) or self._turn_at(event.agent, at)
+        if kind == "turn_start" and data.get("message_ids"):
+            self._streamed[event.agent] = str(data["message_ids"][0])
+        elif kind == "turn_end":  # a tool call the turn left without a result ends with it
+            turn = self._turn_of(event.agent)
+            for tool_id, tool in list(self._tools.items()):
+                if turn is not None and tool.parent_id == turn.span_id:
+                    del self._tools[tool_id]
+                    self._save(_finish(tool, at, "error", error="the turn ended before the tool's result"))
+        elif kind == "tool_use":
+            turn = self._turn_of(event.agent)
             if turn is not None and data.get("id"):
                 name = str(data.get("name", ""))
                 tool = replace(self._open(turn, f"tool {name}", "tool", event.agent, tool=name), start_ns=at)
@@ -252,7 +257,7 @@ class Tracer:
             self._wait_ended(("compaction", str(data["id"])), at, status, outcome=data.get("status"))
 
     def _wait_started(self, key: tuple[str, str], agent: str, at: int, name: str, **attributes: Any) -> None:
-        turn = self._running.get(agent) or self._turn_at(agent, at)
+        turn = self._turn_of(agent)
         if turn is None:  # nothing traced leads to it (tracing came on since)
             return
         kind, wait_key = key
