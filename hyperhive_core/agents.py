@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,6 +228,8 @@ class Agents:
         agent.status.paused = bool(row.get("paused"))
         agent.status.pause_reason = row.get("pause_reason") or ""
         agent.status.spend_cap_lifted_on = row.get("spend_cap_lifted_on")
+        # What the dashboard shows of its past outlives a restart or rebuild, as its state does.
+        agent.status.last_turn_ms, agent.status.last_turn_at = await self.store.read(partial(last_turn, name=name))
         override = row.get("model_override")
         if override:
             try:
@@ -236,6 +239,7 @@ class Agents:
                 override = None
                 await self.remember(name, model_override=None)
         agent.status.model = override or config.model or default_model
+        agent.status.model_switched_at = row.get("model_switched_at") if override else None  # the operator's switch
         self._agents[name] = agent
         # The manager may message anyone; others the operator, the manager and their list.
         may_message = None if agent.is_manager else {self.manager, *config.allowed_recipients}
@@ -313,6 +317,14 @@ def _upsert(db: sqlite_utils.Database, name: str, role: str, origin: str, config
     return {}
 
 
+def last_turn(db: sqlite_utils.Database, name: str) -> tuple[int | None, float | None]:
+    """How long ``name``'s latest recorded turn took (ms) and when it ended; Nones before its first."""
+    row = db.execute(
+        "SELECT duration_ms, started_at FROM turns WHERE agent = ? ORDER BY started_at DESC LIMIT 1", [name]
+    ).fetchone()
+    return (None, None) if row is None else (row[0], row[1] + row[0] / 1000)
+
+
 def config_json(config: AgentConfig) -> str:
     """An agent config as stored: plain JSON, plugin sections as their tables."""
     return json.dumps(asdict(config))
@@ -346,3 +358,8 @@ def m008_agent_pause_reason(db: sqlite_utils.Database) -> None:
     """Why an agent is paused, and the day the operator lifted its spend cap: both outlive a restart."""
     db.table("agents").add_column("pause_reason", str)
     db.table("agents").add_column("spend_cap_lifted_on", str)
+
+
+def m011_agent_model_switched_at(db: sqlite_utils.Database) -> None:
+    """When the operator's last model switch took effect: the agent page shows it after a restart too."""
+    db.table("agents").add_column("model_switched_at", float)

@@ -6,7 +6,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from hyperhive_core import core_tools, host_commands
-from hyperhive_core.agents import AgentConfig, core_agent_checks, m003_agents, m008_agent_pause_reason
+from hyperhive_core.agents import (
+    AgentConfig,
+    core_agent_checks,
+    m003_agents,
+    m008_agent_pause_reason,
+    m011_agent_model_switched_at,
+)
 from hyperhive_core.approvals import m006_approvals, m009_approval_host
 from hyperhive_core.broker import (
     BrokerSection,
@@ -44,6 +50,7 @@ CORE_MIGRATIONS = [
     m008_agent_pause_reason,
     m009_approval_host,
     m010_message_headers,
+    m011_agent_model_switched_at,
 ]
 
 # Enough of a body for the sender's live tail; the message itself has all of it.

@@ -496,6 +496,7 @@ class Harness:
         if status.queued_model is None:
             return
         status.model, status.queued_model, status.model_switched_at = status.queued_model, None, time.time()
+        await self.hive.agents.remember(self.name, model_switched_at=status.model_switched_at)
         if self.session is not None:
             await self.session.stop()  # the next turn starts it with --resume and the new --model
         self.hive.events.publish(self.name, "note", text=f"model switched to {status.model}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import urllib.request
 
 import pytest
 import trio
@@ -154,6 +156,44 @@ async def test_rebuild_restarts_with_the_current_config_and_clears_failed(make_p
             await next_event(hive, "manager", "turn_end", lambda e: True)
             while hive.harnesses["manager"].session.pid in (None, old_pid):
                 await trio.sleep(0.05)
+
+
+async def test_the_last_turn_and_model_switch_outlive_a_rebuild_and_a_restart(make_pm, tmp_path):
+    """The dashboard's last-turn chip and "switched … ago" come from GET /api/state, which keeps them."""
+    import hyperhive_web
+
+    async def shown(hive):
+        dashboard = hyperhive_web.dashboard_of(hive)
+        request = urllib.request.Request(
+            f"{dashboard.url}/api/state", headers={"Authorization": f"Bearer {dashboard.token}"}
+        )
+        with trio.fail_after(30):
+            body = await trio.to_thread.run_sync(lambda: json.load(urllib.request.urlopen(request, timeout=20)))
+        (manager,) = [agent for agent in body["agents"] if agent["name"] == "manager"]
+        return {key: manager[key] for key in ("last_turn_ms", "last_turn_at", "model", "model_switched_at")}
+
+    async with running_hive(tmp_path, make_pm("web"), ECHO, web={"port": 0}) as hive:
+        assert await shown(hive) == {
+            "last_turn_ms": None,
+            "last_turn_at": None,
+            "model": "haiku",
+            "model_switched_at": None,
+        }
+        await hive.broker.send("operator", "manager", "one")
+        with trio.fail_after(60):
+            end = await next_event(hive, "manager", "turn_end")
+        await hive.set_model("manager", "sonnet")
+        before = await shown(hive)
+        assert before["last_turn_ms"] == end.data["duration_ms"]
+        assert before["last_turn_at"] == pytest.approx(end.at, abs=1)
+        assert before["model"] == "sonnet"
+        assert before["model_switched_at"] is not None
+        await hive.rebuild("manager")
+        rebuilt = await shown(hive)
+    async with running_hive(tmp_path, make_pm("web"), ECHO, web={"port": 0}) as hive:
+        restarted = await shown(hive)
+    for after in (rebuilt, restarted):
+        assert after == {**before, "last_turn_at": pytest.approx(before["last_turn_at"], abs=1)}
 
 
 async def test_hook_on_container_event_for_a_crash_and_restart_with_backoff(make_pm, tmp_path, caplog):
