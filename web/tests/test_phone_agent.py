@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 from hyperhive_web import dashboard_of
-from webkit import dashboard_hive, screenshot
+from webkit import ARTIFACTS, dashboard_hive, screenshot
 
 from hyperhive_core.testing import needs_claude, wait_until
 
@@ -87,6 +87,10 @@ async def test_the_agent_page_on_a_phone(tmp_path, make_pm, browser):
             for plugin in PANEL_PLUGINS:
                 expect(page.locator(f'section.panel.plugin[data-plugin="{plugin}"]')).to_have_count(1)
             expect(page.locator("#tail-empty")).to_be_visible()
+            # The page opens at its top, the input focused all the same.
+            assert page.evaluate("() => window.scrollY") == 0
+            expect(page.locator("#line")).to_be_focused()
+            page.screenshot(path=str(ARTIFACTS / "phone-agent-screen.png"))  # what the phone shows at first
             screenshot(page, "phone-agent")
             assert overflow(page)["scroll"] <= overflow(page)["inner"], overflow(page)
             whole_and_on_top(page, "#dashboard-link")

@@ -419,5 +419,5 @@
 
   renderState();
   renderInbox();
-  input.focus();
+  input.focus({ preventScroll: true }); // a phone opens the page at its top, not scrolled to the input
 })();
