@@ -15,6 +15,7 @@ import hyperhive_web
 import pytest
 import trio
 from hyperhive_web import dashboard_of
+from test_phone_host import DESKTOP, open_page
 from webkit import ARTIFACTS, dashboard_hive, operator
 
 from hyperhive_core.testing import call_tool, needs_claude, next_event, wait_until
@@ -60,12 +61,6 @@ ICON = "/static/icon.svg"
 SHOWN = "() => [document.title, document.querySelector('link[rel=icon]').getAttribute('href')]"
 
 
-def expect(target: Any) -> Any:
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect(target)
-
-
 @pytest.fixture
 async def hive(tmp_path, make_pm):
     pm = make_pm(web=hyperhive_web, questions=hyperhive_questions)
@@ -74,22 +69,10 @@ async def hive(tmp_path, make_pm):
         yield running
 
 
-async def open_page(browser: Any, hive: Any, *, hidden: bool, allowed: bool) -> Any:
-    """The host dashboard, live, in a fresh context; notifications allowed or not yet asked."""
-    url, token = dashboard_of(hive).url, dashboard_of(hive).token
-
-    def open_it() -> Any:
-        context = browser._browser.new_context(viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(15_000)
-        if allowed:
-            context.grant_permissions(["notifications"], origin=url)
-        context.add_init_script(RECORD + (HIDDEN if hidden else ""))
-        page = context.new_page()
-        page.goto(f"{url}/login?token={token}")
-        page.wait_for_selector("#link.live")
-        return page
-
-    return await browser.run(open_it)
+async def watched_page(browser: Any, hive: Any, *, hidden: bool, allowed: bool) -> Any:
+    """The host dashboard, live, its notifications recorded; allowed, or not asked yet."""
+    script = RECORD + (HIDDEN if hidden else "")
+    return await open_page(browser, hive, DESKTOP, allow_notifications=allowed, init_script=script)
 
 
 def notified(page: Any) -> list[dict[str, str]]:
@@ -109,7 +92,7 @@ def shows(page: Any, count: int) -> None:
 
 
 async def test_the_permission_is_asked_on_the_first_click_and_a_visible_tab_is_not_notified(hive, browser):
-    page = await open_page(browser, hive, hidden=False, allowed=False)
+    page = await watched_page(browser, hive, hidden=False, allowed=False)
 
     def before_any_click() -> None:
         assert page.evaluate("() => Notification.permission") == "default"
@@ -133,7 +116,7 @@ async def test_the_permission_is_asked_on_the_first_click_and_a_visible_tab_is_n
 
 
 async def test_a_hidden_tab_is_notified_and_its_title_and_icon_count_what_waits(hive, browser):
-    page = await open_page(browser, hive, hidden=True, allowed=True)
+    page = await watched_page(browser, hive, hidden=True, allowed=True)
     http = operator(hive)
 
     def notes_say(*titles: str) -> None:
@@ -207,7 +190,7 @@ async def test_the_manifest_and_the_icons_are_served_for_an_installed_app(hive):
 
 
 async def test_chromium_reads_the_manifest_under_the_pages_policy(hive, browser):
-    page = await open_page(browser, hive, hidden=False, allowed=False)
+    page = await watched_page(browser, hive, hidden=False, allowed=False)
     refused: list[str] = []
 
     def read() -> dict[str, Any]:

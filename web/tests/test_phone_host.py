@@ -94,10 +94,19 @@ def expect(target: Any) -> Any:
     return playwright_expect(target)
 
 
-async def open_page(browser: Any, hive: Any, viewport: dict[str, int], clock: bool = False) -> Any:
+async def open_page(
+    browser: Any,
+    hive: Any,
+    viewport: dict[str, int],
+    *,
+    clock: bool = False,
+    allow_notifications: bool = False,
+    init_script: str = "",
+) -> Any:
     """A page in a fresh context of ``viewport``, logged in, on the host dashboard, live.
 
-    With ``clock``, the page's timers are Playwright's, for the test to pause and move on.
+    With ``clock``, the page's timers are Playwright's, for the test to pause and move on;
+    ``init_script`` runs in every page before the page's own scripts.
     """
     url, token = dashboard_of(hive).url, dashboard_of(hive).token
 
@@ -106,6 +115,10 @@ async def open_page(browser: Any, hive: Any, viewport: dict[str, int], clock: bo
         context.set_default_timeout(15_000)
         if clock:
             context.clock.install()
+        if allow_notifications:
+            context.grant_permissions(["notifications"], origin=url)
+        if init_script:
+            context.add_init_script(init_script)
         page = context.new_page()
         page.goto(f"{url}/login?token={token}")
         page.wait_for_selector("#link.live")
