@@ -244,7 +244,7 @@ class Tracer:
             name = f"approval {data.get('kind', '')} {event.agent}"
             self._wait_started(("approval", str(data["id"])), asker, at, name, approval_id=data["id"])
         elif kind == "approval_resolved":
-            status = "ok" if data.get("status") == "approved" else "error"
+            status = "ok" if data.get("status") in ("approved", "denied") else "error"  # failed, cancelled
             self._wait_ended(("approval", str(data["id"])), at, status, outcome=data.get("status"))
         elif kind == "nap.started":
             self._wait_started(("nap", event.agent), event.agent, at, "nap", seconds=data.get("seconds"))

@@ -20,7 +20,7 @@ from hyperhive_tracing.store import (
 )
 
 from hyperhive_core import hookimpl
-from hyperhive_core.testing import running_hive
+from hyperhive_core.testing import call_tool, host_request, running_hive
 
 QUIET = '[[agents."*".rules]]\nsteps = [{ text = "ok" }]\n'
 DAY = 86_400 * 10**9
@@ -153,6 +153,34 @@ async def test_a_turn_cut_short_by_a_restart_ends_as_an_error_and_its_rerun_cont
     assert (cut.parent_id, cut.status, cut.attributes["error"]) == (root_id, "error", CUT_SHORT)
     assert cut.end_ns is not None
     assert (rerun.parent_id, rerun.status, rerun.attributes["turn_key"]) == (root_id, "open", str(sent.id))
+
+
+async def test_an_approval_is_a_persons_wait_and_its_answer_continues_the_trace(make_pm, tmp_path):
+    hold = HoldTurns()
+    pm = make_pm(tracing=hyperhive_tracing, hold=hold)
+    async with running_hive(tmp_path, pm, QUIET) as hive:
+        with trio.fail_after(30):
+            sent = await hive.broker.send("operator", "manager", "we need a builder")
+            await hold.started.wait()
+            trace_id, _ = parse_traceparent(sent.headers[TRACEPARENT])
+            [turn] = await until(lambda: spans_of(hive, trace_id, "turn"))
+            text, is_error = await call_tool(hive, "manager", "request_spawn", name="builder", description="builds")
+            assert not is_error, text
+            [asked] = await until(lambda: spans_of(hive, trace_id, "approval"))
+            approval_id = asked.attributes["approval_id"]
+            await host_request(hive, "deny", approval_id=approval_id, note="not now")
+            [answer] = [m for m in await hive.broker.recent_for("manager") if m.kind == "event"]
+            [denied] = await until(lambda: ended(hive, trace_id, "approval"))
+    assert (asked.parent_id, asked.agent, asked.name) == (turn.span_id, "manager", "approval spawn builder")
+    assert asked.waits_on_person
+    assert (denied.status, denied.attributes["outcome"]) == ("ok", "denied")
+    assert denied.end_ns >= denied.start_ns
+    # The approval_resolved event that wakes the manager carries the approval's context.
+    assert parse_traceparent(answer.headers[TRACEPARENT]) == (trace_id, asked.span_id)
+
+
+async def ended(hive, trace_id, kind) -> list[SpanRecord]:
+    return [s for s in await spans_of(hive, trace_id, kind) if not s.open]
 
 
 async def spans_of(hive, trace_id, kind, count=1) -> list[SpanRecord]:
