@@ -99,6 +99,9 @@ async def measure(plugins: list[str], turns: int) -> tuple[float, float]:
             "hive": {"state_dir": str(root / "state"), "container_backend": "process"},
             "claude": {"rehearsal_scenario": str(root / "scenario.toml")},
             "agents": {AGENT: {}},
+            # Turns back to back with no model between them: room for every event of the run, so the
+            # plugin's watcher, however far behind, never loses its subscription (a real turn takes seconds).
+            "events": {"subscriber_buffer": 100 * (WARM_UP + turns)},
         }
         config = load_config(root / "hyperhive.toml", raw, config_schemas(pm))
         async with trio.open_nursery() as nursery:

@@ -163,6 +163,9 @@ class Tracer:
             attributes={"turn_key": str(turn.messages[0].id), "message_ids": [m.id for m in turn.messages]},
             links=[{"trace_id": trace, "span_id": span_id} for trace, span_id in others],
         )  # fmt: skip
+        crashed = self._running.get(agent)
+        if crashed is not None:  # on_turn_end never came: the turn crashed the agent's loop
+            self._save(_finish(crashed, span.start_ns, "error", error="the turn crashed the agent's turn loop"))
         self._running[agent] = span
         self._know(agent, span)
         self._save(span)
