@@ -112,13 +112,22 @@ class Tracer:
         """A send's ``traceparent``: its own ``send`` span in a turn, else the context it continues, else a root."""
         turn = self._running.get(sender)
         if turn is not None:
-            span = self._open(turn, f"send {sender}→{recipient}", "send", sender, recipient=recipient)
+            span = self._open(turn, f"send {sender}→{recipient}", "send", sender, attributes={"recipient": recipient})
         elif (continued := self._continued(kind, body)) is not None:
             return {TRACEPARENT: traceparent(continued.trace_id, continued.span_id)}
         else:
             name = f"message {sender}→{recipient}"
-            span = SpanRecord(new_span_id(), new_trace_id(), None, name, "message", sender, self.host, _now())
-            span = replace(span, attributes={"recipient": recipient})
+            span = SpanRecord(
+                new_span_id(),
+                new_trace_id(),
+                None,
+                name,
+                "message",
+                sender,
+                self.host,
+                _now(),
+                attributes={"recipient": recipient},
+            )
         if len(self._pending) >= PENDING_LIMIT:
             self._pending.pop(next(iter(self._pending)))
         self._pending[span.span_id] = span
@@ -152,17 +161,33 @@ class Tracer:
             first = turn.messages[0]
             at = _ns(first.created_at)
             root = SpanRecord(
-                new_span_id(), new_trace_id(), None, f"message {first.sender}→{agent}", "message", first.sender,
-                self.host, at, at, "ok", attributes={"message_id": first.id, "recipient": agent},
-            )  # fmt: skip
+                new_span_id(),
+                new_trace_id(),
+                None,
+                f"message {first.sender}→{agent}",
+                "message",
+                first.sender,
+                self.host,
+                at,
+                at,
+                "ok",
+                attributes={"message_id": first.id, "recipient": agent},
+            )
             self._save(root)
             contexts.append((root.trace_id, root.span_id))
         (trace_id, parent_id), others = contexts[0], contexts[1:]
         span = SpanRecord(
-            new_span_id(), trace_id, parent_id, f"turn {agent}", "turn", agent, self.host, _now(),
+            new_span_id(),
+            trace_id,
+            parent_id,
+            f"turn {agent}",
+            "turn",
+            agent,
+            self.host,
+            _now(),
             attributes={"turn_key": str(turn.messages[0].id), "message_ids": [m.id for m in turn.messages]},
             links=[{"trace_id": trace, "span_id": span_id} for trace, span_id in others],
-        )  # fmt: skip
+        )
         crashed = self._running.get(agent)
         if crashed is not None:  # on_turn_end never came: the turn crashed the agent's loop
             self._save(_finish(crashed, span.start_ns, "error", error="the turn crashed the agent's turn loop"))
@@ -180,16 +205,20 @@ class Tracer:
         ok = turn.exit in ("ok", "compact-retry")
         result = turn.result
         usage = result.usage if result is not None else {}
-        model = self._open(span, f"model {self.hive.agents.get(agent).status.model}", "model", agent)
+        model = f"model {self.hive.agents.get(agent).status.model}"
         self._save(
-            replace(
-                _finish(
-                    model, end, "ok" if ok else "error", usage=usage, tool_calls=result.tool_calls if result else 0
-                ),
-                start_ns=span.start_ns,
+            self._open(
+                span,
+                model,
+                "model",
+                agent,
+                span.start_ns,
+                end_ns=end,
+                status="ok" if ok else "error",
                 cost_usd=turn.cost_usd,
                 input_tokens=usage.get("input_tokens"),
                 output_tokens=usage.get("output_tokens"),
+                attributes={"usage": usage, "tool_calls": result.tool_calls if result is not None else 0},
             )
         )
         finished = _finish(span, end, "ok" if ok else "error", exit=turn.exit, duration_ms=turn.duration_ms)
@@ -206,11 +235,12 @@ class Tracer:
         streamed = self._turns.get((agent, self._streamed.get(agent, "")))
         return streamed or self._running.get(agent)
 
-    def _open(self, parent: SpanRecord, name: str, kind: str, agent: str, **attributes: Any) -> SpanRecord:
-        return SpanRecord(
-            new_span_id(), parent.trace_id, parent.span_id, name, kind, agent, self.host, _now(),
-            attributes=attributes,
-        )  # fmt: skip
+    def _open(
+        self, parent: SpanRecord, name: str, kind: str, agent: str, start_ns: int | None = None, **fields: Any
+    ) -> SpanRecord:
+        """A new child of ``parent``, open from ``start_ns`` (now), with ``fields`` (its attributes, ...)."""
+        start = _now() if start_ns is None else start_ns
+        return SpanRecord(new_span_id(), parent.trace_id, parent.span_id, name, kind, agent, self.host, start, **fields)
 
     # -- live events ---------------------------------------------------------------------
 
@@ -230,7 +260,7 @@ class Tracer:
             turn = self._turn_of(event.agent)
             if turn is not None and data.get("id"):
                 name = str(data.get("name", ""))
-                tool = replace(self._open(turn, f"tool {name}", "tool", event.agent, tool=name), start_ns=at)
+                tool = self._open(turn, f"tool {name}", "tool", event.agent, at, attributes={"tool": name})
                 self._tools[str(data["id"])] = tool
                 self._save(tool)
         elif kind == "tool_result":
@@ -264,10 +294,14 @@ class Tracer:
         if turn is None:  # nothing traced leads to it (tracing came on since)
             return
         kind, wait_key = key
-        span = replace(
-            self._open(turn, name, kind, agent, wait_key=wait_key, **attributes),
-            start_ns=at,
+        span = self._open(
+            turn,
+            name,
+            kind,
+            agent,
+            at,
             waits_on_person=kind in ("question", "approval"),
+            attributes={"wait_key": wait_key, **attributes},
         )
         self._waits[key] = span
         self._save(span)

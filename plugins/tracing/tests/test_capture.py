@@ -40,9 +40,18 @@ class HoldTurns:
 
 def span(trace_id, name, kind="turn", parent=None, start=0, end=None, **fields) -> SpanRecord:
     return SpanRecord(
-        new_span_id(), trace_id, parent, name, kind, fields.pop("agent", "worker"), "", start, end,
-        "open" if end is None else "ok", **fields,
-    )  # fmt: skip
+        new_span_id(),
+        trace_id,
+        parent,
+        name,
+        kind,
+        fields.pop("agent", "worker"),
+        "",
+        start,
+        end,
+        "open" if end is None else "ok",
+        **fields,
+    )
 
 
 async def until(predicate):
