@@ -244,3 +244,22 @@ async def test_the_live_tail_says_what_will_appear_until_the_first_event(hive, b
         await browser.run(gone)
         await browser.run(still_gone_after_reload)
     assert page.errors == []
+
+
+@pytest.mark.parametrize(
+    "size", [{"width": 320, "height": 568}, {"width": 820, "height": 1180}], ids=["small", "tablet"]
+)
+async def test_the_agent_page_fits_a_small_phone_and_a_tablet(hive, browser, size):
+    page = await open_agent_page(browser, hive, size)
+
+    def steps() -> None:
+        expect(page.locator("#tail-empty")).to_be_visible()
+        assert overflow(page)["scroll"] <= overflow(page)["inner"], overflow(page)
+        for selector in ("#dashboard-link", "#line", "#say button", "#model-choice", "#model-switch", "#inbox-list li"):
+            whole_and_on_top(page, selector)
+        assert cut_panels(page) == []
+        screenshot(page, f"agent-{size['width']}")
+
+    with trio.fail_after(60):
+        await browser.run(steps)
+    assert page.errors == []
