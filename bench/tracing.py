@@ -8,11 +8,14 @@ stored; ``on_turn_start``; a ``tool_use`` event; the ``message_headers`` and
 ``on_message`` hooks of a send the turn makes; a ``tool_result`` event;
 ``on_turn_end`` with the CLI's result. No model runs: the figures are the hooks' own.
 
-- ``turn_path_us``: time in the turn's own task per turn (the hook calls and event
-  publishing), which is what a turn waits for.
-- ``turn_total_us``: from the first turn until the tracing plugin has stored every
-  span of the last (its event watcher and span writer, the sqlite write in a worker
-  thread, included), per turn.
+- ``turn_path_us``: CPU time in the turn's own task per turn (the hook calls and
+  event publishing), which is what a turn waits for.
+- ``turn_total_us``: CPU time of the whole daemon process per turn, from the first
+  turn until the tracing plugin has stored every span of the last (its event
+  watcher and span writer, the sqlite writes in worker threads, included).
+
+CPU time, not wall time: on a shared, loaded machine the wall time of a step
+includes waiting for a core, which says nothing about the step.
 
 Each figure with and without the plugin, side by side, and the difference: the
 plugin's cost per turn (the target is under 1 ms). Every line carries the load
@@ -111,14 +114,14 @@ async def measure(plugins: list[str], turns: int) -> tuple[float, float]:
                 await one_turn(hive, n)
             await stored(hive, WARM_UP * spans_per_turn)
             in_path = 0.0
-            started = time.perf_counter()
+            started = time.process_time()
             for n in range(WARM_UP, WARM_UP + turns):
-                mark = time.perf_counter()
+                mark = time.thread_time()
                 await one_turn(hive, n)
-                in_path += time.perf_counter() - mark
+                in_path += time.thread_time() - mark
                 await trio.lowlevel.checkpoint()  # let the watcher and the writer run, as between real turns
             await stored(hive, (WARM_UP + turns) * spans_per_turn)
-            total = time.perf_counter() - started
+            total = time.process_time() - started
             nursery.cancel_scope.cancel()
     return in_path / turns * 1e6, total / turns * 1e6
 
@@ -134,6 +137,7 @@ async def main(turns: int, rounds: int) -> None:
         emit(figure, without, "us", plugin=False, turns=turns, rounds=rounds)
         emit(figure, with_, "us", plugin=True, turns=turns, rounds=rounds)
         emit(f"{figure}_overhead", with_ - without, "us", target_us=1000)
+        emit(f"{figure}_ratio", with_ / without, "ratio")
 
 
 if __name__ == "__main__":
