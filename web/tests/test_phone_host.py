@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import hyperhive_compaction
+import hyperhive_crashwatch
 import hyperhive_questions
+import hyperhive_telemetry
 import hyperhive_web
 import pytest
 import trio
@@ -146,6 +149,11 @@ def fits(page: Any) -> None:
     """Nothing reaches past the window: not the page, not a control."""
     width = page.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
     assert width[0] <= width[1], f"the page is {width[0]}px wide in a {width[1]}px window"
+    # The sections scroll inside <main>: it must not scroll sideways either.
+    width = page.evaluate(
+        "() => [document.querySelector('main').scrollWidth, document.querySelector('main').clientWidth]"
+    )
+    assert width[0] <= width[1], f"the sections are {width[0]}px wide in {width[1]}px"
     assert page.evaluate(OFF_SCREEN) == []
 
 
@@ -157,7 +165,14 @@ def toast_covers_nothing(page: Any, text: str) -> None:
 
 @pytest.fixture
 async def hive(tmp_path, make_pm):
-    pm = make_pm(web=hyperhive_web, questions=hyperhive_questions)
+    # With the bundled plugins that put panels on the host page.
+    pm = make_pm(
+        web=hyperhive_web,
+        questions=hyperhive_questions,
+        telemetry=hyperhive_telemetry,
+        compaction=hyperhive_compaction,
+        crashwatch=hyperhive_crashwatch,
+    )
     settings = {"claude": {"turn_attempts": 1, "api_retries": 0}, "broker": {"max_attempts": 1}}
     async with dashboard_hive(tmp_path, pm, SCENARIO, **settings) as running:
         yield running
@@ -194,6 +209,7 @@ async def test_the_host_page_fits_a_phone_and_every_action_works_there(hive, bro
         expect(page.locator("#inbox-list li", has_text="working on it")).to_be_visible()
         expect(page.locator("#kept-list li", has_text="scout")).to_be_visible()
         expect(page.locator("#draft-list li", has_text="drafty")).to_be_visible()
+        expect(page.locator("section.panel.plugin").first).to_be_attached()
         shot(page, "phone-host")
         fits(page)
         diff = page.locator(f"#approval-{ids['approval']} pre.diff")
