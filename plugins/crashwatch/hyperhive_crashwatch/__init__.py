@@ -67,6 +67,11 @@ def on_container_event(hive: Hive, event: ContainerEvent) -> None:
 
 
 @hookimpl
+async def on_agent_purged(hive: Hive, agent: str) -> None:
+    await crashwatch_of(hive).forget(agent)
+
+
+@hookimpl
 async def dashboard_panels(hive: Hive) -> list[Panel]:
     return await _panels(hive, None)
 

@@ -146,6 +146,12 @@ class Crashwatch:
             with trio.move_on_at(min((burst.ends_at for burst in self._open.values()), default=math.inf)):
                 await self._changed.wait()
 
+    async def forget(self, agent: str) -> None:
+        """``agent`` was purged: drop its bursts, stored and in memory, with no follow-up for them."""
+        self._open.pop(agent, None)
+        self._ended = [burst for burst in self._ended if burst.agent != agent]
+        await self.hive.store.write(partial(records.forget, agent))
+
     async def save(self) -> None:
         """Store what ``serve`` did not get to, so a restart still reports it (at shutdown)."""
         for burst in [*self._ended, *self._open.values()]:

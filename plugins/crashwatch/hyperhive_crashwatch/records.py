@@ -47,6 +47,11 @@ def save(row: dict[str, Any], burst_id: int | None, keep: int, db: sqlite_utils.
     return burst_id
 
 
+def forget(agent: str, db: sqlite_utils.Database) -> None:
+    """Delete every burst of ``agent``."""
+    db.table(TABLE).delete_where("agent = ?", [agent])
+
+
 def unfinished(open_since: float, db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """Bursts not fully reported, or with a crash at or after ``open_since`` (still open); oldest first."""
     return list(db.table(TABLE).rows_where("reported < count OR last_at >= ?", [open_since], order_by="id"))

@@ -151,6 +151,21 @@ async def test_a_unit_failing_twice_in_a_burst_is_reported_once(make_pm, tmp_pat
         assert len(await reports(hive)) == 1
 
 
+async def test_a_purged_agent_leaves_no_crashes_behind(make_pm, tmp_path):
+    """Its bursts go from the table (and so from the panels) and from memory; the others' stay."""
+    async with running_hive(tmp_path, plugins(make_pm), SCENARIO, agents={"alice": {}}) as hive:
+        await hive.spawn("bob")
+        for agent in ("alice", "bob"):
+            await hive.container_event(crash(agent))
+        with trio.fail_after(10):
+            await wait_for_burst(hive, "alice", count=1)
+            await wait_for_burst(hive, "bob", count=1)
+        assert hive.stash[CRASHWATCH].in_burst("bob")
+        await hive.destroy("bob", purge=True)
+        assert [row["agent"] for row in await bursts(hive)] == ["alice"]
+        assert not hive.stash[CRASHWATCH].in_burst("bob")
+
+
 async def test_a_burst_of_20_crashes_is_one_report_then_one_follow_up_with_the_count(make_pm, tmp_path, mock_clock):
     # Real time, but the test moves the clock past a burst itself. Autojump would jump while
     # the store's threads write, ending bursts early; held, it would stall the polls below.
