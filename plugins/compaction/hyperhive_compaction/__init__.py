@@ -63,6 +63,11 @@ async def compactions(hive: Hive, agent: str | None = None, limit: int = 10) -> 
 
 
 @hookimpl
+async def on_agent_purged(hive: Hive, agent: str) -> None:
+    await hive.store.write(lambda db: records.forget(db, agent))
+
+
+@hookimpl
 def register_host_commands(register: Callable[..., None]) -> None:
     register("compact-notes", compact_notes)
     register("compactions", compactions)

@@ -44,6 +44,11 @@ def m001_runs(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [m001_runs]
 
 
+def forget(db: sqlite_utils.Database, agent: str) -> None:
+    """Delete every run of ``agent`` (purged): a new agent of that name starts with none."""
+    db.table(TABLE).delete_where("agent = ?", [agent])
+
+
 def start_run(db: sqlite_utils.Database, agent: str, trigger: str, model: str, before_bytes: int) -> int:
     """Record a compaction that is starting; return its id. Old runs beyond the cap go."""
     row = {

@@ -164,6 +164,17 @@ async def test_an_unknown_compaction_model_stops_the_start(make_pm, tmp_path):
     assert "[claude] extra_models" in str(root_cause(caught.value))
 
 
+async def test_a_purged_agent_leaves_no_runs_behind(make_pm, tmp_path):
+    pm = make_pm(compaction=hyperhive_compaction)
+    async with running_hive(tmp_path, pm, scenario(tmp_path, SHORT_NOTES), agents={"worker": {}}) as hive:
+        await hive.spawn("scout")
+        for agent in ("worker", "scout"):
+            await hive.store.write(lambda db, agent=agent: records.start_run(db, agent, "forced", "haiku", 10))
+        await hive.destroy("scout", purge=True)
+        agents = await hive.store.read(lambda db: [row["agent"] for row in db.table(records.TABLE).rows])
+        assert agents == ["worker"]
+
+
 # -- with the real CLI ------------------------------------------------------------------------
 
 
