@@ -103,8 +103,10 @@ class Tracer:
         """Tool calls waiting for their result, by tool_use id."""
         self._waits: dict[tuple[str, str], SpanRecord] = {}
         """Questions, approvals, naps and compactions still open, by (kind, key)."""
-        self._queue, self._queued = trio.open_memory_channel[SpanRecord](WRITE_QUEUE)
-        self._full_warned = False
+        self._unwritten: list[SpanRecord] = []
+        self._to_write = trio.Event()
+        self._lost = 0
+        """Spans not kept since the last write: the writer was ``WRITE_QUEUE`` behind."""
 
     # -- what the hooks call ----------------------------------------------------------
 
@@ -335,29 +337,31 @@ class Tracer:
     # -- the writer -----------------------------------------------------------------------
 
     def _save(self, span: SpanRecord) -> None:
-        try:
-            self._queue.send_nowait(span)
-        except trio.WouldBlock:
-            if not self._full_warned:
-                self._full_warned = True
-                log.warning(
-                    "tracing: %d spans wait to be written; new ones are dropped until it catches up", WRITE_QUEUE
-                )
+        if len(self._unwritten) == WRITE_QUEUE:
+            self._lost += 1
+            return
+        self._unwritten.append(span)
+        self._to_write.set()
 
     async def write(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Store spans as they come, in batches; hand this host's finished ones to the export."""
+        """Store spans as they come, all that wait at once; hand this host's finished ones to the export."""
         task_status.started()
         try:
-            async for first in self._queued:
-                await self._write([first, *_take_all(self._queued)])
+            while True:
+                await self._to_write.wait()
+                self._to_write = trio.Event()
+                await self._write()
         finally:
             with trio.CancelScope(shield=True):
-                await self._write(_take_all(self._queued))
+                await self._write()
 
-    async def _write(self, spans: list[SpanRecord]) -> None:
+    async def _write(self) -> None:
+        spans, self._unwritten = self._unwritten, []
+        if self._lost:
+            log.warning("tracing: %d span(s) were lost: %d were already waiting to be written", self._lost, WRITE_QUEUE)
+            self._lost = 0
         if not spans:
             return
-        self._full_warned = False
         try:
             await save_spans(self.hive, spans)
         except Exception:
@@ -403,18 +407,5 @@ class Tracer:
             await trio.sleep(RETENTION_INTERVAL)
 
 
-def _take_all(channel: trio.MemoryReceiveChannel[SpanRecord]) -> list[SpanRecord]:
-    taken = []
-    while True:
-        try:
-            taken.append(channel.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return taken
-
-
 TRACER = StashKey[Tracer]("tracing")
 """The hive's span capture in ``hive.stash``, made at startup."""
-
-
-def tracer_of(hive: Hive) -> Tracer:
-    return hive.stash[TRACER]
