@@ -105,7 +105,7 @@ async def test_attach_opens_the_agents_shell_in_a_local_terminal(hive, tmp_path)
         await terminal.aclose()
 
 
-def test_attach_needs_a_terminal(hyperhive, clean_env, tmp_path):
+def test_attach_without_a_running_hive_says_so(hyperhive, clean_env, tmp_path):
     (tmp_path / "hyperhive.toml").write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\n')
     result = subprocess.run(
         [hyperhive, "attach", "worker"],
@@ -115,7 +115,7 @@ def test_attach_needs_a_terminal(hyperhive, clean_env, tmp_path):
         env={**clean_env, "HYPERHIVE_LOAD_PLUGINS": "web"},
     )
     assert result.returncode == 1
-    assert "attach needs a terminal on stdin" in result.stderr
+    assert "is the hive running, with the web plugin?" in result.stderr  # piped input is fine: no daemon is not
 
 
 async def test_the_login_address_is_logged_at_startup_and_printed_again(tmp_path, web_pm, hyperhive, clean_env, caplog):
