@@ -266,6 +266,7 @@ async def test_the_host_page_fits_a_phone_and_every_action_works_there(hive, bro
         fits(page)
         destroy.click()
         toast_covers_nothing(page, "destroyed scout")
+        expect(page.locator("#agent-scout")).to_have_count(0)
         fits(page)
         shot(page, "phone-host-after")
 
