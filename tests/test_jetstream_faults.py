@@ -117,3 +117,20 @@ async def test_a_recipient_waiting_when_its_consumer_leader_is_killed_still_gets
         await got.wait()
     assert batches[0].ids == [sent.id]
     await recipient.ack(batches[0])
+
+
+async def test_a_repeated_send_looks_its_first_copy_up_past_a_killed_stream_leader(nats_cluster, nursery):
+    # A repeat is checked against the message its key first stored, read from the dead stream first: with
+    # that stream's leader killed, the read is asked again until a new leader answers, within the request timeout.
+    brokers = [host(nats_cluster, node) for node in range(3)]
+    first = await brokers[0].send("operator", "bob", "once", idempotency_key="once")
+    info = await brokers[0]._call(lambda: brokers[0]._js.stream_info(brokers[0].dead_stream))
+    leader = next(index for index, node in enumerate(nats_cluster.nodes) if node.name == info.cluster.leader)
+    survivor = brokers[(leader + 1) % 3]  # connected to a node that stays up
+    await nursery.start(survivor.serve)
+    nats_cluster.stop(nats_cluster.nodes[leader], kill=True)
+    with trio.fail_after(120):
+        again = await survivor.send("operator", "bob", "once", idempotency_key="once")
+    assert (again.id, again.body) == (first.id, "once")
+    for broker in brokers:
+        await broker.aclose()

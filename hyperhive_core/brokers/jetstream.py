@@ -1004,13 +1004,14 @@ class JetStreamBroker(MessageBroker):
                 (self.acked_stream, f"{self.acked_subject}.*.*.{message_id}", "acked"),
                 (self.inbox_stream, f"{self.inbox_subject}.*.*.r{message_id}", "queued"),
             )
+            deadline = self._deadline()
             for stream, subject, state in places:
                 try:
-                    return state, await self._js.get_msg(stream, subject=subject)
+                    return state, await self._get_msg(stream, deadline, subject=subject)
                 except nats.js.errors.NotFoundError:
                     continue
             try:
-                raw = await self._js.get_msg(self.inbox_stream, seq=message_id)
+                raw = await self._get_msg(self.inbox_stream, deadline, seq=message_id)
             except nats.js.errors.NotFoundError:
                 return None
             return ("queued", raw) if "id" not in json.loads(raw.data) else None
@@ -1020,6 +1021,23 @@ class JetStreamBroker(MessageBroker):
             return None
         state, raw = hit
         return raw.seq, self._decode(raw.subject, raw.seq, raw.data, state, raw.headers)
+
+    async def _get_msg(self, stream: str, deadline: float, **request: Any) -> Any:
+        """On the loop: one message from ``stream``'s leader, asked again every ``TRY_SECONDS`` until ``deadline``.
+
+        A stream whose leader went away (a node killed) answers nothing until another
+        is elected, seconds later: one request waiting out the whole request timeout
+        would miss it. A send whose retry found its own first try stored looks the
+        message up here, so this is how long that send waits.
+        """
+        while True:
+            await self._until_connected(deadline)
+            try:
+                return await self._client.jetstream(timeout=self._try_seconds(deadline)).get_msg(stream, **request)
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
     def _decode(
         self, subject: str, seq: int, data: bytes, state: MessageState, headers: Mapping[str, str] | None = None
