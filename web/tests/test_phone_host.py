@@ -308,14 +308,18 @@ async def test_an_armed_deny_and_a_half_typed_answer_survive_live_updates(hive, 
     assert not is_error, text
     question = int(text.split()[1])
     approval = await hive.approvals.request_spawn("manager", "helper", "a helper for the worker")
+    await hive.broker.send("worker", "operator", "an earlier note")
     page = await open_page(browser, hive, PHONE, clock=True)
     card = page.locator(f"#approval-{approval.id}")
     deny = card.get_by_role("button", name=f"deny {approval.id}")
+    earlier = page.locator("#inbox-list li", has_text="an earlier note")
 
     def arm_and_type() -> None:
         # From here on the page's time moves only when the test moves it: the deny stays
         # armed for its four seconds however slow the machine is, unless a re-render resets it.
         page.clock.pause_at(page.evaluate("() => Date.now()") / 1000 + 1)
+        earlier.get_by_role("button", name="reply to worker").click()  # a reply form, opened and typed in
+        earlier.get_by_role("textbox", name="reply to worker").fill("a reply in the works")
         card.get_by_role("textbox").fill("not now")
         deny.click()
         expect(deny).to_have_text("sure? D3NY")
@@ -348,6 +352,7 @@ async def test_an_armed_deny_and_a_half_typed_answer_survive_live_updates(hive, 
               return [q, el.value, el.selectionStart, el.selectionEnd]; }"""
         )
         assert focused == [str(question), "half an ans", 9, 9]
+        expect(earlier.get_by_role("textbox", name="reply to worker")).to_have_value("a reply in the works")
         shot(page, "phone-host-kept-through-updates")
         deny.click()
         expect(page.locator(".toast", has_text=f"#{approval.id} denied")).to_be_visible()
