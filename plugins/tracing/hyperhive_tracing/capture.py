@@ -37,7 +37,15 @@ import trio
 from hyperhive_core import SYSTEM, Event, StashKey, SubscriptionDropped
 from hyperhive_tracing.config import TracingSection
 from hyperhive_tracing.export import Export
-from hyperhive_tracing.store import SpanRecord, new_span_id, new_trace_id, open_spans, prune, save_spans
+from hyperhive_tracing.store import (
+    SpanRecord,
+    new_span_id,
+    new_trace_id,
+    open_spans,
+    prune,
+    save_spans,
+    trace_spans,
+)
 from hyperhive_tracing.view import publish_turn_link
 
 if TYPE_CHECKING:
@@ -332,7 +340,10 @@ class Tracer:
             if "wait_key" in span.attributes:
                 self._waits[(span.kind, str(span.attributes["wait_key"]))] = span
                 continue
-            self._save(_finish(span, span.start_ns, "error", error=CUT_SHORT))
+            # It ended, at the latest, with the last thing under it that is known to have happened.
+            under = [s for s in await trace_spans(self.hive, span.trace_id) if s.parent_id == span.span_id]
+            last = max([span.start_ns, *(s.end_ns or s.start_ns for s in under)])
+            self._save(_finish(span, last, "error", error=CUT_SHORT))
 
     # -- the writer -----------------------------------------------------------------------
 

@@ -149,18 +149,25 @@ async def test_a_turn_cut_short_by_a_restart_ends_as_an_error_and_its_rerun_cont
             sent = await hive.broker.send("operator", "worker", "do it")
             await hold.started.wait()
             trace_id, root_id = parse_traceparent(sent.headers[TRACEPARENT])
-            first = await until(lambda: spans_of(hive, trace_id, "turn"))
+            [first] = await until(lambda: spans_of(hive, trace_id, "turn"))
+            # What the turn did before the stop: a tool call that ended, and one that never did.
+            done = span(trace_id, "tool Read", "tool", first.span_id, first.start_ns + 10, first.start_ns + 5000)
+            cut_tool = span(trace_id, "tool Bash", "tool", first.span_id, first.start_ns + 6000)
+            await save_spans(hive, [done, cut_tool])
     hold.started = trio.Event()
     async with running_hive(tmp_path, pm, QUIET, agents=agents) as hive:
         with trio.fail_after(30):
             await hold.started.wait()
             turns = await until(lambda: spans_of(hive, trace_id, "turn", count=2))
             [root] = await spans_of(hive, trace_id, "message")
+            tools = sorted(await spans_of(hive, trace_id, "tool", count=2), key=lambda tool: tool.start_ns)
     [cut, rerun] = turns
     assert (root.span_id, root.parent_id, root.agent, root.status) == (root_id, None, "operator", "ok")
-    assert cut.span_id == first[0].span_id
+    assert cut.span_id == first.span_id
     assert (cut.parent_id, cut.status, cut.attributes["error"]) == (root_id, "error", CUT_SHORT)
-    assert cut.end_ns is not None
+    assert cut.end_ns == cut_tool.start_ns  # the last thing known to have happened in it
+    assert [(tool.name, tool.status) for tool in tools] == [("tool Read", "ok"), ("tool Bash", "error")]
+    assert tools[1].attributes["error"] == CUT_SHORT
     assert (rerun.parent_id, rerun.status, rerun.attributes["turn_key"]) == (root_id, "open", str(sent.id))
 
 
