@@ -5,22 +5,20 @@ from __future__ import annotations
 import http.server
 import logging
 import threading
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import contextmanager
 
 import hyperhive_tracing
 import pytest
 import trio
 from hyperhive_tracing.capture import TRACEPARENT, TRACER, parse_traceparent
-from hyperhive_tracing.store import SpanRecord, new_span_id, new_trace_id, recent_traces, trace_spans
+from hyperhive_tracing.store import SpanRecord, new_span_id, new_trace_id, trace_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from test_cluster_hosts import conversation, host, placement_ready
 
 from hyperhive_core import ConfigError
-from hyperhive_core.brokers.localcluster import LocalCluster
-from hyperhive_core.testing import Script, host_request, needs_claude, next_event, operator_reply, running_hive
+from hyperhive_core.testing import Script, needs_claude, next_event, running_hive
 
 SCRIPT = Script()
 SCRIPT.on("worker", "count the files").call("send", {"to": "operator", "body": "42 files"}).reply("done")
@@ -215,70 +213,3 @@ def test_a_bad_endpoint_is_a_clear_config_error(make_pm, make_config):
         make_config(pm, tracing={"otlp_endpoint": "collector:4318"})
     with pytest.raises(ConfigError, match=r"retention_days must be more than 0, not 0"):
         make_config(pm, tracing={"retention_days": 0})
-
-
-# -- a hive on two hosts ------------------------------------------------------------------------------
-
-
-async def whole_trace(hive, count: int):
-    """The one trace this host holds, once ``count`` spans of it are stored and none is open."""
-    while True:
-        traces = await recent_traces(hive)
-        if len(traces) == 1:
-            spans = await trace_spans(hive, traces[0].trace_id)
-            if len(spans) >= count and not any(span.open for span in spans):
-                return spans
-        await trio.sleep(0.1)
-
-
-@pytest.mark.slow
-@needs_claude
-async def test_on_two_hosts_one_trace_is_whole_on_each_and_each_exports_its_own(make_pm, tmp_path):
-    cluster = LocalCluster(tmp_path / "nats")
-    cluster.start()
-    receivers = {name: Receiver() for name in ("a", "b")}
-    try:
-        placement_ready(cluster.urls)
-        on_a, on_b = conversation()
-        async with AsyncExitStack() as stack:
-            for receiver in receivers.values():
-                stack.enter_context(receiver.serving())
-            a, b = [
-                await stack.enter_async_context(
-                    host(
-                        tmp_path, make_pm(tracing=hyperhive_tracing), name, cluster.urls, script, agents,
-                        tracing={"otlp_endpoint": receivers[name].url},
-                    )
-                )
-                for name, script, agents in (
-                    ("a", on_a, {"alice": {"allowed_recipients": ["bob"]}}),
-                    ("b", on_b, {"bob": {"allowed_recipients": ["alice"]}}),
-                )
-            ]  # fmt: skip
-            with trio.fail_after(120):
-                await host_request(b, "send", to="alice", body="ping")
-                assert (await operator_reply(a, "alice")).startswith("bob answered")
-                # The operator's message; alice's turn, send to bob, bob's turn, send back, alice's
-                # second turn and send to the operator, with a tool and a model span per turn: 13.
-                on_a_spans, on_b_spans = await whole_trace(a, 13), await whole_trace(b, 13)
-                while sum(len(receiver.spans) for receiver in receivers.values()) < len(on_a_spans):
-                    await trio.sleep(0.1)
-                await trio.sleep(1)  # anything exported twice would have come by now
-    finally:
-        cluster.close()
-    assert {span.span_id: span for span in on_a_spans} == {span.span_id: span for span in on_b_spans}
-    hosts = {(span.agent, span.kind): span.host for span in on_a_spans if span.kind != "message"}
-    assert hosts == {
-        ("alice", "turn"): "a",
-        ("alice", "tool"): "a",
-        ("alice", "send"): "a",
-        ("alice", "model"): "a",
-        ("bob", "turn"): "b",
-        ("bob", "tool"): "b",
-        ("bob", "send"): "b",
-        ("bob", "model"): "b",
-    }
-    exported = {name: {span["span_id"] for span in receiver.spans} for name, receiver in receivers.items()}
-    assert exported["a"].isdisjoint(exported["b"])
-    assert exported["a"] | exported["b"] == {span.span_id for span in on_a_spans}
-    assert exported["b"] == {span.span_id for span in on_a_spans if span.host == "b"}
