@@ -114,15 +114,18 @@ class HostDaemon:
     def api(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """A GET on this host's dashboard (a POST of ``body``, if given), with the operator token, as a
         script uses it; a refusal raises ``urllib.error.HTTPError``."""
+        return json.loads(self.page(path, None if body is None else json.dumps(body).encode()))
+
+    def page(self, path: str, data: bytes | None = None) -> bytes:
+        """What this host's dashboard answers at ``path`` (a POST of JSON ``data``, if given)."""
         web = self.dir / "state" / "web"
         url = json.loads((web / "dashboard.json").read_text())["url"]
         headers = {"Authorization": f"Bearer {(web / 'operator-token').read_text().strip()}"}
-        data = None if body is None else json.dumps(body).encode()
         if data is not None:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url.rstrip("/") + path, data=data, headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+            return bytes(response.read())
 
     def request(self, cmd: str, **arguments: Any) -> Any:
         """``cmd`` on this host's socket; a refusal raises ``HostCommandError``."""

@@ -315,6 +315,7 @@ def test_a_question_waits_for_its_host_and_expires_there_if_it_fell_due_meanwhil
         c.request("questions")
     panel = b.api("/-/web/panels/questions")["html"]
     assert "&#x27;manager&#x27; runs on host &#x27;a&#x27;, which is down" in panel, panel
+    assert b"M1ND H4S QU3STI0NS" in b.page("/")  # b's dashboard still serves its host page
 
     # Back: the question that fell due meanwhile expires as a starts; the other is answered from c.
     until(lambda: time.time() > asked_now["Coffee?"]["deadline"], 60, "'Coffee?' to fall due while a is down")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
 from quart.typing import ResponseReturnValue
 
-from hyperhive_core import AGENT_NAME_PATTERN, AGENT_NAME_RULE, OPERATOR, known_models, operator_actions
+from hyperhive_core import AGENT_NAME_PATTERN, AGENT_NAME_RULE, OPERATOR, HyperhiveError, known_models, operator_actions
 from hyperhive_web.api import INBOX_LIMIT, agent_json, state
 from hyperhive_web.auth import Refused, safe_next
 from hyperhive_web.dashboard import current_dashboard
@@ -87,6 +88,15 @@ def recent_approvals(approvals: list[dict[str, Any]], resolved: int = RESOLVED_S
     return pending + [approval for approval in approvals if approval["status"] != "pending"][:resolved]
 
 
+async def from_managers_host(read: Awaitable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Approvals and drafts, which live on the manager's host: none while that host is down (the
+    agent list shows it down, saying why), rather than no page at all."""
+    try:
+        return await read
+    except HyperhiveError:
+        return []
+
+
 @pages.get("/")
 async def host_page() -> str:
     hive = current_dashboard().hive
@@ -95,8 +105,8 @@ async def host_page() -> str:
         "state": await state(),
         "kept": await operator_actions.kept(hive),
         "inbox": await operator_actions.recv(hive, agent=OPERATOR, limit=INBOX_LIMIT),
-        "approvals": recent_approvals(await operator_actions.approvals(hive)),
-        "drafts": await operator_actions.drafts(hive),
+        "approvals": recent_approvals(await from_managers_host(operator_actions.approvals(hive))),
+        "drafts": await from_managers_host(operator_actions.drafts(hive)),
         "dead_letters": await operator_actions.dead_letters(hive),
     }
     return await render_template(
