@@ -79,6 +79,13 @@ def test_no_demo_message_doubles_its_punctuation(agent, text):
     assert not DOUBLED.search(body), body
 
 
+@pytest.mark.parametrize("said", ["tidy the notes", "tidy the notes.", "can you tidy the notes?"])
+def test_the_operators_words_end_what_is_quoted_back(said):
+    """Quoted at the end, the operator's own words need no punctuation of the demo's after them."""
+    (body,) = operator_bodies("worker", prompt("manager", "text", f"The operator asks: {said}"))
+    assert body.endswith(f"The manager asked me: The operator asks: {said}")
+
+
 @pytest.mark.parametrize(
     ("status", "says"), [("cancelled", "You withdrew question 3"), ("expired", "expired unanswered")]
 )
