@@ -30,6 +30,7 @@ from hyperhive_core.names import OPERATOR, InvalidName, check_agent_name
 from hyperhive_core.plugins import HivePluginManager, collect
 
 if TYPE_CHECKING:
+    from hyperhive_core.containers import ContainerSpec
     from hyperhive_core.events import EventBus
     from hyperhive_core.store import Store
 
@@ -154,6 +155,10 @@ class AgentStatus:
     last_turn_at: float | None = None
 
 
+# The live state's fields: plain values, copied as they are (asdict's deep copy costs more than the rest of a snapshot).
+_STATUS_FIELDS = tuple(each.name for each in dataclasses.fields(AgentStatus))
+
+
 @dataclass
 class Agent:
     name: str
@@ -161,14 +166,31 @@ class Agent:
     config: AgentConfig
     status: AgentStatus = field(default_factory=AgentStatus)
     session_id: str | None = None
+    # What a listing of every agent derives from ``config``, made once: a changed config comes
+    # with a new Agent (a rebuild); the view is checked against its config besides.
+    _config_view: tuple[AgentConfig, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
+    listed_spec: ContainerSpec | None = field(default=None, init=False, repr=False, compare=False)
+    """Its container spec as the listing hands it to ``backend.limits``: kept by ``Hive.listed_spec``."""
 
     @property
     def is_manager(self) -> bool:
         return self.role == MANAGER
 
     def snapshot(self) -> dict[str, Any]:
-        """The JSON-able view served to the dashboard and the host socket."""
-        return {"name": self.name, "role": self.role, **asdict(self.status), "config": asdict(self.config)}
+        """The JSON-able view served to the dashboard and the host socket.
+
+        Its ``config`` is shared by every snapshot of this config: read it, never change it.
+        """
+        status = self.status
+        live = {key: getattr(status, key) for key in _STATUS_FIELDS}
+        return {"name": self.name, "role": self.role, **live, "config": self.config_view()}
+
+    def config_view(self) -> dict[str, Any]:
+        """The config as plain JSON-able values, made again only once the config is another."""
+        view = self._config_view
+        if view is None or view[0] is not self.config:
+            view = self._config_view = (self.config, asdict(self.config))
+        return view[1]
 
 
 def core_agent_checks(agent: str, config: AgentConfig) -> list[str]:

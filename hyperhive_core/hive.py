@@ -167,6 +167,14 @@ class Hive:
             limits=self.agent_limits(name) if name in self.agents else None,
         )
 
+    def listed_spec(self, name: str) -> ContainerSpec:
+        """``name``'s container spec as a listing of every agent hands it to ``backend.limits``: made
+        once per agent (a new config is a new agent), and again after ``container_changed``."""
+        agent = self.agents.get(name)
+        if agent.listed_spec is None:
+            agent.listed_spec = self.container_spec(name)
+        return agent.listed_spec
+
     def agent_limits(self, name: str) -> Limits:
         """``name``'s resource caps: its own config's where it sets them, else ``[containers]``'s."""
         section = self.config.section("containers", ContainersSection)
@@ -186,6 +194,8 @@ class Hive:
     def container_changed(self, name: str) -> None:
         """``name``'s container spec changed (a config repo appeared for the manager to see):
         its container restarts with the new one before its next turn."""
+        if name in self.agents:
+            self.agents.get(name).listed_spec = None
         harness = self.harnesses.get(name)
         if harness is not None:
             harness.container_changed()

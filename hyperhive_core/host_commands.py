@@ -130,12 +130,11 @@ async def agent(hive: Hive, agent: str) -> dict[str, Any]:
 
 
 async def _described(hive: Hive, agent: str, inbox_depth: int) -> dict[str, Any]:
-    return {
-        **hive.agents.get(agent).snapshot(),
-        "limits": await hive.backend.limits(hive.container_spec(agent)),
-        "inbox_depth": inbox_depth,
-        "egress_denied": hive.model_proxy.denied(agent),
-    }
+    described = hive.agents.get(agent).snapshot()  # a new dict each time: added to, not copied
+    described["limits"] = await hive.backend.limits(hive.listed_spec(agent))
+    described["inbox_depth"] = inbox_depth
+    described["egress_denied"] = hive.model_proxy.denied(agent)
+    return described
 
 
 async def send(hive: Hive, to: str, body: str, idempotency_key: str | None = None) -> dict[str, Any]:

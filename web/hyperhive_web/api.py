@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, jsonify, request
+import orjson
+from quart import Blueprint, Response, current_app, jsonify, request
+from quart.json.provider import DefaultJSONProvider
 
 from hyperhive_core import OPERATOR, Hive, HyperhiveError, operator_actions
 from hyperhive_web.dashboard import current_dashboard
@@ -60,6 +62,16 @@ def int_arg(name: str, default: int | None, *, low: int = 0, high: int | None = 
     return value
 
 
+_AS_JSONIFY = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def large_json(value: Any) -> Response:
+    """``jsonify`` for a large answer: the same JSON (keys sorted; dates, dataclasses and what else
+    JSON does not know turned by Quart's ``default``), encoded by orjson in a tenth of the time."""
+    body = orjson.dumps(value, default=DefaultJSONProvider.default, option=_AS_JSONIFY)
+    return current_app.response_class(body, mimetype="application/json")
+
+
 async def agent_json(name: str) -> dict[str, Any]:
     """One agent as ``/api/state`` lists it: live state, config and inbox depth."""
     return await operator_actions.agent(hive(), name)
@@ -69,15 +81,17 @@ async def agent_json(name: str) -> dict[str, Any]:
 
 
 @api.get("/api/state")
-async def state() -> dict[str, Any]:
+async def state() -> Response:
     dashboard = current_dashboard()
     status = await operator_actions.status(dashboard.hive)
-    return {
-        **status,
-        "manager": dashboard.hive.agents.manager,
-        "dashboard_port": dashboard.port,
-        "dead_letters": await dashboard.hive.broker.dead_count(),
-    }
+    return large_json(
+        {
+            **status,
+            "manager": dashboard.hive.agents.manager,
+            "dashboard_port": dashboard.port,
+            "dead_letters": await dashboard.hive.broker.dead_count(),
+        }
+    )
 
 
 @api.get("/api/agents/<name>/state")

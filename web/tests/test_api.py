@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import gc
+import json
 
 import pytest
 import trio
 from hyperhive_web import dashboard_of
+from hyperhive_web.api import large_json
+from quart import jsonify
 from webkit import dashboard_hive, operator
 
-from hyperhive_core import State
+from hyperhive_core import AgentConfig, State
 from hyperhive_core.testing import needs_claude, next_event, operator_reply
 
 pytestmark = needs_claude
@@ -230,3 +235,84 @@ async def test_pause_and_resume_and_the_action_routes_take_only_their_own_names(
     assert unknown.status == 404
     assert "no agent named 'nobody'" in unknown.json()["error"]
     assert (wrong_prefix.status, not_an_action.status) == (404, 404)
+
+
+async def test_state_shows_each_change_at_once(hive):
+    """What a listing keeps between requests (each config's JSON, each agent's container spec)
+    never hides a change: every kind shows in the very next /api/state."""
+    http = operator(hive)
+
+    async def worker() -> dict:
+        state = (await http.get("/api/state")).json()
+        return next(agent for agent in state["agents"] if agent["name"] == "worker")
+
+    with trio.fail_after(30):
+        before = await worker()
+        hive.agents.set_state("worker", State.COMPACTING, "tidying up")
+        compacting = await worker()
+        await http.post("/api/agents/worker/model", {"model": "opus"})  # busy: queued
+        queued_model = await worker()
+        hive.agents.set_state("worker", State.IDLE)
+        await http.post("/-/web/agents/worker/pause")
+        paused = await worker()
+        await http.post("/api/agents/worker/messages", {"body": "queued while paused"})
+        queued = await worker()
+        await http.post("/api/agents/worker/model", {"model": "sonnet"})
+        switched = await worker()
+        await hive.rebuild("worker", AgentConfig(instructions="Triage the inbox ✓", memory_max_mb=512))
+        rebuilt = await worker()
+        agent = hive.agents.get("worker")
+        agent.config = dataclasses.replace(agent.config, instructions="replaced in place")
+        replaced = await worker()
+    assert (before["state"], before["paused"], before["inbox_depth"]) == ("idle", False, 0)
+    assert (compacting["state"], compacting["detail"]) == ("compacting", "tidying up")
+    assert queued_model["queued_model"] == "opus"
+    assert (paused["paused"], paused["state"]) == (True, "idle")
+    assert queued["inbox_depth"] == 1
+    assert (switched["model"], before["model"]) == ("sonnet", "haiku")
+    assert switched["model_switched_at"] is not None
+    assert rebuilt["config"]["instructions"] == "Triage the inbox ✓"
+    assert (before["config"]["memory_max_mb"], rebuilt["config"]["memory_max_mb"]) == (None, 512)
+    assert replaced["config"]["instructions"] == "replaced in place"
+
+
+async def test_the_listing_hands_limits_the_spec_as_it_is_now(hive):
+    """The spec passed to ``backend.limits`` is made once per agent, and again when it changes:
+    a new config's caps, a new config repo for the manager to see."""
+    with trio.fail_after(30):
+        manager_before = hive.listed_spec("manager")
+        assert hive.listed_spec("manager") is manager_before  # kept between listings
+        await operator(hive).post("/api/spawn", {"name": "scout"})
+        manager_after = hive.listed_spec("manager")
+        await hive.rebuild("worker", AgentConfig(memory_max_mb=256))
+        worker = hive.listed_spec("worker")
+    assert "/agents/scout/config" not in manager_before.extra_binds
+    assert "/agents/scout/config" in manager_after.extra_binds
+    assert manager_after.extra_binds == hive.container_spec("manager").extra_binds
+    assert worker.limits == hive.agent_limits("worker")
+    assert worker.limits.memory_max_mb == 256
+
+
+async def test_state_is_the_json_jsonify_would_give(hive):
+    """/api/state is encoded by orjson: the document Quart's jsonify gives, keys sorted as it sorts them."""
+    await hive.rebuild("worker", AgentConfig(instructions="naïve café"))
+    snapshot = hive.agents.get("worker").snapshot()
+    value = {
+        "agents": [snapshot],
+        "on": datetime.date(2026, 12, 7),
+        "spec": hive.agent_limits("worker"),
+        "ratio": 0.1,
+        "none": None,
+        "big": 2**53,
+    }
+    async with dashboard_of(hive).app.app_context():
+        fast = await large_json(value).get_data()
+        slow = await jsonify(value).get_data()
+    assert json.loads(fast) == json.loads(slow)
+    assert [key for key, _ in json.loads(fast, object_pairs_hook=list)] == ["agents", "big", "none", "on", "ratio", "spec"]
+    with trio.fail_after(10):
+        reply = await operator(hive).get("/api/state")
+    assert reply.headers["content-type"] == "application/json"
+    worker = next(agent for agent in reply.json()["agents"] if agent["name"] == "worker")
+    assert worker["config"]["instructions"] == "naïve café"
+    assert set(worker) == {*snapshot, "limits", "inbox_depth", "egress_denied"}
