@@ -616,6 +616,11 @@ class MessageBroker(abc.ABC):
         """Where the messages are kept and how that store is doing, for ``hyperhive status`` (docs/broker.md)."""
         return {"backend": type(self).__name__}
 
+    async def overview(self, recipients: Iterable[str]) -> tuple[dict[str, int], dict[str, Any], int]:
+        """``inbox_depths(recipients)``, ``health()`` and ``dead_count()``: what a listing of the whole hive
+        shows (``hyperhive status``, the dashboard), asked of the store in one go where it can."""
+        return await self.inbox_depths(recipients), await self.health(), await self.dead_count()
+
 
 class SqliteBroker(MessageBroker):
     """The default backend: messages in the hive's sqlite file. Run ``serve`` for group commit."""
@@ -918,16 +923,24 @@ class SqliteBroker(MessageBroker):
     async def inbox_depths(self, recipients: Iterable[str]) -> dict[str, int]:
         """One query, each recipient a lookup in the ``messages_by_state`` index: the acked messages,
         however many, are never read."""
-        names = list(dict.fromkeys(recipients))
-        rows = await self.store.read(lambda db: db.execute(_INBOX_DEPTHS, (json.dumps(names),)).fetchall())
-        counted = dict(rows)
-        return {name: counted.get(name, 0) for name in names}
+        return await self.store.read(partial(_inbox_depths, list(dict.fromkeys(recipients))))
 
     async def health(self) -> dict[str, Any]:
         """The database file, its write-ahead log's size, and how many messages are in each state but acked."""
-        # States named, not "!= 'acked'": a search of the state index, where the inequality scans every acked message.
-        sql = "SELECT state, count(*) FROM messages WHERE state IN ('queued', 'leased', 'dead') GROUP BY state"
-        counts = dict(await self.store.read(lambda db: db.execute(sql).fetchall()))
+        return self._health(dict(await self.store.read(lambda db: db.execute(_STATE_COUNTS).fetchall())))
+
+    async def overview(self, recipients: Iterable[str]) -> tuple[dict[str, int], dict[str, Any], int]:
+        """One read on the store's thread: the inbox depths, and the counts by state, dead letters among them."""
+        names = list(dict.fromkeys(recipients))
+
+        def read(db: sqlite_utils.Database) -> tuple[dict[str, int], dict[str, int]]:
+            return _inbox_depths(names, db), dict(db.execute(_STATE_COUNTS).fetchall())
+
+        depths, counts = await self.store.read(read)
+        health = self._health(counts)
+        return depths, health, health["dead"]
+
+    def _health(self, counts: dict[str, int]) -> dict[str, Any]:
         wal = self.store.path.with_name(self.store.path.name + "-wal")
         return {
             "backend": "sqlite",
@@ -1072,6 +1085,11 @@ def _insert_messages(
     return stored, leased
 
 
+def _inbox_depths(names: list[str], db: sqlite_utils.Database) -> dict[str, int]:
+    counted = dict(db.execute(_INBOX_DEPTHS, (json.dumps(names),)).fetchall())
+    return {name: counted.get(name, 0) for name in names}
+
+
 def _lease(recipient: str, token: str, limit: int, now: float, db: sqlite_utils.Database) -> tuple[Message, ...]:
     rows = db.execute(
         f"""
@@ -1113,6 +1131,8 @@ def _unlease(
 
 
 _DEAD_COUNT = "SELECT count(*) FROM messages WHERE state = 'dead'"
+# States named, not "!= 'acked'": a search of the state index, where the inequality scans every acked message.
+_STATE_COUNTS = "SELECT state, count(*) FROM messages WHERE state IN ('queued', 'leased', 'dead') GROUP BY state"
 _INBOX_DEPTHS = (
     "SELECT recipient, count(*) FROM messages WHERE state IN ('queued', 'leased') "
     "AND recipient IN (SELECT value FROM json_each(?)) GROUP BY recipient"

@@ -57,21 +57,24 @@ def on_manager_host(cmd: str) -> Callable[[Command], Command]:
 
 
 async def status(hive: Hive) -> dict[str, Any]:
-    """The hive at a glance: backend, model endpoint, and every agent's state."""
+    """The hive at a glance: backend, model endpoint, every agent's state, the broker's health."""
     backend_status = {
         "name": hive.backend.name,
         "isolated": hive.backend.isolated,
         "limits": hive.backend.limits_summary,
     }
+    names = [each.name for each in hive.agents]
+    depths, health, dead = await hive.broker.overview(names)  # on sqlite, one read for all three
     return {
         "state_dir": str(hive.paths.root),
         "backend": backend_status,
         "rehearsal": hive.rehearsal.url if hive.rehearsal else None,
-        "agents": await agents(hive),
+        "agents": await _listing(hive, names, depths),
         # The hosts of a hive that spans several; "host" is None on a hive of one host.
         "cluster": hive.cluster.status() if hive.cluster is not None else {"host": None, "hosts": []},
         # Where the messages are kept: the sqlite file, or the NATS nodes, streams and consumers.
-        "broker": await hive.broker.health(),
+        "broker": health,
+        "dead_letters": dead,
     }
 
 
@@ -79,7 +82,11 @@ async def agents(hive: Hive) -> list[dict[str, Any]]:
     """Every agent with its live state and inbox depth; in a hive across hosts, every host's,
     each with its ``host`` (those of a down host in state ``down``)."""
     names = [each.name for each in hive.agents]
-    depths = await hive.broker.inbox_depths(names)  # one question to the broker, however many agents
+    return await _listing(hive, names, await hive.broker.inbox_depths(names))
+
+
+async def _listing(hive: Hive, names: list[str], depths: dict[str, int]) -> list[dict[str, Any]]:
+    """``agents``, given this host's agents and their inbox depths (one question to the broker, however many)."""
     here = [await _described(hive, name, depths[name]) for name in names]
     cluster = hive.cluster
     if cluster is None or is_forwarded():

@@ -80,18 +80,16 @@ async def agent_json(name: str) -> dict[str, Any]:
 # -- reads -----------------------------------------------------------------------
 
 
-@api.get("/api/state")
-async def state() -> Response:
+async def state() -> dict[str, Any]:
+    """What ``/api/state`` answers, and the host page starts with."""
     dashboard = current_dashboard()
     status = await operator_actions.status(dashboard.hive)
-    return large_json(
-        {
-            **status,
-            "manager": dashboard.hive.agents.manager,
-            "dashboard_port": dashboard.port,
-            "dead_letters": await dashboard.hive.broker.dead_count(),
-        }
-    )
+    return {**status, "manager": dashboard.hive.agents.manager, "dashboard_port": dashboard.port}
+
+
+@api.get("/api/state")
+async def state_json() -> Response:
+    return large_json(await state())
 
 
 @api.get("/api/agents/<name>/state")
