@@ -13,13 +13,17 @@ taken under the same machine load (reported with each line). Figures:
   ``hyperhive send`` does; sends per second and p99 send latency before, while
   the node is down, and after it is back; every acked send delivered once.
 
+Every figure is taken once per durability setting in ``--sync`` (by default
+both: ``always``, an fsync of each write on each node, and ``2m``, the server's
+default interval), each on a fresh cluster, and each line names its setting.
+
 The throughput rounds end with the median ratio of JetStream to sqlite per
 sender count, with the lowest and highest round's: on a shared machine one
 round can be far off.
 
 Usage::
 
-    .venv/bin/python bench/cluster.py [--dir DIR] [--sends 1000] [--wakes 200] [--rounds 3] [--sync always|2m]
+    .venv/bin/python bench/cluster.py [--dir DIR] [--sends 1000] [--wakes 200] [--rounds 3] [--sync always,2m]
         [--phase-seconds 10] [--figures all|throughput]
 """
 
@@ -49,9 +53,13 @@ BODY = "benchmark message " + "x" * 100
 SENDERS = 8
 
 
+# Stamped on every line: the cluster's durability setting the figures were taken at.
+SETTING: dict[str, str] = {}
+
+
 def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
     line = {"bench": "cluster", "figure": figure, "value": round(value, 3), "unit": unit, "load": os.getloadavg()[0]}
-    print(json.dumps(line | extra), flush=True)
+    print(json.dumps(line | SETTING | extra), flush=True)
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -212,9 +220,16 @@ async def node_kill(backends: Backends, seconds: float) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     root = Path(args.dir or tempfile.mkdtemp(prefix="hyperhive-cluster-bench-"))
-    cluster = LocalCluster(root / "nats", sync_interval=args.sync)
+    for sync_interval in args.sync.split(","):
+        SETTING["sync_interval"] = sync_interval
+        await measure(args, root / sync_interval, sync_interval)
+
+
+async def measure(args: argparse.Namespace, root: Path, sync_interval: str) -> None:
+    """Every figure against a fresh cluster whose nodes run with ``sync_interval``."""
+    cluster = LocalCluster(root / "nats", sync_interval=sync_interval)
     cluster.start()
-    emit("cluster", 3, "nodes", sync_interval=args.sync, nats_server=cluster.nodes[0].varz()["version"])
+    emit("cluster", 3, "nodes", nats_server=cluster.nodes[0].varz()["version"])
     backends = Backends(root, cluster)
     try:
         rates: dict[tuple[str, int], list[float]] = {}
@@ -269,7 +284,11 @@ if __name__ == "__main__":
     parser.add_argument("--sends", type=int, default=1000, help="messages per throughput run")
     parser.add_argument("--wakes", type=int, default=200, help="send→wake samples per backend")
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
-    parser.add_argument("--sync", default="always", help="the nodes' sync_interval: always (fsync each write) or 2m")
+    parser.add_argument(
+        "--sync",
+        default="always,2m",
+        help="the nodes' sync_interval, one run each: always (fsync each write), 2m (the default interval)",
+    )
     parser.add_argument("--phase-seconds", type=float, default=10.0, help="each phase of the node kill")
     parser.add_argument(
         "--figures", choices=("all", "throughput"), default="all", help="throughput: only the sends/s rounds"
