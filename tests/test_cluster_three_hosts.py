@@ -317,7 +317,7 @@ def test_a_question_waits_for_its_host_and_expires_there_if_it_fell_due_meanwhil
     assert "&#x27;manager&#x27; runs on host &#x27;a&#x27;, which is down" in panel, panel
     assert b"M1ND H4S QU3STI0NS" in b.page("/")  # b's dashboard still serves its host page
 
-    # Back: the question that fell due meanwhile expires as a starts; the other is answered from c.
+    # Back: the question that fell due meanwhile expires as a starts; the other is cancelled from b.
     until(lambda: time.time() > asked_now["Coffee?"]["deadline"], 60, "'Coffee?' to fall due while a is down")
     a.up()
 
@@ -325,4 +325,5 @@ def test_a_question_waits_for_its_host_and_expires_there_if_it_fell_due_meanwhil
         return next((q for q in c.request("questions", all=True) if q["id"] == ids["Coffee?"]), None)
 
     until(lambda: (q := coffee()) is not None and q["status"] == "expired", 60, "'Coffee?' to expire on a's return")
-    assert c.request("answer-question", id=ids["Lunch?"], answer="yes")["status"] == "answered"
+    cancelled = b.api("/api/answer-question", {"id": ids["Lunch?"], "cancel": True})
+    assert (cancelled["status"], cancelled["answer"]) == ("cancelled", "[cancelled]")
