@@ -587,6 +587,18 @@ class Chromium:
         future = self._thread.submit(fn, *args)
         return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
 
+    def new_context(self, **options: Any) -> Any:
+        """A fresh Playwright browser context (its own cookies) made with ``options``.
+
+        Call it on the browser's thread, from a function handed to :meth:`run`. The
+        viewport defaults to a desktop's; a phone's is, say, ``viewport={"width": 390,
+        "height": 844}, is_mobile=True, has_touch=True``.
+        """
+        options.setdefault("viewport", {"width": 1440, "height": 900})
+        context = self._browser.new_context(**options)
+        context.set_default_timeout(15_000)
+        return context
+
     async def dashboard(self, hive: Hive | Daemon, path: str = "/", errors: list[str] | None = None) -> Any:
         """A fresh page (own cookies) logged in to the dashboard of ``hive`` (or of a :class:`Daemon`) at ``path``.
 
@@ -603,9 +615,7 @@ class Chromium:
         root = login.split("/login?", 1)[0]
 
         def open_page() -> Any:
-            context = self._browser.new_context(viewport={"width": 1440, "height": 900})
-            context.set_default_timeout(15_000)
-            page = context.new_page()
+            page = self.new_context().new_page()
             if errors is not None:
                 page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(login)

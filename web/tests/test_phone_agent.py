@@ -35,9 +35,7 @@ async def open_agent_page(browser: Any, hive: Any, size: dict[str, int], agent: 
     phone = size["width"] < 600
 
     def open_page() -> Any:
-        context = browser._browser.new_context(viewport=size, is_mobile=phone, has_touch=phone)
-        context.set_default_timeout(15_000)
-        page = context.new_page()
+        page = browser.new_context(viewport=size, is_mobile=phone, has_touch=phone).new_page()
         page.errors = []
         page.on("pageerror", lambda error: page.errors.append(str(error)))
         page.goto(f"{dashboard.url}/login?token={dashboard.token}&next=/agent/{agent}/")

@@ -114,8 +114,7 @@ async def open_page(
     url, token = dashboard_of(hive).url, dashboard_of(hive).token
 
     def open_it() -> Any:
-        context = browser._browser.new_context(viewport=viewport, device_scale_factor=1)
-        context.set_default_timeout(15_000)
+        context = browser.new_context(viewport=viewport, device_scale_factor=1)
         if clock:
             context.clock.install()
         if allow_notifications:

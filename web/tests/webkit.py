@@ -304,9 +304,7 @@ class Browser(Chromium):
         """A fresh page in a fresh context (its own cookies)."""
 
         def open_page() -> Any:
-            context = self._browser.new_context(viewport={"width": 1440, "height": 900})
-            context.set_default_timeout(15_000)
-            return context.new_page()
+            return self.new_context().new_page()
 
         return await self.run(open_page)
 
