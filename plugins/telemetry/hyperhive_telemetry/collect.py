@@ -92,8 +92,10 @@ async def approval_queue_length(hive: Hive) -> int:
 async def current_samples(hive: Hive, at: float) -> list[Sample]:
     """The gauges as they are now: what the sampler stores and /metrics serves."""
     samples = []
-    for agent in hive.agents:
-        samples.append(Sample(agent.name, at, "inbox_depth", await hive.broker.inbox_depth(agent.name)))
+    agents = list(hive.agents)
+    depths = await hive.broker.inbox_depths(agent.name for agent in agents)  # one question for every agent
+    for agent in agents:
+        samples.append(Sample(agent.name, at, "inbox_depth", depths[agent.name]))
         samples.append(Sample(agent.name, at, "notes_bytes", notes_bytes(hive, agent.name)))
         if (harness := hive.harnesses.get(agent.name)) is not None:
             samples.append(Sample(agent.name, at, "memory_bytes", await harness.memory_bytes()))
