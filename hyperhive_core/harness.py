@@ -31,6 +31,7 @@ import datetime
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -57,6 +58,23 @@ NOTES_FILE = "notes.md"
 SPEND_CAP = "daily spend cap reached"
 # The longest wait before retrying a turn that failed on the model API.
 RETRY_WAIT_MAX = 300.0
+
+
+def how_it_ended(status: int) -> str:
+    """Claude Code's exit ``status`` in words. A sandbox (bwrap) passes a signal on as
+    ``128 + signo``, the shell's convention, so 137 reads as a SIGKILL too."""
+    if status < 0:
+        return f"killed by signal {-status} ({_signal_name(-status)})"
+    if status > 128 and (name := _signal_name(status - 128)):
+        return f"Claude Code exited with status {status}: killed by signal {status - 128} ({name})"
+    return f"Claude Code exited with status {status}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return ""
 
 
 @dataclass
@@ -507,7 +525,7 @@ class Harness:
 
         Mid-turn, the turn's own retry restarts it; between turns, this does.
         """
-        detail = f"Claude Code exited with status {status}" if status >= 0 else f"killed by signal {-status}"
+        detail = how_it_ended(status)
         if cause := self.hive.backend.exit_cause(self.hive.container_spec(self.name)):
             detail = f"{cause} ({detail})"
         await self.hive.container_event(ContainerEvent(self.name, ContainerEventKind.CRASHED, detail, log_tail))

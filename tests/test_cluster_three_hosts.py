@@ -291,7 +291,9 @@ def test_a_crash_on_b_shows_in_as_event_stream_tagged_with_b(hive):
     )
     assert crash["data"]["host"] == "b"
     # bwrap, the sandbox's first process, exits with 128 + 9 for its child's SIGKILL.
-    assert crash["data"]["text"] == "container crashed: Claude Code exited with status 137", crash
+    assert (
+        crash["data"]["text"] == "container crashed: Claude Code exited with status 137: killed by signal 9 (SIGKILL)"
+    ), crash
 
 
 def test_a_question_waits_for_its_host_and_expires_there_if_it_fell_due_meanwhile(hive):

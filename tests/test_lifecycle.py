@@ -217,13 +217,13 @@ async def test_hook_on_container_event_for_a_crash_and_restart_with_backoff(make
             while session.pid in (None, victim):
                 await trio.sleep(0.05)
         assert [(e.agent, e.kind.value) for e in events] == [("manager", "crashed")]
-        assert events[0].detail == "killed by signal 9"
+        assert events[0].detail == "killed by signal 9 (SIGKILL)"
         assert "signal 9" in error.data["text"]
         # One line in the daemon's log too: the agent, how it died, where its output is.
         (logged,) = [r for r in caplog.records if r.name == "hyperhive_core.hive" and "crashed" in r.getMessage()]
         assert logged.levelname == "WARNING"
         assert logged.getMessage() == (
-            "agent manager: container crashed: killed by signal 9; its last output is in its live tail "
+            "agent manager: container crashed: killed by signal 9 (SIGKILL); its last output is in its live tail "
             "(the dashboard's agent page, or `hyperhive events manager --after 0`)"
         )
         await hive.broker.send("operator", "manager", "still alive?")

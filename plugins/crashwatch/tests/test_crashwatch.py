@@ -117,7 +117,7 @@ async def test_a_bwrap_agent_killed_from_outside_is_reported_to_the_manager_once
         with trio.fail_after(2):
             (report,) = await wait_for_reports(hive, 1)
         assert report["agent"] == "scout"
-        assert report["status"] == "Claude Code exited with status 137"  # bwrap passes on 128 + SIGKILL
+        assert report["status"] == "Claude Code exited with status 137: killed by signal 9 (SIGKILL)"
         assert (report["count"], report["burst"]) == (1, "ongoing")
         mark = await next_event(hive, "scout", "crashwatch.crash")
         assert mark.data["count"] == 1
