@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -60,38 +61,82 @@ async def run_hive(
         # to dead-letter, reported once the hive is up).
         await hive.broker.requeue_leased()
         async with trio.open_nursery() as core:
-            await core.start(hive.events.serve)
-            await core.start(hive.broker.serve)
-            if hive.cluster is not None:
-                await core.start(hive.cluster.serve)
-            await core.start(hive.surface.serve)
-            await core.start(hive.model_proxy.serve)
-            if hive.rehearsal is not None:
-                await core.start(hive.rehearsal.serve)
-            await call_async(pm, "on_startup", hive=hive)
+            services = CoreServices(core)
             try:
-                async with trio.open_nursery() as nursery:
-                    for owner, services in call_each(pm, "hive_services", hive=hive):
-                        for service in services or ():
-                            name = f"service {owner}:{getattr(service, '__name__', repr(service))}"
-                            await nursery.start(supervise, name, service)
-                    hive.agent_nursery = nursery
-                    for name, (agent_config, origin) in agents.items():
-                        try:
-                            await hive.add_agent(name, agent_config, origin)
-                        except PlacedElsewhere as exc:  # another host runs it (the manager, on all hosts but one)
-                            log.info("agent %s is not started here: %s", name, exc)
-                    await hive.started()
-                    await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
-                    log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))
-                    task_status.started(hive)
-                    await trio.sleep_forever()
+                await services.start(hive.events.serve)
+                await services.start(hive.broker.serve)
+                if hive.cluster is not None:
+                    await services.start(hive.cluster.serve)
+                await services.start(hive.surface.serve)
+                await services.start(hive.model_proxy.serve)
+                if hive.rehearsal is not None:
+                    await services.start(hive.rehearsal.serve)
+                await call_async(pm, "on_startup", hive=hive)
+                await run_agents(hive, pm, agents, paths, task_status)
             finally:
                 with trio.CancelScope(shield=True):
-                    await call_async(pm, "on_shutdown", hive=hive)
-                core.cancel_scope.cancel()
+                    await services.stop()
     finally:
         store.close()
+
+
+async def run_agents(
+    hive: Hive,
+    pm: HivePluginManager,
+    agents: dict[str, tuple[AgentConfig, str]],
+    paths: StatePaths,
+    task_status: trio.TaskStatus[Hive],
+) -> None:
+    """Start the plugin services and the agents, serve the host socket; run until cancelled."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for owner, services in call_each(pm, "hive_services", hive=hive):
+                for service in services or ():
+                    name = f"service {owner}:{getattr(service, '__name__', repr(service))}"
+                    await nursery.start(supervise, name, service)
+            hive.agent_nursery = nursery
+            for name, (agent_config, origin) in agents.items():
+                try:
+                    await hive.add_agent(name, agent_config, origin)
+                except PlacedElsewhere as exc:  # another host runs it (the manager, on all hosts but one)
+                    log.info("agent %s is not started here: %s", name, exc)
+            await hive.started()
+            await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
+            log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))
+            task_status.started(hive)
+            await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await call_async(pm, "on_shutdown", hive=hive)
+
+
+class CoreServices:
+    """The core services, each shielded from the daemon's stop: ``stop`` ends them, last started first.
+
+    They outlive the agents, so a turn cut short still has the broker (and the events,
+    the cluster, the model) while it gives its messages back.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._running: list[tuple[trio.CancelScope, trio.Event]] = []
+
+    async def start(self, serve: Callable[..., Awaitable[None]]) -> None:
+        await self._nursery.start(self._run, serve)
+
+    async def _run(self, serve: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[None]) -> None:
+        scope, ended = trio.CancelScope(shield=True), trio.Event()
+        self._running.append((scope, ended))
+        try:
+            with scope:
+                await serve(task_status=task_status)
+        finally:
+            ended.set()
+
+    async def stop(self) -> None:
+        for scope, ended in reversed(self._running):
+            scope.cancel()
+            await ended.wait()
 
 
 async def agents_to_start(hive: Hive) -> dict[str, tuple[AgentConfig, str, str]]:

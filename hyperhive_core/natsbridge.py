@@ -11,11 +11,12 @@ task with ``TrioToken.run_sync_soon``, so a waiting call holds no thread. A call
 costs two cross-thread hops; nats-py keeps its own timers and reconnects whatever
 trio is doing.
 
-Cancelling the trio side cancels the asyncio task and waits for it to finish, so
-nothing runs on behind the caller's back; a result that was ready anyway goes to
-the call's ``abandoned`` callback (the broker gives fetched messages back).
-Stopping the loop cancels whatever still runs on it, and its callers get
-``LoopStopped`` instead of waiting forever.
+Cancelling the trio side cancels the asyncio task and waits for it to finish (for
+at most ``STOP_SECONDS``), so nothing runs on behind the caller's back; a result
+that was ready anyway goes to the call's ``abandoned`` callback (the broker gives
+fetched messages back). Stopping the loop cancels whatever still runs on it, and
+every caller still waiting, or calling after, gets ``LoopStopped`` at once: once
+the loop has stopped, no call waits on it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import trio
 
@@ -42,6 +43,11 @@ class AsyncioThread:
 
     def __init__(self, name: str = "nats") -> None:
         self._loop = asyncio.new_event_loop()
+        # Wakes each trio caller still waiting; once the loop ends (``_stopped``) nothing is
+        # scheduled on it, and every waiter left is woken, so no call waits on a dead loop.
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._waiters: set[Callable[[], None]] = set()
         self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self._thread.start()
 
@@ -50,11 +56,25 @@ class AsyncioThread:
         try:
             self._loop.run_forever()
         finally:
+            with self._lock:
+                self._stopped = True
+                waiters, self._waiters = self._waiters, set()
+            for wake in waiters:
+                wake()
             self._loop.close()
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return not self._stopped and self._thread.is_alive()
+
+    def _schedule(self, callback: Callable[[], None], wake: Callable[[], None] | None = None) -> None:
+        """Run ``callback`` on the loop, ``wake`` too if the loop ends first; ``LoopStopped`` if it has."""
+        with self._lock:
+            if self._stopped:
+                raise LoopStopped("the NATS client's event loop has stopped")
+            if wake is not None:
+                self._waiters.add(wake)
+            self._loop.call_soon_threadsafe(callback)
 
     async def run(
         self,
@@ -68,15 +88,18 @@ class AsyncioThread:
             with a result anyway, it is handed to this coroutine (on the loop), so
             it can be given back instead of dropped.
         """
-        if not self.running:
-            raise LoopStopped("the NATS client's event loop has stopped")
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         box: dict[str, asyncio.Task[T]] = {}
 
-        def finished(_: asyncio.Future[T]) -> None:
+        def wake() -> None:
             with contextlib.suppress(trio.RunFinishedError):  # the trio side is gone; nobody waits
                 token.run_sync_soon(done.set)
+
+        def finished(_: asyncio.Future[T]) -> None:
+            with self._lock:
+                self._waiters.discard(wake)
+            wake()
 
         def start() -> None:
             task = box["task"] = self._loop.create_task(make())
@@ -85,21 +108,27 @@ class AsyncioThread:
         def cancel() -> None:
             box["task"].cancel()
 
-        self._loop.call_soon_threadsafe(start)
+        self._schedule(start, wake)
         try:
             await done.wait()
         except trio.Cancelled:
-            # Callbacks run in order, so the task exists by the time cancel runs.
-            self._loop.call_soon_threadsafe(cancel)
             with trio.CancelScope(shield=True):
-                await done.wait()
-                task = box["task"]
-                if abandoned is not None and not task.cancelled() and task.exception() is None:
-                    await self.run(lambda: abandoned(task.result()))
+                # Callbacks run in order, so the task exists by the time cancel runs.
+                with contextlib.suppress(LoopStopped):
+                    self._schedule(cancel)
+                # A coroutine that ignores its cancellation is not waited on for ever.
+                with trio.move_on_after(STOP_SECONDS):
+                    await done.wait()
+                ended = box.get("task")
+                if abandoned is not None and _succeeded(ended):
+                    result = ended.result()
+                    with contextlib.suppress(LoopStopped):
+                        await self.run(lambda: abandoned(result))
             raise
-        if box["task"].cancelled():  # not by this caller: the loop stopped
+        task = box.get("task")
+        if task is None or not task.done() or task.cancelled():  # not by this caller: the loop stopped
             raise LoopStopped("the NATS client's event loop stopped during the call")
-        return box["task"].result()
+        return task.result()
 
     def stop(self) -> None:
         """Stop the loop and its thread (after the caller closed what runs on it), cancelling what still runs."""
@@ -115,3 +144,8 @@ class AsyncioThread:
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_SECONDS)
         self._loop.stop()
+
+
+def _succeeded(task: asyncio.Task[T] | None) -> TypeGuard[asyncio.Task[T]]:
+    """Whether ``task`` ran to a result (not cancelled, not still running on a stopped loop, no error)."""
+    return task is not None and task.done() and not task.cancelled() and task.exception() is None
