@@ -173,6 +173,12 @@ class _Draft(NamedTuple):
     idempotency_key: str | None
     headers: Mapping[str, str]
 
+    def queued(self, id: int) -> Message:
+        """The message this draft became once stored as ``id``, before anyone leased it."""
+        return Message(
+            id, self.sender, self.recipient, self.kind, self.body, self.created_at, "queued", 0, None, self.headers
+        )
+
 
 @dataclass(eq=False)
 class _PendingSend:
@@ -742,18 +748,7 @@ class SqliteBroker(MessageBroker):
             draft = pending.draft
             if isinstance(outcome, int):
                 self.stats.messages += 1
-                pending.message = leased_now.get(outcome) or Message(
-                    outcome,
-                    draft.sender,
-                    draft.recipient,
-                    draft.kind,
-                    draft.body,
-                    draft.created_at,
-                    "queued",
-                    0,
-                    None,
-                    draft.headers,
-                )
+                pending.message = leased_now.get(outcome) or draft.queued(outcome)
             elif (outcome.recipient, outcome.kind, outcome.body) == (draft.recipient, draft.kind, draft.body):
                 pending.message, pending.repeat = leased_now.get(outcome.id, outcome), True
             else:

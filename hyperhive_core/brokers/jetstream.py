@@ -446,18 +446,7 @@ class JetStreamBroker(MessageBroker):
         if duplicate and draft.idempotency_key:  # without a key of the caller's, a repeat is a try of this send's own
             return await self._repeat(draft, seq)
         self.stats.messages += 1
-        message = Message(
-            seq,
-            draft.sender,
-            draft.recipient,
-            draft.kind,
-            draft.body,
-            draft.created_at,
-            "queued",
-            0,
-            None,
-            draft.headers,
-        )
+        message = draft.queued(seq)
         await self.announce(message)
         return message
 
