@@ -309,7 +309,8 @@ async def test_state_is_the_json_jsonify_would_give(hive):
         fast = await large_json(value).get_data()
         slow = await jsonify(value).get_data()
     assert json.loads(fast) == json.loads(slow)
-    assert [key for key, _ in json.loads(fast, object_pairs_hook=list)] == ["agents", "big", "none", "on", "ratio", "spec"]
+    keys = [key for key, _ in json.loads(fast, object_pairs_hook=list)]
+    assert keys == ["agents", "big", "none", "on", "ratio", "spec"]
     with trio.fail_after(10):
         reply = await operator(hive).get("/api/state")
     assert reply.headers["content-type"] == "application/json"
