@@ -72,9 +72,28 @@ def large_json(value: Any) -> Response:
     return current_app.response_class(body, mimetype="application/json")
 
 
+def placed_on(name: str) -> str | None:
+    """The other host of the hive that runs agent ``name``; None for this host's own (UnknownAgent
+    for a name no host runs)."""
+    cluster = hive().cluster
+    host = cluster.elsewhere(name) if cluster is not None else None
+    if host is None:
+        hive().agents.get(name)
+    return host
+
+
 async def agent_json(name: str) -> dict[str, Any]:
-    """One agent as ``/api/state`` lists it: live state, config and inbox depth."""
-    return await operator_actions.agent(hive(), name)
+    """One agent as ``/api/state`` lists it: live state, config, inbox depth and, in a hive across
+    hosts, its ``host``; another host's agent asked of that host, or shown ``down`` while it is."""
+    cluster = hive().cluster
+    host = placed_on(name)
+    if cluster is None:
+        return await operator_actions.agent(hive(), name)
+    if host is not None and not cluster.is_up(host):
+        listed = [each for each in await operator_actions.agents(hive()) if each["name"] == name]
+        if listed:
+            return listed[0]
+    return {**await operator_actions.agent(hive(), name), "host": host or cluster.host}
 
 
 # -- reads -----------------------------------------------------------------------
@@ -99,7 +118,7 @@ async def agent_state(name: str) -> dict[str, Any]:
 
 @api.get("/api/agents/<name>/inbox")
 async def agent_inbox(name: str) -> Response:
-    hive().agents.get(name)
+    placed_on(name)
     limit = int_arg("limit", INBOX_LIMIT, low=1, high=MAX_INBOX_LIMIT)
     return jsonify(await operator_actions.recv(hive(), agent=name, limit=limit))
 
@@ -194,7 +213,7 @@ async def events() -> Response:
 
 @api.get("/api/agents/<name>/events")
 async def agent_events(name: str) -> Response:
-    hive().agents.get(name)
+    placed_on(name)  # another host's agent: its events are merged into this host's
     tail = int_arg("tail", None, low=0, high=hive().events.settings.history_per_agent)
     stream = event_stream(hive(), current_dashboard().feed, name, after_id=resume_point(), tail=tail)
     return await sse_response(stream)
@@ -211,7 +230,7 @@ async def kept() -> Response:
 @api.post("/-/web/agents/<name>/slash")
 async def slash(name: str) -> dict[str, Any]:
     line = text_field(await body(), "line")
-    return await run_slash_command(hive(), current_dashboard().slash_commands, name, line)
+    return await run_slash_command(hive(), current_dashboard().slash_commands, name, line, placed_on(name))
 
 
 @api.get("/-/web/drafts")

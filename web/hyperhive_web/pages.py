@@ -8,8 +8,16 @@ from typing import Any
 from quart import Blueprint, Response, abort, g, redirect, render_template, request, send_file
 from quart.typing import ResponseReturnValue
 
-from hyperhive_core import AGENT_NAME_PATTERN, AGENT_NAME_RULE, OPERATOR, HyperhiveError, known_models, operator_actions
-from hyperhive_web.api import INBOX_LIMIT, agent_json, state
+from hyperhive_core import (
+    AGENT_NAME_PATTERN,
+    AGENT_NAME_RULE,
+    OPERATOR,
+    HyperhiveError,
+    UnknownAgent,
+    known_models,
+    operator_actions,
+)
+from hyperhive_web.api import INBOX_LIMIT, agent_json, placed_on, state
 from hyperhive_web.auth import Refused, safe_next
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.panels import PlacedPanel, collect_panels
@@ -123,7 +131,9 @@ async def host_page() -> str:
 async def agent_page(name: str) -> str:
     dashboard = current_dashboard()
     hive = dashboard.hive
-    if name not in hive.agents:
+    try:
+        host = placed_on(name)
+    except UnknownAgent:
         abort(404, f"no agent named {name!r}")
     initial = {
         "agent": await agent_json(name),
@@ -140,7 +150,8 @@ async def agent_page(name: str) -> str:
         agent=name,
         initial=initial,
         stream=f"/api/agents/{name}/events?tail={TAIL_EVENTS}",
-        panels=split_panels(await collect_panels(dashboard, agent=name)),
+        # Panels read the agent's local state: another host's agent has them on that host's dashboard.
+        panels=split_panels([] if host else await collect_panels(dashboard, agent=name)),
         **await page_context(),
     )
 

@@ -18,7 +18,8 @@
   function renderState() {
     $("badge").innerHTML = hh.render.badge(agent);
     const detail = $("state-detail");
-    detail.textContent = hh.render.detail(agent);
+    // In a hive across hosts, which host runs it (and, while that host is down, why it shows down).
+    detail.textContent = [agent.host ? `on host ${agent.host}` : "", hh.render.detail(agent)].filter(Boolean).join(" · ");
     detail.hidden = !detail.textContent;
     const chip = $("last-turn");
     // Hidden until a turn has completed; the daemon sets last_turn_ms as the state leaves thinking.

@@ -37,8 +37,8 @@
     const name = escape(a.name);
     const detail = hh.render.detail(a);
     return {
-      // Another host's agent has its page on that host's dashboard.
-      name: `${a.host && a.host !== hiveState.cluster.host ? name : `<a href="/agent/${name}/">${name}</a>`}${a.role === "manager" ? '<span class="role">manager</span>' : ""}`,
+      // Every host's dashboard has a page for every host's agent.
+      name: `<a href="/agent/${name}/">${name}</a>${a.role === "manager" ? '<span class="role">manager</span>' : ""}`,
       host: escape(a.host || ""),
       state: hh.render.badge(a) + (detail ? ` <span class="state-detail">${escape(detail)}</span>` : ""),
       turn: a.last_turn_ms == null ? '<span class="muted">—</span>' : `<span title="${a.last_turn_at ? `ended ${ago(a.last_turn_at)}` : ""}">${formatDuration(a.last_turn_ms)}</span>`,
