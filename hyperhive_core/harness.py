@@ -44,6 +44,7 @@ from hyperhive_core.agents import State
 from hyperhive_core.broker import Batch, Message
 from hyperhive_core.claude import ClaudeSession, SessionDied, SessionOptions, TurnExit, TurnResult
 from hyperhive_core.containers import ContainerEvent, ContainerEventKind
+from hyperhive_core.errors import StoreError
 from hyperhive_core.memory import MIB, format_bytes, process_tree, pss_bytes, rss_bytes
 from hyperhive_core.names import OPERATOR
 from hyperhive_core.plugins import await_all
@@ -246,7 +247,10 @@ class Harness:
             turn.result, turn.exit = await self._run_with_retries(turn)
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
-                await hive.broker.release(batch, error="the daemon stopped mid-turn")
+                try:
+                    await hive.broker.release(batch, error="the daemon stopped mid-turn")
+                except StoreError as exc:  # the stop goes on: the lease runs out and they are delivered again
+                    log.warning("%s: could not give back message(s) %s at stop: %s", self.name, batch.ids, exc)
             raise
         except Exception as exc:
             with trio.CancelScope(shield=True):

@@ -8,7 +8,7 @@ import pytest
 import trio
 from test_cluster_hosts import host, placement_ready
 
-from hyperhive_core.testing import Script, needs_claude, next_event, wait_until
+from hyperhive_core.testing import Script, needs_claude, wait_until
 
 pytestmark = [needs_claude, pytest.mark.slow]
 
@@ -62,7 +62,6 @@ async def test_one_dashboard_shows_every_host_filters_by_host_and_approves_on_th
 
             # The manager on a asks for an agent where the hive has room (b); b's dashboard hears of it
             # live and approves it; a, which keeps the approvals, has b create it.
-            newest = await a.events.history(None, limit=1)
             approval = await a.approvals.request_spawn("manager", "helper", "a helper for alice")
 
             def approve() -> None:
@@ -77,9 +76,6 @@ async def test_one_dashboard_shows_every_host_filters_by_host_and_approves_on_th
             assert (await a.approvals.get(approval.id)).status == "approved"
             assert "helper" in b.agents
             assert a.cluster.placement["helper"] == "b"
-            # The manager's turn on the news ends first: this stops a host at rest.
-            with trio.fail_after(90):
-                await next_event(a, "manager", "turn_end", after=newest[-1].id if newest else 0)
 
             # Host a stops: b's dashboard shows it down, and its agents down, not idle.
             on_a.cancel()
