@@ -4,6 +4,8 @@ the cluster away then, once its lease runs out)."""
 
 from __future__ import annotations
 
+import time
+
 import trio
 from test_cluster_hosts import CLUSTER, JETSTREAM, placement_ready
 
@@ -51,8 +53,15 @@ async def work_done(hive, work, seen: int) -> None:
 
 def done_work() -> Script:
     done = Script()
-    done.on("alice", "work").reply("done")
+    done.on("alice", "work").call("send", {"to": "operator", "body": "done"}).reply("done")
     return done
+
+
+def wait_for(check, what: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds:g} s: {what}"
+        time.sleep(0.2)
 
 
 @needs_claude
@@ -95,3 +104,24 @@ async def test_a_host_stopped_mid_turn_with_the_cluster_away_stops_and_the_messa
     with trio.fail_after(120):
         async with on_jetstream(tmp_path, make_pm, done_work(), jetstream) as a:
             await work_done(a, work, turn.id)
+
+
+@needs_claude
+def test_hyperhive_up_stopped_by_sigterm_mid_turn_exits_cleanly_and_the_message_comes_back(hive_daemon, nats_cluster):
+    placement_ready(nats_cluster.urls)
+    sections = {
+        "broker": {"backend": "jetstream"},
+        "jetstream": {"urls": nats_cluster.urls, **JETSTREAM},
+        "agents": {"alice": {}},
+    }
+    daemon = hive_daemon(slow_work(), **sections)
+    daemon.request("send", to="alice", body="work to do")
+    wait_for(lambda: daemon.request("agent", agent="alice")["state"] == "thinking", "alice mid-turn")
+    assert daemon.stop() == 0, daemon.log.read_text()
+    assert "Traceback" not in daemon.log.read_text()
+    again = hive_daemon(done_work(), **sections)  # a fresh state dir: the message is in the cluster
+    wait_for(
+        lambda: any(message["body"] == "done" for message in again.request("recv", agent="operator")),
+        "alice's turn on the message given back",
+    )
+    assert again.stop() == 0, again.log.read_text()
