@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import trio
 from quart import Response, g, has_websocket_context, jsonify, redirect, render_template, request, websocket
 from quart.typing import ResponseReturnValue
 from quart_trio import QuartTrio
+from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 from werkzeug.exceptions import HTTPException
 
 from hyperhive_core import HyperhiveError, NotDeadLetter, UnknownAgent
@@ -45,7 +47,28 @@ SECURITY_HEADERS = {
 }
 
 
+class ClosingFileBody(TrioFileBody):
+    """A static file's body that closes its file when opening it is cut short (a page closed while
+    it loads cancels the request between the open and the seek), rather than leaving it to the GC."""
+
+    async def __aenter__(self) -> ClosingFileBody:
+        try:
+            await super().__aenter__()
+        except BaseException:
+            if self.file is not None:
+                with trio.CancelScope(shield=True):
+                    await self.file.aclose()
+            raise
+        return self
+
+
+class DashboardResponse(TrioResponse):
+    file_body_class = ClosingFileBody
+
+
 class DashboardApp(QuartTrio):
+    response_class = DashboardResponse
+
     def select_jinja_autoescape(self, filename: str | None) -> bool:
         return True  # a plugin's template escapes what it shows, whatever its file is called
 
