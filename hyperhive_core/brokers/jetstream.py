@@ -407,7 +407,8 @@ class JetStreamBroker(MessageBroker):
             # for ever on a reconnect that failed, so it gets a bound before the loop is stopped.
             with trio.move_on_after(CLOSE_SECONDS), contextlib.suppress(*UNREACHABLE):
                 await bridge.run(nc.close)
-        bridge.stop()
+        # In a thread: the loop's stop may take seconds, while the daemon's other tasks go on.
+        await trio.to_thread.run_sync(bridge.stop)
 
     # -- sending -------------------------------------------------------------------
 
