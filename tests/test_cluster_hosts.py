@@ -188,3 +188,36 @@ async def test_a_hive_of_one_host_has_no_other_host_to_spawn_on(make_pm, tmp_pat
         assert status["cluster"] == {"host": None, "hosts": []}
         assert "host" not in status["agents"][0]
         assert "carol" not in hive.agents
+
+
+def step_down_leaders(urls: list[str], streams: list[str]) -> None:
+    """Ask each stream's leader to step down: until a new one is elected, the stream answers nothing."""
+
+    async def step_down() -> None:
+        nc = await nats.connect(servers=urls)
+        try:
+            for stream in streams:
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=10)
+        finally:
+            await nc.close()
+
+    asyncio.run(step_down())
+
+
+@needs_claude
+async def test_buckets_electing_their_leaders_hold_up_no_start_claim_or_release(make_pm, tmp_path, cluster):
+    idle = Script()
+    idle.otherwise("nothing to do")
+    async with host(tmp_path, make_pm(), "a", cluster.urls, idle, {}) as a:
+        buckets = [f"KV_HIVE_{a.cluster.jetstream.name}_{kind}" for kind in ("PLACEMENT", "HOSTS")]
+        for n in range(5):
+            await trio.to_thread.run_sync(step_down_leaders, cluster.urls, buckets)
+            await a.cluster.claim(f"agent{n}")
+            await trio.to_thread.run_sync(step_down_leaders, cluster.urls, buckets)
+            await a.cluster.release(f"agent{n}")
+        # A host joining while both buckets elect: its first heartbeat and watches wait for the leaders.
+        for name in ("b", "c"):
+            await trio.to_thread.run_sync(step_down_leaders, cluster.urls, buckets)
+            async with host(tmp_path, make_pm(), name, cluster.urls, idle, {}) as joined:
+                assert joined.cluster.is_up("a")
+                assert joined.cluster.placement["manager"] == "a"

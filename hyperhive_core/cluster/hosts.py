@@ -38,6 +38,15 @@ EVENT_BUFFER = 10_000
 EVENT_BATCH = 200
 # JetStream's "no suitable peers for placement": a fresh cluster does not know all its nodes yet.
 NO_SUITABLE_PEERS = 10005
+# A bucket's stream electing its leader (a node restarted, or one slow on a loaded machine) answers
+# nothing for a moment: a write stored nothing, or is repeated harmlessly (puts and deletes are
+# idempotent, and a create that finds its own key is taken as done), so it is asked again.
+NOT_YET = (
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.TimeoutError,
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,11 @@ class Cluster:
         finally:
             self._calls -= 1
 
+    async def _kv(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """A bucket operation, asked again while its stream elects a leader (up to the request timeout)."""
+        timeout = self.jetstream.request_timeout_seconds
+        return await self._call(lambda: _until_answered(make, timeout))
+
     async def _open(self) -> None:
         """On the loop: connect (nats-py reconnects by itself from then on) and open both buckets."""
         timeout = self.jetstream.request_timeout_seconds
@@ -188,7 +202,8 @@ class Cluster:
             with trio.move_on_after(self.jetstream.request_timeout_seconds):
                 try:
                     record = self._heartbeat_record(stopped=True)
-                    await bridge.run(lambda: self._hosts_kv.put(self.host, record))
+                    timeout = self.jetstream.request_timeout_seconds
+                    await bridge.run(lambda: _until_answered(lambda: self._hosts_kv.put(self.host, record), timeout))
                 except UNREACHABLE as exc:
                     log.warning("could not tell the other hosts this one stops: %r", exc)
             with trio.move_on_after(self.jetstream.request_timeout_seconds):
@@ -215,7 +230,7 @@ class Cluster:
 
     async def _heartbeat(self) -> None:
         record = self._heartbeat_record()
-        await self._call(lambda: self._hosts_kv.put(self.host, record))
+        await self._kv(lambda: self._hosts_kv.put(self.host, record))
 
     async def _keep_beating(self) -> None:
         while True:
@@ -289,11 +304,11 @@ class Cluster:
     async def claim(self, name: str) -> None:
         """Place ``name`` on this host, unless another host holds it (``PlacedElsewhere``, naming it)."""
         try:
-            await self._call(lambda: self._placement_kv.create(name, self.host.encode()))
+            await self._kv(lambda: self._placement_kv.create(name, self.host.encode()))
         except StoreError as exc:
             if not isinstance(exc.__cause__, nats.js.errors.KeyWrongLastSequenceError):
                 raise
-            entry = await self._call(lambda: self._placement_kv.get(name))
+            entry = await self._kv(lambda: self._placement_kv.get(name))
             holder = entry.value.decode()
             if holder != self.host:
                 self.placement[name] = holder
@@ -304,7 +319,7 @@ class Cluster:
     async def release(self, name: str) -> None:
         """Give up ``name`` (its agent is gone for good): another host may take it."""
         if self.placement.get(name) == self.host:
-            await self._call(lambda: self._placement_kv.delete(name))
+            await self._kv(lambda: self._placement_kv.delete(name))
             self._placed(name, None)
 
     def other_host(self, host: object) -> str | None:
@@ -332,7 +347,7 @@ class Cluster:
 
     async def _follow(self, kv: Any, apply: Callable[[str, bytes | None], None], known: trio.Event) -> None:
         """Keep ``apply``ing a bucket's changes (a deleted key as None); ``known`` once it is read whole."""
-        watcher = await self._call(kv.watchall)
+        watcher = await self._kv(kv.watchall)
         self._watchers.append(watcher)
         while True:
             try:
@@ -489,6 +504,17 @@ async def _bucket(js: Any, config: api.KeyValueConfig, timeout: float) -> Any:
             if asyncio.get_running_loop().time() > deadline:
                 raise
         await asyncio.sleep(0.2)
+
+
+async def _until_answered(make: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await make()
+        except NOT_YET:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 async def _next_update(watcher: Any) -> Any:
