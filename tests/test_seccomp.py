@@ -64,6 +64,9 @@ CALLS: dict[str, list[object]] = {
     "process_vm_writev": ["$pid", 0, 0, 0, 0, 0],
     "open_by_handle_at": [-1, 0, 0],
     "name_to_handle_at": [AT_FDCWD, "/", 0, 0, 0],
+    "io_uring_setup": [0, 0],  # parameters at address 0
+    "io_uring_enter": [-1, 0, 0, 0, 0, 0],
+    "io_uring_register": [-1, 0, 0, 0],
     # New namespaces, by their flags: unfiltered, a new user namespace needs no privilege.
     "unshare": [seccomp.CLONE_NEWUSER],
     "unshare(CLONE_NEWNET)": [seccomp.CLONE_NEWNET],
@@ -273,7 +276,18 @@ async def test_each_blocked_call_fails_with_eperm_inside_a_sandbox(sandboxes):
     # above can only be the filter's (the rest are checked against root above).
     outside = probe(table(), filtered=False, user=TEST_UIDS, group=TEST_UIDS, extra_groups=[], cwd="/")
     reachable = {name for name, code in outside.items() if code != errno.EPERM}
-    assert reachable >= {"unshare", "clone", "clone3", "setns", "keyctl", "bpf", "ptrace", "process_vm_readv", "mount"}
+    assert reachable >= {
+        "unshare",
+        "clone",
+        "clone3",
+        "setns",
+        "keyctl",
+        "bpf",
+        "ptrace",
+        "process_vm_readv",
+        "mount",
+        "io_uring_setup",
+    }
 
 
 @needs_bwrap

@@ -4,7 +4,7 @@ A blocked call fails with EPERM, never a kill, so a program that tries one gets 
 error it can report. Blocked: new namespaces (user namespaces above all, which would
 make the agent root over a fresh set of kernel code), mounts, keyrings, BPF,
 perf events, kernel modules and kexec, tracing or reading other processes,
-swap, reboot, the clock, process accounting, userfaultfd and file handles.
+swap, reboot, the clock, process accounting, userfaultfd, file handles and io_uring.
 ``clone3`` fails with ENOSYS instead: its flags sit in memory a filter cannot read,
 and on ENOSYS libc falls back to ``clone``, whose flags it can.
 
@@ -72,6 +72,11 @@ BLOCKED: tuple[str, ...] = (
     # Files by handle, which bypass the mount namespace's view of paths.
     "open_by_handle_at",
     "name_to_handle_at",
+    # io_uring: its queued operations run in the kernel where no seccomp filter sees them,
+    # and it is a large attack surface; libuv and others fall back to plain calls.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
 )
 """Calls that fail with EPERM whatever their arguments."""
 
