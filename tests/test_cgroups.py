@@ -19,6 +19,7 @@ from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.config import build_section
 from hyperhive_core.configrepo import render_agent_toml
 from hyperhive_core.containers import Limits
+from hyperhive_core.containers import cgroups as cgroups_module
 from hyperhive_core.containers.cgroups import (
     MIB,
     Cgroups,
@@ -70,6 +71,7 @@ def cgroup2_dir(path: Path, controllers: str = "memory pids cpu", procs: str = "
         "cgroup.procs": procs,
         "memory.max": "max",
         "memory.high": "max",
+        "memory.swap.max": "max",
         "memory.oom.group": "0",
         "memory.current": "0",
         "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
@@ -238,6 +240,7 @@ def test_v2_writes_each_cap_and_reads_usage(v2_tree):
     files = {name: (agent / name).read_text() for name in ("memory.max", "memory.high", "pids.max", "cpu.weight")}
     assert files == {"memory.max": str(64 * MIB), "memory.high": str(48 * MIB), "pids.max": "32", "cpu.weight": "250"}
     assert (agent / "memory.oom.group").read_text() == "1"
+    assert (agent / "memory.swap.max").read_text() == "0"  # no swap past the cap
     (agent / "memory.current").write_text(f"{30 * MIB}\n")
     (agent / "pids.current").write_text("7\n")
     (agent / "pids.events").write_text("max 3\n")
@@ -246,7 +249,9 @@ def test_v2_writes_each_cap_and_reads_usage(v2_tree):
     assert cgroup.usage() == usage
     # No cap at all: "max".
     cgroups.apply("worker", Limits(memory_max_mb=0, memory_high_mb=0, pids_max=0, cpu_weight=100))
-    assert [(agent / name).read_text() for name in ("memory.max", "memory.high", "pids.max")] == ["max"] * 3
+    assert [(agent / name).read_text() for name in ("memory.max", "memory.high", "pids.max", "memory.swap.max")] == [
+        "max"
+    ] * 4
 
 
 def test_v2_an_oom_kill_is_told_once_as_the_exit_cause(v2_tree):
@@ -312,6 +317,32 @@ async def capped(tmp_path):
 
 SMALL = Limits(memory_max_mb=64, memory_high_mb=48, pids_max=32, cpu_weight=100)
 ROOMY = Limits(memory_max_mb=512, memory_high_mb=0, pids_max=512, cpu_weight=100)
+UNCAPPED = Limits(memory_max_mb=0, memory_high_mb=0, pids_max=0, cpu_weight=100)
+
+
+def test_v1_with_swap_on_caps_memory_and_swap_together_in_any_order(tmp_path, monkeypatch):
+    """memory+swap may never be below memory: raising, lowering and lifting the cap each work."""
+    root = tmp_path / "state"
+    root.mkdir(mode=0o700)
+    cgroups = host_cgroups(root)
+    if cgroups.version != 1:
+        pytest.skip("cgroup v1 only: v2's swap cap is its own file (memory.swap.max)")
+    monkeypatch.setattr(cgroups_module, "host_swaps", lambda: True)
+    cgroups.prepare()
+    try:
+        memory = cgroups.apply("hog", SMALL).dirs["memory"]
+        if not (memory / "memory.memsw.limit_in_bytes").exists():
+            pytest.skip("this kernel does not account swap (swapaccount=0)")
+        for limits in (SMALL, ROOMY, SMALL, UNCAPPED, SMALL):
+            cgroups.apply("hog", limits)
+            hard, swap = (
+                (memory / name).read_text().strip() for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+            )
+            assert swap == hard
+            # Lifted, "-1" reads back as the largest count of pages.
+            assert int(hard) == limits.memory_max_mb * MIB if limits.memory_max_mb else int(hard) > 2**62
+    finally:
+        trio.run(cgroups.close)
 
 
 @needs_bwrap

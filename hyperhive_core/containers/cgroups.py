@@ -303,9 +303,16 @@ class AgentCgroup:
     def write_limits(self, limits: Limits) -> None:
         """Write ``limits`` to the interface files; 0 lifts a cap."""
         memory, pids, cpu = self.dirs["memory"], self.dirs["pids"], self.dirs["cpu"]
+        # A capped agent gets no swap: over its cap it is OOM-killed, never paged out to thrash
+        # the host. The swap files exist only where the kernel accounts swap.
         if self.version == 1:
+            # memory+swap may never be below memory: lifted first, then set to the new cap. Only
+            # with swap on the host: v1 counts no cap hits (failcnt) once memory+swap is capped.
+            memsw = _present(memory / "memory.memsw.limit_in_bytes") if host_swaps() else []
             values = [
+                *((path, "-1") for path in memsw),
                 (memory / "memory.limit_in_bytes", _bytes_or(limits.memory_max_mb, "-1")),
+                *((path, _bytes_or(limits.memory_max_mb, "-1")) for path in memsw),
                 (memory / "memory.soft_limit_in_bytes", _bytes_or(limits.memory_high_mb, "-1")),
                 (pids / "pids.max", str(limits.pids_max or "max")),
                 (cpu / "cpu.shares", str(weight_to_shares(limits.cpu_weight))),
@@ -316,6 +323,7 @@ class AgentCgroup:
                 (memory / "memory.oom.group", "1"),
                 (memory / "memory.high", _bytes_or(limits.memory_high_mb, "max")),
                 (memory / "memory.max", _bytes_or(limits.memory_max_mb, "max")),
+                *((path, "0" if limits.memory_max_mb else "max") for path in _present(memory / "memory.swap.max")),
                 (pids / "pids.max", str(limits.pids_max or "max")),
                 (cpu / "cpu.weight", str(limits.cpu_weight)),
             ]
@@ -656,6 +664,18 @@ def write_file(path: Path, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+def host_swaps() -> bool:
+    """Whether the host has swap space on."""
+    for line in (_read(Path("/proc/meminfo")) or "").splitlines():
+        if line.startswith("SwapTotal:"):
+            return line.split()[1] != "0"
+    return False
+
+
+def _present(path: Path) -> list[Path]:
+    return [path] if path.exists() else []
 
 
 def _bytes_or(mib: int, unlimited: str) -> str:
