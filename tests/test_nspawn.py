@@ -109,15 +109,15 @@ def test_the_units_resource_properties_are_the_agents_caps():
     limits = Limits(memory_max_mb=2048, memory_high_mb=1536, pids_max=512, cpu_weight=200)
     argv = start_unit_argv(nspawn, "alice", limits)
     properties = [arg.removeprefix("--property=") for arg in argv[: argv.index("--")] if arg.startswith("--property=")]
-    caps = ["MemoryMax=2048M", "MemoryHigh=1536M", "TasksMax=512", "CPUWeight=200", "OOMPolicy=stop"]
+    caps = ["MemoryMax=2048M", "MemoryHigh=1536M", "MemorySwapMax=0", "TasksMax=512", "CPUWeight=200", "OOMPolicy=stop"]
     assert properties == ["Delegate=yes", "Slice=machine.slice", "KillMode=mixed", *caps]
     assert argv[argv.index("--") + 1 :] == nspawn
     uncapped = unit_limits(Limits(memory_max_mb=0, memory_high_mb=0, pids_max=0, cpu_weight=100))
-    assert uncapped[:3] == ["MemoryMax=infinity", "MemoryHigh=infinity", "TasksMax=infinity"]
+    assert uncapped[:4] == ["MemoryMax=infinity", "MemoryHigh=infinity", "MemorySwapMax=infinity", "TasksMax=infinity"]
     # A nixos-container's unit gets them at run time, before it starts.
     assert set_limits_argv("alice", limits) == [
         *("systemctl", "set-property", "--runtime", "container@alice.service"),
-        *caps[:4],
+        *caps[:5],
     ]
 
 

@@ -200,6 +200,8 @@ def unit_limits(limits: Limits | None) -> list[str]:
     return [
         f"MemoryMax={f'{limits.memory_max_mb}M' if limits.memory_max_mb else 'infinity'}",
         f"MemoryHigh={f'{limits.memory_high_mb}M' if limits.memory_high_mb else 'infinity'}",
+        # No swap past a hard cap: at it the agent is OOM-killed rather than paged out.
+        f"MemorySwapMax={0 if limits.memory_max_mb else 'infinity'}",
         f"TasksMax={limits.pids_max or 'infinity'}",
         f"CPUWeight={limits.cpu_weight}",
         "OOMPolicy=stop",
@@ -549,7 +551,7 @@ class NspawnBackend(ContainerBackend):
 
     @property
     def limits_summary(self) -> str:
-        return "systemd (MemoryMax=, MemoryHigh=, TasksMax=, CPUWeight= on each container's unit)"
+        return "systemd (MemoryMax=, MemoryHigh=, MemorySwapMax=, TasksMax=, CPUWeight= on each container's unit)"
 
     async def limits(self, spec: ContainerSpec) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
