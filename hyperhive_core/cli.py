@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 # Where HiveGroup keeps one invocation's plugin commands, in its context's meta.
 PLUGIN_COMMANDS = "hyperhive.plugin_commands"
+# ... and the --config given after the command name, which picks those plugins too.
+CONFIG_AFTER = "hyperhive.config_after"
 
 
 class HiveGroup(click.Group):
@@ -49,14 +51,21 @@ class HiveGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.plugin_commands(ctx)])
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        ctx.find_root().meta.setdefault(CONFIG_AFTER, config_in(args[1:]))
+        return super().resolve_command(ctx, args)
+
     def plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
         """The commands the plugins add, by name; the plugins load on the first call."""
         if self.plugins_added:
             return {}
-        meta = ctx.find_root().meta
+        root = ctx.find_root()
+        meta = root.meta
         if PLUGIN_COMMANDS not in meta:
             try:
-                group = make_cli(plugins_for_commands(ctx.find_root().params.get("config_path")))
+                group = make_cli(plugins_for_commands(root.params.get("config_path") or meta.get(CONFIG_AFTER)))
             except HyperhiveError as exc:
                 raise click.ClickException(str(exc)) from None
             meta[PLUGIN_COMMANDS] = {
@@ -435,6 +444,21 @@ def make_cli(pm: HivePluginManager) -> click.Group:
     add_plugin_commands(group, pm)
     group.plugins_added = True
     return group
+
+
+def config_in(args: list[str]) -> str | None:
+    """The ``--config`` among a command's own arguments (``hyperhive wake -c FILE bob``): the
+    plugins, whose commands these may be, load before the command parses them."""
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("-c", "--config") and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=")
+        if arg.startswith("-c") and len(arg) > 2:
+            return arg[2:]
+    return None
 
 
 def plugins_for_commands(config_path: str | None) -> HivePluginManager:

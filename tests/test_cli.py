@@ -267,6 +267,22 @@ def test_config_is_taken_before_or_after_the_command(clean_env, tmp_path, hyperh
     )
 
 
+def test_a_plugins_command_is_found_through_the_config_given_after_it(clean_env, tmp_path, hyperhive):
+    def run(*args):
+        return subprocess.run([hyperhive, *args], env=clean_env, capture_output=True, text=True, timeout=120)
+
+    (tmp_path / "hyperhive.toml").write_text('[hive]\nplugins = ["telemetry"]\n')
+    (tmp_path / "napping.toml").write_text('[hive]\nplugins = ["nap"]\n')
+    for args in (["-c", "napping.toml", "wake"], ["wake", "-c", "napping.toml"], ["wake", "--config=napping.toml"]):
+        shown = run(*args, "--help")
+        assert (shown.returncode, shown.stderr) == (0, ""), args
+        assert "End agent NAME's nap now" in shown.stdout
+    # The default config has no nap plugin, so no wake command.
+    missing = run("wake", "--help")
+    assert missing.returncode == 2
+    assert "No such command 'wake'" in missing.stderr
+
+
 def test_every_command_that_reads_the_config_takes_config():
     """Core's and the bundled plugins' commands: all but those that read no hive config."""
     from hyperhive_core.plugins import make_plugin_manager
