@@ -229,7 +229,15 @@ class Agents:
         try:
             return self._agents[name]
         except KeyError:
+            if name in self.directory.remote:
+                raise UnknownAgent(
+                    f"agent {name!r} runs on another host of the hive, not this one; "
+                    "use that host's dashboard or CLI (`hyperhive agents` says which host)"
+                ) from None
             known = ", ".join(sorted(self._agents)) or "none"
+            elsewhere = sorted(self.directory.remote - self._agents.keys())
+            if elsewhere:
+                known += f"; on other hosts: {', '.join(elsewhere)}"
             raise UnknownAgent(f"no agent named {name!r}; known agents: {known}") from None
 
     async def add(

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 import hyperhive_web
 import pytest
 import trio
+import trio_websocket
 from test_cluster_dashboard import expect
 from test_cluster_hosts import host, placement_ready
 
@@ -41,6 +43,21 @@ class Dashboard:
 
     async def get(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         return await trio.to_thread.run_sync(self._call, path, body)
+
+    async def terminal(self, agent: str) -> tuple[int, str | None]:
+        """How the dashboard closes ``agent``'s terminal socket before any shell output: its code and reason."""
+        address = urllib.parse.urlsplit(self.url)
+        headers = [("Authorization", f"Bearer {self.token}")]
+        # The stream is closed here: trio-websocket's own client leaves it open when the server closes first.
+        stream = await trio.open_tcp_stream(address.hostname, address.port)
+        async with stream, trio.open_nursery() as nursery:
+            resource = f"/-/web/agents/{agent}/terminal"
+            socket = await trio_websocket.wrap_client_stream(
+                nursery, stream, address.netloc, resource, extra_headers=headers
+            )
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await socket.get_message()
+        return closed.value.reason.code, closed.value.reason.reason
 
     async def json(self, path: str, body: dict[str, Any] | None = None, status: int = 200) -> Any:
         code, answer = await self.get(path, body)
@@ -80,7 +97,11 @@ async def test_another_hosts_agent_has_its_page_on_every_dashboard(make_pm, tmp_
             assert (alice["name"], alice["host"], alice["state"]) == ("alice", "a", "idle")
             assert (await dashboard.json("/api/agents/bob/state"))["host"] == "b"
             assert (await dashboard.get("/agent/nobody/"))[0] == 404
-            assert "no agent named 'nobody'" in (await dashboard.json("/api/agents/nobody/state", status=404))["error"]
+            unknown = await dashboard.json("/api/agents/nobody/state", status=404)
+            assert unknown["error"] == "no agent named 'nobody'; known agents: bob; on other hosts: alice, manager"
+            # Her panels need her local state: b says where she runs.
+            elsewhere = await dashboard.json("/-/web/agents/alice/panels/notes", status=404)
+            assert elsewhere["error"].startswith("agent 'alice' runs on another host of the hive, not this one")
 
             # A message to her goes through the shared broker; her answer reaches b's operator inbox.
             newest = await a.events.history(None, limit=1)
@@ -105,6 +126,10 @@ async def test_another_hosts_agent_has_its_page_on_every_dashboard(make_pm, tmp_
                 "use /compact-notes on that host's dashboard"
             )
 
+            # Her terminal is a shell in her container, on a: b's says so, and where.
+            closed = await dashboard.terminal("alice")
+            assert closed == (4001, "alice runs on host a: open its terminal on that host's dashboard")
+
             # In Chromium: the host page links her; her page names a, shows her turn live from the
             # merged events, and no panel that needs her local state (b's own agent has them).
             page = await chromium.dashboard(b)
@@ -118,6 +143,8 @@ async def test_another_hosts_agent_has_its_page_on_every_dashboard(make_pm, tmp_
                 expect(page.locator("#tail .ev.turn_end").first).to_be_attached()
                 expect(page.locator("#tail")).to_contain_text("hello alice")
                 expect(page.locator("section.panel.plugin")).to_have_count(0)
+                page.locator("#tab-term").click()
+                expect(page.locator("#term-status")).to_contain_text("alice runs on host a")
                 page.goto(page.url.replace("/agent/alice/", "/agent/bob/"))
                 expect(page.locator("#state-detail")).to_have_text("on host b")
                 expect(page.locator("section.panel.plugin").first).to_be_attached()

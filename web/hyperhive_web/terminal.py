@@ -2,7 +2,8 @@
 
 Frames: binary both ways is terminal data; a text frame from the client is a JSON
 control message, ``{"resize": [rows, cols]}``. The server closes the socket with
-code 1000 and ``shell exited with status N`` when the shell ends.
+code 1000 and ``shell exited with status N`` when the shell ends, or at once with code
+4001 and the host's name for an agent that runs on another host of the hive.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import trio
 from quart import Blueprint, websocket
 
 from hyperhive_core import ContainerProcess
+from hyperhive_web.api import placed_on
 from hyperhive_web.dashboard import current_dashboard
 from hyperhive_web.jsonbody import TooDeep, loads
 
@@ -22,6 +24,8 @@ terminal = Blueprint("terminal", __name__)
 SHELL = ("bash", "--login")
 HANGUP_GRACE_SECONDS = 2.0
 MAX_SIZE = 1000
+# The close code for an agent whose container is on another host of the hive (4000-4999: the application's).
+ELSEWHERE = 4001
 
 
 def terminal_path(agent: str) -> str:
@@ -31,7 +35,11 @@ def terminal_path(agent: str) -> str:
 @terminal.websocket("/-/web/agents/<name>/terminal")
 async def terminal_socket(name: str) -> None:
     hive = current_dashboard().hive
-    hive.agents.get(name)
+    host = placed_on(name)
+    if host is not None:  # the shell is in a container on that host
+        await websocket.accept()
+        await websocket.close(ELSEWHERE, f"{name} runs on host {host}: open its terminal on that host's dashboard")
+        return
     spec = hive.container_spec(name)
     env = {**hive.session_env(name, hive.backend.view(spec).state), "TERM": "xterm-256color"}
     # An asleep agent's container starts for the shell, and stays up while it runs.
