@@ -41,6 +41,10 @@ from hyperhive_allowlist.writes import (
 MAX_COMMAND = 64 * 1024
 MAX_PARTS = 100  # bounds the work per call: Claude Code lets a call through if its hook times out
 HARMLESS_DEVICES = ("/dev/null", "/dev/stdout", "/dev/stderr")
+# Opening one of these reopens the file its descriptor names at that moment, with write access.
+STANDARD_STREAMS = ("/dev/stdout", "/dev/stderr")
+# Redirections that open no file: here-documents, here-strings and duplicated descriptors.
+OPENS_NO_FILE = ("<<", "<<-", "<<<", ">&", "<&")
 
 
 def _names(text: str) -> frozenset[str]:
@@ -200,6 +204,7 @@ class Policy:
                 raise Refused(f"`{_short(text)}` matches none of the allowed patterns")
             token = _short(unnamed[0].token)
             raise Refused(f"`{token}` {unnamed[0].why}; only a pattern that spells out `{token}` allows it")
+        _check_streams(part, reading.writes)
         for write in reading.writes:
             self._check_write(write, cwd)
 
@@ -315,6 +320,27 @@ def read_part(words: list[Word], git_commands: Callable[[], frozenset[str]]) -> 
     if program == "sed":
         read_sed(reading)
     return reading
+
+
+def _check_streams(part: Part, writes: Sequence[Write]) -> None:
+    """Refuse writing ``/dev/stdout`` or ``/dev/stderr`` in a command that also opens a file.
+
+    They count as harmless because descriptors 1 and 2 are Claude Code's. But a command's
+    own redirection may point one at a file first (``1<.git/config >/dev/stdout``), and
+    opening the device then opens that file for writing, past every check of paths.
+    """
+    streams = [r.target.text for r in part.redirects if r.writes and r.target.text in STANDARD_STREAMS]
+    streams += [
+        word.text
+        for word in ((prefixed(w.path) if w.kind == PREFIX else w.path) for w in writes if w.name is None)
+        if word.text in STANDARD_STREAMS
+    ]
+    files = [r.target.text for r in part.redirects if r.op not in OPENS_NO_FILE and r.target.text not in HARMLESS_DEVICES]
+    if streams and files:
+        raise Refused(
+            f"`{streams[0]}` reopens whatever file a descriptor names, and this command opens `{files[0]}`; "
+            "write to a file by its own name, or to the output without naming the device (2>&1)"
+        )
 
 
 def _unhidden(names: list[str]) -> list[str]:
