@@ -59,7 +59,8 @@ def test_a_standard_stream_device_cannot_reopen_a_hidden_file(repo: Path, comman
     if reason is None:  # let through: see what bash makes of it
         subprocess.run(["bash", "-c", command], cwd=repo, capture_output=True, timeout=60, check=False)
     assert (repo / ".git" / "config").read_text() == ORIGINAL
-    assert reason is not None and "reopens whatever file a descriptor names" in reason
+    assert reason is not None
+    assert "reopens whatever file a descriptor names" in reason
 
 
 @pytest.mark.parametrize(

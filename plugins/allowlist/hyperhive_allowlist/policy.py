@@ -335,7 +335,8 @@ def _check_streams(part: Part, writes: Sequence[Write]) -> None:
         for word in ((prefixed(w.path) if w.kind == PREFIX else w.path) for w in writes if w.name is None)
         if word.text in STANDARD_STREAMS
     ]
-    files = [r.target.text for r in part.redirects if r.op not in OPENS_NO_FILE and r.target.text not in HARMLESS_DEVICES]
+    files = [r.target.text for r in part.redirects if r.op not in OPENS_NO_FILE]
+    files = [name for name in files if name not in HARMLESS_DEVICES]
     if streams and files:
         raise Refused(
             f"`{streams[0]}` reopens whatever file a descriptor names, and this command opens `{files[0]}`; "
