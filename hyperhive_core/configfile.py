@@ -46,6 +46,8 @@ def read_toml(path: Path, required: bool) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # a damaged or binary file: TOML is UTF-8
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); rewrite it as UTF-8 TOML") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -15,6 +17,7 @@ import trio
 from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.cluster import PlacedElsewhere
 from hyperhive_core.config import Config
+from hyperhive_core.errors import HyperhiveError
 from hyperhive_core.hive import Hive, HiveSection
 from hyperhive_core.hostsock import group_id, serve_host_socket
 from hyperhive_core.paths import StatePaths, default_state_dir
@@ -47,6 +50,13 @@ async def run_hive(
     paths = state_paths(config)
     admin_group = config.section("hive", HiveSection).admin_group
     paths.ensure(group_id(admin_group) if admin_group else None)
+    with hold_state_dir(paths):
+        await _run_hive(config, pm, paths, task_status)
+
+
+async def _run_hive(
+    config: Config, pm: HivePluginManager, paths: StatePaths, task_status: trio.TaskStatus[Hive]
+) -> None:
     store = Store(paths.database)
     try:
         store.migrate(collect_migrations(pm))
@@ -78,6 +88,31 @@ async def run_hive(
                     await services.stop()
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def hold_state_dir(paths: StatePaths) -> Iterator[None]:
+    """Lock the state dir for this daemon's life; the kernel drops the lock when it dies, ``kill -9`` too.
+
+    Two daemons on one state dir would each requeue the other's leased messages and
+    take over its host socket. :raises HyperhiveError: another daemon holds it.
+    """
+    paths.daemon_lock.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(paths.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise HyperhiveError(
+                f"another hyperhive daemon (pid {holder}) runs on state dir {paths.root}; "
+                "stop it first (`systemctl stop hyperhive`), or give this one another [hive] state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def run_agents(

@@ -56,6 +56,11 @@ class StatePaths(NamedTuple):
             raise ValueError(f"{path} resolves to {resolved}, outside the state root {root}")
         return resolved
 
+    @property
+    def daemon_lock(self) -> Path:
+        """Held locked by the running daemon, so that a second one on this root refuses to start."""
+        return self.root / "run" / "daemon.lock"
+
     def agent_run(self, name: str) -> Path:
         """The directory holding the agent's own MCP socket."""
         return self.root / "run" / name

@@ -29,13 +29,23 @@ MIGRATIONS_TABLE = "_migrations"
 CORE_OWNER = "core"
 
 
+# How long a write waits for a lock another connection holds (a backup's read, the checkpoint).
+BUSY_TIMEOUT_MS = 30_000
+# At startup only this long: a lock still held then belongs to another process.
+STARTUP_LOCK_WAIT_MS = 5_000
+
+
 def connect(path: Path) -> sqlite_utils.Database:
     """Open ``path`` in WAL mode with ``synchronous=FULL``: a commit that returned is on disk."""
     try:
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as exc:
+    except sqlite3.OperationalError as exc:
         raise StoreError(f"cannot open database {path}: {exc}; check the state dir's permissions") from None
+    except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: no permission fixes that
+        raise StoreError(
+            f"cannot open database {path}: {exc}; restore it from a backup (docs/operations.md#restore)"
+        ) from None
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return sqlite_utils.Database(conn)
@@ -92,13 +102,29 @@ class Store:
         Each migration runs in its own transaction with its record, so a failure
         leaves the database at the last good step. Tables an owner other than core
         creates must be prefixed with the owner's name.
+
+        :raises StoreError: another process holds the database locked, or a newer
+            version migrated it (a step of a known owner that this version lacks).
         """
+        self._check_unlocked()
         self.write_sync(
             lambda db: db.table(MIGRATIONS_TABLE).create(
                 {"owner": str, "name": str, "applied_at": float}, pk=("owner", "name"), if_not_exists=True
             )
         )
         applied = {(row["owner"], row["name"]) for row in self._writer[MIGRATIONS_TABLE].rows}
+        migrations = {owner: list(steps) for owner, steps in migrations.items()}
+        # An owner not loaded now (a plugin left out of [hive] plugins) keeps its tables untouched.
+        unknown = sorted(
+            f"{owner}:{name}"
+            for owner, name in applied
+            if owner in migrations and name not in {step.__name__ for step in migrations[owner]}
+        )
+        if unknown:
+            raise StoreError(
+                f"database {self.path} was migrated by a newer hyperhive (migration {unknown[0]} is unknown here); "
+                "run that version, or restore the backup taken before the upgrade (docs/operations.md#upgrade)"
+            )
         ran = []
         for owner, steps in migrations.items():
             for step in steps:
@@ -108,6 +134,21 @@ class Store:
                 ran.append(f"{owner}:{step.__name__}")
                 log.info("applied migration %s:%s", owner, step.__name__)
         return ran
+
+    def _check_unlocked(self) -> None:
+        """Fail at once, not after the busy timeout, when another process holds the database locked."""
+        conn = self._writer.conn
+        conn.execute(f"PRAGMA busy_timeout={STARTUP_LOCK_WAIT_MS}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(
+                f"database {self.path} is locked by another process ({exc}); "
+                f"stop it (`fuser -v {self.path}` names it) and start again"
+            ) from None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     @staticmethod
     def _apply(db: sqlite_utils.Database, owner: str, step: Migration) -> None:
