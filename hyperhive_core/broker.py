@@ -35,7 +35,7 @@ import sqlite_utils
 import trio
 
 from hyperhive_core.config import option
-from hyperhive_core.errors import ConfigError, HyperhiveError, StoreError
+from hyperhive_core.errors import ConfigError, DiskFull, HyperhiveError, StoreError
 from hyperhive_core.names import OPERATOR, RESERVED, SYSTEM, InvalidName, check_agent_name
 from hyperhive_core.store import Store
 
@@ -349,6 +349,8 @@ def _conflict(draft: _Draft, earlier: Message) -> IdempotencyConflict:
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the database's filesystem (or its size limit) is full."""
+    if isinstance(exc, DiskFull):
+        return True
     return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 

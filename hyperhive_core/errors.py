@@ -24,3 +24,7 @@ class PluginError(HyperhiveError):
 
 class StoreError(HyperhiveError):
     """The database cannot be opened or migrated."""
+
+
+class DiskFull(StoreError):
+    """The database's filesystem is full: a write was refused and nothing of it was stored."""

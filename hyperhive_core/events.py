@@ -25,7 +25,7 @@ import sqlite_utils
 import trio
 
 from hyperhive_core.config import option
-from hyperhive_core.errors import ConfigError, HyperhiveError
+from hyperhive_core.errors import ConfigError, DiskFull, HyperhiveError
 from hyperhive_core.names import RESERVED, check_agent_name
 from hyperhive_core.store import Store
 
@@ -276,6 +276,8 @@ class EventBus:
         except trio.Cancelled:
             self._pending.extendleft(reversed(self._inflight))  # not written: the final flush takes them
             raise
+        except DiskFull as exc:  # one line: the broker's log already says what to do
+            log.error("could not persist %d event(s): %s; they were delivered live only", len(self._inflight), exc)
         except Exception:
             log.exception("could not persist %d event(s); they were delivered live only", len(self._inflight))
         finally:

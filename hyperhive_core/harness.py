@@ -44,7 +44,7 @@ from hyperhive_core.agents import State
 from hyperhive_core.broker import Batch, Message
 from hyperhive_core.claude import ClaudeSession, SessionDied, SessionOptions, TurnExit, TurnResult
 from hyperhive_core.containers import ContainerEvent, ContainerEventKind
-from hyperhive_core.errors import StoreError
+from hyperhive_core.errors import DiskFull, HyperhiveError, StoreError
 from hyperhive_core.memory import MIB, format_bytes, process_tree, pss_bytes, rss_bytes
 from hyperhive_core.names import OPERATOR
 from hyperhive_core.plugins import await_all
@@ -562,9 +562,12 @@ async def supervise_agent(
 
     async def crashed(crash: BaseException) -> bool:
         exc = root_cause(crash)
+        hive.events.publish(harness.name, "error", text=f"turn loop crashed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, DiskFull):
+            # Not the agent's fault: its loop retries with backoff until there is space, never failed.
+            return False
         now = trio.current_time()
         crashes[:] = [at for at in crashes if now - at < CRASH_WINDOW] + [now]
-        hive.events.publish(harness.name, "error", text=f"turn loop crashed: {type(exc).__name__}: {exc}")
         if len(crashes) < CRASH_LIMIT:
             return False
         status = hive.agents.get(harness.name).status
@@ -572,7 +575,10 @@ async def supervise_agent(
         hive.agents.publish_status(harness.name)
         reason = f"{CRASH_LIMIT} crashes within {CRASH_WINDOW:.0f}s; last: {type(exc).__name__}: {exc}"
         if harness.name != hive.agents.manager:
-            await hive.notify(hive.agents.manager, "agent_failed", agent=harness.name, reason=reason)
+            try:
+                await hive.notify(hive.agents.manager, "agent_failed", agent=harness.name, reason=reason)
+            except HyperhiveError as refused:  # the daemon goes on: the agent's status says it failed
+                log.warning("agent %s failed (%s); the manager was not told: %s", harness.name, reason, refused)
         return True
 
     await supervise(f"agent {harness.name}", harness.run, on_crash=crashed, task_status=task_status)

@@ -18,7 +18,7 @@ from typing import TypeVar
 import sqlite_utils
 import trio
 
-from hyperhive_core.errors import StoreError
+from hyperhive_core.errors import DiskFull, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,24 @@ class Store:
         return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_lock)
 
     def write_sync(self, fn: Callable[[sqlite_utils.Database], T], durable: bool = True) -> T:
-        """``write`` for code already off the event loop (startup, the writer thread)."""
-        if durable:
-            with self._writer.atomic():
-                return fn(self._writer)
-        self._writer.execute("PRAGMA synchronous=NORMAL")
+        """``write`` for code already off the event loop (startup, the writer thread).
+
+        :raises DiskFull: the filesystem is full; the transaction was rolled back.
+        """
         try:
-            with self._writer.atomic():
-                return fn(self._writer)
-        finally:
-            self._writer.execute("PRAGMA synchronous=FULL")
+            if durable:
+                with self._writer.atomic():
+                    return fn(self._writer)
+            self._writer.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._writer.atomic():
+                    return fn(self._writer)
+            finally:
+                self._writer.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise DiskFull(f"the disk holding {self.path} is full; free space on that filesystem") from exc
+            raise
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it, so the WAL file stays small.
