@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from hyperhive_core import fastcli
 
+    # Not for relay above: its stdout is Claude Code's JSON-RPC. attach writes its shell's bytes to the descriptor.
+    fastcli.show_only_text()
     status = fastcli.main(argv)
     if status is not None:
         sys.exit(status)

@@ -16,6 +16,7 @@ tests/test_cli_startup.py fails if mcp, trio, pluggy, the plugins or the like lo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -35,6 +36,64 @@ from hyperhive_core.paths import StatePaths, default_state_dir
 COMPLETE_VAR = "_HYPERHIVE_COMPLETE"
 # The top-level flags that only set the log level; these commands log nothing.
 LOG_FLAGS = re.compile(r"-[vq]+|--verbose|--quiet")
+
+
+# What a terminal acts on instead of showing: C0 controls but tab and newline, DEL,
+# C1 controls (0x9b alone starts a control sequence) and the bidirectional controls
+# that reorder the text around them.
+UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def showable(text: str) -> str:
+    """``text`` with every character a terminal would act on written out (``\\x1b``, ``\\u202e``)."""
+    return UNSHOWABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
+class ShowableStream(io.TextIOBase):
+    """A text stream that writes :func:`showable` text to ``stream``.
+
+    What the CLI prints comes largely from agents (message bodies, question text, a
+    config commit's diff, log lines): an escape sequence in it could rewrite what the
+    operator's terminal shows, hide a line of a diff, or retitle the window.
+    """
+
+    def __init__(self, stream: io.TextIOBase) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(showable(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.stream.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self.stream.errors
+
+
+def show_only_text() -> None:
+    """Route the CLI's standard output and error through :class:`ShowableStream`.
+
+    Not for shell completion: click writes its answer as bytes, for the shell to read.
+    """
+    if COMPLETE_VAR in os.environ:
+        return
+    sys.stdout = ShowableStream(sys.stdout)  # type: ignore[arg-type]
+    sys.stderr = ShowableStream(sys.stderr)  # type: ignore[arg-type]
 
 
 def host_socket(config_path: str | None) -> Path:
