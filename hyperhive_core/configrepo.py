@@ -509,13 +509,22 @@ class ConfigRepos:
         return build_section(AgentConfig, raw, "agent", Path(where))
 
     async def diff(self, name: str, base: str | None, sha: str) -> str:
-        """The change from ``base`` (the applied commit; ``None`` for a new agent) to ``sha``."""
-        text = await self.git.run(
-            self.applied(name),
-            "diff", "--no-ext-diff", "--no-textconv", "--no-color", "--find-renames", base or EMPTY_TREE, sha, "--",
-        )  # fmt: skip
-        if len(text) > MAX_DIFF_CHARS:
-            text = text[:MAX_DIFF_CHARS] + f"\n[diff cut at {MAX_DIFF_CHARS} characters of {len(text)}]\n"
+        """The change from ``base`` (the applied commit; ``None`` for a new agent) to ``sha``.
+
+        ``agent.toml`` is what gets applied, so its change comes first and whole: no
+        padding in other files pushes it past the cut. Every file is shown as text,
+        whatever a ``.gitattributes`` says (``agent.toml -diff`` would read "Binary
+        files differ").
+        """
+        applied = self.applied(name)
+        options = ("diff", "--no-ext-diff", "--no-textconv", "--no-color", "--text", "--find-renames")
+        own = await self.git.run(applied, *options, base or EMPTY_TREE, sha, "--", AGENT_TOML)
+        rest = await self.git.run(applied, *options, base or EMPTY_TREE, sha, "--", f":(exclude){AGENT_TOML}")
+        text = own + rest
+        # A valid agent.toml's diff is never cut; an oversized one is refused when the config is read.
+        limit = MAX_DIFF_CHARS + min(len(own), 3 * MAX_AGENT_TOML_BYTES)
+        if len(text) > limit:
+            text = text[:limit] + f"\n[diff cut at {limit} characters of {len(text)}]\n"
         return text
 
     async def remove(self, name: str) -> None:

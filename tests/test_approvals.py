@@ -160,7 +160,7 @@ async def test_two_step_spawn_runs_the_committed_model_and_survives_a_restart(ma
         assert approval.kind == "spawn_commit"
         assert approval.fetched_sha == git(proposed, "rev-parse", "HEAD")  # the manager's own commit
         assert git(proposed, "log", "-1", "--format=%s") == "on sonnet"
-        assert approval.diff.startswith("diff --git a/README.md b/README.md\nnew file mode")
+        assert approval.diff.startswith("diff --git a/agent.toml b/agent.toml\nnew file mode")
         assert '+model = "sonnet"' in approval.diff
         # The manager sees the repo: bound in its container (here, with no isolation, the host path).
         assert hive.container_spec("manager").extra_binds == {"/agents/scribe/config": proposed}

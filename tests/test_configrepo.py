@@ -89,8 +89,8 @@ async def test_a_request_pins_the_commit_and_diffs_from_what_runs(repos):
     assert (await repos.read_config("scout", wanted)).model == "sonnet"
     await repos.checkout("scout", wanted)
     assert (repos.applied("scout") / "agent.toml").read_text() == 'model = "sonnet"\n'
-    # A new agent's diff starts from nothing.
-    assert (await repos.diff("scout", None, base)).startswith("diff --git a/README.md b/README.md\nnew file mode")
+    # A new agent's diff starts from nothing, agent.toml (what gets applied) first.
+    assert (await repos.diff("scout", None, base)).startswith("diff --git a/agent.toml b/agent.toml\nnew file mode")
 
 
 async def test_refs_resolve_by_branch_full_ref_head_and_commit_id(repos):
