@@ -76,6 +76,8 @@ DENIED_KEPT = 20
 """Distinct denied targets remembered per agent for its page, the most recent."""
 DENIED_REPORT_SECONDS = 10.0
 """A target denied again within this long is counted, not reported again."""
+# 0.0.0.0/8: as a destination, Linux takes 0.0.0.0 for the host itself.
+THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization"})
 # RFC 9110 7.6.1, and Expect: the proxy answers 100-continue itself.
@@ -628,14 +630,23 @@ async def _open_tcp(target: Target, *, egress: bool) -> trio.SocketStream:
         return await trio.open_tcp_stream(target.host, target.port)
     infos = await trio.socket.getaddrinfo(target.host, target.port, type=trio.socket.SOCK_STREAM)
     found = dict.fromkeys(str(info[4][0]) for info in infos)
-    failure = OSError(f"{target.host} resolves only to loopback addresses")
+    failure = OSError(f"{target.host} resolves only to the host's own addresses (loopback, 0.0.0.0)")
     for address in found:
-        if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        if not _is_the_host(address):
             try:
                 return await trio.open_tcp_stream(address, target.port)
             except OSError as exc:
                 failure = exc
     raise failure
+
+
+def _is_the_host(address: str) -> bool:
+    """Whether connecting to ``address`` reaches this host: loopback, or "this network"
+    (``0.0.0.0``, ``::``), which Linux connects to the host's own; IPv4-mapped forms too."""
+    ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified or ip in THIS_NETWORK
 
 
 def _http_target(authority: str) -> Target:
