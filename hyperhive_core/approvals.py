@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_TEXT_CHARS = 10_000
+"""The longest description of a request, or note on a denial."""
+
 
 class Kind(enum.StrEnum):
     SPAWN = "spawn"
@@ -463,7 +466,13 @@ def _event_data(approval: Approval) -> dict[str, Any]:
 def _required(text: object, what: str, hint: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ApprovalError(f"{what} must not be empty: {hint}")
-    return text.strip()
+    text = text.strip()
+    if len(text) > MAX_TEXT_CHARS:  # stored with the request, and shown on every listing
+        raise ApprovalError(
+            f"{what} is {len(text)} characters, over the {MAX_TEXT_CHARS}-character limit: "
+            "say it in short, and put the details in the config repo's commit message"
+        )
+    return text
 
 
 def _describe(exc: BaseException) -> str:
