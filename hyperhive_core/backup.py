@@ -140,21 +140,37 @@ def _copy_database(source: Path, target: Path) -> int:
 def copy_tree(source: Path, target: Path, report: BackupReport, *, skip: frozenset[str] = frozenset()) -> None:
     """Copy the directory ``source`` into the existing ``target``, never following symlinks.
 
+    Below ``source`` every directory and file is opened relative to its parent's open
+    descriptor, never by path: an agent that swaps a directory of its own for a
+    symlink while the backup runs cannot lead the copy out of the state dir.
+
     :param skip: names in ``source`` itself to leave out.
     """
-    for entry in _ordered(source):
-        path, into = Path(entry.path), target / entry.name
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _copy_dir(fd, source, target, report, skip)
+    finally:
+        os.close(fd)
+
+
+def _copy_dir(dir_fd: int, source: Path, target: Path, report: BackupReport, skip: frozenset[str]) -> None:
+    for entry in _ordered(dir_fd):
+        path, into = source / entry.name, target / entry.name
         if entry.name in skip:
             continue
         try:
             info = entry.stat(follow_symlinks=False)
             if stat.S_ISLNK(info.st_mode):
-                os.symlink(os.readlink(path), into)
+                os.symlink(os.readlink(entry.name, dir_fd=dir_fd), into)
             elif stat.S_ISDIR(info.st_mode):
                 into.mkdir(mode=0o700)
-                copy_tree(path, into, report)
+                sub = _open_nofollow(entry.name, dir_fd, os.O_DIRECTORY)
+                try:
+                    _copy_dir(sub, path, into, report, frozenset())
+                finally:
+                    os.close(sub)
             elif stat.S_ISREG(info.st_mode):
-                info = copy_file(path, into)
+                info = copy_file(entry.name, into, dir_fd=dir_fd, shown=path)
                 report.files += 1
             else:
                 report.skipped.append(f"{path} (not a regular file: a socket, fifo or device)")
@@ -165,20 +181,26 @@ def copy_tree(source: Path, target: Path, report: BackupReport, *, skip: frozens
         _keep_metadata(into, info)
 
 
-def copy_file(source: Path, target: Path) -> os.stat_result:
-    """Copy one regular file, again if it changed meanwhile; return its status as copied."""
+def _open_nofollow(name: str, dir_fd: int, flags: int) -> int:
+    """``name`` in ``dir_fd``, read-only; a symlink or other kind swapped in since is gone (FileNotFoundError)."""
+    try:
+        # No following a symlink an agent swapped in, no blocking on a fifo.
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise FileNotFoundError(name) from None
+        raise
+
+
+def copy_file(name: str, target: Path, *, dir_fd: int, shown: Path) -> os.stat_result:
+    """Copy the regular file ``name`` in ``dir_fd`` (``shown`` in messages), again if it changed
+    meanwhile; return its status as copied."""
     for attempt in range(COPY_ATTEMPTS):
-        try:
-            # No following a symlink an agent swapped in, no blocking on a fifo.
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # replaced by a symlink: the file we saw is gone
-                raise FileNotFoundError(source) from None
-            raise
+        fd = _open_nofollow(name, dir_fd, 0)
         with os.fdopen(fd, "rb") as reader:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
-                raise FileNotFoundError(source)
+                raise FileNotFoundError(shown)
             with open(target, "wb", opener=_private) as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
             after = os.fstat(fd)
@@ -186,14 +208,14 @@ def copy_file(source: Path, target: Path) -> os.stat_result:
             return after
         time.sleep(0.05 * (attempt + 1))
     raise BackupError(
-        f"{source} kept changing while it was copied ({COPY_ATTEMPTS} tries); pause the agent that writes it "
+        f"{shown} kept changing while it was copied ({COPY_ATTEMPTS} tries); pause the agent that writes it "
         "(`hyperhive pause NAME`) or stop the hive, then run the backup again"
     )
 
 
-def _ordered(directory: Path) -> Iterator[os.DirEntry[str]]:
-    """Entries of ``directory``: files first, then subdirectories, ``objects`` last."""
-    with os.scandir(directory) as scan:
+def _ordered(dir_fd: int) -> Iterator[os.DirEntry[str]]:
+    """Entries of the directory ``dir_fd``: files first, then subdirectories, ``objects`` last."""
+    with os.scandir(dir_fd) as scan:
         entries = list(scan)
     files = [entry for entry in entries if not entry.is_dir(follow_symlinks=False)]
     directories = sorted(
