@@ -221,3 +221,23 @@ async def test_buckets_electing_their_leaders_hold_up_no_start_claim_or_release(
             async with host(tmp_path, make_pm(), name, cluster.urls, idle, {}) as joined:
                 assert joined.cluster.is_up("a")
                 assert joined.cluster.placement["manager"] == "a"
+
+
+@needs_claude
+async def test_a_host_started_before_its_cluster_has_a_quorum_waits_for_one(make_pm, tmp_path, nats_cluster):
+    """The hive's hosts booting together: one node up, too few to place the streams and buckets."""
+    idle = Script()
+    idle.otherwise("nothing to do")
+    nats_cluster.stop(*nats_cluster.nodes[1:])
+
+    async def quorum_later() -> None:
+        await trio.sleep(4)
+        await trio.to_thread.run_sync(nats_cluster.start, *nats_cluster.nodes[1:])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(quorum_later)
+        with trio.fail_after(60):
+            async with host(tmp_path, make_pm(), "a", nats_cluster.urls, idle, {"alice": {}}) as a:
+                assert a.cluster.placement["alice"] == "a"
+                sent = await a.broker.send("operator", "alice", "hello")
+                assert sent.recipient == "alice"

@@ -93,6 +93,18 @@ COPY_WINDOW_SECONDS = 300.0
 CLOSE_SECONDS = 5.0
 # Not a nats-py error, but what a JetStream request can end in when the cluster is away.
 UNREACHABLE = (nats.errors.Error, asyncio.TimeoutError, OSError)
+# The cluster may not be ready for a moment: a fresh one electing its meta leader or not yet
+# knowing all its nodes, a stream electing its own (a node restarted, or slow on a loaded
+# machine). Such a request stored nothing, or is repeated harmlessly, so it is asked again
+# (until_answered).
+NOT_YET = (
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.TimeoutError,
+)
+# JetStream's "no suitable peers for placement": too few nodes known or up to place the replicas yet.
+NO_SUITABLE_PEERS = 10005
 
 
 def connect_options(section: JetStreamSection) -> dict[str, Any]:
@@ -309,14 +321,18 @@ class JetStreamBroker(MessageBroker):
         connected.set()
         try:
             js = nc.jetstream(timeout=self.section.request_timeout_seconds)
-            streams = [
-                await _ensure_stream(js, self._stream_config(name, subject, retention, window))
+            # Each try of a stream's creation is short: one sent before the meta leader was elected is lost.
+            trying = nc.jetstream(timeout=TRY_SECONDS)
+            configs = [
+                self._stream_config(name, subject, retention, window)
                 for name, subject, retention, window in (
                     (self.inbox_stream, self.inbox_subject, "workqueue", self.section.duplicate_window_seconds),
                     (self.acked_stream, self.acked_subject, "limits", COPY_WINDOW_SECONDS),
                     (self.dead_stream, self.dead_subject, "limits", COPY_WINDOW_SECONDS),
                 )
             ]
+            timeout = self.section.request_timeout_seconds
+            streams = [await until_answered(partial(_ensure_stream, trying, config), timeout) for config in configs]
         except BaseException:
             await nc.close()
             raise
@@ -1165,6 +1181,19 @@ class JetStreamBroker(MessageBroker):
 
 
 KINDS = ("inbox", "acked", "dead")
+
+
+async def until_answered(make: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+    """On the NATS loop: ``make()``, asked again while the cluster answers :data:`NOT_YET`, for up to ``timeout`` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await make()
+        except nats.errors.Error as exc:
+            unplaced = getattr(exc, "err_code", None) == NO_SUITABLE_PEERS  # KV errors may have no code
+            if not (isinstance(exc, NOT_YET) or unplaced) or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 async def _ensure_stream(js: Any, config: api.StreamConfig) -> api.StreamInfo:

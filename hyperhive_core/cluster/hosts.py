@@ -18,7 +18,7 @@ import trio
 from nats.js import api
 
 from hyperhive_core.brokers import JetStreamSection
-from hyperhive_core.brokers.jetstream import UNREACHABLE, connect_options
+from hyperhive_core.brokers.jetstream import NO_SUITABLE_PEERS, UNREACHABLE, connect_options, until_answered
 from hyperhive_core.cluster import ClusterSection, HostDown, PlacedElsewhere, forwarded
 from hyperhive_core.errors import HyperhiveError, StoreError
 from hyperhive_core.events import Event
@@ -36,17 +36,6 @@ WAIT_SECONDS = 30.0
 # Local events waiting to go out to the other hosts; beyond it they stay local (and a warning says so).
 EVENT_BUFFER = 10_000
 EVENT_BATCH = 200
-# JetStream's "no suitable peers for placement": a fresh cluster does not know all its nodes yet.
-NO_SUITABLE_PEERS = 10005
-# A bucket's stream electing its leader (a node restarted, or one slow on a loaded machine) answers
-# nothing for a moment: a write stored nothing, or is repeated harmlessly (puts and deletes are
-# idempotent, and a create that finds its own key is taken as done), so it is asked again.
-NOT_YET = (
-    nats.js.errors.NoStreamResponseError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.errors.TimeoutError,
-)
 
 
 @dataclass(frozen=True)
@@ -126,9 +115,10 @@ class Cluster:
             self._calls -= 1
 
     async def _kv(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """A bucket operation, asked again while its stream elects a leader (up to the request timeout)."""
+        """A bucket operation, asked again while its stream elects a leader (up to the request timeout): a
+        repeat is harmless, as puts and deletes are idempotent and a create that finds its own key is done."""
         timeout = self.jetstream.request_timeout_seconds
-        return await self._call(lambda: _until_answered(make, timeout))
+        return await self._call(lambda: until_answered(make, timeout))
 
     async def _open(self) -> None:
         """On the loop: connect (nats-py reconnects by itself from then on) and open both buckets."""
@@ -203,7 +193,7 @@ class Cluster:
                 try:
                     record = self._heartbeat_record(stopped=True)
                     timeout = self.jetstream.request_timeout_seconds
-                    await bridge.run(lambda: _until_answered(lambda: self._hosts_kv.put(self.host, record), timeout))
+                    await bridge.run(lambda: until_answered(lambda: self._hosts_kv.put(self.host, record), timeout))
                 except UNREACHABLE as exc:
                     log.warning("could not tell the other hosts this one stops: %r", exc)
             with trio.move_on_after(self.jetstream.request_timeout_seconds):
@@ -489,32 +479,13 @@ _NOTHING: Any = object()
 
 
 async def _bucket(js: Any, config: api.KeyValueConfig, timeout: float) -> Any:
-    """Open (creating if need be) a KV bucket. A cluster still electing its JetStream leader, or
-    not yet knowing all its peers, is asked again."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await js.create_key_value(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != NO_SUITABLE_PEERS:
-                return await js.key_value(config.bucket)  # it exists with other settings: use it as it is
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        except nats.js.errors.ServiceUnavailableError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.2)
-
-
-async def _until_answered(make: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await make()
-        except NOT_YET:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.1)
+    """Open (creating if need be) a KV bucket, asked again while the cluster is not ready for it."""
+    try:
+        return await until_answered(lambda: js.create_key_value(config), timeout)
+    except nats.js.errors.BadRequestError as exc:
+        if getattr(exc, "err_code", None) == NO_SUITABLE_PEERS:
+            raise
+        return await js.key_value(config.bucket)  # it exists with other settings: use it as it is
 
 
 async def _next_update(watcher: Any) -> Any:
