@@ -483,8 +483,10 @@ class ClaudeSession:
         return request_id
 
     async def _write(self, message: dict[str, Any]) -> None:
-        if not self.running:
+        if self._process is None:
             raise SessionDied("the Claude Code process is not running")
+        if self._process.returncode is not None:  # it died before reading this: say how
+            raise SessionDied(await self._exit_reason("before it read its input"))
         assert self._process is not None
         assert self._process.stdin is not None
         try:
@@ -534,13 +536,15 @@ class ClaudeSession:
                 if give_up_at is not None and result.exit is TurnExit.INTERRUPTED:
                     result.exit = TurnExit.STALLED
                 return result
+        raise SessionDied(await self._exit_reason("in the middle of a turn"))
+
+    async def _exit_reason(self, when: str) -> str:
+        """How the process ended, with the last lines it wrote to stderr."""
         with trio.move_on_after(2):
             await self._stderr_done.wait()  # so the reason is in the tail
         status = self._process.returncode if self._process else None
         tail = list(self.stderr_tail)[-3:]
-        raise SessionDied(
-            f"Claude Code exited (status {status}) in the middle of a turn: {' | '.join(tail) or 'no output'}"
-        )
+        return f"Claude Code exited (status {status}) {when}: {' | '.join(tail) or 'no output'}"
 
     async def _next_event(self) -> dict[str, Any] | None:
         """The next parsed stdout event, or ``None`` once the process has exited."""

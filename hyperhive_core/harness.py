@@ -119,6 +119,8 @@ class Harness:
         self._container_changed = False
         self._detail = ""
         """The state detail of what the turn does now; a long wait on the model shows over it."""
+        self.last_death = ""
+        """How the running turn's last attempt ended when its Claude Code died mid-turn; ``""`` if none did."""
         self.api_backoff = Backoff(initial=hive.claude.api_error_backoff_seconds, maximum=RETRY_WAIT_MAX)
         self.asleep = False
         """Released for being idle: no Claude Code process and no container until the next message."""
@@ -265,7 +267,8 @@ class Harness:
             self._hold_after = max(batch.ids)
             hive.events.publish(self.name, "note", text="turn cancelled; its messages wait for the next one")
         else:
-            reason = turn.result.terminal_reason if turn.result else "no result"
+            # No result at all: every attempt's Claude Code died, and the last one says how.
+            reason = turn.result.terminal_reason if turn.result else self.last_death or "no result"
             await hive.broker.release(batch, error=f"turn {turn.exit}: {reason}")
         await hive.store.write(lambda db: record_turn(db, turn))
         status = self.agent.status
@@ -296,8 +299,9 @@ class Harness:
         """
         attempts = self.hive.claude.turn_attempts
         compacted = False
-        api_failures = 0
+        api_failures = deaths = 0
         result = None
+        self.last_death = ""
         for attempt in range(1, attempts + 1):
             self.attempt_sends.clear()
             try:
@@ -307,8 +311,15 @@ class Harness:
                     return result, "interrupted"
                 result = self._priced(turn, await self.session.run_turn(turn.prompt))
             except SessionDied as exc:
-                self.hive.events.publish(self.name, "error", text=f"{exc}; restarting it with --resume")
+                self.last_death = str(exc)
                 await self._persist_session_id()
+                deaths += 1
+                if attempt < attempts:  # a CLI that dies at once is not restarted in a tight loop
+                    await self._wait_to_retry(
+                        "Claude Code exited", f"{exc}; restarting it with --resume", deaths, attempt + 1
+                    )
+                else:
+                    self.hive.events.publish(self.name, "error", text=str(exc))
                 continue
             await self._persist_session_id()
             if self._cancel_requested and result.exit in (TurnExit.INTERRUPTED, TurnExit.STALLED):
@@ -323,7 +334,10 @@ class Harness:
             if result.exit in (TurnExit.API_ERROR, TurnExit.STALLED):
                 api_failures += 1
                 if attempt < attempts:
-                    await self._wait_to_retry(result, api_failures, attempt + 1)
+                    stalled = result.exit is TurnExit.STALLED
+                    cause = "model API stalled" if stalled else "model API error"
+                    what = cause if stalled else f"{cause} ({result.text[:200]})"
+                    await self._wait_to_retry(cause, what, api_failures, attempt + 1)
                 continue
             if result.exit is TurnExit.OK:
                 return result, "compact-retry" if compacted else "ok"
@@ -337,12 +351,12 @@ class Harness:
         turn.cost_usd += result.cost_usd
         return result
 
-    async def _wait_to_retry(self, result: TurnResult, failures: int, attempt: int) -> None:
-        """Back off (with jitter) before the next attempt at a turn the model API failed; a cancel ends the wait."""
+    async def _wait_to_retry(self, cause: str, what: str, failures: int, attempt: int) -> None:
+        """Back off (with jitter) before the next attempt at a turn that failed by ``cause``; a cancel ends the wait.
+
+        ``what`` is the failure in full, for the live tail; ``cause``, shortly, for the state detail.
+        """
         delay = self.api_backoff.delay(failures)
-        stalled = result.exit is TurnExit.STALLED
-        cause = "model API stalled" if stalled else "model API error"
-        what = cause if stalled else f"{cause} ({result.text[:200]})"
         of = f"attempt {attempt} of {self.hive.claude.turn_attempts}"
         self.hive.events.publish(self.name, "error", text=f"{what}; retrying the turn in {delay:.1f}s ({of})")
         self._set_state(State.THINKING, f"{cause}; retrying in {delay:.0f}s ({of})")

@@ -1,0 +1,65 @@
+"""A Claude Code CLI that misbehaves: it exits at once, or prints garbage and exits.
+
+The turn loop must keep the message that woke it (retried, then dead-lettered with
+the CLI's own reason), and must back off between restarts rather than spin.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+
+from hyperhive_core.testing import Script, next_event, running_hive
+
+pytestmark = pytest.mark.needs_claude
+
+BROKEN = {
+    "exits at once": 'echo "claude: cannot read /state/.claude/settings.json" >&2\nexit 3\n',
+    "prints half a JSON line": 'echo "not json"\nprintf \'{"type": "syst\'\nexit 3\n',
+}
+
+
+def broken_cli(tmp_path: Path, body: str) -> tuple[Path, Path]:
+    """An executable standing in for claude that logs each start to a file, then runs ``body``."""
+    starts = tmp_path / "starts"
+    cli = tmp_path / "claude"
+    cli.write_text(f"#!/bin/sh\ndate +%s.%N >> {starts}\n{body}")
+    cli.chmod(cli.stat().st_mode | stat.S_IXUSR)
+    return cli, starts
+
+
+@pytest.mark.parametrize("fault", sorted(BROKEN))
+async def test_a_cli_that_dies_keeps_the_message_and_says_why(make_pm, tmp_path, fault):
+    cli, starts = broken_cli(tmp_path, BROKEN[fault])
+    script = Script()
+    script.otherwise("unused")
+    async with running_hive(
+        tmp_path,
+        make_pm(),
+        script,
+        agents={"worker": {}},
+        claude={"cli": str(cli), "turn_attempts": 3, "api_error_backoff_seconds": 0.5},
+        broker={"max_attempts": 2},
+    ) as hive:
+        sent = await hive.broker.send("operator", "worker", "precious")
+        with trio.fail_after(120):
+            waits = [
+                await next_event(hive, "worker", "error", lambda e: "retrying the turn in" in e.data["text"])
+                for _ in range(2)
+            ]
+            while not await hive.broker.dead_count("worker"):
+                await trio.sleep(0.5)
+        dead = await hive.broker.dead_letter(sent.id)
+    # Kept, with the CLI's own reason rather than "no result".
+    assert dead.body == "precious"
+    assert dead.last_error.startswith("turn failure: Claude Code exited (status 3) "), dead
+    if fault == "exits at once":
+        assert "cannot read /state/.claude/settings.json" in dead.last_error
+    # Each restart within a turn waited its backoff, not a tight loop.
+    assert all("Claude Code exited (status 3)" in wait.data["text"] for wait in waits)
+    assert all("restarting it with --resume; retrying the turn in" in wait.data["text"] for wait in waits)
+    # 2 leases of 3 attempts each, for the worker; the manager's message_dead notice adds its own.
+    assert len(starts.read_text().split()) <= 2 * 3 + 2 * 3 + 2
