@@ -63,3 +63,29 @@ async def test_a_cli_that_dies_keeps_the_message_and_says_why(make_pm, tmp_path,
     assert all("restarting it with --resume; retrying the turn in" in wait.data["text"] for wait in waits)
     # 2 leases of 3 attempts each, for the worker; the manager's message_dead notice adds its own.
     assert len(starts.read_text().split()) <= 2 * 3 + 2 * 3 + 2
+
+
+async def test_a_cli_that_hangs_without_a_word_is_a_stall_and_keeps_the_message(make_pm, tmp_path, monkeypatch):
+    from hyperhive_core import claude
+
+    monkeypatch.setattr(claude, "READY_TIMEOUT_SECONDS", 1.0)  # it never answers initialize either
+    cli, starts = broken_cli(tmp_path, "exec sleep 600\n")
+    script = Script()
+    script.otherwise("unused")
+    async with running_hive(
+        tmp_path,
+        make_pm(),
+        script,
+        agents={"worker": {}},
+        claude={"cli": str(cli), "turn_attempts": 2, "stall_seconds": 2},
+        broker={"max_attempts": 1},
+    ) as hive:
+        sent = await hive.broker.send("operator", "worker", "precious")
+        with trio.fail_after(120):
+            stall = await next_event(hive, "worker", "error", lambda e: "(stall)" in e.data["text"])
+            while not await hive.broker.dead_count("worker"):
+                await trio.sleep(0.5)
+        dead = await hive.broker.dead_letter(sent.id)
+    assert stall.data["text"].startswith("no progress from the model API for ")
+    assert (dead.body, dead.last_error) == ("precious", "turn failure: stalled")
+    assert len(starts.read_text().split()) >= 2  # killed and started again for the second attempt
