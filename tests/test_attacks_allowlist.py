@@ -9,13 +9,14 @@ denial.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PATTERNS = ["echo *", "cat *", "git log *"]
+PATTERNS = ["echo *", "cat *", "git log *", "git --work-tree*"]
 ORIGINAL = "[core]\n\tbare = false\n"
 
 # `/dev/stdout` and `/dev/stderr` reopen whatever file descriptor 1 or 2 names; a
@@ -69,3 +70,19 @@ def test_a_standard_stream_device_cannot_reopen_a_hidden_file(repo: Path, comman
 )
 def test_the_standard_streams_stay_writable_on_their_own(repo: Path, command: str) -> None:
     assert checker(command, repo) is None
+
+
+def test_git_cannot_check_files_out_into_its_own_directory(repo: Path) -> None:
+    """A committed file named ``config``, checked out with ``.git`` as the work tree, is git's config."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(repo), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    (repo / "config").write_text("[alias]\n\tst = !touch pwned\n")
+    for args in (["add", "config"], ["-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "c"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, timeout=60)
+    for command in ["git --work-tree=.git checkout HEAD -- .", f"git --work-tree {repo}/.git reset --hard"]:
+        reason = checker(command, repo)
+        if reason is None:
+            subprocess.run(["bash", "-c", command], cwd=repo, env=env, capture_output=True, timeout=60, check=False)
+        assert (repo / ".git" / "config").read_text() == ORIGINAL
+        assert reason is not None
+        assert "`--work-tree` (git writes the work tree's files there) writes to" in reason
+    assert checker(f"git --work-tree={repo} status", repo) is None

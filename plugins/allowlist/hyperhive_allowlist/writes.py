@@ -668,6 +668,8 @@ def read_git(arguments: list[Word], known: frozenset[str]) -> Reading:
             elif value is not None and spelled == "--git-dir":
                 reading.write(value, "`--git-dir`", REPOSITORY)
             elif spelled == "--work-tree":
+                if value is not None:  # checkout, reset, stash... write the tracked files there
+                    reading.write(value, "`--work-tree` (git writes the work tree's files there)", DIR)
                 reading.unknown_base = True
         elif spelled not in GIT_FLAGS:
             reading.risks.append((spelled, "is a git option the allow-list does not know"))
