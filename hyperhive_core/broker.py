@@ -729,7 +729,9 @@ class SqliteBroker(MessageBroker):
             if draft.recipient in self._waiting and draft.recipient not in self._ready
         }
         try:
-            stored, leased = await self.store.write(partial(_insert_messages, drafts, hand_over, time.time()))
+            stored, leased = await self.store.write(
+                partial(_insert_messages, drafts, hand_over, time.time(), self.settings.retention_per_recipient)
+            )
         except trio.Cancelled:
             for pending in group:  # cancelled before the write began: nothing stored
                 pending.done.set()
@@ -1060,13 +1062,19 @@ _BY_KEY = f"SELECT {_COLUMNS} FROM messages WHERE sender = ? AND idempotency_key
 
 
 def _insert_messages(
-    drafts: list[_Draft], hand_over: dict[str, tuple[str, int]], now: float, db: sqlite_utils.Database
+    drafts: list[_Draft],
+    hand_over: dict[str, tuple[str, int]],
+    now: float,
+    operator_keep: int,
+    db: sqlite_utils.Database,
 ) -> tuple[list[int | Message], dict[str, tuple[Message, ...]]]:
     """Insert ``drafts``; lease for each waiting recipient in ``hand_over`` (token, limit).
 
     Each draft gives its new id, or, when its sender already used its idempotency
     key, the message stored under that key and nothing new. Drafts are written in
-    order, so a repeat later in the same group finds the earlier one.
+    order, so a repeat later in the same group finds the earlier one. Nobody acks
+    the operator's messages, so only the newest ``operator_keep`` of them stay: an
+    agent sending to the operator in a loop cannot fill the disk.
     """
     stored: list[int | Message] = []
     for draft in drafts:
@@ -1078,8 +1086,18 @@ def _insert_messages(
         rowid = db.conn.execute(_INSERT, (*draft[:-1], json.dumps(draft.headers) if draft.headers else None)).lastrowid
         assert rowid is not None  # an INSERT always sets it
         stored.append(rowid)
+    if any(draft.recipient == OPERATOR for draft in drafts):
+        db.execute(_OPERATOR_OVERFLOW, (OPERATOR, OPERATOR, operator_keep))
     leased = {recipient: _lease(recipient, token, limit, now, db) for recipient, (token, limit) in hand_over.items()}
     return stored, leased
+
+
+# Every message of the operator's but the newest N (the third parameter).
+_OPERATOR_OVERFLOW = (
+    "DELETE FROM messages WHERE recipient = ? AND id <= ("
+    "  SELECT id FROM messages WHERE recipient = ? ORDER BY id DESC LIMIT 1 OFFSET ?"
+    ")"
+)
 
 
 def _inbox_depths(names: list[str], db: sqlite_utils.Database) -> dict[str, int]:

@@ -21,3 +21,21 @@ async def test_an_oversized_request_description_is_refused_before_it_is_stored(m
         assert await hive.approvals.list() == []
         text, is_error = await call_tool(hive, "manager", "request_spawn", name="scout", description="x" * 10_000)
         assert not is_error, text
+
+
+async def test_an_agent_sending_to_the_operator_in_a_loop_cannot_fill_the_disk(make_pm, tmp_path):
+    # Nobody acks the operator's messages: without a bound they would all stay, 64 KiB each.
+    async with running_hive(tmp_path, make_pm(), SCENARIO, broker={"retention_per_recipient": 20}) as hive:
+        await hive.spawn("scout")
+        for number in range(60):
+            text, is_error = await call_tool(hive, "scout", "send", to="operator", body=f"{number} " + "x" * 60_000)
+            assert not is_error, text
+        kept = await hive.store.read(
+            lambda db: [row["body"].split()[0] for row in db.query("SELECT body FROM messages ORDER BY id")]
+        )
+        assert kept == [str(number) for number in range(40, 60)]
+        assert [message.body.split()[0] for message in await hive.broker.recent_for("operator", 3)] == [
+            "59",
+            "58",
+            "57",
+        ]
