@@ -7,7 +7,7 @@ inside), where this proxy serves HTTP/1.1. Inside, ``forward.py`` carries TCP fr
 (:func:`sandbox_env`). The socket a connection arrives on says which agent it is.
 Each request is one of three:
 
-- **the model API** (``POST /v1/messages`` and the rest, in origin form): sent on
+- **the model API** (``POST /v1/messages``, ``count_tokens``, ``GET /v1/models``, in origin form): sent on
   to the real endpoint (``[claude] base_url``, ``ANTHROPIC_BASE_URL`` or
   ``https://api.anthropic.com``; on the rehearsal model, the agent's own URL
   there) with the daemon's credential added, after any credential header the
@@ -34,6 +34,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import select
 import ssl
 import time
@@ -76,6 +77,9 @@ DENIED_KEPT = 20
 """Distinct denied targets remembered per agent for its page, the most recent."""
 DENIED_REPORT_SECONDS = 10.0
 """A target denied again within this long is counted, not reported again."""
+# What Claude Code asks of the model API. The daemon's key opens more there (files,
+# batches, other endpoints of the account): no agent may use it for those.
+MODEL_ROUTES = re.compile(r"POST /v1/messages(/count_tokens)?|GET /v1/models(/[\w.:@-]+)?|(GET|HEAD) /(api/hello)?")
 # 0.0.0.0/8: as a destination, Linux takes 0.0.0.0 for the host itself.
 THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
@@ -315,6 +319,9 @@ class ModelProxy:
         if target.startswith("/") or _authority(target) in OWN_ADDRESSES:
             upstream = self.upstream(agent)
             path = target if target.startswith("/") else _path_of(target)
+            if not MODEL_ROUTES.fullmatch(f"{request.method.decode('latin-1')} {path.split('?', 1)[0]}"):
+                await _refuse_route(agent, client, request.method.decode("latin-1"), path)
+                return kept
             origin, target, egress, failure = upstream.origin, upstream.prefix + path, False, _api_error
             headers = [(name, value) for name, value in headers if name not in CREDENTIAL_HEADERS]
             headers += upstream.credentials
@@ -688,6 +695,17 @@ async def _api_error(client: _Client, text: str) -> None:
     body = {"type": "error", "error": {"type": "api_error", "message": f"hyperhive model proxy: {text}"}}
     log.warning("model proxy: %s", text)
     await client.respond_json(502, json.dumps(body).encode())
+
+
+async def _refuse_route(agent: str, client: _Client, method: str, path: str) -> None:
+    """A model API request that is not Claude Code's: refused, not sent on with the daemon's key."""
+    text = (
+        f"{method} {path} is not one of the model API requests the hive sends on "
+        "(POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models)"
+    )
+    log.warning("agent %r: model proxy: %s", agent, text)
+    body = {"type": "error", "error": {"type": "permission_error", "message": f"hyperhive model proxy: {text}"}}
+    await client.respond_json(403, json.dumps(body).encode())
 
 
 async def _plain_error(client: _Client, text: str) -> None:

@@ -1,4 +1,5 @@
-"""Attacks on the egress proxy: a name on an agent's list that the attacker's DNS points at the host.
+"""Attacks on the model and egress proxy: the daemon's key used for more than Claude Code's requests, and a
+name on an agent's list that the attacker's DNS points at the host.
 
 The name's owner answers with an address of their choosing. Besides the loopback
 range, the unspecified address (``0.0.0.0``, ``::``) reaches the host's own
@@ -14,7 +15,7 @@ import socket
 import pytest
 import trio
 import trio.testing
-from test_modelproxy import open_tunnel, origin, rig  # noqa: F401 (fixtures)
+from test_modelproxy import SECRET, open_tunnel, origin, rig  # noqa: F401 (fixtures)
 
 NAME = "builds.example.org"
 
@@ -61,3 +62,30 @@ async def test_a_listed_name_never_leads_onto_the_hosts_own_services(rig, origin
         response = await open_tunnel(await rig.client("alice"), f"{NAME}:{origin.port}")
     assert response.status_code == 502
     assert origin.accepted == probed
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "/v1/files"),  # every file uploaded with the daemon's key
+        ("DELETE", "/v1/files/file_011"),
+        ("POST", "/v1/messages/batches"),  # spends outside any agent's turn and its spend cap
+        ("POST", "/v1/messages/../files"),
+        ("POST", "/v1/messages/%2e%2e/files"),
+        ("GET", "/v1/organizations/api_keys"),
+        ("POST", "http://127.0.0.1:8411/v1/files"),
+    ],
+)
+async def test_the_daemons_key_is_added_to_claude_codes_requests_only(rig, origin, method, target):  # noqa: F811
+    await rig.agent("alice")
+    client = await rig.client("alice")
+    with trio.fail_after(30):
+        status, _, body = await client.call(method, target, [("host", "127.0.0.1:8411")])
+    assert status == 403
+    assert "is not one of the model API requests the hive sends on" in body.decode()
+    assert origin.seen == []  # nothing reached the endpoint, with the key or without
+    with trio.fail_after(30):
+        client = await rig.client("alice")
+        status, _, _ = await client.call("POST", "/v1/messages?beta=true", body=b"{}")
+    assert status == 200
+    assert origin.seen[-1].header("x-api-key") == [SECRET]

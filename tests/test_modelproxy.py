@@ -377,7 +377,7 @@ async def test_big_bodies_stream_both_ways_in_bounded_memory(rig, origin):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample)
         with trio.fail_after(120):
-            await client.head("POST", "/v1/files", [("transfer-encoding", "chunked")])
+            await client.head("POST", "/v1/messages", [("transfer-encoding", "chunked")])
             for _ in range(pieces):
                 await client.send(h11.Data(data=piece))
             await client.send(h11.EndOfMessage())
@@ -417,10 +417,10 @@ async def test_a_connection_keeps_its_upstream_connection_while_it_lasts(rig, or
 
         origin.handler = answer_then_close
         closed = trio.Event()
-        assert (await client.call("POST", "/v1/silently", body=b"{}"))[0] == 200
+        assert (await client.call("POST", "/v1/messages?silently", body=b"{}"))[0] == 200
         client.next_cycle()
         await closed.wait()
-        assert (await client.call("POST", "/v1/say-so", body=b"{}"))[0] == 200
+        assert (await client.call("POST", "/v1/messages?say-so", body=b"{}"))[0] == 200
         client.next_cycle()
         origin.handler = echo
         assert (await client.call("POST", "/v1/messages", body=b"{}"))[0] == 200
