@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ INTERRUPT_GRACE_SECONDS = 10.0
 # How long a starting CLI may take to answer its initialize request; past it the start
 # gives its slot back (and the turn goes on: a CLI that never answers fails there).
 READY_TIMEOUT_SECONDS = 30.0
+# What the CLI says, and exits with 1, when it cannot read the transcript it is told to resume.
+NO_CONVERSATION = "No conversation found with session ID:"
 # Every model request streams, so the stall clock sees its progress: without this
 # the CLI falls back to an unstreamed request after a broken stream, silent until done.
 SESSION_ENV = {"CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK": "1"}
@@ -409,18 +412,47 @@ class ClaudeSession:
         ``READY_TIMEOUT_SECONDS`` pass.
         """
         await self.stop()
-        argv = self.command(options)
         async with self.start_slots:
-            log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
-            self._process = await self.backend.exec(self.spec, argv, {**SESSION_ENV, **options.env})
-            self._options = options
-            self._lines = None
-            self._cost_so_far = 0.0
-            self.stderr_tail.clear()
-            self._stderr_done = trio.Event()
-            nursery.start_soon(self._drain_stderr, self._process, self._stderr_done)
-            nursery.start_soon(self._watch_exit, self._process)
-            await self._wait_until_ready()
+            resumed = await self._launch(nursery, options)
+            if resumed and (transcript := await self._unresumable()):
+                # A damaged transcript would fail every start from now on: keep it aside, start afresh.
+                kept = transcript.with_name(f"{transcript.name}.unreadable-{int(time.time())}")
+                transcript.rename(kept)
+                text = (
+                    f"Claude Code cannot resume session {self.session_id} (its transcript is damaged); "
+                    f"the transcript is kept as {kept.name} and a fresh session starts: "
+                    "the conversation so far is lost, the agent's /state is not"
+                )
+                log.warning("%s: %s", self.spec.agent, text)
+                await self.on_event("error", {"text": text})
+                await self._launch(nursery, options)
+
+    async def _launch(self, nursery: trio.Nursery, options: SessionOptions) -> bool:
+        """Exec the CLI and wait until it is ready; whether it resumes a session."""
+        argv = self.command(options)
+        log.info("%s: starting claude (model %s, session %s)", self.spec.agent, options.model, self.session_id)
+        self._process = await self.backend.exec(self.spec, argv, {**SESSION_ENV, **options.env})
+        self._options = options
+        self._lines = None
+        self._cost_so_far = 0.0
+        self.stderr_tail.clear()
+        self._stderr_done = trio.Event()
+        nursery.start_soon(self._drain_stderr, self._process, self._stderr_done)
+        nursery.start_soon(self._watch_exit, self._process)
+        await self._wait_until_ready()
+        return "--resume" in argv
+
+    async def _unresumable(self) -> Path | None:
+        """The transcript the CLI just refused to resume, when that is why it exited; else None."""
+        assert self._process is not None
+        if self._process.returncode in (None, 0):
+            return None
+        with trio.move_on_after(2):
+            await self._stderr_done.wait()
+        if not any(f"{NO_CONVERSATION} {self.session_id}" in line for line in self.stderr_tail):
+            return None
+        projects = self.spec.state_dir / CLAUDE_DIR / PROJECTS
+        return next(projects.glob(f"*/{self.session_id}.jsonl"), None)
 
     async def _wait_until_ready(self) -> None:
         """Ask the CLI to initialize and read up to its answer; an exit is for the turn to find."""

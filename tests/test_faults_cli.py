@@ -89,3 +89,36 @@ async def test_a_cli_that_hangs_without_a_word_is_a_stall_and_keeps_the_message(
     assert stall.data["text"].startswith("no progress from the model API for ")
     assert (dead.body, dead.last_error) == ("precious", "turn failure: stalled")
     assert len(starts.read_text().split()) >= 2  # killed and started again for the second attempt
+
+
+async def test_a_damaged_transcript_starts_a_fresh_session_instead_of_failing_every_turn(make_pm, tmp_path):
+    script = Script()
+    script.on("worker", "second").call("send", {"to": "operator", "body": "fresh and well"}).reply("done")
+    script.otherwise("noted")
+    async with running_hive(tmp_path, make_pm(), script, agents={"worker": {}}) as hive:
+        await hive.broker.send("operator", "worker", "first")
+        with trio.fail_after(60):
+            await next_event(hive, "worker", "turn_end")
+        session = hive.harnesses["worker"].session
+        assert session is not None
+        assert session.session_id is not None
+        old_id = session.session_id
+        [transcript] = (tmp_path / "state" / "agents" / "worker" / "state").glob(f".claude/projects/*/{old_id}.jsonl")
+        # Cut off mid-line and followed by junk, as a full disk or a crash mid-write leaves it.
+        transcript.write_bytes(transcript.read_bytes()[:200] + bytes(range(256)) * 8)
+        await session.stop()
+
+        await hive.broker.send("operator", "worker", "second")
+        with trio.fail_after(90):
+            warned = await next_event(hive, "worker", "error", lambda e: "cannot resume session" in e.data["text"])
+            end = await next_event(hive, "worker", "turn_end", after=warned.id)
+            while not (replies := await hive.broker.recent_from("worker", 5)):
+                await trio.sleep(0.2)
+        assert end.data["exit"] == "ok"
+        assert [m.body for m in replies] == ["fresh and well"]
+        assert hive.harnesses["worker"].session.session_id != old_id
+    [kept] = transcript.parent.glob(f"{old_id}.jsonl.unreadable-*")
+    assert warned.data["text"] == (
+        f"Claude Code cannot resume session {old_id} (its transcript is damaged); the transcript is kept as "
+        f"{kept.name} and a fresh session starts: the conversation so far is lost, the agent's /state is not"
+    )
