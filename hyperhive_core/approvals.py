@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 10_000
 """The longest description of a request, or note on a denial."""
+MAX_PENDING = 50
+"""Requests that may wait for the operator at once: each is stored, and listed to the operator."""
+MAX_DRAFTS = 20
+"""Drafts at once: each is a config repo and a state dir, bound into the manager's container."""
 
 
 class Kind(enum.StrEnum):
@@ -185,6 +189,12 @@ class Approvals:
         """Create a draft: its config repo (from the template) and state dir, no container."""
         await self.check_free(check_agent_name(name))
         hive = self.hive
+        drafts = await hive.store.read(lambda db: db.table("drafts").count)
+        if drafts >= MAX_DRAFTS:
+            raise ApprovalError(
+                f"there are {drafts} drafts already, the most there may be; spawn one "
+                "(request_spawn_commit) or ask the operator to purge those not needed"
+            )
         await hive.repos.create(name, AgentConfig(), self.agent_sections(), apply=False)
         hive.paths.agent_state(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         now = time.time()
@@ -434,6 +444,12 @@ def _refuse_pending(db: sqlite_utils.Database, name: str, kind: Kind) -> None:
         raise ApprovalError(
             f"approval {rows[0]['id']} ({kind} of {name}) is still waiting for the operator; "
             "wait for its approval_resolved event before asking again"
+        )
+    waiting = db.table("approvals").count_where("status = ?", [Status.PENDING])
+    if waiting >= MAX_PENDING:
+        raise ApprovalError(
+            f"{waiting} requests already wait for the operator, the most there may be; "
+            "wait for their approval_resolved events before asking for more"
         )
 
 

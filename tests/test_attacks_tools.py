@@ -39,3 +39,22 @@ async def test_an_agent_sending_to_the_operator_in_a_loop_cannot_fill_the_disk(m
             "58",
             "57",
         ]
+
+
+async def test_the_manager_cannot_pile_up_requests_or_drafts(make_pm, tmp_path):
+    async with running_hive(tmp_path, make_pm(), SCENARIO) as hive:
+        for number in range(50):
+            text, is_error = await call_tool(hive, "manager", "request_spawn", name=f"a{number}", description="more")
+            assert not is_error, text
+        text, is_error = await call_tool(hive, "manager", "request_spawn", name="a50", description="more")
+        assert is_error
+        assert "50 requests already wait for the operator, the most there may be" in text
+        assert len(await hive.approvals.list("pending")) == 50
+
+        for number in range(20):
+            text, is_error = await call_tool(hive, "manager", "request_spawn_draft", name=f"d{number}")
+            assert not is_error, text
+        text, is_error = await call_tool(hive, "manager", "request_spawn_draft", name="d20")
+        assert is_error
+        assert "there are 20 drafts already, the most there may be" in text
+        assert not hive.repos.proposed("d20").exists()
