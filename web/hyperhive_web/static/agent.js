@@ -162,7 +162,8 @@
         return ["◆", `approval #${escape(d.id)} ${escape(d.kind || "")} ${escape(d.status || "requested")}${d.note ? `: ${escape(d.note)}` : ""}`];
       default: {
         // A plugin's event with text and a link to a dashboard page (docs/plugins.md): the text, then the link.
-        const href = d.link && typeof d.link.href === "string" && /^\/(?![/\\])/.test(d.link.href) ? d.link.href : null;
+        // No whitespace or control character anywhere: a browser drops tabs and newlines, and "/\t/x" is "//x".
+        const href = d.link && typeof d.link.href === "string" && /^\/(?![/\\])[^\s\x00-\x1f\x7f]*$/.test(d.link.href) ? d.link.href : null;
         if (href && typeof d.text === "string") return ["↗", `${escape(d.text)} · <a href="${escape(href)}">${escape(d.link.label || "open")}</a>`];
         return ["·", `<span class="more">${escape(ev.type)}</span> ${escape(clip(JSON.stringify(d), 400))}`];
       }
