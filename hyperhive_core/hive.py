@@ -341,10 +341,15 @@ class Hive:
             raise HyperhiveError(f"{name!r} is the manager; the hive always has one, so it cannot be destroyed")
         live = name in self.agents
         if not live and name not in await self.kept_state():
-            if not await self.approvals.is_draft(name):
+            if await self.approvals.is_draft(name):
+                if not purge:
+                    raise HyperhiveError(f"{name!r} is a draft, with nothing running; discard it with --purge")
+            elif not await self._spawn_leftovers(name):
                 raise UnknownAgent(f"no agent or kept state named {name!r}")
-            if not purge:
-                raise HyperhiveError(f"{name!r} is a draft, with nothing running; discard it with --purge")
+            elif not purge:
+                raise HyperhiveError(
+                    f"{name!r} is what a spawn cut short left behind (its repos, no agent); discard it with --purge"
+                )
         doomed = [self.paths.inside(path) for path in (self.paths.agent_dir(name), self.paths.applied(name))]
         if live:
             await self._stop_agent(name)
@@ -363,6 +368,11 @@ class Hive:
             await self._agent_purged(name)
         self.events.publish(name, "note", text="destroyed; state purged" if purge else "destroyed; state kept")
         return {"agent": name, "purged": purge}
+
+    async def _spawn_leftovers(self, name: str) -> bool:
+        """Whether ``name`` has repos or state but no agent record: a spawn the daemon died in the middle of."""
+        on_disk = any(path.exists() for path in (self.paths.agent_dir(name), self.paths.applied(name)))
+        return on_disk and name not in await self.agents.stored()
 
     async def _agent_purged(self, name: str) -> None:
         """Let each plugin's ``on_agent_purged`` forget ``name``; one that fails is reported, and
