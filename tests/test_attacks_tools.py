@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hyperhive_questions
+import trio
+from hyperhive_questions.questions import TABLE
+
 from hyperhive_core.testing import call_tool, needs_claude, running_hive
 
 pytestmark = needs_claude
@@ -58,3 +62,27 @@ async def test_the_manager_cannot_pile_up_requests_or_drafts(make_pm, tmp_path):
         assert is_error
         assert "there are 20 drafts already, the most there may be" in text
         assert not hive.repos.proposed("d20").exists()
+
+
+async def test_the_manager_cannot_pile_up_questions(make_pm, tmp_path, monkeypatch):
+    monkeypatch.setattr(hyperhive_questions.questions, "KEEP_RESOLVED", 3)
+    async with running_hive(tmp_path, make_pm(questions=hyperhive_questions), SCENARIO) as hive:
+        asked = []
+        for number in range(20):
+            text, is_error = await call_tool(hive, "manager", "ask_operator", question=f"q{number} " + "x" * 3000)
+            assert not is_error, text
+            asked.append(int(text.split()[1]))
+        text, is_error = await call_tool(hive, "manager", "ask_operator", question="one more")
+        assert is_error
+        assert "20 of your questions already wait for the operator, the most there may be" in text
+
+        questions = hive.stash[hyperhive_questions.QUESTIONS]
+        for question in asked:
+            await questions.cancel(question)
+        with trio.fail_after(30):  # each answer reaches the manager's inbox
+            while await hive.store.read(lambda db: db.table(TABLE).count_where("notified_at IS NULL")):
+                await trio.sleep(0.05)
+        text, is_error = await call_tool(hive, "manager", "ask_operator", question="one more")
+        assert not is_error, text
+        kept = await hive.store.read(lambda db: [row["question"] for row in db.table(TABLE).rows_where(order_by="id")])
+        assert [question.split()[0] for question in kept] == ["q17", "q18", "q19", "one"]

@@ -31,6 +31,10 @@ TABLE = "questions_questions"
 PENDING, ANSWERED, CANCELLED, EXPIRED = "pending", "answered", "cancelled", "expired"
 EVENT = "operator_answered"
 """The hive event the asker receives when its question is resolved, however."""
+MAX_PENDING = 20
+"""Questions one asker may have waiting for the operator at once."""
+KEEP_RESOLVED = 1000
+"""Resolved questions kept once their asker has the answer; each new question deletes older ones."""
 
 
 @dataclass
@@ -117,7 +121,7 @@ class Questions:
             "deadline": now + ttl,
             "status": PENDING,
         }
-        row["id"] = await self.hive.store.write(lambda db: db.table(TABLE).insert(row).last_pk)
+        row["id"] = await self.hive.store.write(partial(_insert, row))
         asked = Question.from_row(row | {"answer": None, "answered_at": None})
         self._deadlines[asked.id] = trio.current_time() + ttl
         self._changed.set()
@@ -251,6 +255,31 @@ def _check_options(options: list[str] | None) -> list[str] | None:
 
 
 # -- the table ---------------------------------------------------------------------
+
+
+def _insert(row: dict[str, Any], db: sqlite_utils.Database) -> int:
+    """Store a new question, within the asker's pending limit; forget the oldest answered ones.
+
+    Both bounds keep a manager that asks in a loop from filling the disk.
+    """
+    waiting = db.table(TABLE).count_where("asker = ? AND status = ?", [row["asker"], PENDING])
+    if waiting >= MAX_PENDING:
+        raise QuestionError(
+            f"{waiting} of your questions already wait for the operator, the most there may be; "
+            f"wait for their {EVENT} events, or put what you need to know into one question"
+        )
+    pk = db.table(TABLE).insert(row).last_pk
+    db.execute(_FORGET_RESOLVED, [PENDING, PENDING, KEEP_RESOLVED])
+    assert isinstance(pk, int)  # the rowid of the row just inserted
+    return pk
+
+
+# Resolved questions whose asker has the answer, but the newest N (the third parameter).
+_FORGET_RESOLVED = (
+    f"DELETE FROM {TABLE} WHERE status != ? AND notified_at IS NOT NULL AND id <= ("  # noqa: S608 - a constant
+    f"  SELECT id FROM {TABLE} WHERE status != ? AND notified_at IS NOT NULL ORDER BY id DESC LIMIT 1 OFFSET ?"
+    ")"
+)
 
 
 def _resolve(question_id: int, answer: str, status: str, now: float, db: sqlite_utils.Database) -> dict[str, Any]:
