@@ -327,6 +327,24 @@ class Approvals:
                 self._carrying = None
             return await self._resolve(approval, Status.APPROVED, note)
 
+    async def settle_interrupted(self) -> None:
+        """Record the pending requests a previous daemon carried out but died before recording.
+
+        Run at startup, once the agents are up. Each is resolved ``approved`` (and the
+        manager told) instead of waiting to be approved again, which would fail on
+        the change being there already.
+        """
+        async with self._resolving:
+            stored = await self.hive.agents.stored()
+            for approval in await self.list(Status.PENDING):
+                row = stored.get(approval.agent)
+                if row is None or row["destroyed_at"] or row["origin"] != ORIGIN_APPLIED:
+                    continue
+                committed = approval.kind in (Kind.SPAWN_COMMIT, Kind.APPLY_COMMIT)
+                if approval.kind is Kind.SPAWN or (committed and row["applied_sha"] == approval.fetched_sha):
+                    log.warning("approval %d (%s of %s): %s", approval.id, approval.kind, approval.agent, SETTLED)
+                    await self._resolve(approval, Status.APPROVED, SETTLED)
+
     async def deny(self, approval_id: int, note: str) -> Approval:
         """Refuse the request; ``note`` tells the manager why."""
         note = _required(note, "note", "say why, so the manager can do better")
@@ -436,6 +454,10 @@ class Approvals:
         if self.hive.backend.isolated:
             return f"/agents/{name}/config"
         return str(self.hive.repos.proposed(name))
+
+
+# The note of an approval the daemon carried out, then died before recording.
+SETTLED = "carried out just before the daemon stopped; recorded at the next start"
 
 
 def _refuse_pending(db: sqlite_utils.Database, name: str, kind: Kind) -> None:

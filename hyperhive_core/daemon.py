@@ -136,6 +136,7 @@ async def run_agents(
                 except PlacedElsewhere as exc:  # another host runs it (the manager, on all hosts but one)
                     log.info("agent %s is not started here: %s", name, exc)
             await hive.started()
+            await hive.approvals.settle_interrupted()
             await nursery.start(serve_host_socket, hive, paths.host_socket, hive.settings.admin_group)
             log.info("hive up: state dir %s, agents: %s", paths.root, ", ".join(hive.harnesses))
             task_status.started(hive)

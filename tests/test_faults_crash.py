@@ -7,8 +7,11 @@ exact point, where one from outside would be a race.
 
 from __future__ import annotations
 
+import json
 import signal
+import sqlite3
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -24,20 +27,27 @@ import signal
 from hyperhive_core import hookimpl
 
 
-@hookimpl
-def on_startup(hive):
-    """After the config repos of a new agent are made, and before it is recorded: SIGKILL, once."""
-    marker = hive.paths.root.parent / "kill-after-repos"
-    create = hive.repos.create
+def die_after(owner, method, marker):
+    """Make ``owner.method`` SIGKILL the daemon once it returns, once, if ``marker`` exists."""
+    real = getattr(owner, method)
 
-    async def create_then_die(*args, **kwargs):
-        sha = await create(*args, **kwargs)
+    async def then_die(*args, **kwargs):
+        result = await real(*args, **kwargs)
         if marker.exists():
             marker.unlink()
             os.kill(os.getpid(), signal.SIGKILL)
-        return sha
+        return result
 
-    hive.repos.create = create_then_die
+    setattr(owner, method, then_die)
+
+
+@hookimpl
+def on_startup(hive):
+    markers = hive.paths.root.parent
+    # A new agent's config repos are made, and it is not recorded yet.
+    die_after(hive.repos, "create", markers / "kill-after-repos")
+    # An approved spawn is carried out, and the approval is not recorded yet.
+    die_after(hive.approvals, "_carry_out", markers / "kill-after-carry-out")
 '''
 
 
@@ -79,5 +89,39 @@ def test_a_spawn_cut_short_by_sigkill_can_be_discarded_and_done_again(killer, hi
         # A name with nothing on disk is still unknown.
         unknown = daemon.cli("destroy", "nobody", "--purge", "--yes")
         assert "no agent or kept state named 'nobody'" in unknown.stderr
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_an_approval_carried_out_just_before_sigkill_is_recorded_at_the_next_start(killer, hive_daemon):
+    script = Script()
+    script.on("manager", "need a scout").call("request_spawn", {"name": "scout", "description": "looks around"}).reply(
+        "asked"
+    )
+    script.otherwise("noted")
+    first = hive_daemon(script, plugins=["killer"])
+    assert first.cli("send", "manager", "need a scout").returncode == 0
+    deadline = time.monotonic() + 90
+    while not (pending := first.request("approvals", status="pending")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    [request] = pending
+    (first.config.parent / "kill-after-carry-out").touch()
+    assert first.cli("approve", str(request["id"])).returncode != 0  # the daemon died under it
+    daemon = restarted(first)
+    try:
+        settled = daemon.request("approval", approval_id=request["id"])
+        assert (settled["status"], settled["note"]) == (
+            "approved",
+            "carried out just before the daemon stopped; recorded at the next start",
+        )
+        assert [agent["name"] for agent in daemon.request("status")["agents"]].count("scout") == 1
+        # The manager hears of it, once, as approved.
+        with sqlite3.connect(daemon.socket.with_name("hive.db")) as db:
+            notices = [
+                json.loads(body)
+                for (body,) in db.execute("SELECT body FROM messages WHERE recipient = 'manager' AND kind = 'event'")
+            ]
+        resolved = [notice for notice in notices if notice["event"] == "approval_resolved"]
+        assert [(notice["id"], notice["status"]) for notice in resolved] == [(request["id"], "approved")]
     finally:
         assert daemon.stop() == 0
