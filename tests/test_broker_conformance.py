@@ -381,6 +381,15 @@ async def test_retention_deletes_old_and_surplus_acked_messages_only(open_broker
     assert await broker.recent_for("carol") == []
 
 
+async def test_only_the_operators_newest_messages_are_kept_since_nobody_acks_them(open_broker):
+    broker = await open_broker("bob", retention_per_recipient=3)
+    for n in range(5):
+        await broker.send("bob", "operator", f"report {n}")
+        await broker.send("alice", "bob", f"work {n}")
+    assert [m.body for m in await broker.recent_for("operator")] == ["report 4", "report 3", "report 2"]
+    assert await broker.inbox_depth("bob") == 5  # another recipient's queue is untouched
+
+
 # -- wake on arrival ---------------------------------------------------------------------------
 
 

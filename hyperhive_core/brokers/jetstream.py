@@ -66,6 +66,7 @@ from hyperhive_core.broker import (
 )
 from hyperhive_core.brokers import JetStreamSection
 from hyperhive_core.errors import ConfigError, StoreError
+from hyperhive_core.names import OPERATOR
 from hyperhive_core.natsbridge import AsyncioThread
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class JetStreamBroker(MessageBroker):
         self.where = ", ".join(section.urls)
         prefix = f"hive.{section.name}"
         self.inbox_subject, self.acked_subject, self.dead_subject = (f"{prefix}.{kind}" for kind in KINDS)
+        self._operator_inbox = f"{self.inbox_subject}.{OPERATOR}."
         self.inbox_stream, self.acked_stream, self.dead_stream = (
             f"HIVE_{section.name}_{kind.upper()}" for kind in KINDS
         )
@@ -515,6 +517,17 @@ class JetStreamBroker(MessageBroker):
             else:
                 outgoing.stored = outcome
             outgoing.turn.set()
+        if any(outgoing.subject.startswith(self._operator_inbox) for outgoing in group):
+            await self._trim_operator()
+
+    async def _trim_operator(self) -> None:
+        """Nobody acks the operator's messages: keep the newest ``retention_per_recipient``, as sqlite does,
+        so an agent messaging the operator in a loop cannot fill the cluster's disks."""
+        keep = {"filter": f"{self._operator_inbox}>", "keep": self.settings.retention_per_recipient}
+        try:
+            await self._call(lambda: self._api(f"$JS.API.STREAM.PURGE.{self.inbox_stream}", keep))
+        except StoreError as exc:  # the sends are stored; the next one to the operator trims again
+            log.warning("the operator's older messages were not trimmed: %s", exc)
 
     async def _store(self, group: list[_Outgoing]) -> list[tuple[int, bool] | BaseException]:
         """On the loop: store a group, as one atomic batch if it is more than one; each one's (id, repeat) or error.
