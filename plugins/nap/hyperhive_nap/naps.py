@@ -40,9 +40,13 @@ class Naps:
 
     @classmethod
     async def load(cls, hive: Hive) -> Naps:
-        """The naps recorded before a restart, still to be slept."""
+        """The naps recorded before a restart, still to be slept.
+
+        A wall clock set back while the hive was down would stretch a nap by as much;
+        none lasts longer from now than it was asked to.
+        """
         rows = await hive.store.read(lambda db: list(db.table(TABLE).rows))
-        return cls(hive, {row["agent"]: row["wake_at"] for row in rows})
+        return cls(hive, {row["agent"]: _bounded_wake_time(row, time.time()) for row in rows})
 
     def wake_time(self, agent: str) -> float | None:
         """When ``agent`` wakes (seconds since the epoch), or ``None`` if it is not napping."""
@@ -109,6 +113,13 @@ class Naps:
     async def _forget(self, agent: str) -> None:
         self._wake_at.pop(agent, None)
         await self.hive.store.write(lambda db: db.table(TABLE).delete_where("agent = ?", [agent]))
+
+
+def _bounded_wake_time(row: dict[str, float | None], now: float) -> float:
+    """A stored nap's wake time, but no later than the nap's own length from ``now``."""
+    wake_at, started_at = row["wake_at"], row["started_at"]
+    assert wake_at is not None
+    return wake_at if started_at is None else min(wake_at, now + wake_at - started_at)
 
 
 def m001_naps(db: sqlite_utils.Database) -> None:
