@@ -44,7 +44,7 @@ from hyperhive_core.agents import State
 from hyperhive_core.broker import Batch, Message
 from hyperhive_core.claude import ClaudeSession, SessionDied, SessionOptions, TurnExit, TurnResult
 from hyperhive_core.containers import ContainerEvent, ContainerEventKind
-from hyperhive_core.errors import DiskFull, HyperhiveError, StoreError
+from hyperhive_core.errors import HyperhiveError, StoreError
 from hyperhive_core.memory import MIB, format_bytes, process_tree, pss_bytes, rss_bytes
 from hyperhive_core.names import OPERATOR
 from hyperhive_core.plugins import await_all
@@ -577,8 +577,9 @@ async def supervise_agent(
     async def crashed(crash: BaseException) -> bool:
         exc = root_cause(crash)
         hive.events.publish(harness.name, "error", text=f"turn loop crashed: {type(exc).__name__}: {exc}")
-        if isinstance(exc, DiskFull):
-            # Not the agent's fault: its loop retries with backoff until there is space, never failed.
+        if isinstance(exc, StoreError):
+            # The database's fault (a full disk, a lock held elsewhere), not the agent's: its loop
+            # retries with backoff until the database takes writes again, and is never failed for it.
             return False
         now = trio.current_time()
         crashes[:] = [at for at in crashes if now - at < CRASH_WINDOW] + [now]

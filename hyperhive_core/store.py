@@ -78,6 +78,7 @@ class Store:
         """``write`` for code already off the event loop (startup, the writer thread).
 
         :raises DiskFull: the filesystem is full; the transaction was rolled back.
+        :raises StoreError: another process holds the database locked past the busy timeout.
         """
         try:
             if durable:
@@ -90,9 +91,15 @@ class Store:
             finally:
                 self._writer.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code == sqlite3.SQLITE_FULL:
                 raise DiskFull(f"the disk holding {self.path} is full; free space on that filesystem") from exc
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise StoreError(self._locked()) from exc
             raise
+
+    def _locked(self) -> str:
+        return f"database {self.path} is locked by another process; stop it (`fuser -v {self.path}` names it)"
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it, so the WAL file stays small.
@@ -150,11 +157,8 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(
-                f"database {self.path} is locked by another process ({exc}); "
-                f"stop it (`fuser -v {self.path}` names it) and start again"
-            ) from None
+        except sqlite3.OperationalError:
+            raise StoreError(f"{self._locked()} and start again") from None
         finally:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 

@@ -118,3 +118,24 @@ def test_config_file_that_is_not_utf8_is_named(stopped):
     stopped.config.write_bytes(good[:40] + b"\xff\xfe garbage")
     line = refused_up(stopped)
     assert line == f"Error: {stopped.config} is not UTF-8 text (byte 40); rewrite it as UTF-8 TOML"
+
+
+def test_database_locked_while_the_hive_runs_refuses_sends_clearly_then_recovers(hive_daemon):
+    daemon = hive_daemon(quiet(), agents={"worker": {}})
+    assert daemon.cli("pause", "worker").returncode == 0
+    assert daemon.cli("send", "worker", "before").returncode == 0
+    holder = sqlite3.connect(database(daemon), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        refused = daemon.cli("send", "worker", "during")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert refused.returncode == 1
+    assert (
+        f"message to 'worker' was not stored: database {database(daemon)} is locked by another process; "
+        f"stop it (`fuser -v {database(daemon)}` names it)"
+    ) in refused.stderr
+    assert daemon.cli("send", "worker", "after").returncode == 0
+    assert daemon.process.poll() is None
+    assert queued_bodies(database(daemon)) == ["before", "after"]
