@@ -34,7 +34,7 @@ async def on_startup(hive: Hive) -> None:
     if settings.model is not None:
         check_model(settings.model, hive.claude.extra_models)
     hive.stash[COMPACTOR] = Compactor(hive, settings)
-    await hive.store.write(records.mark_interrupted)
+    await hive.stash[COMPACTOR].recover_interrupted()
 
 
 @hookimpl

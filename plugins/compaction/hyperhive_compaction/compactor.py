@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,36 @@ class Compactor:
 
     def backups(self, agent: str) -> Backups:
         return Backups(self.hive.paths.agent_state(agent).parent / BACKUPS, self.settings.keep_backups)
+
+    async def recover_interrupted(self) -> None:
+        """Put back the notes of each compaction a previous daemon died during, before the agents start.
+
+        Its session may have left notes.md half rewritten; the run's backup holds the
+        original. Runs are marked ``interrupted``, never resumed.
+        """
+        for run in await self.hive.store.read(records.unfinished_runs):
+            agent, run_id = run["agent"], run["id"]
+            backup = next(self.backups(agent).directory.glob(f"notes-*-{run_id:06d}.md"), None)
+            if backup is None:  # it died before the backup, so before the session: nothing changed
+                reason = "the daemon stopped as the compaction began; notes.md was not touched"
+            else:
+                original = backup.read_bytes()
+                path = self.notes_path(agent)
+                try:
+                    if read_notes(path) != original:
+                        write_notes(path, original)
+                    reason = "the daemon stopped during the compaction; notes.md was restored from its backup"
+                except (OSError, NotesError) as exc:
+                    reason = f"the daemon stopped during the compaction; restoring notes.md failed ({exc})"
+                log.warning("%s: compaction %d: %s (%s)", agent, run_id, reason, backup)
+            finish = partial(
+                records.finish_run,
+                run_id=run_id,
+                outcome=records.INTERRUPTED,
+                reason=reason,
+                backup=str(backup) if backup else None,
+            )
+            await self.hive.store.write(finish)
 
     # -- the agent's loop -------------------------------------------------------------
 

@@ -75,13 +75,9 @@ def finish_run(db: sqlite_utils.Database, run_id: int, **columns: Any) -> dict[s
     return db.table(TABLE).get(run_id)
 
 
-def mark_interrupted(db: sqlite_utils.Database) -> int:
-    """Runs a previous daemon left unfinished; they are marked, never resumed."""
-    cursor = db.execute(
-        f"UPDATE {TABLE} SET outcome = ?, reason = ? WHERE outcome = ?",  # noqa: S608
-        [INTERRUPTED, "the daemon stopped during the compaction; the backup holds the original", RUNNING],
-    )
-    return cursor.rowcount
+def unfinished_runs(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Runs a previous daemon left ``running``: it died during them."""
+    return list(db[TABLE].rows_where("outcome = ?", [RUNNING], order_by="id"))
 
 
 def last_runs(db: sqlite_utils.Database, agent: str | None = None, limit: int = 1) -> list[dict[str, Any]]:
