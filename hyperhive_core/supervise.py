@@ -10,6 +10,8 @@ from typing import Any
 
 import trio
 
+from hyperhive_core.errors import HyperhiveError
+
 log = logging.getLogger(__name__)
 
 CrashHandler = Callable[[BaseException], Awaitable[bool]]
@@ -75,7 +77,11 @@ async def supervise(
             if on_crash is not None and await on_crash(exc):
                 log.exception("%s crashed (%d in a row); giving up", name, crashes)
                 return
-            log.exception("%s crashed (%d in a row); restarting in %.1fs", name, crashes, delay)
+            cause = root_cause(exc)
+            if isinstance(cause, HyperhiveError):  # its message says what to do: no traceback
+                log.error("%s crashed (%d in a row): %s; restarting in %.1fs", name, crashes, cause, delay)
+            else:
+                log.exception("%s crashed (%d in a row); restarting in %.1fs", name, crashes, delay)
             await trio.sleep(delay)
 
 

@@ -89,6 +89,9 @@ def test_a_full_disk_keeps_the_daemon_and_the_agent_alive_and_loses_nothing(hive
     assert daemon.process.poll() is None, daemon.log.read_text()[-3000:]
     assert crashes(daemon) >= 6, daemon.log.read_text()[-3000:]
     assert not worker(daemon)["failed"]
+    log = daemon.log.read_text()
+    assert f"agent worker crashed (1 in a row): the disk holding {database} {FULL}; restarting in" in log
+    assert "Traceback" not in log  # every line says what happened and what to do
 
     filler.unlink()
     if resumed.returncode:
