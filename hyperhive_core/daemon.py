@@ -17,7 +17,7 @@ import trio
 from hyperhive_core.agents import AgentConfig, check_agent_config
 from hyperhive_core.cluster import PlacedElsewhere
 from hyperhive_core.config import Config
-from hyperhive_core.errors import HyperhiveError
+from hyperhive_core.errors import HyperhiveError, StoreError
 from hyperhive_core.hive import Hive, HiveSection
 from hyperhive_core.hostsock import group_id, serve_host_socket
 from hyperhive_core.paths import StatePaths, default_state_dir
@@ -57,6 +57,7 @@ async def run_hive(
 async def _run_hive(
     config: Config, pm: HivePluginManager, paths: StatePaths, task_status: trio.TaskStatus[Hive]
 ) -> None:
+    check_database_present(paths)
     store = Store(paths.database)
     try:
         store.migrate(collect_migrations(pm))
@@ -88,6 +89,22 @@ async def _run_hive(
                     await services.stop()
     finally:
         store.close()
+
+
+def check_database_present(paths: StatePaths) -> None:
+    """Refuse to start afresh on a state dir whose agents' repos outlived its database.
+
+    A new, empty ``hive.db`` there would forget those agents, their messages and
+    approvals without a word. :raises StoreError: the database is missing.
+    """
+    applied = paths.root / "applied"
+    if paths.database.exists() or not applied.is_dir() or not any(applied.iterdir()):
+        return
+    raise StoreError(
+        f"{paths.database} is missing, but {applied} holds agents' configs: the database was lost or moved. "
+        "Put it back, or restore the state dir from a backup (docs/operations.md#restore); "
+        "to start afresh instead, move the state dir away"
+    )
 
 
 @contextlib.contextmanager

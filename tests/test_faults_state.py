@@ -139,3 +139,28 @@ def test_database_locked_while_the_hive_runs_refuses_sends_clearly_then_recovers
     assert daemon.cli("send", "worker", "after").returncode == 0
     assert daemon.process.poll() is None
     assert queued_bodies(database(daemon)) == ["before", "after"]
+
+
+def test_a_lost_database_beside_spawned_agents_is_refused_not_started_afresh(hive_daemon, tmp_path):
+    daemon = hive_daemon(quiet())
+    assert daemon.cli("spawn", "scout").returncode == 0
+    assert daemon.stop() == 0
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    files = [path for path in database(daemon).parent.glob("hive.db*")]
+    for path in files:
+        path.rename(moved / path.name)
+    line = refused_up(daemon)
+    assert line == (
+        f"Error: {database(daemon)} is missing, but {database(daemon).with_name('applied')} holds agents' configs: "
+        "the database was lost or moved. Put it back, or restore the state dir from a backup "
+        "(docs/operations.md#restore); to start afresh instead, move the state dir away"
+    )
+    assert not database(daemon).exists()  # no empty database left behind
+    for path in files:
+        (moved / path.name).rename(path)
+    again = Daemon(daemon.hyperhive, daemon.config, daemon.socket, daemon.env)
+    try:
+        assert "scout" in {agent["name"] for agent in again.request("status")["agents"]}
+    finally:
+        assert again.stop() == 0
