@@ -1,10 +1,12 @@
-"""The wall clock set back while the hive is down: a nap it started still ends when it should."""
+"""The wall clock set back while the hive is down: a nap or a question's TTL still ends when it should."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import hyperhive_nap
+import hyperhive_questions
 import pytest
 import trio
 from hyperhive_nap import NAPS
@@ -48,3 +50,24 @@ async def test_a_nap_resumed_after_the_clock_went_back_lasts_no_longer_than_aske
                 turn = await next_event(hive, "worker", "turn_start", after=napping.id)
             assert turn.data["message_ids"]
             assert hive.stash[NAPS].wake_time("worker") is None
+
+
+async def test_a_question_resumed_after_the_clock_went_back_expires_within_its_ttl(
+    make_pm, tmp_path, autojump_clock, monkeypatch
+):
+    pm = make_pm(questions=hyperhive_questions, hold=HoldTurns())
+    clock = HeldClock(autojump_clock)
+    script = Script()
+    script.otherwise("ok")
+    with trio.fail_after(3 * DAY):
+        async with running_hive(tmp_path, pm, script) as hive:
+            text, is_error = await call_tool(hive, "manager", "ask_operator", question="Deploy?", ttl_seconds=600)
+            assert not is_error, text
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() - DAY)
+        async with running_hive(tmp_path, pm, script) as hive:
+            with trio.fail_after(700):  # virtual time: its TTL, not a day more
+                await clock.advance(601)
+                await next_event(hive, "manager", "turn_start")
+            bodies = [json.loads(m.body) for m in await hive.broker.recent_for("manager", 10) if m.sender == "hive"]
+            assert [(body["event"], body["status"]) for body in bodies] == [("operator_answered", "expired")]

@@ -225,7 +225,9 @@ class Questions:
         """
         wall, clock = time.time(), trio.current_time()
         for row in await self.hive.store.read(partial(_select, False, None)):
-            self._deadlines.setdefault(row["id"], clock + max(0.0, row["deadline"] - wall))
+            # A wall clock set back while the hive was down gives no question more than its TTL.
+            left = min(row["deadline"] - wall, row["deadline"] - row["asked_at"])
+            self._deadlines.setdefault(row["id"], clock + max(0.0, left))
         task_status.started()
         while True:
             self._changed = trio.Event()
