@@ -51,6 +51,9 @@
     "process_vm_readv"
     "process_vm_writev"
     "open_by_handle_at"
+    "io_uring_setup"
+    "io_uring_enter"
+    "io_uring_register"
   ],
   stateVersion ? "24.11",
 }:
