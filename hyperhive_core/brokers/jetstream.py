@@ -94,11 +94,18 @@ COPY_WINDOW_SECONDS = 300.0
 CLOSE_SECONDS = 5.0
 # Not a nats-py error, but what a JetStream request can end in when the cluster is away.
 UNREACHABLE = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+class StreamElecting(nats.errors.Error):
+    """A stream with no leader yet (its cluster just restarted): no read or write of it would be answered."""
+
+
 # The cluster may not be ready for a moment: a fresh one electing its meta leader or not yet
 # knowing all its nodes, a stream electing its own (a node restarted, or slow on a loaded
 # machine). Such a request stored nothing, or is repeated harmlessly, so it is asked again
 # (until_answered).
 NOT_YET = (
+    StreamElecting,
     nats.js.errors.NoStreamResponseError,
     nats.errors.NoRespondersError,
     nats.js.errors.ServiceUnavailableError,
@@ -196,6 +203,8 @@ class JetStreamBroker(MessageBroker):
         self._connecting = trio.Lock()
         self._consumers: set[str] = set()
         self._leases: dict[str, _Lease] = {}
+        self._stored_for: dict[str, int] = {}
+        """The newest message this broker stored for each recipient, by sequence: what a lease must see."""
         self._given_back: dict[int, tuple[int, str | None]] = {}
         self._outbox: list[_Outgoing] = []
         # A token unique to each message (its subject, its own Nats-Msg-Id) and batch: one random
@@ -462,6 +471,8 @@ class JetStreamBroker(MessageBroker):
         assert outgoing.stored is not None
         seq, duplicate = outgoing.stored
         self._refusals.stored()
+        if draft.recipient != OPERATOR:  # nobody leases the operator's
+            self._stored_for[draft.recipient] = max(seq, self._stored_for.get(draft.recipient, 0))
         if duplicate and draft.idempotency_key:  # without a key of the caller's, a repeat is a try of this send's own
             return await self._repeat(draft, seq)
         self.stats.messages += 1
@@ -636,7 +647,24 @@ class JetStreamBroker(MessageBroker):
     async def lease(self, recipient: str, *, limit: int | None = None) -> Batch | None:
         recipient = check_address(recipient, "recipient")
         await self._consumer(recipient)
-        return await self._pull(recipient, limit or self.settings.batch_limit, LEASE_LINGER_SECONDS)
+        deadline = trio.current_time() + self.section.request_timeout_seconds
+        while True:
+            batch = await self._pull(recipient, limit or self.settings.batch_limit, LEASE_LINGER_SECONDS)
+            if batch is not None or not await self._unseen(recipient):
+                return batch
+            if trio.current_time() > deadline:  # gone meanwhile (its consumer made anew): not waited for again
+                self._stored_for.pop(recipient, None)
+                return None
+
+    async def _unseen(self, recipient: str) -> bool:
+        """Whether a message this broker stored for ``recipient`` has not reached its consumer yet: the
+        consumer's leader may be a follower of the stream, a moment behind. A send that returned is then
+        leased once it is there, not missed."""
+        stored = self._stored_for.get(recipient)
+        if stored is None:
+            return False
+        info = await self._call(lambda: self._js.consumer_info(self.inbox_stream, recipient))
+        return (info.delivered.stream_seq or 0) < stored and (info.ack_floor.stream_seq or 0) < stored
 
     async def _pull(self, recipient: str, limit: int, wait: float | None) -> Batch | None:
         msgs = await self._call(lambda: self._fetch(recipient, limit, wait), abandoned=self._give_back_now)
@@ -1210,13 +1238,17 @@ async def until_answered(make: Callable[[], Coroutine[Any, Any, T]], timeout: fl
 
 
 async def _ensure_stream(js: Any, config: api.StreamConfig) -> api.StreamInfo:
-    """Create the stream, or bring an existing one to ``config`` (new replicas, a new window)."""
+    """Create the stream, or bring an existing one to ``config`` (new replicas, a new window); ready once
+    it has a leader (``StreamElecting`` until then)."""
     try:
-        return await js.add_stream(config)
+        info = await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != 10058:  # stream name already in use with a different configuration
             raise
-        return await js.update_stream(config)
+        info = await js.update_stream(config)
+    if info.cluster is not None and not info.cluster.leader:
+        raise StreamElecting(f"stream {config.name} has no leader yet")
+    return info
 
 
 async def _each(nc: nats.NATS, msgs: list[Msg], verb: str, timeout: float) -> int:
