@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -533,25 +535,32 @@ def test_a_key_is_unique_per_sender_in_the_database_itself(store):
 # -- a refused write ------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 1 MiB filesystem (tmpfs), so the database can run out of space."""
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size_mb: int) -> Iterator[Path]:
+    """A real ``size_mb`` MiB filesystem at ``mountpoint`` (made here), unmounted at the end."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mountpoint = tmp_path / "disk"
     mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mountpoint)], check=True)
     try:
         yield mountpoint
     finally:
         subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
 
 
-def fill(directory) -> Path:
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem, so the database can run out of space."""
+    with tmpfs(tmp_path / "disk", 1) as mountpoint:
+        yield mountpoint
+
+
+def fill(directory: Path) -> Path:
     """Write a file until the filesystem is full; return it."""
     filler = directory / "filler"
+    size = os.statvfs(directory)
     with filler.open("wb", buffering=0) as out:
-        for _ in range(1024):  # 1 MiB in 4 KiB blocks, then some: bounded
+        for _ in range(2 * size.f_blocks * size.f_frsize // 4096):  # twice the disk in 4 KiB blocks: bounded
             try:
                 out.write(b"x" * 4096)
             except OSError as exc:

@@ -7,11 +7,14 @@ the CLI's own reason), and must back off between restarts rather than spin.
 from __future__ import annotations
 
 import stat
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from hyperhive_core import Message
 from hyperhive_core.testing import Script, next_event, running_hive
 
 pytestmark = pytest.mark.needs_claude
@@ -31,28 +34,41 @@ def broken_cli(tmp_path: Path, body: str) -> tuple[Path, Path]:
     return cli, starts
 
 
-@pytest.mark.parametrize("fault", sorted(BROKEN))
-async def test_a_cli_that_dies_keeps_the_message_and_says_why(make_pm, tmp_path, fault):
-    cli, starts = broken_cli(tmp_path, BROKEN[fault])
+def worker_on(
+    tmp_path: Path, make_pm: Any, cli: Path, claude: dict[str, Any], *, max_attempts: int
+) -> AbstractAsyncContextManager[Any]:
+    """A hive whose agent ``worker`` runs ``cli`` as its Claude Code, with ``claude`` settings."""
     script = Script()
     script.otherwise("unused")
-    async with running_hive(
+    return running_hive(
         tmp_path,
         make_pm(),
         script,
         agents={"worker": {}},
-        claude={"cli": str(cli), "turn_attempts": 3, "api_error_backoff_seconds": 0.5},
-        broker={"max_attempts": 2},
-    ) as hive:
+        claude={"cli": str(cli), **claude},
+        broker={"max_attempts": max_attempts},
+    )
+
+
+async def dead_letter(hive: Any, sent: Message) -> Message:
+    """``sent``, once the worker's attempts at it are used up and it is a dead letter."""
+    while not await hive.broker.dead_count("worker"):
+        await trio.sleep(0.5)
+    return await hive.broker.dead_letter(sent.id)
+
+
+@pytest.mark.parametrize("fault", sorted(BROKEN))
+async def test_a_cli_that_dies_keeps_the_message_and_says_why(make_pm, tmp_path, fault):
+    cli, starts = broken_cli(tmp_path, BROKEN[fault])
+    settings = {"turn_attempts": 3, "api_error_backoff_seconds": 0.5}
+    async with worker_on(tmp_path, make_pm, cli, settings, max_attempts=2) as hive:
         sent = await hive.broker.send("operator", "worker", "precious")
         with trio.fail_after(120):
             waits = [
                 await next_event(hive, "worker", "error", lambda e: "retrying the turn in" in e.data["text"])
                 for _ in range(2)
             ]
-            while not await hive.broker.dead_count("worker"):
-                await trio.sleep(0.5)
-        dead = await hive.broker.dead_letter(sent.id)
+            dead = await dead_letter(hive, sent)
     # Kept, with the CLI's own reason rather than "no result".
     assert dead.body == "precious"
     assert dead.last_error.startswith("turn failure: Claude Code exited (status 3) "), dead
@@ -70,22 +86,11 @@ async def test_a_cli_that_hangs_without_a_word_is_a_stall_and_keeps_the_message(
 
     monkeypatch.setattr(claude, "READY_TIMEOUT_SECONDS", 1.0)  # it never answers initialize either
     cli, starts = broken_cli(tmp_path, "exec sleep 600\n")
-    script = Script()
-    script.otherwise("unused")
-    async with running_hive(
-        tmp_path,
-        make_pm(),
-        script,
-        agents={"worker": {}},
-        claude={"cli": str(cli), "turn_attempts": 2, "stall_seconds": 2},
-        broker={"max_attempts": 1},
-    ) as hive:
+    async with worker_on(tmp_path, make_pm, cli, {"turn_attempts": 2, "stall_seconds": 2}, max_attempts=1) as hive:
         sent = await hive.broker.send("operator", "worker", "precious")
         with trio.fail_after(120):
             stall = await next_event(hive, "worker", "error", lambda e: "(stall)" in e.data["text"])
-            while not await hive.broker.dead_count("worker"):
-                await trio.sleep(0.5)
-        dead = await hive.broker.dead_letter(sent.id)
+            dead = await dead_letter(hive, sent)
     assert stall.data["text"].startswith("no progress from the model API for ")
     assert (dead.body, dead.last_error) == ("precious", "turn failure: stalled")
     assert len(starts.read_text().split()) >= 2  # killed and started again for the second attempt

@@ -27,20 +27,29 @@ class HoldTurns:
         await trio.sleep_forever()
 
 
+def answers_ok() -> Script:
+    script = Script()
+    script.otherwise("ok")
+    return script
+
+
+def set_back_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the hive is down, the host's clock is set back a day (a bad RTC, an NTP step)."""
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - DAY)
+
+
 async def test_a_nap_resumed_after_the_clock_went_back_lasts_no_longer_than_asked(
     make_pm, tmp_path, autojump_clock, monkeypatch
 ):
     pm = make_pm(nap=hyperhive_nap, hold=HoldTurns())
     clock = HeldClock(autojump_clock)
-    script = Script()
-    script.otherwise("ok")
+    script = answers_ok()
     with trio.fail_after(3 * DAY):
         async with running_hive(tmp_path, pm, script, agents={"worker": {}}) as hive:
             text, is_error = await call_tool(hive, "worker", "nap", seconds=600)
             assert not is_error, text
-        # While the hive is down, the host's clock is set back a day (a bad RTC, an NTP step).
-        real_time = time.time
-        monkeypatch.setattr(time, "time", lambda: real_time() - DAY)
+        set_back_a_day(monkeypatch)
         async with running_hive(tmp_path, pm, script, agents={"worker": {}}) as hive:
             napping = await next_event(hive, "worker", "state_change", lambda e: e.data["state"] == "napping")
             await hive.broker.send("operator", "worker", "wake up")
@@ -57,14 +66,12 @@ async def test_a_question_resumed_after_the_clock_went_back_expires_within_its_t
 ):
     pm = make_pm(questions=hyperhive_questions, hold=HoldTurns())
     clock = HeldClock(autojump_clock)
-    script = Script()
-    script.otherwise("ok")
+    script = answers_ok()
     with trio.fail_after(3 * DAY):
         async with running_hive(tmp_path, pm, script) as hive:
             text, is_error = await call_tool(hive, "manager", "ask_operator", question="Deploy?", ttl_seconds=600)
             assert not is_error, text
-        real_time = time.time
-        monkeypatch.setattr(time, "time", lambda: real_time() - DAY)
+        set_back_a_day(monkeypatch)
         async with running_hive(tmp_path, pm, script) as hive:
             with trio.fail_after(700):  # virtual time: its TTL, not a day more
                 await clock.advance(601)

@@ -6,14 +6,13 @@ Claude Code CLI on the rehearsal model.
 
 from __future__ import annotations
 
-import errno
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_broker import fill, tmpfs
 
 from hyperhive_core.testing import Daemon, Script
 
@@ -24,30 +23,9 @@ FULL = "is full; free space on that filesystem"
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 16 MiB filesystem (tmpfs) for the state dir; unmounted when the test ends."""
-    if subprocess.run(["id", "-u"], capture_output=True, text=True, check=True).stdout.strip() != "0":
-        pytest.skip("mounting a tmpfs needs root")
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)], check=True)
-    try:
+    """A real 16 MiB filesystem for the state dir."""
+    with tmpfs(tmp_path / "disk", 16) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem is full; return it."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as out:
-        for _ in range(8 * 1024):  # 32 MiB in 4 KiB blocks at most: twice the disk, bounded
-            try:
-                out.write(b"x" * 4096)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                return filler
-    raise AssertionError(f"{directory} never filled up")
 
 
 def messages(database: Path) -> list[tuple[str, str]]:
