@@ -664,7 +664,10 @@ class JetStreamBroker(MessageBroker):
         if stored is None:
             return False
         info = await self._call(lambda: self._js.consumer_info(self.inbox_stream, recipient))
-        return (info.delivered.stream_seq or 0) < stored and (info.ack_floor.stream_seq or 0) < stored
+        unseen = (info.delivered.stream_seq or 0) < stored and (info.ack_floor.stream_seq or 0) < stored
+        if not unseen and self._stored_for.get(recipient) == stored:  # not a newer send's meanwhile
+            del self._stored_for[recipient]  # seen: the idle recipient's next empty lease asks nothing more
+        return unseen
 
     async def _pull(self, recipient: str, limit: int, wait: float | None) -> Batch | None:
         msgs = await self._call(lambda: self._fetch(recipient, limit, wait), abandoned=self._give_back_now)
