@@ -4,6 +4,7 @@ and config key is documented (docs/plugins.md, docs/configuration.md) and every 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +26,18 @@ def test_hookspecs_found():
     assert len(HOOKS) >= 10
 
 
-def defined_test_names() -> set[str]:
-    names = set()
-    for directory in TEST_DIRS:
-        for path in Path(directory).rglob("test_*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                    names.add(node.name)
-    return names
+# A function defined in a test file (at any depth). Read once for all hooks.
+DEFINITION = re.compile(r"^\s*(?:async\s+)?def\s+(\w+)\s*\(", re.MULTILINE)
+
+
+@functools.cache
+def defined_test_names() -> frozenset[str]:
+    return frozenset(
+        name
+        for directory in TEST_DIRS
+        for path in Path(directory).rglob("test_*.py")
+        for name in DEFINITION.findall(path.read_text())
+    )
 
 
 def doc_section(heading: str, text: str, level: str) -> str:
